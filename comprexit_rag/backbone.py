@@ -1,0 +1,142 @@
+"""A frozen Hugging Face causal LM that both encodes passages and reads soft slots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .default_model import DEFAULT_BACKBONE_NAME, default_backbone_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackboneFingerprint:
+    """What a trained head depends on: shapes, layer count and the exact vocabulary."""
+
+    architecture: str
+    hidden_size: int
+    num_hidden_layers: int
+    vocab_size: int
+    tokenizer_sha256: str
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return (
+            f"{self.architecture} (hidden {self.hidden_size}, {self.num_hidden_layers} layers, "
+            f"vocab {self.vocab_size}, tokenizer {self.tokenizer_sha256[:12]})"
+        )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 matmuls are ~5x slower than fp32 on CPU; on GPUs bf16 is the natural choice.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+class Backbone:
+    """A frozen causal LM with its tokenizer.
+
+    Use :meth:`from_pretrained` with no argument for the embedded SmolLM2-135M-Instruct, or
+    pass any Hugging Face causal-LM name or local path (Llama, Qwen, SmolLM, ...).
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "") -> None:
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.name = name or model.config.name_or_path
+        self.fingerprint = BackboneFingerprint(
+            architecture=model.config.architectures[0] if model.config.architectures else type(model).__name__,
+            hidden_size=model.config.hidden_size,
+            num_hidden_layers=model.config.num_hidden_layers,
+            vocab_size=model.config.vocab_size,
+            tokenizer_sha256=tokenizer_sha256(tokenizer),
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+    ) -> Backbone:
+        """Load a frozen backbone; ``None`` means the embedded default (converted once, cached)."""
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(device)
+        if name_or_path is None:
+            source, name = default_backbone_dir(), DEFAULT_BACKBONE_NAME
+        else:
+            source, name = name_or_path, str(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        logger.info("Loaded backbone %s on %s (%s)", name, device, dtype)
+        return cls(model.to(device), tokenizer, name=name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.fingerprint.hidden_size
+
+    @property
+    def num_hidden_states(self) -> int:
+        """L + 1: the embedding output plus one state per layer."""
+        return self.fingerprint.num_hidden_layers + 1
+
+    @property
+    def input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.input_embeddings(input_ids.to(self.device))
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids without special tokens (callers add BOS where the format needs it)."""
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All L+1 hidden states, each [batch, length, hidden], for right-padded inputs."""
+        outputs = self.model.base_model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return outputs.hidden_states
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())

@@ -1,0 +1,61 @@
+"""Configuration of the ComprExIT head (defaults: the reference values in METHOD.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import InvalidInputError
+
+
+@dataclass
+class ComprExITConfig:
+    """Hyper-parameters of a :class:`~comprexit_rag.head.ComprExITHead`.
+
+    ``hidden_size`` and ``num_hidden_states`` (L + 1) come from the backbone; the rest
+    are the reference defaults. ``ratio`` is the default compression ratio; a head can
+    compress at any ratio, and ``trained_ratios`` records which ones it was trained for.
+    """
+
+    hidden_size: int
+    num_hidden_states: int
+    ratio: int = 4
+    window: int = 128
+    segment_length: int = 512
+    key_dim: int = 256
+    depth_temperature: float = 0.7
+    cost_dim: int = 256
+    source_temperature: float = 1.0
+    uniform_mix: float = 0.05
+    sinkhorn_epsilon: float = 0.1
+    sinkhorn_iterations: int = 30
+    trained_ratios: list[int] = field(default_factory=lambda: [4])
+
+    def __post_init__(self) -> None:
+        validate_ratio(self.ratio, self.window)
+        if self.segment_length % self.window:
+            raise InvalidInputError(
+                f"segment_length ({self.segment_length}) must be a multiple of window ({self.window})."
+            )
+
+    def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
+        """Number of slots produced for a passage of ``num_tokens`` tokens."""
+        ratio = ratio or self.ratio
+        full, rest = divmod(num_tokens, self.window)
+        return full * -(-self.window // ratio) + -(-rest // ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ComprExITConfig:
+        return cls(**values)
+
+
+def validate_ratio(ratio: object, window: int) -> int:
+    """Check a compression ratio: a positive integer no larger than the window."""
+    if isinstance(ratio, bool) or not isinstance(ratio, int):
+        raise InvalidInputError(f"ratio must be a positive integer, got {ratio!r}.")
+    if not 1 <= ratio <= window:
+        raise InvalidInputError(f"ratio must be between 1 and the window size {window}, got {ratio}.")
+    return ratio

@@ -1,0 +1,134 @@
+"""The ComprExIT head: depth-wise then width-wise transmission, then projection into embeddings."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from .backbone import Backbone, BackboneFingerprint
+from .checkpoint import (
+    fingerprint_from_metadata,
+    load_into,
+    load_state_dict,
+    read_metadata,
+    save_module,
+)
+from .config import ComprExITConfig, validate_ratio
+from .depth import DepthTransmission
+from .errors import CheckpointError
+from .projector import SlotProjector
+from .width import WidthTransmission, split_windows
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "comprexit-head"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+DEFAULT_HEAD = PRETRAINED_DIR / "comprexit-smollm2-135m"
+
+
+@dataclass
+class HeadOutput:
+    """Slots of a batch of sequences, plus what the head decided, for inspection."""
+
+    slots: torch.Tensor  # [B, S, H] float32, in the reader's input-embedding space
+    slot_mask: torch.Tensor  # [B, S] bool
+    layer_weights: torch.Tensor  # [B, T, L+1] depth-wise attention over layers
+    transport_plans: torch.Tensor  # [num_windows, W, K]
+    window_owner: torch.Tensor  # [num_windows] sequence index of each window
+    window_mask: torch.Tensor  # [num_windows, W] real tokens of each window
+
+
+class ComprExITHead(nn.Module):
+    """A small trainable module over a frozen backbone's hidden states (about 1-2% of its size).
+
+    >>> head = ComprExITHead(ComprExITConfig(hidden_size=576, num_hidden_states=31), backbone.fingerprint)
+    >>> out = head(backbone.hidden_states(ids, mask), anchor_mask, ratio=4)
+    """
+
+    def __init__(self, config: ComprExITConfig, fingerprint: BackboneFingerprint) -> None:
+        super().__init__()
+        self.config = config
+        self.fingerprint = fingerprint
+        self.depth = DepthTransmission(
+            config.hidden_size, config.num_hidden_states, config.key_dim, config.depth_temperature
+        )
+        self.width = WidthTransmission(
+            config.hidden_size,
+            config.cost_dim,
+            config.source_temperature,
+            config.uniform_mix,
+            config.sinkhorn_epsilon,
+            config.sinkhorn_iterations,
+        )
+        self.projector = SlotProjector(config.hidden_size)
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, **config_overrides) -> ComprExITHead:
+        """A freshly initialised head sized for ``backbone``."""
+        config = ComprExITConfig(
+            hidden_size=backbone.hidden_size, num_hidden_states=backbone.num_hidden_states, **config_overrides
+        )
+        return cls(config, backbone.fingerprint).to(backbone.device)
+
+    def forward(
+        self, hidden_states: Sequence[torch.Tensor], anchor_mask: torch.Tensor, ratio: int | None = None
+    ) -> HeadOutput:
+        """Compress each sequence's tokens where ``anchor_mask`` is True into slots."""
+        ratio = validate_ratio(ratio or self.config.ratio, self.config.window)
+        anchors, layer_weights = self.depth(hidden_states)
+        windows = split_windows(anchors, anchor_mask.to(anchors.device), self.config.window)
+        window_slots, slot_mask, plans = self.width(windows, ratio)
+        slots = self.projector(window_slots)
+
+        # Regroup window slots by sequence, in order, and pad to the longest sequence.
+        per_window = slot_mask.sum(dim=1)
+        counts = torch.zeros(anchors.shape[0], dtype=torch.long, device=anchors.device)
+        counts.index_add_(0, windows.owner, per_window)
+        pieces = torch.split(slots[slot_mask], counts.tolist())
+        padded = pad_sequence(list(pieces), batch_first=True)
+        mask = torch.arange(padded.shape[1], device=padded.device).unsqueeze(0) < counts.unsqueeze(1)
+        return HeadOutput(
+            slots=padded,
+            slot_mask=mask,
+            layer_weights=layer_weights,
+            transport_plans=plans,
+            window_owner=windows.owner,
+            window_mask=windows.mask,
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | os.PathLike, **extra) -> Path:
+        """Write ``config.json`` (with the backbone fingerprint) and ``model.safetensors``."""
+        return save_module(
+            directory, self, kind=CHECKPOINT_KIND, config=self.config.to_dict(), fingerprint=self.fingerprint, extra=extra
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike | None = None, device: str | torch.device | None = None
+    ) -> ComprExITHead:
+        """Load a saved head; ``None`` loads the head shipped for the default backbone."""
+        directory = Path(directory) if directory is not None else DEFAULT_HEAD
+        if directory == DEFAULT_HEAD and not directory.is_dir():
+            raise CheckpointError(
+                f"No default head is shipped at {DEFAULT_HEAD}; train one with `comprexit-rag train` "
+                "or pass a checkpoint directory."
+            )
+        metadata = read_metadata(directory, CHECKPOINT_KIND)
+        try:
+            config = ComprExITConfig.from_dict(metadata["config"])
+        except (KeyError, TypeError) as error:
+            raise CheckpointError(f"{directory}/config.json has an invalid head config: {error}") from error
+        head = cls(config, fingerprint_from_metadata(metadata))
+        load_into(head, load_state_dict(directory), directory)
+        logger.info("Loaded ComprExIT head from %s (%d parameters)", directory, head.num_parameters())
+        return head.to(device) if device is not None else head

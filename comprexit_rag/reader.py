@@ -1,0 +1,183 @@
+"""Reader: the frozen LLM answering a question from soft slots, raw text, or nothing at all."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .backbone import Backbone
+from .errors import InvalidInputError
+from .prompts import QAPrompt
+from .soft_context import SoftContext
+
+logger = logging.getLogger(__name__)
+
+# A context is compressed slots, raw text (one string or several passages), ready-made
+# embeddings [n, H] (e.g. learned soft tokens + text), or None for closed-book reading.
+Context = SoftContext | str | Sequence[str] | torch.Tensor | None
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ReaderBatch:
+    """Left-padded reader inputs; ``labels`` is set when targets were given (teacher forcing)."""
+
+    inputs_embeds: torch.Tensor  # [B, T, H]
+    attention_mask: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T]
+    labels: torch.Tensor | None = None  # [B, T], IGNORE_INDEX outside the targets
+    context_lengths: list[int] | None = None  # context vectors per example (slots or text tokens)
+
+
+class Reader:
+    """Greedy (by default) generation through ``inputs_embeds`` with a KV cache.
+
+    >>> reader = Reader(backbone)
+    >>> reader.generate("Who wrote Hamlet?", soft_context)        # from slots
+    >>> reader.generate("Who wrote Hamlet?", ["passage one", "passage two"])  # from raw text
+    """
+
+    def __init__(self, backbone: Backbone, prompt: QAPrompt | None = None, max_new_tokens: int = 20) -> None:
+        self.backbone = backbone
+        self.prompt = prompt or QAPrompt()
+        self.max_new_tokens = max_new_tokens
+        generation_eos = backbone.model.generation_config.eos_token_id
+        eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        self.stop_token_ids = {i for i in [*eos, backbone.tokenizer.eos_token_id] if i is not None}
+
+    def context_embeddings(self, context: Context) -> torch.Tensor:
+        """The context as input embeddings [n, H] in the model's dtype."""
+        backbone = self.backbone
+        if context is None:
+            return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
+        if isinstance(context, SoftContext):
+            context = context.embeddings()
+        if isinstance(context, torch.Tensor):
+            if context.dim() != 2 or context.shape[-1] != backbone.hidden_size:
+                raise InvalidInputError(
+                    f"Context embeddings must be [n, {backbone.hidden_size}], got {tuple(context.shape)}."
+                )
+            if not torch.isfinite(context).all():
+                raise InvalidInputError("Context embeddings contain NaN or inf; recompress the passages.")
+            return context.to(device=backbone.device, dtype=backbone.dtype)
+        text = context if isinstance(context, str) else "\n\n".join(_check_strings(context, "context passage"))
+        ids = backbone.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        return backbone.embed(ids)
+
+    def build_inputs(
+        self,
+        questions: Sequence[str],
+        contexts: Sequence[Context],
+        targets: Sequence[Sequence[int]] | None = None,
+        prompt: QAPrompt | None = None,
+    ) -> ReaderBatch:
+        """Embed ``prompt-before + context + prompt-after (+ target)`` per example, left-padded."""
+        if len(questions) != len(contexts):
+            raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} contexts.")
+        prompt = prompt or self.prompt
+        embed = self.backbone.embed
+        device = self.backbone.device
+        rows, label_rows, context_lengths = [], [], []
+        for index, (question, context) in enumerate(zip(questions, contexts, strict=True)):
+            before, after = prompt.pieces(self.backbone.tokenizer, question)
+            target = list(targets[index]) if targets is not None else []
+            context_embeds = self.context_embeddings(context)
+            context_lengths.append(context_embeds.shape[0])
+            tail = torch.tensor(after + target, dtype=torch.long, device=device)
+            head = torch.tensor(before, dtype=torch.long, device=device)
+            rows.append(torch.cat([embed(head), context_embeds.to(self.backbone.dtype), embed(tail)]))
+            labels = torch.full((rows[-1].shape[0],), IGNORE_INDEX, dtype=torch.long, device=device)
+            if target:
+                labels[-len(target) :] = torch.tensor(target, device=device)
+            label_rows.append(labels)
+
+        length = max(row.shape[0] for row in rows)
+        hidden = self.backbone.hidden_size
+        inputs = torch.zeros(len(rows), length, hidden, dtype=rows[0].dtype, device=device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+        for row, (values, row_labels) in enumerate(zip(rows, label_rows, strict=True)):
+            inputs[row, length - values.shape[0] :] = values
+            mask[row, length - values.shape[0] :] = 1
+            labels[row, length - values.shape[0] :] = row_labels
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return ReaderBatch(inputs, mask, positions, labels if targets is not None else None, context_lengths)
+
+    def generate(
+        self,
+        question: str | Sequence[str],
+        context: Context | Sequence[Context] = None,
+        *,
+        max_new_tokens: int | None = None,
+        batch_size: int = 8,
+    ) -> str | list[str]:
+        """Answer one question (returns a str) or a list of questions with one context each."""
+        if isinstance(question, str):
+            return self.generate([question], [context], max_new_tokens=max_new_tokens)[0]
+        questions = _check_strings(question, "question")
+        contexts = list(context) if context is not None else [None] * len(questions)
+        answers: list[str] = []
+        for start in range(0, len(questions), batch_size):
+            batch = self.build_inputs(questions[start : start + batch_size], contexts[start : start + batch_size])
+            tokens = [step for step in self._greedy(batch, max_new_tokens or self.max_new_tokens)]
+            generated = torch.stack(tokens, dim=1) if tokens else torch.zeros(len(batch.inputs_embeds), 0)
+            answers.extend(self._decode(row) for row in generated.tolist())
+        return answers
+
+    def stream(self, question: str, context: Context = None, *, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Yield the answer to one question piece by piece as it is generated."""
+        batch = self.build_inputs(_check_strings([question], "question"), [context])
+        produced: list[int] = []
+        text = ""
+        for step in self._greedy(batch, max_new_tokens or self.max_new_tokens):
+            produced.append(int(step[0]))
+            new_text = self._decode(produced)
+            if new_text.startswith(text) and len(new_text) > len(text):
+                yield new_text[len(text) :]
+                text = new_text
+
+    @torch.no_grad()
+    def _greedy(self, batch: ReaderBatch, max_new_tokens: int) -> Iterator[torch.Tensor]:
+        """Yield the next token of every sequence until all have stopped."""
+        model = self.backbone.model
+        mask, positions = batch.attention_mask, batch.position_ids
+        output = model(inputs_embeds=batch.inputs_embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+        stop = torch.tensor(sorted(self.stop_token_ids), device=mask.device)
+        for _ in range(max_new_tokens):
+            next_tokens = output.logits[:, -1].argmax(dim=-1)
+            next_tokens = next_tokens.masked_fill(finished, int(stop[0]))
+            yield next_tokens
+            finished |= torch.isin(next_tokens, stop)
+            if finished.all():
+                return
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            output = model(
+                input_ids=next_tokens.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=output.past_key_values,
+                use_cache=True,
+            )
+
+    def _decode(self, token_ids: list[int]) -> str:
+        kept = []
+        for token in token_ids:
+            if token in self.stop_token_ids:
+                break
+            kept.append(token)
+        return self.backbone.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+
+def _check_strings(values: Sequence[str], what: str) -> list[str]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise InvalidInputError(f"Expected a list of strings for the {what}s.")
+    for index, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInputError(f"{what.capitalize()} {index} must be a non-empty string, got {value!r}.")
+    return list(values)

@@ -1,0 +1,74 @@
+"""Cutting tokenised passages into fixed-length segments and batching them for the backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Segment:
+    passage: int  # index of the passage this segment belongs to
+    position: int  # order of the segment within its passage
+    token_ids: tuple[int, ...]
+
+
+@dataclass
+class SegmentBatch:
+    segments: list[Segment]
+    input_ids: torch.Tensor  # [B, T] right-padded, BOS first when the tokenizer has one
+    attention_mask: torch.Tensor  # [B, T]
+    anchor_mask: torch.Tensor  # [B, T] the passage tokens to compress (no BOS, no padding)
+
+
+def check_texts(texts: str | Sequence[str]) -> list[str]:
+    """Validate passage texts, raising InvalidInputError with the offending index."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, Sequence):
+        raise InvalidInputError(f"Expected a string or a list of strings, got {type(texts).__name__}.")
+    checked = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(f"Passage {index} is a {type(text).__name__}, not a string.")
+        if not text.strip():
+            raise InvalidInputError(f"Passage {index} is empty or whitespace only; drop it before compressing.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidInputError(
+                f"Passage {index} is not valid Unicode text ({error.reason}); decode your files with errors='replace'."
+            ) from error
+        checked.append(text)
+    return checked
+
+
+def split_into_segments(token_ids: Sequence[Sequence[int]], segment_length: int) -> list[Segment]:
+    """Cut every passage into segments of at most ``segment_length`` tokens (nothing is dropped)."""
+    segments = []
+    for passage, ids in enumerate(token_ids):
+        for position, start in enumerate(range(0, max(len(ids), 1), segment_length)):
+            segments.append(Segment(passage, position, tuple(ids[start : start + segment_length])))
+    return segments
+
+
+def iter_batches(segments: Sequence[Segment], batch_size: int, bos_token_id: int | None) -> Iterator[SegmentBatch]:
+    """Batches of similar-length segments (sorted by length to limit padding)."""
+    order = sorted(range(len(segments)), key=lambda i: len(segments[i].token_ids), reverse=True)
+    prefix = [bos_token_id] if bos_token_id is not None else []
+    for start in range(0, len(order), batch_size):
+        chosen = [segments[i] for i in order[start : start + batch_size]]
+        length = len(prefix) + max(len(s.token_ids) for s in chosen)
+        input_ids = torch.zeros(len(chosen), length, dtype=torch.long)
+        attention_mask = torch.zeros(len(chosen), length, dtype=torch.long)
+        anchor_mask = torch.zeros(len(chosen), length, dtype=torch.bool)
+        for row, segment in enumerate(chosen):
+            ids = prefix + list(segment.token_ids)
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            anchor_mask[row, len(prefix) : len(ids)] = True
+        yield SegmentBatch(chosen, input_ids, attention_mask, anchor_mask)
