@@ -109,7 +109,12 @@ class ComprExITHead(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike, **extra) -> Path:
         """Write ``config.json`` (with the backbone fingerprint) and ``model.safetensors``."""
         return save_module(
-            directory, self, kind=CHECKPOINT_KIND, config=self.config.to_dict(), fingerprint=self.fingerprint, extra=extra
+            directory,
+            self,
+            kind=CHECKPOINT_KIND,
+            config=self.config.to_dict(),
+            fingerprint=self.fingerprint,
+            extra=extra,
         )
 
     @classmethod

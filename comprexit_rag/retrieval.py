@@ -292,9 +292,7 @@ class DenseRetriever:
     @overload
     def search(self, queries: Sequence[str], k: int = 5) -> list[list[RetrievedPassage]]: ...
 
-    def search(
-        self, queries: str | Sequence[str], k: int = 5
-    ) -> list[RetrievedPassage] | list[list[RetrievedPassage]]:
+    def search(self, queries: str | Sequence[str], k: int = 5) -> list[RetrievedPassage] | list[list[RetrievedPassage]]:
         """Return the ``k`` passages most similar to each query, best first.
 
         A single ``str`` query returns one list of hits; a list of queries returns one list
@@ -323,9 +321,7 @@ class DenseRetriever:
             scores, positions = self._index.search(vectors, top)
             hits = [
                 [
-                    RetrievedPassage(
-                        self._ids[pos], self._texts[pos], float(score), dict(self._metadata[pos])
-                    )
+                    RetrievedPassage(self._ids[pos], self._texts[pos], float(score), dict(self._metadata[pos]))
                     for score, pos in zip(row_scores, row_positions, strict=True)
                     if pos >= 0
                 ]
@@ -434,11 +430,7 @@ class DenseRetriever:
                 f"embedder dimension {retriever.dimension} does not match the saved index dimension "
                 f"{state['dimension']} (saved with embedder {recorded!r}); load with the same embedder"
             )
-        if (
-            retriever.embedder_name is not None
-            and recorded is not None
-            and retriever.embedder_name != recorded
-        ):
+        if retriever.embedder_name is not None and recorded is not None and retriever.embedder_name != recorded:
             logger.warning(
                 "loading an index built with embedder %r using %r; scores may be meaningless",
                 recorded,

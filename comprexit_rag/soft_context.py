@@ -102,4 +102,6 @@ class SoftContext:
 
     @classmethod
     def empty(cls, hidden_size: int) -> SoftContext:
-        return cls(torch.zeros(0, 0, hidden_size), torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+        return cls(
+            torch.zeros(0, 0, hidden_size), torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
+        )

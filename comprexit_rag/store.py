@@ -379,9 +379,7 @@ class SlotStore:
 
     # ------------------------------------------------------------------ writing
 
-    def put_many(
-        self, keys: Sequence[str], slots: Sequence[torch.Tensor], token_counts: Sequence[int]
-    ) -> list[str]:
+    def put_many(self, keys: Sequence[str], slots: Sequence[torch.Tensor], token_counts: Sequence[int]) -> list[str]:
         """Store the slots of several passages; return the keys actually written.
 
         Keys already in the store (or repeated within the call) are skipped, so re-putting
@@ -482,8 +480,7 @@ class SlotStore:
             "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload),
             "entries": [
-                {"key": key, "shape": list(half.shape), "tokens": tokens}
-                for key, (half, tokens) in chunk.items()
+                {"key": key, "shape": list(half.shape), "tokens": tokens} for key, (half, tokens) in chunk.items()
             ],
         }
         final = self.path / name
@@ -590,8 +587,7 @@ class SlotStore:
                     problems.append(f"manifest ends with an incomplete line of {tail} bytes (ignored)")
             orphans = self._orphans(shards)
             problems.extend(
-                f"orphan file {path.name} has no manifest line (interrupted write; ignored)"
-                for path in orphans
+                f"orphan file {path.name} has no manifest line (interrupted write; ignored)" for path in orphans
             )
             if repair:
                 self._repair(broken)
@@ -614,9 +610,7 @@ class SlotStore:
                 continue
             digest = _sha256_file(path)
             if digest != shard.sha256:
-                problems.append(
-                    f"shard {name} is corrupt: sha256 {digest[:12]}… != recorded {shard.sha256[:12]}…"
-                )
+                problems.append(f"shard {name} is corrupt: sha256 {digest[:12]}… != recorded {shard.sha256[:12]}…")
                 broken.append(name)
                 continue
             try:
@@ -643,9 +637,7 @@ class SlotStore:
         for path in sorted(self.path.iterdir()):
             temporary = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
             uncommitted = (
-                path.name.startswith(SHARD_PREFIX)
-                and path.name.endswith(SHARD_SUFFIX)
-                and path.name not in names
+                path.name.startswith(SHARD_PREFIX) and path.name.endswith(SHARD_SUFFIX) and path.name not in names
             )
             if temporary or uncommitted:
                 out.append(path)

@@ -65,7 +65,7 @@ class WidthTransmission(nn.Module):
     def forward(self, windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return slots [N, K, H], slot mask [N, K] and transport plans [N, W, K] (K = ceil(W / ratio))."""
         anchors, mask = windows.anchors, windows.mask
-        num_windows, window, _ = anchors.shape
+        window = anchors.shape[1]
         num_slots = -(-window // ratio)
         tokens = mask.sum(dim=1, keepdim=True)  # [N, 1]
         slots_used = torch.div(tokens + ratio - 1, ratio, rounding_mode="floor")  # ceil(n / r)
