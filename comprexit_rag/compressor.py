@@ -7,15 +7,17 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+from torch import nn
 
 from .backbone import Backbone
 from .checkpoint import check_fingerprint
 from .config import validate_ratio
+from .errors import InvalidInputError
 from .head import ComprExITHead
-from .segments import check_texts, iter_batches, split_into_segments
+from .segments import SegmentBatch, check_texts, encode_segments
 from .soft_context import PassageDetails, SoftContext
 
 logger = logging.getLogger(__name__)
@@ -28,36 +30,22 @@ def autocast_for(backbone: Backbone) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-class ComprExITCompressor:
-    """Compress passages into soft slots. The question is never seen, so slots can be stored.
+class SlotCompressor:
+    """Query-independent compression: a frozen backbone plus a head mapping hidden states to slots.
 
-    >>> compressor = ComprExITCompressor.from_pretrained()
-    >>> soft = compressor.compress(["Paris is the capital of France."], ratio=4)
-    >>> soft.slot_counts, soft.ratio
+    The head is any module with ``config`` (ratio, window, segment_length), ``fingerprint`` and
+    ``forward(hidden_states, anchor_mask, ratio) -> HeadOutput``. Because the question is never
+    seen, slots can be computed once at indexing time and stored.
     """
 
-    def __init__(self, backbone: Backbone, head: ComprExITHead, batch_size: int = 8) -> None:
-        check_fingerprint(head.fingerprint, backbone.fingerprint, "This ComprExIT head")
+    kind = "slots"
+
+    def __init__(self, backbone: Backbone, head: nn.Module, batch_size: int = 8) -> None:
+        check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
         self.backbone = backbone
         self.head = head.to(backbone.device).eval()
         self.batch_size = batch_size
         self._fingerprint: str | None = None
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        head: str | os.PathLike | ComprExITHead | None = None,
-        backbone: str | os.PathLike | Backbone | None = None,
-        *,
-        device: str | torch.device | None = None,
-        batch_size: int = 8,
-    ) -> ComprExITCompressor:
-        """Defaults: the embedded SmolLM2 backbone and the head shipped for it."""
-        if not isinstance(backbone, Backbone):
-            backbone = Backbone.from_pretrained(backbone, device=device)
-        if not isinstance(head, ComprExITHead):
-            head = ComprExITHead.from_pretrained(head)
-        return cls(backbone, head, batch_size=batch_size)
 
     @property
     def config(self):
@@ -71,7 +59,7 @@ class ComprExITCompressor:
             for name, tensor in sorted(self.head.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = f"comprexit-{digest.hexdigest()[:16]}"
+            self._fingerprint = f"{self.kind}-{digest.hexdigest()[:16]}"
         return self._fingerprint
 
     def compress(
@@ -111,29 +99,39 @@ class ComprExITCompressor:
     ) -> SoftContext:
         """Like :meth:`compress`, for passages that are already tokenised (no special tokens)."""
         ratio = validate_ratio(ratio or self.config.ratio, self.config.window)
-        segments = split_into_segments(token_ids, self.config.segment_length)
-        batch_size = batch_size or self.batch_size
-        # pieces[passage][segment position] -> slots of that segment
-        pieces: list[dict[int, torch.Tensor]] = [{} for _ in token_ids]
-        details: list[dict[int, PassageDetails]] = [{} for _ in token_ids]
-        batches = iter_batches(segments, batch_size, self.backbone.bos_token_id)
-        total = -(-len(segments) // batch_size)
-        show = show_progress if show_progress is not None else total > 4
-        for batch in tqdm(batches, total=total, desc="Compressing", unit="batch", disable=not show):
-            hidden_states = self.backbone.hidden_states(batch.input_ids, batch.attention_mask)
+        if return_details and not isinstance(self.head, ComprExITHead):
+            raise InvalidInputError("return_details=True needs a ComprExIT head (layer weights and transport plans).")
+
+        def encode(batch: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[SegmentSlots]:
             with autocast_for(self.backbone):
                 output = self.head(hidden_states, batch.anchor_mask, ratio=ratio)
-            for row, segment in enumerate(batch.segments):
-                slots = output.slots[row, output.slot_mask[row]].float()
-                pieces[segment.passage][segment.position] = slots
-                if return_details:
-                    details[segment.passage][segment.position] = _segment_details(
-                        output, row, batch.anchor_mask[row], segment.token_ids
-                    )
+            return [
+                SegmentSlots(
+                    slots=output.slots[row, output.slot_mask[row]].float(),
+                    details=_segment_details(output, row, batch.anchor_mask[row], ids) if return_details else None,
+                )
+                for row, ids in enumerate(segment.token_ids for segment in batch.segments)
+            ]
 
-        passages = [torch.cat([part[k] for k in sorted(part)]) for part in pieces]
-        merged = [_merge_details([part[k] for k in sorted(part)]) for part in details] if return_details else None
-        return SoftContext.from_passages(passages, [len(ids) for ids in token_ids], details=merged)
+        per_passage = encode_segments(
+            self.backbone,
+            token_ids,
+            encode,
+            segment_length=self.config.segment_length,
+            batch_size=batch_size or self.batch_size,
+            show_progress=show_progress,
+        )
+        passages = [torch.cat([part.slots for part in parts]) for parts in per_passage]
+        details = None
+        if return_details:
+            details = [_merge_details([part.details for part in parts]) for parts in per_passage]
+        return SoftContext.from_passages(passages, [len(ids) for ids in token_ids], details=details)
+
+
+@dataclass
+class SegmentSlots:
+    slots: torch.Tensor
+    details: PassageDetails | None
 
 
 def _segment_details(output, row: int, anchor_mask: torch.Tensor, token_ids: Sequence[int]) -> PassageDetails:
@@ -153,3 +151,30 @@ def _merge_details(parts: list[PassageDetails]) -> PassageDetails:
         layer_weights=torch.cat([part.layer_weights for part in parts]),
         transport_plans=[plan for part in parts for plan in part.transport_plans],
     )
+
+
+class ComprExITCompressor(SlotCompressor):
+    """Compress passages into soft slots with a ComprExIT head.
+
+    >>> compressor = ComprExITCompressor.from_pretrained()
+    >>> soft = compressor.compress(["Paris is the capital of France."], ratio=4)
+    >>> soft.slot_counts, soft.ratio
+    """
+
+    kind = "comprexit"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        head: str | os.PathLike | ComprExITHead | None = None,
+        backbone: str | os.PathLike | Backbone | None = None,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+    ) -> ComprExITCompressor:
+        """Defaults: the embedded SmolLM2 backbone and the head shipped for it."""
+        if not isinstance(backbone, Backbone):
+            backbone = Backbone.from_pretrained(backbone, device=device)
+        if not isinstance(head, ComprExITHead):
+            head = ComprExITHead.from_pretrained(head)
+        return cls(backbone, head, batch_size=batch_size)

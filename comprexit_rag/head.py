@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from .backbone import Backbone, BackboneFingerprint
 from .checkpoint import (
@@ -24,7 +23,7 @@ from .config import ComprExITConfig, validate_ratio
 from .depth import DepthTransmission
 from .errors import CheckpointError
 from .projector import SlotProjector
-from .width import WidthTransmission, split_windows
+from .width import WidthTransmission, join_windows, split_windows
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +38,11 @@ class HeadOutput:
 
     slots: torch.Tensor  # [B, S, H] float32, in the reader's input-embedding space
     slot_mask: torch.Tensor  # [B, S] bool
-    layer_weights: torch.Tensor  # [B, T, L+1] depth-wise attention over layers
-    transport_plans: torch.Tensor  # [num_windows, W, K]
-    window_owner: torch.Tensor  # [num_windows] sequence index of each window
-    window_mask: torch.Tensor  # [num_windows, W] real tokens of each window
+    # Inspection fields; heads without layer attention or transport (baselines) leave them None.
+    layer_weights: torch.Tensor | None = None  # [B, T, L+1] depth-wise attention over layers
+    transport_plans: torch.Tensor | None = None  # [num_windows, W, K]
+    window_owner: torch.Tensor | None = None  # [num_windows] sequence index of each window
+    window_mask: torch.Tensor | None = None  # [num_windows, W] real tokens of each window
 
 
 class ComprExITHead(nn.Module):
@@ -87,13 +87,7 @@ class ComprExITHead(nn.Module):
         window_slots, slot_mask, plans = self.width(windows, ratio)
         slots = self.projector(window_slots)
 
-        # Regroup window slots by sequence, in order, and pad to the longest sequence.
-        per_window = slot_mask.sum(dim=1)
-        counts = torch.zeros(anchors.shape[0], dtype=torch.long, device=anchors.device)
-        counts.index_add_(0, windows.owner, per_window)
-        pieces = torch.split(slots[slot_mask], counts.tolist())
-        padded = pad_sequence(list(pieces), batch_first=True)
-        mask = torch.arange(padded.shape[1], device=padded.device).unsqueeze(0) < counts.unsqueeze(1)
+        padded, mask = join_windows(slots, slot_mask, windows.owner, anchors.shape[0])
         return HeadOutput(
             slots=padded,
             slot_mask=mask,

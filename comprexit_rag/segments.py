@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+from tqdm.auto import tqdm
 
 from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,3 +79,30 @@ def iter_batches(segments: Sequence[Segment], batch_size: int, bos_token_id: int
             attention_mask[row, : len(ids)] = 1
             anchor_mask[row, len(prefix) : len(ids)] = True
         yield SegmentBatch(chosen, input_ids, attention_mask, anchor_mask)
+
+
+def encode_segments(
+    backbone: Backbone,
+    token_ids: Sequence[Sequence[int]],
+    encode: Callable[[SegmentBatch, tuple[torch.Tensor, ...]], list[T]],
+    *,
+    segment_length: int,
+    batch_size: int,
+    show_progress: bool | None = None,
+) -> list[list[T]]:
+    """Run the frozen backbone over every segment and ``encode`` over its hidden states.
+
+    Returns, per passage, the values ``encode`` produced for its segments, in order.
+    The backbone runs without gradients; ``encode`` runs in the caller's grad mode.
+    """
+    segments = split_into_segments(token_ids, segment_length)
+    pieces: list[dict[int, T]] = [{} for _ in token_ids]
+    total = -(-len(segments) // batch_size)
+    show = show_progress if show_progress is not None else total > 4
+    batches = iter_batches(segments, batch_size, backbone.bos_token_id)
+    for batch in tqdm(batches, total=total, desc="Compressing", unit="batch", disable=not show):
+        with torch.no_grad():
+            hidden_states = backbone.hidden_states(batch.input_ids, batch.attention_mask)
+        for segment, value in zip(batch.segments, encode(batch, hidden_states), strict=True):
+            pieces[segment.passage][segment.position] = value
+    return [[part[position] for position in sorted(part)] for part in pieces]

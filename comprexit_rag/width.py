@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from .sinkhorn import log_sinkhorn
 
@@ -39,6 +40,37 @@ def split_windows(anchors: torch.Tensor, mask: torch.Tensor, window: int) -> Win
     return Windows(anchors=packed[used], mask=valid[used], owner=owner[used])
 
 
+def join_windows(
+    slots: torch.Tensor, slot_mask: torch.Tensor, owner: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Regroup window slots [N, K, H] by sequence, in order: [B, S, H] padded, and the [B, S] mask."""
+    counts = torch.zeros(batch_size, dtype=torch.long, device=slots.device)
+    counts.index_add_(0, owner, slot_mask.sum(dim=1))
+    pieces = list(torch.split(slots[slot_mask], counts.tolist()))
+    padded = pad_sequence(pieces, batch_first=True)
+    mask = torch.arange(padded.shape[1], device=padded.device).unsqueeze(0) < counts.unsqueeze(1)
+    return padded, mask
+
+
+def segment_means(windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means of ceil(n / ratio) near-equal contiguous segments of each window's n tokens.
+
+    Token i of a window goes to segment floor(i * K_n / n); returns [N, K, H] means and
+    the [N, K] mask of the segments that exist (K = ceil(W / ratio)).
+    """
+    anchors, mask = windows.anchors, windows.mask
+    window = anchors.shape[1]
+    num_slots = -(-window // ratio)
+    tokens = mask.sum(dim=1, keepdim=True)  # [N, 1]
+    slots_used = torch.div(tokens + ratio - 1, ratio, rounding_mode="floor")  # ceil(n / r)
+    slot_mask = torch.arange(num_slots, device=anchors.device).unsqueeze(0) < slots_used
+    token_index = torch.arange(window, device=anchors.device).unsqueeze(0)
+    segment = torch.div(token_index * slots_used, tokens, rounding_mode="floor").clamp(max=num_slots - 1)
+    membership = (F.one_hot(segment, num_slots) * mask.unsqueeze(-1)).to(anchors.dtype)
+    means = membership.transpose(1, 2) @ anchors / membership.sum(dim=1).clamp(min=1).unsqueeze(-1)
+    return means, slot_mask
+
+
 class WidthTransmission(nn.Module):
     """Optimal-transport allocation of a window's anchors to its slots (METHOD.md 1b)."""
 
@@ -65,18 +97,9 @@ class WidthTransmission(nn.Module):
     def forward(self, windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return slots [N, K, H], slot mask [N, K] and transport plans [N, W, K] (K = ceil(W / ratio))."""
         anchors, mask = windows.anchors, windows.mask
-        window = anchors.shape[1]
-        num_slots = -(-window // ratio)
+        initial_slots, slot_mask = segment_means(windows, ratio)
         tokens = mask.sum(dim=1, keepdim=True)  # [N, 1]
-        slots_used = torch.div(tokens + ratio - 1, ratio, rounding_mode="floor")  # ceil(n / r)
-        slot_index = torch.arange(num_slots, device=anchors.device).unsqueeze(0)
-        slot_mask = slot_index < slots_used
-
-        # Slot initialisation: means of near-equal contiguous segments (token i -> floor(i * K_n / n)).
-        token_index = torch.arange(window, device=anchors.device).unsqueeze(0)
-        segment = torch.div(token_index * slots_used, tokens, rounding_mode="floor")
-        membership = (F.one_hot(segment.clamp(max=num_slots - 1), num_slots) * mask.unsqueeze(-1)).to(anchors.dtype)
-        initial_slots = membership.transpose(1, 2) @ anchors / membership.sum(dim=1).clamp(min=1).unsqueeze(-1)
+        slots_used = slot_mask.sum(dim=1, keepdim=True)
 
         normed_anchors = self.norm(anchors)
         cost = 1.0 - F.normalize(self.cost(normed_anchors).float(), dim=-1) @ F.normalize(

@@ -1,0 +1,1 @@
+"""Training the trainable parts (heads, projectors, soft prompts) over a frozen backbone."""

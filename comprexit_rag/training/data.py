@@ -1,0 +1,132 @@
+"""Training data: a packed token stream for pretraining and QA examples (with distractors) for SFT.
+
+Sampling is a pure function of a ``random.Random`` seeded from (seed, step), so a resumed
+run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from ..data import Passage, QAExample
+from ..data.splits import load_split, pretraining_passages
+from .examples import TrainExample
+
+logger = logging.getLogger(__name__)
+
+QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08}
+MAX_PASSAGE_TOKENS = 1024
+
+
+def tokenize_passages(tokenizer: PreTrainedTokenizerBase, passages: Iterable[Passage], batch: int = 512) -> list[list[int]]:
+    """Token ids of each passage's "title\\ntext", without special tokens."""
+    texts = [passage.formatted() for passage in passages]
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), batch):
+        ids.extend(tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"])
+    return ids
+
+
+@dataclass
+class PretrainCorpus:
+    """Documents packed into one token stream, separated by the EOS token."""
+
+    tokens: np.ndarray
+
+    @classmethod
+    def build(
+        cls, tokenizer: PreTrainedTokenizerBase, root: str | None = None, max_tokens: int | None = None
+    ) -> PretrainCorpus:
+        separator = tokenizer.eos_token_id
+        stream: list[int] = []
+        buffer: list[Passage] = []
+
+        def flush() -> None:
+            for ids in tokenize_passages(tokenizer, buffer):
+                stream.extend(ids)
+                stream.append(separator)
+            buffer.clear()
+
+        for passage in pretraining_passages(root):
+            buffer.append(passage)
+            if len(buffer) == 512:
+                flush()
+                if max_tokens and len(stream) >= max_tokens:
+                    break
+        flush()
+        tokens = np.asarray(stream[:max_tokens] if max_tokens else stream, dtype=np.int32)
+        logger.info("Pretraining corpus: %d tokens", len(tokens))
+        return cls(tokens)
+
+    def sample(self, rng: random.Random, batch_size: int, context_length: int, continuation: int) -> list[TrainExample]:
+        """Random windows: ``context_length`` tokens to compress, the next ``continuation`` to predict."""
+        span = context_length + continuation
+        examples = []
+        for _ in range(batch_size):
+            start = rng.randrange(0, len(self.tokens) - span)
+            window = self.tokens[start : start + span].tolist()
+            examples.append(TrainExample([window[:context_length]], "", window[context_length:]))
+        return examples
+
+
+@dataclass
+class QAItem:
+    passage_ids: list[list[int]]
+    question: str
+    target_ids: list[int]
+
+
+@dataclass
+class QATrainingSet:
+    """QA training examples per family, plus a pool of passages to draw distractors from."""
+
+    families: dict[str, list[QAItem]]
+    distractors: list[list[int]]
+
+    @classmethod
+    def build(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        families: Iterable[str] = tuple(QA_FAMILY_WEIGHTS),
+        root: str | None = None,
+        limit_per_family: int | None = None,
+    ) -> QATrainingSet:
+        stop = tokenizer.eos_token_id
+        items: dict[str, list[QAItem]] = {}
+        pool: list[list[int]] = []
+        for family in families:
+            examples: list[QAExample] = load_split(family, "train", root)[:limit_per_family]
+            passages = [passage for example in examples for passage in example.passages]
+            ids = [p[:MAX_PASSAGE_TOKENS] for p in tokenize_passages(tokenizer, passages)]
+            answers = tokenizer([example.answers[0] for example in examples], add_special_tokens=False)["input_ids"]
+            family_items, start = [], 0
+            for example, answer in zip(examples, answers, strict=True):
+                count = len(example.passages)
+                family_items.append(QAItem(ids[start : start + count], example.question, [*answer, stop]))
+                start += count
+            items[family] = family_items
+            pool.extend(ids)
+            logger.info("QA training set %s: %d examples, %d passages", family, len(family_items), len(ids))
+        return cls(items, pool)
+
+    def sample(
+        self, rng: random.Random, batch_size: int, distractor_prob: float, max_distractors: int
+    ) -> list[TrainExample]:
+        """Family-weighted examples; single-passage ones sometimes get random distractor passages."""
+        names = list(self.families)
+        weights = [QA_FAMILY_WEIGHTS.get(name, 0.1) for name in names]
+        batch = []
+        for family in rng.choices(names, weights=weights, k=batch_size):
+            item = rng.choice(self.families[family])
+            passages = list(item.passage_ids)
+            if len(passages) == 1 and rng.random() < distractor_prob:
+                passages += [rng.choice(self.distractors) for _ in range(rng.randint(1, max_distractors))]
+                rng.shuffle(passages)
+            batch.append(TrainExample(passages, item.question, item.target_ids))
+        return batch

@@ -1,0 +1,238 @@
+"""The training loop: frozen backbone, one trainable module, answer-token (or continuation) loss.
+
+Readable top to bottom: build the encoder and data, then for each step sample a batch
+(deterministically from seed and step), encode its passages, let the frozen reader score
+the targets, and update. Checkpoints hold the module (safetensors), the optimizer state
+(tensors only, loaded with ``weights_only=True``) and a JSON state, so a run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..backbone import Backbone
+from ..compressor import autocast_for
+from ..prompts import ContinuationPrompt, QAPrompt
+from ..reader import IGNORE_INDEX, Reader
+from .contexts import ContextEncoder
+from .data import PretrainCorpus, QATrainingSet
+from .examples import TrainExample
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["comprexit", "mean-pool", "comi", "full-tuned"]
+Stage = Literal["pretrain", "sft"]
+SLOT_METHODS = ("comprexit", "mean-pool")
+
+
+@dataclass
+class TrainConfig:
+    method: Method
+    stage: Stage
+    output_dir: str
+    init_from: str | None = None  # checkpoint directory to start from (e.g. the pretrained head)
+    ratios: list[int] = field(default_factory=lambda: [4, 8, 16])  # one sampled per step
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_steps: int = 2000
+    time_budget_s: float | None = None  # stop early (and shorten the schedule) to fit a time budget
+    seed: int = 0
+    context_length: int = 512  # pretraining: tokens compressed
+    continuation_length: int = 128  # pretraining: tokens predicted
+    distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
+    max_distractors: int = 9
+    soft_prompt_tokens: int = 16
+    log_every: int = 10
+    save_every: int = 200
+    data_root: str | None = None
+    max_pretrain_tokens: int | None = None
+    limit_per_family: int | None = None  # SFT: cap examples per family (smoke runs)
+
+
+def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
+    """The trainable module for ``config.method``, fresh or loaded from ``config.init_from``."""
+    from ..baselines.mean_pool import MeanPoolHead
+    from ..baselines.soft_prompt import SoftPrompt
+    from ..checkpoint import check_fingerprint
+    from ..head import ComprExITHead
+    from .encoders import SlotHeadEncoder, SoftPromptEncoder
+
+    if config.stage == "pretrain" and config.method not in SLOT_METHODS:
+        raise ValueError(f"Pretraining applies to {SLOT_METHODS}; train {config.method} with --stage sft.")
+    if config.method == "comprexit":
+        if config.init_from:
+            head = ComprExITHead.from_pretrained(config.init_from)
+        else:
+            head = ComprExITHead.for_backbone(backbone, ratio=config.ratios[0])
+        head.config.trained_ratios = sorted(config.ratios)
+        module, encoder = head, SlotHeadEncoder(backbone, head, "comprexit")
+    elif config.method == "mean-pool":
+        head = MeanPoolHead.from_pretrained(config.init_from) if config.init_from else MeanPoolHead.for_backbone(backbone)
+        module, encoder = head, SlotHeadEncoder(backbone, head, "mean-pool")
+    elif config.method == "comi":
+        from ..comi import COMIContextEncoder, COMIMerger
+
+        merger = COMIMerger.from_pretrained(config.init_from) if config.init_from else COMIMerger.for_backbone(backbone)
+        module, encoder = merger, COMIContextEncoder(backbone, merger)
+    elif config.method == "full-tuned":
+        prompt = (
+            SoftPrompt.from_pretrained(config.init_from)
+            if config.init_from
+            else SoftPrompt.for_backbone(backbone, config.soft_prompt_tokens)
+        )
+        module, encoder = prompt, SoftPromptEncoder(backbone, prompt)
+    else:
+        raise ValueError(f"Unknown method {config.method!r}.")
+    check_fingerprint(module.fingerprint, backbone.fingerprint, f"The {config.method} checkpoint")
+    module.to(backbone.device).train()
+    return encoder
+
+
+def answer_loss(reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens given prompt + encoded context."""
+    contexts = encoder.encode(batch, ratio)
+    inputs = reader.build_inputs(
+        [example.question for example in batch], contexts, [example.target_ids for example in batch], prompt=prompt
+    )
+    model = reader.backbone.model
+    with autocast_for(reader.backbone):
+        hidden = model.base_model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+    # Only positions that predict a target token go through the (large-vocabulary) LM head.
+    labels = inputs.labels[:, 1:]
+    selected = labels != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][selected])
+    return F.cross_entropy(logits.float(), labels[selected])
+
+
+def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(config: TrainConfig, backbone: Backbone) -> dict:
+    """Run (or resume) one training stage; returns the summary also written to ``summary.json``."""
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    encoder = build_encoder(config, backbone)
+    module = encoder.trainable
+    reader = Reader(backbone)
+    prompt = ContinuationPrompt() if config.stage == "pretrain" else QAPrompt()
+    optimizer = torch.optim.AdamW(
+        [p for p in module.parameters() if p.requires_grad],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+        weight_decay=config.weight_decay,
+    )
+
+    if config.stage == "pretrain":
+        corpus = PretrainCorpus.build(backbone.tokenizer, config.data_root, config.max_pretrain_tokens)
+
+        def sample(rng: random.Random) -> list[TrainExample]:
+            context = rng.choice([128, 256, 384, config.context_length])  # short passages matter too
+            return corpus.sample(rng, config.batch_size, context, config.continuation_length)
+    else:
+        qa = QATrainingSet.build(backbone.tokenizer, root=config.data_root, limit_per_family=config.limit_per_family)
+
+        def sample(rng: random.Random) -> list[TrainExample]:
+            return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors)
+
+    state = {"step": 0, "total_steps": config.max_steps, "elapsed_s": 0.0, "examples": 0, "target_tokens": 0}
+    checkpoint = output / "checkpoint"
+    if (checkpoint / "state.json").is_file():
+        state = resume(checkpoint, module, optimizer)
+        logger.info("Resuming %s at step %d", output, state["step"])
+
+    log = open(output / "log.jsonl", "a")
+    progress = tqdm(total=state["total_steps"], initial=state["step"], desc=f"{config.method}/{config.stage}")
+    started = time.perf_counter() - state["elapsed_s"]
+    while state["step"] < state["total_steps"]:
+        step = state["step"]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, state["total_steps"], config)
+        total_loss = 0.0
+        for micro in range(config.grad_accum):
+            rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
+            ratio = rng.choice(config.ratios)
+            batch = sample(rng)
+            loss = answer_loss(reader, encoder, batch, ratio, prompt)
+            (loss / config.grad_accum).backward()
+            total_loss += loss.item() / config.grad_accum
+            state["examples"] += len(batch)
+            state["target_tokens"] += sum(len(example.target_ids) for example in batch)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        state["step"] = step + 1
+        state["elapsed_s"] = time.perf_counter() - started
+        if config.time_budget_s and state["step"] == 20:
+            # Fit the schedule into the time budget once the step time is known.
+            affordable = int(config.time_budget_s / (state["elapsed_s"] / 20))
+            state["total_steps"] = max(21, min(config.max_steps, affordable))
+            progress.total = state["total_steps"]
+        progress.update(1)
+        if state["step"] % config.log_every == 0 or state["step"] == state["total_steps"]:
+            record = {"step": state["step"], "loss": round(total_loss, 4), "ratio": ratio, "lr": lr_at(step, state["total_steps"], config), "elapsed_s": round(state["elapsed_s"], 1)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            progress.set_postfix(loss=f"{total_loss:.3f}", ratio=ratio)
+        if state["step"] % config.save_every == 0:
+            save_checkpoint(checkpoint, module, optimizer, state)
+    progress.close()
+    log.close()
+
+    summary = {
+        "method": config.method,
+        "stage": config.stage,
+        "steps": state["step"],
+        "examples_seen": state["examples"],
+        "target_tokens_seen": state["target_tokens"],
+        "wall_time_s": round(state["elapsed_s"], 1),
+        "device": str(backbone.device),
+        "config": asdict(config),
+    }
+    module.save_pretrained(output / "final", training=summary)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_checkpoint(checkpoint, module, optimizer, state)
+    return summary
+
+
+def save_checkpoint(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Module, optimizer and loop state; the JSON state is written last, so it marks a complete checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    module.save_pretrained(directory / "module")
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt.tmp")
+    (directory / "optimizer.pt.tmp").replace(directory / "optimizer.pt")
+    (directory / "state.json.tmp").write_text(json.dumps(state))
+    (directory / "state.json.tmp").replace(directory / "state.json")
+
+
+def resume(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from ..checkpoint import load_into, load_state_dict
+
+    load_into(module, load_state_dict(directory / "module"), directory / "module")
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    return json.loads((directory / "state.json").read_text())
