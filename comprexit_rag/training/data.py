@@ -24,7 +24,9 @@ QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08}
 MAX_PASSAGE_TOKENS = 1024
 
 
-def tokenize_passages(tokenizer: PreTrainedTokenizerBase, passages: Iterable[Passage], batch: int = 512) -> list[list[int]]:
+def tokenize_passages(
+    tokenizer: PreTrainedTokenizerBase, passages: Iterable[Passage], batch: int = 512
+) -> list[list[int]]:
     """Token ids of each passage's "title\\ntext", without special tokens."""
     texts = [passage.formatted() for passage in passages]
     ids: list[list[int]] = []

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -81,7 +82,10 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
         head.config.trained_ratios = sorted(config.ratios)
         module, encoder = head, SlotHeadEncoder(backbone, head, "comprexit")
     elif config.method == "mean-pool":
-        head = MeanPoolHead.from_pretrained(config.init_from) if config.init_from else MeanPoolHead.for_backbone(backbone)
+        if config.init_from:
+            head = MeanPoolHead.from_pretrained(config.init_from)
+        else:
+            head = MeanPoolHead.for_backbone(backbone)
         module, encoder = head, SlotHeadEncoder(backbone, head, "mean-pool")
     elif config.method == "comi":
         from ..comi import COMIContextEncoder, COMIMerger
@@ -123,6 +127,25 @@ def answer_loss(reader: Reader, encoder: ContextEncoder, batch: list[TrainExampl
     return F.cross_entropy(logits.float(), labels[selected])
 
 
+def make_sampler(config: TrainConfig, backbone: Backbone) -> Callable[[random.Random], list[TrainExample]]:
+    """A function from a seeded RNG to a training batch for the configured stage."""
+    if config.stage == "pretrain":
+        corpus = PretrainCorpus.build(backbone.tokenizer, config.data_root, config.max_pretrain_tokens)
+
+        def sample_pretrain(rng: random.Random) -> list[TrainExample]:
+            context = rng.choice([128, 256, 384, config.context_length])  # short passages matter too
+            return corpus.sample(rng, config.batch_size, context, config.continuation_length)
+
+        return sample_pretrain
+
+    qa = QATrainingSet.build(backbone.tokenizer, root=config.data_root, limit_per_family=config.limit_per_family)
+
+    def sample_qa(rng: random.Random) -> list[TrainExample]:
+        return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors)
+
+    return sample_qa
+
+
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < config.warmup_steps:
@@ -147,25 +170,14 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
         weight_decay=config.weight_decay,
     )
 
-    if config.stage == "pretrain":
-        corpus = PretrainCorpus.build(backbone.tokenizer, config.data_root, config.max_pretrain_tokens)
-
-        def sample(rng: random.Random) -> list[TrainExample]:
-            context = rng.choice([128, 256, 384, config.context_length])  # short passages matter too
-            return corpus.sample(rng, config.batch_size, context, config.continuation_length)
-    else:
-        qa = QATrainingSet.build(backbone.tokenizer, root=config.data_root, limit_per_family=config.limit_per_family)
-
-        def sample(rng: random.Random) -> list[TrainExample]:
-            return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors)
-
+    sample = make_sampler(config, backbone)
     state = {"step": 0, "total_steps": config.max_steps, "elapsed_s": 0.0, "examples": 0, "target_tokens": 0}
     checkpoint = output / "checkpoint"
     if (checkpoint / "state.json").is_file():
         state = resume(checkpoint, module, optimizer)
         logger.info("Resuming %s at step %d", output, state["step"])
 
-    log = open(output / "log.jsonl", "a")
+    log_path = output / "log.jsonl"
     progress = tqdm(total=state["total_steps"], initial=state["step"], desc=f"{config.method}/{config.stage}")
     started = time.perf_counter() - state["elapsed_s"]
     while state["step"] < state["total_steps"]:
@@ -195,14 +207,19 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
             progress.total = state["total_steps"]
         progress.update(1)
         if state["step"] % config.log_every == 0 or state["step"] == state["total_steps"]:
-            record = {"step": state["step"], "loss": round(total_loss, 4), "ratio": ratio, "lr": lr_at(step, state["total_steps"], config), "elapsed_s": round(state["elapsed_s"], 1)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            record = {
+                "step": state["step"],
+                "loss": round(total_loss, 4),
+                "ratio": ratio,
+                "lr": lr_at(step, state["total_steps"], config),
+                "elapsed_s": round(state["elapsed_s"], 1),
+            }
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=f"{total_loss:.3f}", ratio=ratio)
         if state["step"] % config.save_every == 0:
             save_checkpoint(checkpoint, module, optimizer, state)
     progress.close()
-    log.close()
 
     summary = {
         "method": config.method,
