@@ -56,9 +56,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "comi-merger"
 DEFAULT_MERGER = PRETRAINED_DIR / "comi-smollm2-135m"
-#: Hidden-state index (0 = embedding output) whose states COMI scores and merges. Chosen by
-#: ``benchmarks/comi_layer_probe.py`` on SmolLM2-135M (see docs/COMI.md); the paper uses layer 8.
-DEFAULT_LAYER = 8
 #: How the question follows the passage in the backbone input (tokenised without special tokens).
 QUESTION_TEMPLATE = "\nQuestion: {question}"
 
@@ -68,20 +65,25 @@ class COMIConfig:
     """Settings of a :class:`COMIMerger`.
 
     ``hidden_size`` and ``num_hidden_states`` (L + 1) come from the backbone. ``layer`` is the
-    hidden-state index whose states are grouped and merged. ``ratio`` is the default compression
+    hidden-state index (0 = embedding output, L = last layer) whose states are scored and merged;
+    ``None`` means the last one, L: on SmolLM2-135M it was the only layer whose cos(h_i, q)
+    ranked answer tokens above chance (``benchmarks/comi_layer_probe.py``, docs/COMI.md; the
+    paper uses the 8th layer of a fine-tuned encoder). ``ratio`` is the default compression
     ratio m (``ceil(n / m)`` slots per segment of ``segment_length`` tokens); any ratio up to
     ``max_ratio`` can be used at compression time.
     """
 
     hidden_size: int
     num_hidden_states: int
-    layer: int = DEFAULT_LAYER
+    layer: int | None = None
     ratio: int = 4
     segment_length: int = 512
     max_ratio: int = 128
     trained_ratios: list[int] = field(default_factory=lambda: [4])
 
     def __post_init__(self) -> None:
+        if self.layer is None:
+            self.layer = self.num_hidden_states - 1
         if not 0 <= self.layer < self.num_hidden_states:
             raise InvalidInputError(
                 f"layer must index one of the backbone's {self.num_hidden_states} hidden states "
@@ -137,7 +139,7 @@ def allocate_group_sizes(mig: torch.Tensor, n: int) -> torch.Tensor:
     Every group keeps at least one token and the sizes sum to ``n``; the number of groups
     ``G = len(mig)`` never changes. Groups whose share falls below one token are pinned to one
     token and the rest is shared among the others in the same proportions (water-filling); the
-    shares are then rounded by largest remainder (ties go to the earlier group). Sizes are
+    shares are then rounded by largest remainder (ties go to the lower MIG, then the earlier group). Sizes are
     monotone: a group with a higher MIG never receives more tokens than one with a lower MIG.
 
     Args:
@@ -162,9 +164,12 @@ def allocate_group_sizes(mig: torch.Tensor, n: int) -> torch.Tensor:
             break
         pinned |= newly_pinned
     sizes = quota.floor().long().clamp(min=1)
-    # The quotas sum to n, so the floors fall short by the (integer) sum of the remainders.
+    # The quotas sum to n, so the floors fall short by the (integer) sum of the remainders. Equal
+    # remainders go to the lower MIG first (then the earlier group), which keeps sizes monotone.
     missing = n - int(sizes.sum())
-    order = torch.argsort(quota - quota.floor(), descending=True, stable=True)
+    by_mig = torch.argsort(mig.detach().double().cpu(), stable=True)
+    remainder = (quota - quota.floor())[by_mig]
+    order = by_mig[torch.argsort(remainder, descending=True, stable=True)]
     sizes[order[:missing]] += 1
     return sizes.to(mig.device)
 
@@ -346,8 +351,7 @@ class COMIMerger(nn.Module):
 
     @classmethod
     def for_backbone(cls, backbone: Backbone, **config_overrides: Any) -> COMIMerger:
-        """A fresh merger sized for ``backbone``; the layer defaults to DEFAULT_LAYER (clipped to the depth)."""
-        config_overrides.setdefault("layer", min(DEFAULT_LAYER, backbone.num_hidden_states - 1))
+        """A fresh merger sized for ``backbone`` (``config_overrides`` go to :class:`COMIConfig`)."""
         config = COMIConfig(
             hidden_size=backbone.hidden_size, num_hidden_states=backbone.num_hidden_states, **config_overrides
         )
