@@ -205,6 +205,8 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
             affordable = int(config.time_budget_s / (state["elapsed_s"] / 20))
             state["total_steps"] = max(21, min(config.max_steps, affordable))
             progress.total = state["total_steps"]
+        if config.time_budget_s and state["elapsed_s"] >= config.time_budget_s:
+            state["total_steps"] = state["step"]  # the budget is a hard limit, even if steps got slower
         progress.update(1)
         if state["step"] % config.log_every == 0 or state["step"] == state["total_steps"]:
             record = {

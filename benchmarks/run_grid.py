@@ -1,0 +1,84 @@
+"""Run the benchmark grid (dataset x method x ratio) on the held-out dev splits in one process.
+
+Every row equals one ``comprexit-rag eval`` call; loading the backbone once makes the grid
+cheap enough for one GPU session. Rows are appended to a JSON-lines file as they finish.
+
+    python benchmarks/run_grid.py --out results.jsonl --checkpoints RUNS_DIR [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from comprexit_rag.backbone import Backbone
+from comprexit_rag.data import load_split
+from comprexit_rag.evaluation.harness import evaluate
+from comprexit_rag.evaluation.methods import build_method
+from comprexit_rag.reader import Reader
+
+DATASETS = {
+    "nq": ("nq", "--data ../shared/data/nq/nq_open_oracle_2155.jsonl.gz --format nq-open"),
+    "hotpotqa": ("hotpotqa", "--data ../shared/data/hotpotqa/dev_distractor_350.jsonl --format hotpotqa"),
+}
+# (row label, method, ratio, checkpoint sub-directory of --checkpoints or None for no trained part)
+GRID = [
+    ("closed-book", "closed-book", None, None),
+    ("full", "full", None, None),
+    ("full-tuned", "full-tuned", None, "full-tuned/final"),
+    *[("comprexit", "comprexit", r, "comprexit-mixed/final") for r in (4, 8, 16)],
+    *[(f"comprexit-r{r}", "comprexit", r, f"comprexit-r{r}/final") for r in (4, 8, 16)],
+    *[("truncate", "truncate", r, None) for r in (4, 8, 16)],
+    *[("mean-pool", "mean-pool", r, "mean-pool/final") for r in (4, 8, 16)],
+    *[("comi", "comi", r, "comi/final") for r in (4, 8, 16, 32)],
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--predictions", help="JSON lines of every prediction")
+    parser.add_argument("--checkpoints", required=True, help="directory holding the trained runs")
+    parser.add_argument("--device")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--only", nargs="*", help="row labels to run (default: all)")
+    parser.add_argument("--limit", type=int, help="first N dev examples per dataset (smoke runs)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    backbone = Backbone.from_pretrained(device=args.device)
+    reader = Reader(backbone)
+    for dataset in args.datasets:
+        family, data_args = DATASETS[dataset]
+        examples = load_split(family, "dev")[: args.limit]
+        for label, method_name, ratio, checkpoint in GRID:
+            if args.only and label not in args.only:
+                continue
+            started = time.perf_counter()
+            path = str(Path(args.checkpoints) / checkpoint) if checkpoint else None
+            method = build_method(method_name, backbone, ratio or 4, path)
+            result = evaluate(method, reader, examples, ratio=ratio, batch_size=args.batch_size, show_progress=False)
+            command = f"comprexit-rag eval {data_args} --method {method_name}"
+            command += (f" --ratio {ratio}" if ratio else "") + (f" --checkpoint {checkpoint}" if checkpoint else "")
+            row = {"dataset": dataset, "label": label, **result.summary(), "command": command + " --json"}
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            if args.predictions:
+                with open(args.predictions, "a") as handle:
+                    for example, prediction in zip(examples, result.predictions, strict=True):
+                        record = {"dataset": dataset, "label": label, "ratio": ratio, "id": example.id}
+                        record |= {"prediction": prediction, "answers": example.answers}
+                        handle.write(json.dumps(record) + "\n")
+            print(
+                f"{dataset:9s} {label:14s} r={ratio!s:4s} F1={result.f1:.3f} EM={result.em:.3f} "
+                f"acc={result.accuracy:.3f} ({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""``comprexit-rag eval``: score one method on a QA file with the shared reader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ..config import validate_ratio
+from ..evaluation.methods import METHODS, RATIO_METHODS
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad"}  # format -> split family
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a method (EM, F1, accuracy, cost) on a QA file")
+    parser.add_argument("--data", required=True, help="QA file (HotpotQA json/jsonl, NQ-open jsonl[.gz], MRQA)")
+    parser.add_argument("--format", choices=tuple(FORMATS), required=True)
+    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--ratio", type=int, default=4, help="compression ratio for " + ", ".join(RATIO_METHODS))
+    parser.add_argument("--limit", type=int, help="evaluate the first N examples")
+    parser.add_argument("--context", choices=("distractor", "gold"), default="distractor")
+    parser.add_argument(
+        "--split",
+        choices=("dev", "all"),
+        default="dev",
+        help="dev: keep only this project's held-out dev split when the file is one of the shared data files "
+        "(a file with no example in the split is used whole); all: every example",
+    )
+    parser.add_argument("--checkpoint", help="trained module of the method (default: the shipped one)")
+    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
+    parser.add_argument("--device")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--predictions", help="write one JSON line per example (id, question, answers, prediction)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.set_defaults(run=run)
+
+
+def load_examples(path: str, data_format: str, split: str, context: str, limit: int | None) -> list:
+    from ..data import QAExample, load_hotpotqa, load_nq_open, load_split, load_squad_mrqa
+    from ..data.paths import DataNotFoundError
+
+    loader = {"hotpotqa": load_hotpotqa, "nq-open": load_nq_open, "squad-mrqa": load_squad_mrqa}[data_format]
+    examples: list[QAExample] = loader(path)
+    if split == "dev":
+        try:
+            dev_ids = {e.id for e in load_split(FORMATS[data_format], "dev")}
+        except DataNotFoundError:
+            dev_ids = set()
+        kept = [e for e in examples if e.id in dev_ids]
+        if kept:
+            examples = kept
+        else:
+            logger.warning("%s has no example of the project's dev split; evaluating all of it.", path)
+    if context == "gold":
+        examples = [
+            QAExample(e.id, e.question, e.answers, e.gold_passages(), tuple(range(len(e.gold_passages()))))
+            for e in examples
+        ]
+    return examples[:limit] if limit else examples
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbone import Backbone
+    from ..evaluation.harness import evaluate
+    from ..evaluation.methods import build_method
+    from ..reader import Reader
+
+    ratio = validate_ratio(args.ratio, 128) if args.method in RATIO_METHODS else None
+    examples = load_examples(args.data, args.format, args.split, args.context, args.limit)
+    backbone = Backbone.from_pretrained(args.backbone, device=args.device)
+    method = build_method(args.method, backbone, ratio or 4, args.checkpoint)
+    reader = Reader(backbone, max_new_tokens=args.max_new_tokens)
+    result = evaluate(method, reader, examples, ratio=ratio, batch_size=args.batch_size, show_progress=not args.json)
+    if args.predictions:
+        with Path(args.predictions).open("w") as handle:
+            for example, prediction in zip(examples, result.predictions, strict=True):
+                record = {"id": example.id, "question": example.question, "answers": list(example.answers)}
+                handle.write(json.dumps({**record, "prediction": prediction}) + "\n")
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    return 0

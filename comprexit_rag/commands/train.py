@@ -1,0 +1,51 @@
+"""``comprexit-rag train``: train a head, a projector or a soft prompt over the frozen backbone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from ..training.trainer import TrainConfig
+
+METHODS = ("comprexit", "mean-pool", "comi", "full-tuned")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a ComprExIT head (or a baseline's trainable part)",
+        description="Stage 'pretrain' compresses 512 tokens and predicts the next 128; stage 'sft' trains on "
+        "answer tokens given slots + question. The backbone stays frozen.",
+    )
+    parser.add_argument("--stage", choices=("pretrain", "sft"), required=True)
+    parser.add_argument("--method", choices=METHODS, default="comprexit")
+    parser.add_argument("--output-dir", required=True, help="checkpoints, log.jsonl, summary.json, final/")
+    parser.add_argument("--init-from", help="checkpoint directory to start from (e.g. the pretrain stage's final/)")
+    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--data", dest="data_root", help="data directory (default: $COMPREXIT_DATA or ../shared/data)")
+    parser.add_argument("--ratios", type=int, nargs="+", default=[4, 8, 16], help="one is sampled per step")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds; shortens the schedule")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--max-pretrain-tokens", type=int, help="cap the pretraining corpus (smoke runs)")
+    parser.add_argument("--limit-per-family", type=int, help="cap SFT examples per data family (smoke runs)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbone import Backbone
+    from ..training.trainer import train
+
+    names = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{key: value for key, value in vars(args).items() if key in names})
+    backbone = Backbone.from_pretrained(args.backbone, device=args.device)
+    summary = train(config, backbone)
+    print(json.dumps({key: summary[key] for key in ("method", "stage", "steps", "wall_time_s")}))
+    return 0
