@@ -1,0 +1,61 @@
+"""``comprexit-rag ask``: answer a question from an indexed pipeline directory."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+from ..pipeline import METHODS, Answer
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ask", help="answer a question from a directory built by `comprexit-rag index`")
+    parser.add_argument("directory", help="pipeline directory")
+    parser.add_argument("question")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="comprexit",
+        help="comprexit: stored slots; comi: query-aware slots computed now; full: raw passages",
+    )
+    parser.add_argument("--k", type=int, default=5, help="passages to retrieve")
+    parser.add_argument("--ratio", type=int, help="compression ratio (default: the pipeline's)")
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--comi-merger", help="COMI merger checkpoint for --method comi (default: the shipped one)")
+    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import RAGPipeline
+
+    # With --json, stdout carries the JSON object and nothing else: stray prints go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        pipeline = RAGPipeline.load(args.directory, comi_merger=args.comi_merger, device=args.device)
+        answer = pipeline.ask(
+            args.question, method=args.method, k=args.k, ratio=args.ratio, max_new_tokens=args.max_new_tokens
+        )
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return 0
+    print(f"Answer ({answer.method}): {answer.answer}")
+    print("Sources:")
+    for rank, source in enumerate(answer.sources, start=1):
+        print(f"  {rank}. [{source.score:.3f}] {source.title or source.id}")
+    print(f"Context: {describe_stats(answer)}")
+    return 0
+
+
+def describe_stats(answer: Answer) -> str:
+    """One line: context tokens, slots and ratio, store hits (comprexit) and timings."""
+    stats = answer.stats
+    context = f"{stats.context_tokens} tokens"
+    if answer.method != "full":
+        context += f" -> {stats.slots} slots (ratio {stats.ratio:.1f})"
+    if answer.method == "comprexit":
+        context += f", store hits {stats.store_hits}/{stats.store_hits + stats.store_misses}"
+    times = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in answer.timings.items())
+    return f"{context}; {times}"

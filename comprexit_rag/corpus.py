@@ -1,0 +1,247 @@
+"""Reading a passage corpus from disk for indexing, whatever its layout.
+
+:func:`read_corpus` accepts
+
+* a ``.jsonl`` / ``.json`` file (optionally gzipped) of ``{"id"?, "title"?, "text"}`` records;
+* the shared HotpotQA files, JSON-lines or official JSON: every unique paragraph of every
+  question becomes one passage;
+* the 2WikiMultihopQA ``corpus.json.gz`` (a JSON list of ``{"title", "text"}``);
+* a ``.txt`` / ``.md`` file, or a folder searched recursively for them. Each file is cut into
+  passages of whole paragraphs of at most ``max_words`` words (the dense retriever reads
+  about 200 words at most). Files that are not valid UTF-8 or look binary are skipped with
+  a warning.
+
+Passages whose formatted text (``"title\\ntext"``) repeats an earlier one are dropped, so a
+corpus can be re-read and re-indexed without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from .data import Passage, load_2wiki_corpus, load_hotpotqa
+from .data._io import open_text
+from .errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TEXT_SUFFIXES", "read_corpus", "split_paragraphs"]
+
+TEXT_SUFFIXES = (".txt", ".md")
+JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+DEFAULT_MAX_WORDS = 200
+_BINARY_PROBE = 8192
+
+
+def read_corpus(
+    path: str | os.PathLike[str], limit: int | None = None, *, max_words: int = DEFAULT_MAX_WORDS
+) -> list[Passage]:
+    """Read the passages of a corpus file or folder (see the module docstring for layouts).
+
+    Args:
+        path: a JSON / JSON-lines file, a HotpotQA or 2Wiki file, a text file or a folder.
+        limit: keep at most this many (unique) passages, in file order.
+        max_words: longest passage cut from a text file, in words (a longer paragraph is
+            cut at word boundaries).
+
+    Raises:
+        InvalidInputError: the path does not exist, has an unknown suffix, is malformed JSON,
+            or holds no passage at all.
+    """
+    if limit is not None and limit < 1:
+        raise InvalidInputError(f"limit must be a positive number of passages, got {limit}.")
+    if max_words < 1:
+        raise InvalidInputError(f"max_words must be positive, got {max_words}.")
+    source = Path(path).expanduser()
+    if source.is_dir():
+        passages: Iterable[Passage] = _read_folder(source, max_words)
+    elif source.is_file():
+        name = source.name.lower()
+        if name.endswith(TEXT_SUFFIXES):
+            passages = _read_text_file(source, source.stem, max_words)
+        elif name.endswith(JSON_SUFFIXES):
+            passages = _read_json_file(source)
+        else:
+            raise InvalidInputError(
+                f"{source}: unknown corpus format; expected a folder, .txt/.md, or .jsonl/.json (optionally .gz)."
+            )
+    else:
+        raise InvalidInputError(f"Corpus {source} does not exist.")
+
+    unique = list(islice(_unique(passages), limit))
+    if not unique:
+        raise InvalidInputError(f"{source} holds no passage with text; nothing to index.")
+    logger.info("Read %d passages from %s", len(unique), source)
+    return unique
+
+
+def _unique(passages: Iterable[Passage]) -> Iterator[Passage]:
+    """Drop passages whose formatted text was already seen (HotpotQA repeats paragraphs)."""
+    seen: set[str] = set()
+    dropped = 0
+    for passage in passages:
+        text = passage.formatted()
+        if text in seen:
+            dropped += 1
+            continue
+        seen.add(text)
+        yield passage
+    if dropped:
+        logger.info("Dropped %d duplicate passages", dropped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text files and folders.
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_folder(folder: Path, max_words: int) -> Iterator[Passage]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES))
+    if not files:
+        logger.warning("%s has no .txt or .md files", folder)
+    for file in files:
+        title = file.relative_to(folder).with_suffix("").as_posix()
+        yield from _read_text_file(file, title, max_words, id_prefix=file.relative_to(folder).as_posix())
+
+
+def _read_text_file(file: Path, title: str, max_words: int, id_prefix: str | None = None) -> Iterator[Passage]:
+    text = _decode_text_file(file)
+    if text is None:
+        return
+    prefix = id_prefix or file.name
+    for index, chunk in enumerate(split_paragraphs(text, max_words)):
+        yield Passage(text=chunk, title=title, id=f"{prefix}#{index}")
+
+
+def _decode_text_file(file: Path) -> str | None:
+    """The file's text, or ``None`` (with a warning) when it is binary, not UTF-8 or empty."""
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        logger.warning("Skipping %s: cannot read it (%s)", file, error)
+        return None
+    if b"\x00" in data[:_BINARY_PROBE]:
+        logger.warning("Skipping %s: it looks binary (NUL bytes)", file)
+        return None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        logger.warning("Skipping %s: not valid UTF-8 (byte %d: %s)", file, error.start, error.reason)
+        return None
+    if not text.strip():
+        logger.warning("Skipping %s: empty", file)
+        return None
+    return text
+
+
+def split_paragraphs(text: str, max_words: int = DEFAULT_MAX_WORDS) -> list[str]:
+    """Pack blank-line-separated paragraphs into chunks of at most ``max_words`` words.
+
+    Whitespace inside a chunk is collapsed, paragraphs are joined by a blank line, and a
+    paragraph longer than ``max_words`` is cut at word boundaries. No word is dropped.
+    """
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for raw in text.replace("\r\n", "\n").split("\n\n"):
+        words = raw.split()
+        while words:
+            if size and size + len(words) > max_words:
+                chunks.append("\n\n".join(current))
+                current, size = [], 0
+            take = words[:max_words]
+            words = words[max_words:]
+            current.append(" ".join(take))
+            size += len(take)
+    if current:
+        chunks.append("\n\n".join(current))
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON and JSON-lines files.
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json_file(file: Path) -> Iterator[Passage]:
+    first = _first_record(file)
+    if first is None:
+        return iter(())
+    if ("contexts" in first and "question_text" in first) or ("context" in first and "supporting_facts" in first):
+        logger.info("%s is a HotpotQA file; indexing the paragraphs of every question", file)
+        return (passage for example in _load(load_hotpotqa, file) for passage in example.passages)
+    if set(first) == {"title", "text"} and not _is_jsonl(file):
+        return iter(_load(load_2wiki_corpus, file))
+    return _records(file)
+
+
+def _load(loader: Any, file: Path) -> Any:
+    try:
+        return loader(file)
+    except (ValueError, KeyError, TypeError) as error:
+        raise InvalidInputError(f"{file} is not a well-formed corpus file: {error!r}") from error
+
+
+def _is_jsonl(file: Path) -> bool:
+    with open_text(file) as handle:
+        head = handle.read(256).lstrip()
+    return not head.startswith("[")
+
+
+def _first_record(file: Path) -> Mapping[str, Any] | None:
+    for _, record in _iter_json_records(file):
+        return record
+    return None
+
+
+def _iter_json_records(file: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Yield ``(location, record)`` for a JSON list or a JSON-lines file."""
+    try:
+        if _is_jsonl(file):
+            with open_text(file) as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError as error:
+                        raise InvalidInputError(f"{file}:{number} is not valid JSON ({error}).") from error
+                    yield f"{file}:{number}", _check_record(record, f"{file}:{number}")
+        else:
+            with open_text(file) as handle:
+                try:
+                    rows = json.load(handle)
+                except ValueError as error:
+                    raise InvalidInputError(f"{file} is not valid JSON ({error}).") from error
+            if not isinstance(rows, list):
+                raise InvalidInputError(f"{file} must hold a JSON list of passage records, got {type(rows).__name__}.")
+            for index, record in enumerate(rows):
+                yield f"{file}[{index}]", _check_record(record, f"{file}[{index}]")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{file} is not UTF-8 text ({error.reason}).") from error
+
+
+def _check_record(record: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(record, Mapping):
+        raise InvalidInputError(f"{where}: expected a JSON object with a 'text' field, got {type(record).__name__}.")
+    return record
+
+
+def _records(file: Path) -> Iterator[Passage]:
+    """Generic ``{"id"?, "title"?, "text"}`` records; records without usable text are skipped."""
+    skipped = 0
+    for where, record in _iter_json_records(file):
+        text, title, passage_id = record.get("text"), record.get("title") or "", record.get("id")
+        if not isinstance(text, str) or not text.strip() or not isinstance(title, str):
+            skipped += 1
+            logger.debug("%s: skipped (no string 'text' or a non-string 'title')", where)
+            continue
+        yield Passage(text=text.strip(), title=title.strip(), id="" if passage_id is None else str(passage_id))
+    if skipped:
+        logger.warning("%s: skipped %d records without a non-empty string 'text'", file, skipped)

@@ -1,0 +1,711 @@
+"""RAGPipeline: dense retrieval, stored ComprExIT slots and a frozen reader over one backbone.
+
+Passages are compressed once, at indexing time, into soft slots that are kept in a
+:class:`~comprexit_rag.store.SlotStore`; answering a question then costs one retrieval, one
+slot lookup and one generation. The same retriever, reader and ``k`` also serve the two
+comparison methods, so all three answer on equal terms:
+
+``comprexit``
+    reads the stored slots of the retrieved passages (a passage missing from the store is
+    compressed and stored on the spot);
+``comi``
+    compresses the retrieved passages together with the question (query-aware COMI), per query;
+``full``
+    reads the raw text of the retrieved passages.
+
+A pipeline lives in one directory::
+
+    <directory>/
+        pipeline.json      # format version, backbone, head ("default" or a path), ratio
+        retriever/         # DenseRetriever.save
+        slots/             # SlotStore, one sub-directory per head fingerprint and ratio
+        head/              # only when built from a head instance: that head
+        untrained-head/    # only while no trained default head is shipped (see load_head_or_untrained)
+
+>>> pipeline = RAGPipeline.build("my-index")
+>>> pipeline.index([{"title": "Paris", "text": "Paris is the capital of France."}])
+>>> pipeline.ask("What is the capital of France?").answer
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .compressor import ComprExITCompressor
+from .config import validate_ratio
+from .data import Passage
+from .default_model import DEFAULT_BACKBONE_NAME
+from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
+from .head import DEFAULT_HEAD, ComprExITHead
+from .reader import Reader
+from .retrieval import DenseRetriever, RetrievedPassage
+from .soft_context import SoftContext
+from .store import SlotStore, content_key
+
+if TYPE_CHECKING:
+    from .comi import COMICompressor, COMIMerger
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "METHODS",
+    "Answer",
+    "AnswerStats",
+    "IndexReport",
+    "RAGPipeline",
+    "Source",
+    "load_head_or_untrained",
+]
+
+PIPELINE_FILE = "pipeline.json"
+PIPELINE_FORMAT = "comprexit-rag-pipeline"
+PIPELINE_VERSION = 1
+RETRIEVER_DIR = "retriever"
+SLOTS_DIR = "slots"
+HEAD_DIR = "head"
+UNTRAINED_HEAD_DIR = "untrained-head"
+DEFAULT = "default"
+METHODS = ("comprexit", "comi", "full")
+
+PassageInput = str | Passage | Mapping[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One retrieved passage behind an answer: its id, title and cosine score."""
+
+    id: str
+    title: str
+    score: float
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    """What the reader saw.
+
+    ``context_tokens`` counts the source tokens of the retrieved passages; ``slots`` the soft
+    slots read instead (0 for ``full``, which reads the tokens); ``ratio`` is tokens per slot
+    (1.0 for ``full``). ``store_hits`` / ``store_misses`` count retrieved passages whose slots
+    were / were not already stored (always 0 for ``comi`` and ``full``, which use no store).
+    """
+
+    context_tokens: int
+    slots: int
+    ratio: float
+    store_hits: int
+    store_misses: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to one question, its sources, timings (seconds) and context statistics.
+
+    ``timings`` has the keys ``retrieve``, ``compress``, ``read`` and ``total``.
+    """
+
+    question: str
+    answer: str
+    method: str
+    sources: tuple[Source, ...]
+    timings: Mapping[str, float]
+    stats: AnswerStats
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "method": self.method,
+            "sources": [asdict(source) for source in self.sources],
+            "timings": dict(self.timings),
+            "stats": asdict(self.stats),
+        }
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one :meth:`RAGPipeline.index` call did."""
+
+    passages: int  # passages given (after dropping repeats within the call)
+    added: int  # passages new to the retriever
+    compressed: int  # passages whose slots were computed and stored by this call
+    stored: int  # passages of the whole index that now have stored slots
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the learned modules, with a loud fallback while no trained one is shipped.
+# ---------------------------------------------------------------------------------------------
+
+
+def load_head_or_untrained(backbone: Backbone, untrained_dir: str | os.PathLike[str] | None = None) -> ComprExITHead:
+    """The shipped default head for ``backbone``; an untrained head (WARNING) when there is none.
+
+    The trained head ships at :data:`comprexit_rag.head.DEFAULT_HEAD`. Until it does (or when
+    ``backbone`` is not the backbone it was trained for), this returns a randomly initialised
+    head, with a logged WARNING that answers will be poor. Slots depend on the head's weights,
+    so the untrained head is saved to ``untrained_dir`` on first use and reloaded from there
+    afterwards: stored slots stay valid across runs. Once the trained head ships it is picked
+    up automatically; its new fingerprint makes the pipeline recompute every slot.
+    """
+    if DEFAULT_HEAD.is_dir():
+        head = ComprExITHead.from_pretrained(DEFAULT_HEAD)
+        if head.fingerprint == backbone.fingerprint:
+            return head
+        reason = f"the shipped head was trained for {head.fingerprint.describe()}, not {backbone.name}"
+    else:
+        reason = f"no trained head is shipped yet at {DEFAULT_HEAD}"
+    saved = Path(untrained_dir) if untrained_dir is not None else None
+    if saved is not None and saved.is_dir():
+        head = ComprExITHead.from_pretrained(saved)
+        if head.fingerprint == backbone.fingerprint:
+            logger.warning("Using the UNTRAINED ComprExIT head saved in %s (%s): answers will be poor.", saved, reason)
+            return head
+    logger.warning(
+        "Using a randomly initialised, UNTRAINED ComprExIT head (%s): answers will be poor. "
+        "Pass a trained head with head=PATH (CLI: --head PATH).",
+        reason,
+    )
+    head = ComprExITHead.for_backbone(backbone)
+    if saved is not None:
+        head.save_pretrained(saved, untrained=True)
+    return head
+
+
+def load_comi_merger_or_untrained(backbone: Backbone) -> COMIMerger:
+    """The shipped default COMI merger; an untrained one (WARNING) when none fits ``backbone``."""
+    from .comi import DEFAULT_MERGER, COMIMerger
+
+    if DEFAULT_MERGER.is_dir():
+        merger = COMIMerger.from_pretrained(DEFAULT_MERGER)
+        if merger.fingerprint == backbone.fingerprint:
+            return merger
+        reason = f"the shipped merger was trained for {merger.fingerprint.describe()}, not {backbone.name}"
+    else:
+        reason = f"no trained COMI merger is shipped yet at {DEFAULT_MERGER}"
+    logger.warning("Using an UNTRAINED COMI merger (%s): COMI answers will be poor.", reason)
+    return COMIMerger.for_backbone(backbone)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline.
+# ---------------------------------------------------------------------------------------------
+
+
+class RAGPipeline:
+    """Retriever + slot store + ComprExIT compressor + reader, sharing one frozen backbone.
+
+    Create one with :meth:`build` (new directory) or :meth:`load` (existing one); :meth:`open`
+    does whichever applies. The compressor, the reader and (lazily) the COMI compressor all
+    use ``compressor.backbone``: the backbone is loaded once.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        compressor: ComprExITCompressor,
+        retriever: DenseRetriever,
+        ratio: int | None = None,
+        comi_merger: str | os.PathLike[str] | COMIMerger | None = None,
+        record: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Wire already-built parts; prefer :meth:`build` / :meth:`load`, which also persist them."""
+        self.directory = Path(directory)
+        self.compressor = compressor
+        self.retriever = retriever
+        self.ratio = validate_ratio(compressor.config.ratio if ratio is None else ratio, compressor.config.window)
+        self.reader = Reader(compressor.backbone)
+        self._comi_merger = comi_merger
+        self._comi: COMICompressor | None = None
+        self._stores: dict[int, SlotStore] = {}
+        self.record: dict[str, Any] = dict(record or {})
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def build(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        backbone: str | os.PathLike[str] | Backbone | None = None,
+        head: str | os.PathLike[str] | ComprExITHead | None = None,
+        ratio: int | None = None,
+        embedder: str | os.PathLike[str] | SentenceTransformer | None = None,
+        retriever: DenseRetriever | None = None,
+        comi_merger: str | os.PathLike[str] | COMIMerger | None = None,
+        device: str | torch.device | None = None,
+    ) -> RAGPipeline:
+        """Create a new, empty pipeline in ``directory`` (which must not hold one yet).
+
+        Args:
+            backbone: a loaded :class:`Backbone`, a Hugging Face name or path, or ``None`` for
+                the embedded SmolLM2-135M-Instruct.
+            head: a :class:`ComprExITHead`, a checkpoint directory, or ``None`` for the shipped
+                default head (see :func:`load_head_or_untrained`).
+            ratio: compression ratio of the stored slots (default: the head's).
+            embedder: sentence-transformers model for the retriever (default all-MiniLM-L6-v2).
+            retriever: an empty (or pre-filled) retriever to use instead of building one.
+            comi_merger: COMI merger for ``method="comi"`` (a module or directory; default the
+                shipped one).
+            device: where to load the backbone when it is loaded here.
+        """
+        directory = Path(directory)
+        if (directory / PIPELINE_FILE).exists():
+            raise InvalidInputError(f"{directory} already holds a pipeline; use RAGPipeline.load (or open).")
+        directory.mkdir(parents=True, exist_ok=True)
+        backbone = _load_backbone(backbone, DEFAULT, device)
+        head_module, head_source = _resolve_head(directory, head, DEFAULT, backbone)
+        if retriever is None:
+            retriever = DenseRetriever(embedder)
+        pipeline = cls(
+            directory,
+            compressor=ComprExITCompressor(backbone, head_module),
+            retriever=retriever,
+            ratio=ratio,
+            comi_merger=comi_merger,
+        )
+        pipeline.retriever.save(directory / RETRIEVER_DIR)
+        pipeline._save_record(head_source, _comi_source(comi_merger))
+        logger.info("Built pipeline in %s", directory)
+        return pipeline
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        backbone: str | os.PathLike[str] | Backbone | None = None,
+        head: str | os.PathLike[str] | ComprExITHead | None = None,
+        ratio: int | None = None,
+        embedder: str | os.PathLike[str] | SentenceTransformer | None = None,
+        comi_merger: str | os.PathLike[str] | COMIMerger | None = None,
+        device: str | torch.device | None = None,
+    ) -> RAGPipeline:
+        """Open the pipeline saved in ``directory``.
+
+        Every argument defaults to what ``pipeline.json`` records; passing ``head`` or
+        ``ratio`` switches the pipeline to them (and records the switch), while ``comi_merger``
+        and ``embedder`` apply to this session only. Stored slots are
+        keyed by head fingerprint and ratio, so slots of another head or ratio are never
+        served: they are recomputed on the next :meth:`index` or on demand in :meth:`ask`.
+
+        Raises:
+            InvalidInputError: ``directory`` holds no pipeline, or one of another format.
+            BackboneMismatchError: ``backbone`` is not the backbone the pipeline was built with.
+        """
+        directory = Path(directory)
+        record = _read_record(directory)
+        loaded = _load_backbone(backbone, record["backbone"], device)
+        if loaded.fingerprint.digest != record["backbone_fingerprint"]:
+            raise BackboneMismatchError(
+                f"{directory} was built with backbone {record.get('backbone_name')!r} (fingerprint "
+                f"{record['backbone_fingerprint']}), not {loaded.name!r} ({loaded.fingerprint.digest}); "
+                "load it with the same backbone or build a new pipeline."
+            )
+        head_module, head_source = _resolve_head(directory, head, record["head"], loaded)
+        pipeline = cls(
+            directory,
+            compressor=ComprExITCompressor(loaded, head_module),
+            retriever=_load_retriever(directory, embedder),
+            ratio=record["ratio"] if ratio is None else ratio,
+            comi_merger=comi_merger if comi_merger is not None else record.get("comi_merger"),
+            record=record,
+        )
+        pipeline._save_record(head_source, record.get("comi_merger"))
+        logger.info("Loaded pipeline from %s (%d passages)", directory, len(pipeline))
+        return pipeline
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], **kwargs: Any) -> RAGPipeline:
+        """:meth:`load` the pipeline in ``directory`` if there is one, else :meth:`build` it."""
+        if (Path(directory) / PIPELINE_FILE).exists():
+            kwargs.pop("retriever", None)  # a saved pipeline reloads its own retriever
+            return cls.load(directory, **kwargs)
+        return cls.build(directory, **kwargs)
+
+    def _save_record(self, head_source: str, comi_source: str | None) -> None:
+        backbone = self.backbone
+        record = {
+            "format": PIPELINE_FORMAT,
+            "version": PIPELINE_VERSION,
+            # How load() finds the backbone again: "default", a name or path, or None (pass backbone=).
+            "backbone": DEFAULT if backbone.name == DEFAULT_BACKBONE_NAME else (backbone.name or None),
+            "backbone_name": backbone.name,
+            "backbone_fingerprint": backbone.fingerprint.digest,
+            "head": head_source,
+            "head_fingerprint": self.compressor.fingerprint,
+            "ratio": self.ratio,
+            "embedder": self.retriever.embedder_name,
+            "comi_merger": comi_source,
+        }
+        if record != self.record:
+            _atomic_write_json(self.directory / PIPELINE_FILE, record)
+            self.record = record
+
+    # ------------------------------------------------------------------ parts
+
+    @property
+    def backbone(self) -> Backbone:
+        """The one frozen backbone shared by the compressor, the reader and COMI."""
+        return self.compressor.backbone
+
+    @property
+    def comi(self) -> COMICompressor:
+        """The query-aware COMI compressor (built on first use, over the shared backbone)."""
+        if self._comi is None:
+            from .comi import COMICompressor, COMIMerger
+
+            merger = self._comi_merger
+            if merger is None:
+                merger = load_comi_merger_or_untrained(self.backbone)
+            elif not isinstance(merger, COMIMerger):
+                merger = COMIMerger.from_pretrained(merger)
+            self._comi = COMICompressor.from_pretrained(merger=merger, backbone=self.backbone)
+        return self._comi
+
+    @property
+    def store(self) -> SlotStore:
+        """The slot store of the current head at the pipeline's ratio."""
+        return self.store_for(self.ratio)
+
+    def store_for(self, ratio: int) -> SlotStore:
+        """The slot store of the current head at ``ratio`` (slots of each ratio are kept apart)."""
+        ratio = validate_ratio(ratio, self.compressor.config.window)
+        if ratio not in self._stores:
+            fingerprint = f"{self.compressor.fingerprint}/ratio={ratio}"
+            self._stores[ratio] = SlotStore(self.directory / SLOTS_DIR, fingerprint)
+        return self._stores[ratio]
+
+    def __len__(self) -> int:
+        """Number of indexed passages."""
+        return len(self.retriever)
+
+    def info(self) -> dict[str, Any]:
+        """A summary: passages, stored slots, bytes on disk, backbone, head and ratio."""
+        store = self.store
+        return {
+            "directory": str(self.directory),
+            "passages": len(self),
+            "stored": sum(1 for key, _ in self._keys_and_texts() if key in store),
+            "slot_bytes": store.size_on_disk(),
+            "backbone": self.backbone.name,
+            "head": self.record.get("head"),
+            "head_fingerprint": self.compressor.fingerprint,
+            "ratio": self.ratio,
+        }
+
+    # ------------------------------------------------------------------ indexing
+
+    def index(
+        self,
+        passages: Sequence[PassageInput],
+        *,
+        batch_size: int = 8,
+        chunk_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> IndexReport:
+        """Add passages to the retriever and store the slots of every passage that lacks them.
+
+        Passages are strings, :class:`~comprexit_rag.data.Passage` records or dicts with
+        ``text`` and optional ``id`` and ``title``; ids default to the content hash of the
+        formatted text ``"title\\ntext"``. The retriever is saved first; slots are then
+        computed in chunks of ``chunk_size`` passages (default ``8 * batch_size``), each chunk
+        committed to the store on its own, so an interrupted run loses at most one chunk and
+        a rerun resumes where it stopped. Every indexed passage without stored slots (for the
+        current head and ratio) is compressed, including those of earlier calls.
+
+        Args:
+            passages: the passages to add (already indexed ones are skipped).
+            batch_size: compressor batch size.
+            chunk_size: passages compressed and committed together.
+            show_progress: tqdm bar; by default shown for 64 passages to compress or more.
+        """
+        started = time.perf_counter()
+        if isinstance(passages, str | Mapping | Passage):
+            raise InvalidInputError("index() takes a list of passages, not a single one.")
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}.")
+        chunk_size = 8 * batch_size if chunk_size is None else chunk_size
+        if chunk_size < 1:
+            raise InvalidInputError(f"chunk_size must be >= 1, got {chunk_size}.")
+
+        records = _unique_by_text([_as_passage(p, i) for i, p in enumerate(passages)])
+        before = len(self.retriever)
+        if records:
+            texts = [p.formatted() for p in records]
+            self.retriever.add(
+                texts,
+                ids=[p.id or content_key(text) for p, text in zip(records, texts, strict=True)],
+                metadatas=[{"title": p.title} for p in records],
+                show_progress=show_progress,
+            )
+        added = len(self.retriever) - before
+        if added:
+            self.retriever.save(self.directory / RETRIEVER_DIR)
+
+        store = self.store
+        texts_by_key = dict(self._keys_and_texts())
+        missing = store.missing(list(texts_by_key))
+        show = len(missing) >= 64 if show_progress is None else show_progress
+        compressed = 0
+        with tqdm(total=len(missing), desc="compressing passages", unit="passage", disable=not show) as bar:
+            for start in range(0, len(missing), chunk_size):
+                keys = missing[start : start + chunk_size]
+                soft = self.compressor.compress(
+                    [texts_by_key[key] for key in keys], ratio=self.ratio, batch_size=batch_size, show_progress=False
+                )
+                compressed += len(store.put_many(keys, soft.passages(), soft.token_counts.tolist()))
+                bar.update(len(keys))
+        report = IndexReport(
+            passages=len(records),
+            added=added,
+            compressed=compressed,
+            stored=len(texts_by_key) - len(store.missing(list(texts_by_key))),
+            seconds=time.perf_counter() - started,
+        )
+        logger.info("Indexed %s", report)
+        return report
+
+    def _keys_and_texts(self) -> Iterator[tuple[str, str]]:
+        """``(store key, formatted text)`` of every indexed passage, in insertion order."""
+        for passage_id in self.retriever.ids:
+            text = self.retriever.get(passage_id).text
+            yield content_key(text), text
+
+    # ------------------------------------------------------------------ answering
+
+    def ask(
+        self,
+        question: str,
+        *,
+        method: str = "comprexit",
+        k: int = 5,
+        ratio: int | None = None,
+        max_new_tokens: int = 20,
+    ) -> Answer:
+        """Answer ``question`` from the ``k`` best passages, read as ``method`` prescribes.
+
+        Args:
+            question: the question.
+            method: ``"comprexit"`` (stored slots), ``"comi"`` (query-aware slots computed now)
+                or ``"full"`` (raw text).
+            k: passages to retrieve (all of them when the index holds fewer).
+            ratio: compression ratio (default the pipeline's; ignored by ``full``). A ratio
+                other than the pipeline's uses, and fills, a separate slot store.
+            max_new_tokens: longest answer, in tokens.
+
+        Raises:
+            InvalidInputError: empty question, unknown method, bad ``k`` or ratio, or an
+                empty index.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError(f"The question must be a non-empty string, got {question!r}.")
+        if method not in METHODS:
+            raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
+        if not len(self.retriever):
+            raise InvalidInputError(f"{self.directory} holds no passages yet; index some first.")
+        ratio = self.ratio if ratio is None else ratio
+
+        started = time.perf_counter()
+        hits = self.retriever.search(question, k=k)
+        retrieved = time.perf_counter()
+        texts = [hit.text for hit in hits]
+        hits_in_store = misses = 0
+        if method == "comprexit":
+            context, hits_in_store, misses = self._stored_context(texts, ratio)
+            stats_context: SoftContext | None = context
+        elif method == "comi":
+            context = self.comi.compress(texts, query=question, ratio=ratio)
+            stats_context = context
+        else:
+            context, stats_context = texts, None
+        compressed = time.perf_counter()
+        answer = self.reader.generate(question, context, max_new_tokens=max_new_tokens)
+        finished = time.perf_counter()
+
+        if stats_context is not None:
+            tokens, slots = stats_context.num_tokens, stats_context.num_slots
+            achieved = stats_context.ratio
+        else:
+            tokens, slots, achieved = sum(len(ids) for ids in self.backbone.tokenize(texts)), 0, 1.0
+        return Answer(
+            question=question,
+            answer=answer,
+            method=method,
+            sources=tuple(_source(hit) for hit in hits),
+            timings={
+                "retrieve": retrieved - started,
+                "compress": compressed - retrieved,
+                "read": finished - compressed,
+                "total": finished - started,
+            },
+            stats=AnswerStats(tokens, slots, achieved, hits_in_store, misses),
+        )
+
+    def ask_many(self, questions: Sequence[str], *, show_progress: bool | None = None, **kwargs: Any) -> list[Answer]:
+        """:meth:`ask` each question in turn (same keyword arguments); answers in input order."""
+        if isinstance(questions, str):
+            raise InvalidInputError("ask_many() takes a list of questions; use ask() for one.")
+        questions = list(questions)
+        show = len(questions) >= 10 if show_progress is None else show_progress
+        return [self.ask(q, **kwargs) for q in tqdm(questions, desc="answering", unit="question", disable=not show)]
+
+    def _stored_context(self, texts: Sequence[str], ratio: int) -> tuple[SoftContext, int, int]:
+        """Slots of ``texts`` from the store; missing ones are compressed and stored now."""
+        store = self.store_for(ratio)
+        keys = [content_key(text) for text in texts]
+        slots: list[torch.Tensor | None] = list(store.get_many(keys))
+        counts = [store.token_count(key) if found is not None else 0 for key, found in zip(keys, slots, strict=True)]
+        absent = [i for i, found in enumerate(slots) if found is None]
+        if absent:
+            fresh = self.compressor.compress([texts[i] for i in absent], ratio=ratio)
+            for i, passage_slots, tokens in zip(absent, fresh.passages(), fresh.token_counts.tolist(), strict=True):
+                slots[i], counts[i] = passage_slots, tokens
+            store.put_many([keys[i] for i in absent], [slots[i] for i in absent], [counts[i] for i in absent])
+        filled = [s for s in slots if s is not None]
+        return SoftContext.from_passages(filled, counts), len(texts) - len(absent), len(absent)
+
+    def __repr__(self) -> str:
+        return (
+            f"RAGPipeline({str(self.directory)!r}, passages={len(self)}, backbone={self.backbone.name!r}, "
+            f"ratio={self.ratio})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_backbone(
+    backbone: str | os.PathLike[str] | Backbone | None, recorded: str | None, device: str | torch.device | None
+) -> Backbone:
+    """``backbone`` if given (an instance, a name or a path), else the recorded one."""
+    if isinstance(backbone, Backbone):
+        return backbone
+    source = backbone if backbone is not None else recorded
+    if source is None:
+        raise InvalidInputError(
+            "This pipeline was built from an in-memory backbone with no name; pass the same backbone= to load it."
+        )
+    if source == DEFAULT:
+        return Backbone.from_pretrained(None, device=device)
+    local = Path(source).expanduser()
+    # A local directory is recorded by absolute path, so the pipeline loads from any working directory.
+    return Backbone.from_pretrained(str(local.resolve()) if local.is_dir() else source, device=device)
+
+
+def _load_retriever(directory: Path, embedder: str | os.PathLike[str] | SentenceTransformer | None) -> DenseRetriever:
+    try:
+        return DenseRetriever.load(directory / RETRIEVER_DIR, embedder)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{directory} is incomplete ({error}); rebuild it with `index`.") from error
+
+
+def _resolve_head(
+    directory: Path, head: str | os.PathLike[str] | ComprExITHead | None, recorded: str, backbone: Backbone
+) -> tuple[ComprExITHead, str]:
+    """The head to use and how ``pipeline.json`` refers to it (``"default"`` or a path)."""
+    if isinstance(head, ComprExITHead):
+        head.save_pretrained(directory / HEAD_DIR)
+        return head, HEAD_DIR
+    source = os.fspath(head) if head is not None else recorded
+    if source == DEFAULT:
+        return load_head_or_untrained(backbone, directory / UNTRAINED_HEAD_DIR), DEFAULT
+    path = Path(source) if Path(source).is_absolute() or head is not None else directory / source
+    loaded = ComprExITHead.from_pretrained(path)
+    return loaded, source if head is None else str(path.resolve())
+
+
+def _comi_source(merger: object) -> str | None:
+    """How ``pipeline.json`` refers to the COMI merger given at build time (a path, else ``None``)."""
+    return str(Path(merger).resolve()) if isinstance(merger, str | os.PathLike) else None
+
+
+def _read_record(directory: Path) -> dict[str, Any]:
+    path = directory / PIPELINE_FILE
+    if not path.is_file():
+        raise InvalidInputError(f"{directory} holds no pipeline (no {PIPELINE_FILE}); build one with `index` first.")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}).") from error
+    if record.get("format") != PIPELINE_FORMAT or record.get("version") != PIPELINE_VERSION:
+        raise InvalidInputError(
+            f"{path} is not a {PIPELINE_FORMAT} v{PIPELINE_VERSION} file "
+            f"(format={record.get('format')!r}, version={record.get('version')!r})."
+        )
+    missing = [key for key in ("backbone", "backbone_fingerprint", "head", "ratio") if key not in record]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; rebuild the pipeline.")
+    return record
+
+
+def _atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _as_passage(value: PassageInput, index: int) -> Passage:
+    """Normalise one input passage, raising InvalidInputError naming its position."""
+    if isinstance(value, Passage):
+        passage = value
+    elif isinstance(value, str):
+        passage = Passage(text=value)
+    elif isinstance(value, Mapping):
+        text, title, passage_id = value.get("text"), value.get("title") or "", value.get("id")
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise InvalidInputError(f"Passage {index} needs a string 'text' (and a string 'title' if any).")
+        passage = Passage(text=text, title=title, id="" if passage_id is None else str(passage_id))
+    else:
+        raise InvalidInputError(f"Passage {index} is a {type(value).__name__}; expected a str, dict or Passage.")
+    if not passage.text.strip():
+        raise InvalidInputError(f"Passage {index} has empty text; drop it before indexing.")
+    return passage
+
+
+def _unique_by_text(passages: Sequence[Passage]) -> list[Passage]:
+    seen: set[str] = set()
+    unique = []
+    for passage in passages:
+        text = passage.formatted()
+        if text not in seen:
+            seen.add(text)
+            unique.append(passage)
+    return unique
+
+
+def _source(hit: RetrievedPassage) -> Source:
+    return Source(id=hit.id, title=str(hit.metadata.get("title", "")), score=hit.score)
