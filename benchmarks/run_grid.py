@@ -26,13 +26,13 @@ DATASETS = {
 }
 # (row label, method, ratio, checkpoint sub-directory of --checkpoints or None for no trained part)
 GRID = [
-    ("closed-book", "closed-book", None, None),
-    ("full", "full", None, None),
-    ("full-tuned", "full-tuned", None, "full-tuned/final"),
     *[("comprexit", "comprexit", r, "comprexit-mixed/final") for r in (4, 8, 16)],
-    *[(f"comprexit-r{r}", "comprexit", r, f"comprexit-r{r}/final") for r in (4, 8, 16)],
-    *[("truncate", "truncate", r, None) for r in (4, 8, 16)],
+    ("full-tuned", "full-tuned", None, "full-tuned/final"),
+    ("full", "full", None, None),
+    ("closed-book", "closed-book", None, None),
     *[("mean-pool", "mean-pool", r, "mean-pool/final") for r in (4, 8, 16)],
+    *[("truncate", "truncate", r, None) for r in (4, 8, 16)],
+    *[(f"comprexit-r{r}", "comprexit", r, f"comprexit-r{r}/final") for r in (4, 8, 16)],
     *[("comi", "comi", r, "comi/final") for r in (4, 8, 16, 32)],
 ]
 
@@ -52,32 +52,39 @@ def main() -> None:
 
     backbone = Backbone.from_pretrained(device=args.device)
     reader = Reader(backbone)
-    for dataset in args.datasets:
-        family, data_args = DATASETS[dataset]
-        examples = load_split(family, "dev")[: args.limit]
-        for label, method_name, ratio, checkpoint in GRID:
-            if args.only and label not in args.only:
-                continue
+    examples = {name: load_split(DATASETS[name][0], "dev")[: args.limit] for name in args.datasets}
+    for label, method_name, ratio, checkpoint in GRID:
+        if args.only and label not in args.only:
+            continue
+        path = str(Path(args.checkpoints) / checkpoint) if checkpoint else None
+        for dataset in args.datasets:
             started = time.perf_counter()
-            path = str(Path(args.checkpoints) / checkpoint) if checkpoint else None
-            method = build_method(method_name, backbone, ratio or 4, path)
-            result = evaluate(method, reader, examples, ratio=ratio, batch_size=args.batch_size, show_progress=False)
-            command = f"comprexit-rag eval {data_args} --method {method_name}"
+            command = f"comprexit-rag eval {DATASETS[dataset][1]} --method {method_name}"
             command += (f" --ratio {ratio}" if ratio else "") + (f" --checkpoint {checkpoint}" if checkpoint else "")
-            row = {"dataset": dataset, "label": label, **result.summary(), "command": command + " --json"}
-            with open(args.out, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            try:
+                method = build_method(method_name, backbone, ratio or 4, path)
+                result = evaluate(
+                    method, reader, examples[dataset], ratio=ratio, batch_size=args.batch_size, show_progress=False
+                )
+            except Exception as error:  # one broken row must not cost the rest of the grid
+                logging.exception("row %s/%s failed", dataset, label)
+                append(args.out, {"dataset": dataset, "label": label, "ratio": ratio, "error": repr(error)})
+                continue
+            append(args.out, {"dataset": dataset, "label": label, **result.summary(), "command": command + " --json"})
             if args.predictions:
-                with open(args.predictions, "a") as handle:
-                    for example, prediction in zip(examples, result.predictions, strict=True):
-                        record = {"dataset": dataset, "label": label, "ratio": ratio, "id": example.id}
-                        record |= {"prediction": prediction, "answers": example.answers}
-                        handle.write(json.dumps(record) + "\n")
+                for example, prediction in zip(examples[dataset], result.predictions, strict=True):
+                    record = {"dataset": dataset, "label": label, "ratio": ratio, "id": example.id}
+                    append(args.predictions, record | {"prediction": prediction, "answers": example.answers})
             print(
                 f"{dataset:9s} {label:14s} r={ratio!s:4s} F1={result.f1:.3f} EM={result.em:.3f} "
                 f"acc={result.accuracy:.3f} ({time.perf_counter() - started:.0f}s)",
                 flush=True,
             )
+
+
+def append(path: str, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class SlotCompressor:
         show_progress: bool | None = None,
     ) -> SoftContext:
         """Like :meth:`compress`, for passages that are already tokenised (no special tokens)."""
-        ratio = validate_ratio(ratio or self.config.ratio, self.config.window)
+        ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.window)
         if return_details and not isinstance(self.head, ComprExITHead):
             raise InvalidInputError("return_details=True needs a ComprExIT head (layer weights and transport plans).")
 

@@ -81,7 +81,7 @@ class ComprExITHead(nn.Module):
         self, hidden_states: Sequence[torch.Tensor], anchor_mask: torch.Tensor, ratio: int | None = None
     ) -> HeadOutput:
         """Compress each sequence's tokens where ``anchor_mask`` is True into slots."""
-        ratio = validate_ratio(ratio or self.config.ratio, self.config.window)
+        ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.window)
         anchors, layer_weights = self.depth(hidden_states)
         windows = split_windows(anchors, anchor_mask.to(anchors.device), self.config.window)
         window_slots, slot_mask, plans = self.width(windows, ratio)

@@ -51,6 +51,7 @@ from .data import Passage
 from .default_model import DEFAULT_BACKBONE_NAME
 from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
 from .head import DEFAULT_HEAD, ComprExITHead
+from .pipeline_methods import METHODS
 from .reader import Reader
 from .retrieval import DenseRetriever, RetrievedPassage
 from .soft_context import SoftContext
@@ -79,7 +80,6 @@ SLOTS_DIR = "slots"
 HEAD_DIR = "head"
 UNTRAINED_HEAD_DIR = "untrained-head"
 DEFAULT = "default"
-METHODS = ("comprexit", "comi", "full")
 
 PassageInput = str | Passage | Mapping[str, Any]
 

@@ -74,8 +74,14 @@ class Reader:
         contexts: Sequence[Context],
         targets: Sequence[Sequence[int]] | None = None,
         prompt: QAPrompt | None = None,
+        padding_side: str = "left",
     ) -> ReaderBatch:
-        """Embed ``prompt-before + context + prompt-after (+ target)`` per example, left-padded."""
+        """Embed ``prompt-before + context + prompt-after (+ target)`` per example.
+
+        Generation needs left padding. Training uses right padding: a left-padded row's first
+        positions attend to nothing, and in bf16 attention kernels those fully masked rows turn
+        into NaNs that reach every gradient in the backward pass (NaN * 0 is NaN).
+        """
         if len(questions) != len(contexts):
             raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} contexts.")
         prompt = prompt or self.prompt
@@ -101,9 +107,10 @@ class Reader:
         mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
         labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
         for row, (values, row_labels) in enumerate(zip(rows, label_rows, strict=True)):
-            inputs[row, length - values.shape[0] :] = values
-            mask[row, length - values.shape[0] :] = 1
-            labels[row, length - values.shape[0] :] = row_labels
+            span = slice(length - values.shape[0], length) if padding_side == "left" else slice(0, values.shape[0])
+            inputs[row, span] = values
+            mask[row, span] = 1
+            labels[row, span] = row_labels
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         return ReaderBatch(inputs, mask, positions, labels if targets is not None else None, context_lengths)
 

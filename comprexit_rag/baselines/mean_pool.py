@@ -59,7 +59,7 @@ class MeanPoolHead(nn.Module):
     def forward(
         self, hidden_states: Sequence[torch.Tensor], anchor_mask: torch.Tensor, ratio: int | None = None
     ) -> HeadOutput:
-        ratio = validate_ratio(ratio or self.config.ratio, self.config.window)
+        ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.window)
         layer_mean = sum(state.float() for state in hidden_states) / len(hidden_states)
         windows = split_windows(layer_mean, anchor_mask.to(layer_mean.device), self.config.window)
         means, slot_mask = segment_means(windows, ratio)

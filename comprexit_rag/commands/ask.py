@@ -6,8 +6,12 @@ import argparse
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from ..pipeline import METHODS, Answer
+from ..pipeline_methods import METHODS
+
+if TYPE_CHECKING:
+    from ..pipeline import Answer
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

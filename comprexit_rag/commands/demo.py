@@ -15,9 +15,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data import Passage, QAExample
-from ..pipeline import METHODS, Answer
+from ..pipeline_methods import METHODS
+
+if TYPE_CHECKING:
+    from ..pipeline import Answer
 from .ask import describe_stats
 
 #: The built-in corpus: written to ``builtin_corpus.jsonl`` in the demo directory when no data is found.

@@ -110,7 +110,11 @@ def answer_loss(reader: Reader, encoder: ContextEncoder, batch: list[TrainExampl
     """Mean cross-entropy of the target tokens given prompt + encoded context."""
     contexts = encoder.encode(batch, ratio)
     inputs = reader.build_inputs(
-        [example.question for example in batch], contexts, [example.target_ids for example in batch], prompt=prompt
+        [example.question for example in batch],
+        contexts,
+        [example.target_ids for example in batch],
+        prompt=prompt,
+        padding_side="right",
     )
     model = reader.backbone.model
     with autocast_for(reader.backbone):
@@ -194,8 +198,12 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
             total_loss += loss.item() / config.grad_accum
             state["examples"] += len(batch)
             state["target_tokens"] += sum(len(example.target_ids) for example in batch)
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:  # never let one bad batch poison the weights
+            state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+            logger.warning("Step %d: non-finite gradient norm, update skipped", step)
         optimizer.zero_grad(set_to_none=True)
 
         state["step"] = step + 1
@@ -230,6 +238,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
         "examples_seen": state["examples"],
         "target_tokens_seen": state["target_tokens"],
         "wall_time_s": round(state["elapsed_s"], 1),
+        "skipped_steps": state.get("skipped_steps", 0),
         "device": str(backbone.device),
         "config": asdict(config),
     }

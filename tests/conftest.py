@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny random Llama for fast shape tests, and the real default backbone (slow)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from comprexit_rag import Backbone
+from comprexit_rag.default_model import default_backbone_dir
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """The real SmolLM2 tokenizer (from the converted default backbone in the user cache)."""
+    return AutoTokenizer.from_pretrained(default_backbone_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(default_tokenizer) -> Backbone:
+    """A randomly initialised 2-layer Llama with the real tokenizer: fast, deterministic shapes."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(default_tokenizer),
+        max_position_embeddings=4096,
+        bos_token_id=default_tokenizer.bos_token_id,
+        eos_token_id=default_tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.config.architectures = ["LlamaForCausalLM"]
+    return Backbone(model, default_tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def real_backbone() -> Backbone:
+    """The embedded default SmolLM2-135M-Instruct on CPU (fp32)."""
+    return Backbone.from_pretrained(device="cpu")
