@@ -74,7 +74,7 @@ def main() -> None:
             if args.predictions:
                 for example, prediction in zip(examples[dataset], result.predictions, strict=True):
                     record = {"dataset": dataset, "label": label, "ratio": ratio, "id": example.id}
-                    append(args.predictions, record | {"prediction": prediction, "answers": example.answers})
+                    append(args.predictions, record | {"prediction": prediction})  # gold answers stay in the data
             print(
                 f"{dataset:9s} {label:14s} r={ratio!s:4s} F1={result.f1:.3f} EM={result.em:.3f} "
                 f"acc={result.accuracy:.3f} ({time.perf_counter() - started:.0f}s)",
