@@ -1,0 +1,34 @@
+"""LangChain integration for comprexit-rag: soft-slot document compression, reading and retrieval.
+
+- :class:`ComprExITDocumentCompressor`: a ``BaseDocumentCompressor`` that compresses documents
+  into ComprExIT (or COMI) soft slots, kept in a slot store, and tags them with a slot key;
+- :class:`ComprExITReader`: an LCEL Runnable answering ``{"question", "documents"}`` from slots;
+- :class:`ComprExITRetriever`: a ``BaseRetriever`` over the project's dense retriever.
+"""
+
+from importlib import metadata
+
+from langchain_comprexit.document_compressors import (
+    COMPRESS_EVENT,
+    SLOT_METADATA_KEY,
+    ComprExITDocumentCompressor,
+    SlotLookup,
+)
+from langchain_comprexit.readers import STATS_EVENT, ComprExITReader
+from langchain_comprexit.retrievers import ComprExITRetriever
+
+try:
+    __version__ = metadata.version("langchain-comprexit")
+except metadata.PackageNotFoundError:  # run from a source checkout
+    __version__ = "0.1.0"
+
+__all__ = [
+    "COMPRESS_EVENT",
+    "SLOT_METADATA_KEY",
+    "STATS_EVENT",
+    "ComprExITDocumentCompressor",
+    "ComprExITReader",
+    "ComprExITRetriever",
+    "SlotLookup",
+    "__version__",
+]

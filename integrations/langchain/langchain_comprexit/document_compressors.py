@@ -1,0 +1,284 @@
+"""ComprExITDocumentCompressor: a LangChain document compressor that turns passages into soft slots.
+
+Compressing a :class:`~langchain_core.documents.Document` keeps its ``page_content`` and
+metadata and adds, under ``metadata["comprexit"]``, a JSON-safe record of its slots::
+
+    {"slot_key": "<sha256>", "slots": 12, "tokens": 47, "ratio": 4,
+     "fingerprint": "comprexit-…/ratio=4", "method": "comprexit"}
+
+The slot tensors themselves never enter the metadata: they are kept in a
+:class:`~comprexit_rag.store.SlotStore` (``store=``, e.g. a pipeline's store, shared with
+:meth:`RAGPipeline.ask <comprexit_rag.pipeline.RAGPipeline.ask>`) or, without a store, in a
+bounded in-memory cache keyed by content hash and fingerprint. Passages already stored are
+not compressed again. :class:`~langchain_comprexit.readers.ComprExITReader` then reads the slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
+
+import torch
+from comprexit_rag.comi import COMICompressor
+from comprexit_rag.compressor import ComprExITCompressor
+from comprexit_rag.config import validate_ratio
+from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.soft_context import SoftContext
+from comprexit_rag.store import SlotStore, content_key
+from langchain_core.callbacks import CallbackManager, Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from langchain_comprexit._slots import CacheSource, InMemorySlotCache, SlotSource, StoreSource
+
+if TYPE_CHECKING:
+    from comprexit_rag.pipeline import RAGPipeline
+
+__all__ = ["COMPRESS_EVENT", "SLOT_METADATA_KEY", "ComprExITDocumentCompressor", "Method", "SlotLookup"]
+
+SLOT_METADATA_KEY = "comprexit"
+"""Default metadata key of the slot record added to each compressed document."""
+COMPRESS_EVENT = "comprexit_compress"
+"""Name of the custom callback event dispatched by :meth:`ComprExITDocumentCompressor.compress_documents`."""
+Method = Literal["comprexit", "comi"]
+
+
+class SlotLookup(NamedTuple):
+    """The soft context of some documents, as :meth:`ComprExITDocumentCompressor.soft_context` found it.
+
+    ``context`` holds one passage per entry of ``documents`` (the documents with non-blank
+    content, in input order); ``hits`` of them had stored or cached slots, ``misses`` were
+    compressed now. ``context`` is ``None`` when no document has content.
+    """
+
+    context: SoftContext | None
+    documents: list[Document]
+    hits: int
+    misses: int
+
+
+class ComprExITDocumentCompressor(BaseDocumentCompressor):
+    """Compress LangChain documents into ComprExIT (or query-aware COMI) soft slots.
+
+    Works on its own, as ``base_compressor`` of ``ContextualCompressionRetriever`` and as a
+    step of ``DocumentCompressorPipeline`` (both from ``langchain_classic``).
+
+    Args:
+        compressor: the ComprExIT compressor (backbone + head).
+        store: where ComprExIT slots are kept; its fingerprint must be
+            ``f"{compressor.fingerprint}/ratio={ratio}"`` (what :class:`RAGPipeline` uses).
+            Without one, slots live in an in-memory LRU of ``cache_size`` passages.
+        ratio: compression ratio (default: the head's, or the COMI merger's for ``"comi"``).
+        method: ``"comprexit"`` (query-independent, stored) or ``"comi"`` (query-aware, per
+            query, cached in memory only; needs ``comi``).
+        comi: the COMI compressor for ``method="comi"`` (same backbone as ``compressor``).
+        metadata_key: metadata key of the slot record.
+        batch_size: compressor batch size.
+        cache_size: passages kept by the in-memory cache.
+
+    >>> compressor = ComprExITDocumentCompressor.from_pipeline(pipeline)
+    >>> docs = compressor.compress_documents(docs, query="Who wrote Hamlet?")
+    >>> docs[0].metadata["comprexit"]["slots"]
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    compressor: ComprExITCompressor
+    store: SlotStore | None = None
+    ratio: int | None = None
+    method: Method = "comprexit"
+    comi: COMICompressor | None = None
+    metadata_key: str = SLOT_METADATA_KEY
+    batch_size: int = Field(default=8, ge=1)
+    cache_size: int = Field(default=4096, ge=1)
+
+    _cache: InMemorySlotCache = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.method == "comi" and self.comi is None:
+            raise ValueError("method='comi' needs a COMICompressor: pass comi=COMICompressor(...).")
+        if self.comi is not None and self.comi.backbone.fingerprint != self.compressor.backbone.fingerprint:
+            raise ValueError("comi and compressor must share one backbone: their slots are read by the same reader.")
+        for method in ("comprexit", "comi") if self.comi is not None else ("comprexit",):
+            self.ratio_for(method)  # raises InvalidInputError (a ValueError) on a bad ratio
+        if self.store is not None and self.store.fingerprint != self.fingerprint("comprexit"):
+            raise ValueError(
+                f"store holds slots of fingerprint {self.store.fingerprint!r}, not {self.fingerprint('comprexit')!r} "
+                "(this compressor's head and ratio); use pipeline.store_for(ratio) or a store with that fingerprint."
+            )
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._cache = InMemorySlotCache(self.cache_size)
+
+    @classmethod
+    def from_pipeline(
+        cls, pipeline: RAGPipeline, *, ratio: int | None = None, method: Method = "comprexit", **kwargs: Any
+    ) -> ComprExITDocumentCompressor:
+        """A compressor over ``pipeline``'s head and slot store (and its COMI compressor for ``"comi"``)."""
+        ratio = pipeline.ratio if ratio is None else ratio
+        if method == "comi" and kwargs.get("comi") is None:
+            kwargs["comi"] = pipeline.comi
+        return cls(
+            compressor=pipeline.compressor, store=pipeline.store_for(ratio), ratio=ratio, method=method, **kwargs
+        )
+
+    # ------------------------------------------------------------------ identities
+
+    def ratio_for(self, method: Method | None = None) -> int:
+        """The compression ratio used by ``method`` (default: this compressor's method)."""
+        if (method or self.method) == "comi":
+            comi = self._comi()
+            return validate_ratio(comi.config.ratio if self.ratio is None else self.ratio, comi.config.max_ratio)
+        config = self.compressor.config
+        return validate_ratio(config.ratio if self.ratio is None else self.ratio, config.window)
+
+    def fingerprint(self, method: Method | None = None) -> str:
+        """Names the slots of ``method``: compressor weights and backbone, then the ratio."""
+        method = method or self.method
+        source = self._comi() if method == "comi" else self.compressor
+        return f"{source.fingerprint}/ratio={self.ratio_for(method)}"
+
+    def slot_key(self, text: str, query: str | None = None, method: Method | None = None) -> str:
+        """Key of the slots of ``text``: its content hash (for COMI, of the query and the text)."""
+        if (method or self.method) == "comi":
+            return content_key(f"{query or ''}\x00{text}")
+        return content_key(text)
+
+    # ------------------------------------------------------------------ LangChain API
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Compress ``documents`` (reusing stored slots) and add the slot record to their metadata.
+
+        Returns new documents, in input order, with the same ``id``, ``page_content`` and
+        metadata plus ``metadata[metadata_key]``; documents with blank content are returned
+        unchanged. ``query`` is only used by ``method="comi"``. When ``callbacks`` belong to a
+        run (as inside ``ContextualCompressionRetriever``), a ``"comprexit_compress"`` custom
+        event reports ``documents``, ``hits``, ``misses``, ``slots`` and ``tokens``.
+        """
+        method = self.method
+        documents = list(documents)
+        readable = [i for i, doc in enumerate(documents) if doc.page_content.strip()]
+        texts = [documents[i].page_content for i in readable]
+        keys, found, hits, misses = self._resolve(method, texts, query, load=False)
+        fingerprint, ratio = self.fingerprint(method), self.ratio_for(method)
+        out = list(documents)
+        for i, key, (slots, tokens) in zip(readable, keys, found, strict=True):
+            record = {
+                "slot_key": key,
+                "slots": int(slots),
+                "tokens": int(tokens),
+                "ratio": ratio,
+                "fingerprint": fingerprint,
+                "method": method,
+            }
+            out[i] = documents[i].model_copy(update={"metadata": {**documents[i].metadata, self.metadata_key: record}})
+        stats = {
+            "method": method,
+            "documents": len(texts),
+            "hits": hits,
+            "misses": misses,
+            "slots": sum(int(s) for s, _ in found),
+            "tokens": sum(int(t) for _, t in found),
+        }
+        _dispatch(callbacks, COMPRESS_EVENT, stats)
+        return out
+
+    # acompress_documents: BaseDocumentCompressor runs compress_documents in an executor.
+
+    # ------------------------------------------------------------------ reading
+
+    def soft_context(self, documents: Sequence[Document], question: str) -> SlotLookup:
+        """The slots of ``documents`` for the reader, in order; missing ones are compressed now.
+
+        A document is read from the slots its metadata record names when the record matches
+        this compressor (same fingerprint, and a slot key that still matches the content and,
+        for COMI, the question); otherwise, or when those slots are no longer stored, it is
+        compressed with this compressor's method.
+        """
+        docs = [doc for doc in documents if doc.page_content.strip()]
+        if not docs:
+            return SlotLookup(None, [], 0, 0)
+        methods = [self._recorded_method(doc, question) or self.method for doc in docs]
+        slots: list[torch.Tensor | None] = [None] * len(docs)
+        counts = [0] * len(docs)
+        hits = misses = 0
+        for method in dict.fromkeys(methods):
+            chosen = [i for i, m in enumerate(methods) if m == method]
+            _, found, method_hits, method_misses = self._resolve(
+                method, [docs[i].page_content for i in chosen], question, load=True
+            )
+            for i, (tensor, tokens) in zip(chosen, found, strict=True):
+                slots[i], counts[i] = tensor, tokens
+            hits, misses = hits + method_hits, misses + method_misses
+        context = SoftContext.from_passages([s for s in slots if s is not None], counts)
+        return SlotLookup(context, docs, hits, misses)
+
+    # ------------------------------------------------------------------ internals
+
+    def _comi(self) -> COMICompressor:
+        if self.comi is None:
+            raise InvalidInputError("method='comi' needs a COMICompressor: pass comi=COMICompressor(...).")
+        return self.comi
+
+    def _source(self, method: Method) -> SlotSource:
+        if method == "comprexit" and self.store is not None:
+            return StoreSource(self.store)
+        return CacheSource(self._cache, self.fingerprint(method))
+
+    def _recorded_method(self, doc: Document, question: str) -> Method | None:
+        """The method of ``doc``'s slot record, when the record is valid for this compressor."""
+        record = doc.metadata.get(self.metadata_key)
+        if not isinstance(record, dict) or record.get("method") not in ("comprexit", "comi"):
+            return None
+        method: Method = record["method"]
+        if method == "comi" and self.comi is None:
+            return None
+        if record.get("fingerprint") != self.fingerprint(method):
+            return None
+        if record.get("slot_key") != self.slot_key(doc.page_content, question, method):
+            return None
+        return method
+
+    def _resolve(
+        self, method: Method, texts: list[str], query: str | None, *, load: bool
+    ) -> tuple[list[str], list[tuple[Any, int]], int, int]:
+        """Slot keys, then ``(tensor or slot count, tokens)`` per text; compress and keep the missing ones."""
+        if method == "comi" and not (isinstance(query, str) and query.strip()):
+            raise InvalidInputError("method='comi' is query-aware: it needs a non-empty query.")
+        source = self._source(method)
+        keys = [self.slot_key(text, query, method) for text in texts]
+        found: list[Any] = list(source.get(keys) if load else source.info(keys))
+        missing = {key: text for key, text, got in zip(keys, texts, found, strict=True) if got is None}
+        hits = sum(got is not None for got in found)
+        if missing:
+            ratio = self.ratio_for(method)
+            if method == "comi":
+                soft = self._comi().compress(
+                    list(missing.values()), query=query, ratio=ratio, batch_size=self.batch_size
+                )
+            else:
+                soft = self.compressor.compress(list(missing.values()), ratio=ratio, batch_size=self.batch_size)
+            tensors, tokens = soft.passages(), soft.token_counts.tolist()
+            source.put(list(missing), tensors, tokens)
+            fresh = {
+                key: (tensor if load else int(tensor.shape[0]), count)
+                for key, tensor, count in zip(missing, tensors, tokens, strict=True)
+            }
+            found = [got if got is not None else fresh[key] for key, got in zip(keys, found, strict=True)]
+        return keys, found, hits, len(texts) - hits
+
+
+def _dispatch(callbacks: Callbacks | None, name: str, data: dict[str, Any]) -> None:
+    """Send a custom event to ``callbacks`` when they belong to a run (no-op otherwise)."""
+    if callbacks is None:
+        return
+    manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+    if manager.parent_run_id is not None and manager.handlers:
+        manager.on_custom_event(name, data, run_id=manager.parent_run_id)

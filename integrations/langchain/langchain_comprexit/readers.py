@@ -1,0 +1,264 @@
+"""ComprExITReader: an LCEL Runnable answering a question from the soft slots of LangChain documents.
+
+Input ``{"question": str, "documents": list[Document]}``; output the answer (``str``), or
+``{"answer": str, "stats": dict}`` with ``return_stats=True``. The slots are spliced into the
+reader LLM's input as embeddings by :class:`comprexit_rag.reader.Reader`: the text prompt holds
+only the instruction and the question, never a passage or a slot value.
+
+>>> chain = {"documents": compression_retriever, "question": RunnablePassthrough()} | reader
+>>> chain.invoke("Which magazine was started first?")
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Self
+
+from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.pipeline import AnswerStats
+from comprexit_rag.reader import Reader
+from langchain_core.callbacks import CallbackManagerForChainRun
+from langchain_core.callbacks.manager import dispatch_custom_event
+from langchain_core.documents import Document
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.utils import AddableDict
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from langchain_comprexit.document_compressors import ComprExITDocumentCompressor, SlotLookup
+
+if TYPE_CHECKING:
+    from comprexit_rag.pipeline import RAGPipeline
+
+__all__ = ["STATS_EVENT", "ComprExITReader"]
+
+STATS_EVENT = "comprexit_stats"
+"""Name of the custom callback event carrying the statistics of each answer."""
+
+
+class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]):
+    """Answer ``{"question", "documents"}`` from the documents' slots with the frozen reader LLM.
+
+    Each document is read from the slots its ``metadata["comprexit"]`` record names (written
+    by :class:`ComprExITDocumentCompressor`); documents without valid stored slots are
+    compressed on the spot. Supports ``invoke``, ``batch`` (one batched generation),
+    ``stream`` (text chunks as they are generated), ``ainvoke``/``abatch`` and ``astream``.
+
+    Every answer's statistics (``context_tokens``, ``slots``, ``tokens_saved``, ``ratio``,
+    ``store_hits``, ``store_misses``, ``documents``, ``method``, ``timings``) are dispatched as
+    the ``"comprexit_stats"`` custom callback event, kept in :attr:`last_stats`, and returned
+    with the answer when ``return_stats=True``.
+
+    Args:
+        compressor: the document compressor whose store/cache holds the slots.
+        reader: the core reader (default: a :class:`~comprexit_rag.reader.Reader` over the
+            compressor's backbone).
+        max_new_tokens: longest answer, in tokens.
+        return_stats: return ``{"answer": str, "stats": dict}`` instead of the answer.
+        question_key: input key of the question.
+        documents_key: input key of the documents.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    compressor: ComprExITDocumentCompressor
+    reader: Reader | None = None
+    max_new_tokens: int = Field(default=20, ge=1)
+    return_stats: bool = False
+    question_key: str = "question"
+    documents_key: str = "documents"
+
+    _last_stats: dict[str, Any] | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        backbone = self.compressor.compressor.backbone
+        if self.reader is None:
+            self.reader = Reader(backbone)
+        elif self.reader.backbone.fingerprint != backbone.fingerprint:
+            raise ValueError("reader and compressor must share one backbone: slots live in its embedding space.")
+        return self
+
+    @classmethod
+    def from_pipeline(
+        cls, pipeline: RAGPipeline, *, compressor: ComprExITDocumentCompressor | None = None, **kwargs: Any
+    ) -> ComprExITReader:
+        """A reader over ``pipeline``'s reader and slot store (or over ``compressor`` when given)."""
+        compressor = compressor or ComprExITDocumentCompressor.from_pipeline(pipeline)
+        return cls(compressor=compressor, reader=pipeline.reader, **kwargs)
+
+    @property
+    def OutputType(self) -> Any:
+        return dict[str, Any] if self.return_stats else str
+
+    @property
+    def last_stats(self) -> dict[str, Any] | None:
+        """Statistics of the most recent answer (of any thread), or ``None`` before the first."""
+        with self._lock:
+            return None if self._last_stats is None else dict(self._last_stats)
+
+    # ------------------------------------------------------------------ Runnable API
+
+    def invoke(
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> str | dict[str, Any]:
+        """Answer one ``{"question", "documents"}`` input."""
+        return self._call_with_config(self._invoke, input, config, **kwargs)
+
+    def batch(
+        self,
+        inputs: list[dict[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[str | dict[str, Any]]:
+        """Answer several inputs with one batched generation (one run per input for callbacks).
+
+        The ``read`` timing of each answer's statistics is the time of the whole batched generation.
+        """
+        if not inputs:
+            return []
+        return self._batch_with_config(self._batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    def stream(
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[str | dict[str, Any]]:
+        """Yield the answer in text chunks as it is generated (``AddableDict`` chunks with ``return_stats``)."""
+        return self.transform(iter([input]), config, **kwargs)
+
+    def transform(
+        self, input: Iterator[dict[str, Any]], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[str | dict[str, Any]]:
+        """Stream the answer once the (possibly streamed) input is complete."""
+        yield from self._transform_stream_with_config(input, self._transform, config, **kwargs)
+
+    async def astream(
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[str | dict[str, Any]]:
+        """Async :meth:`stream`: each chunk is generated in an executor thread."""
+        chunks = self.stream(input, config, **kwargs)
+        done = object()
+        while (chunk := await run_in_executor(config, next, chunks, done)) is not done:
+            yield chunk
+
+    # ------------------------------------------------------------------ implementation
+
+    def _invoke(
+        self, input: dict[str, Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> str | dict[str, Any]:
+        return self._answer_all([self._parse(input)], [config])[0]
+
+    def _batch(
+        self,
+        inputs: list[dict[str, Any]],
+        run_manager: list[CallbackManagerForChainRun],
+        config: list[RunnableConfig],
+    ) -> list[str | dict[str, Any] | Exception]:
+        outputs: list[str | dict[str, Any] | Exception] = []
+        good: list[int] = []
+        items: list[tuple[str, list[Document]]] = []
+        for index, item in enumerate(inputs):
+            try:
+                items.append(self._parse(item))
+            except InvalidInputError as error:  # reported for this input only
+                outputs.append(error)
+            else:
+                outputs.append("")
+                good.append(index)
+        for index, answer in zip(good, self._answer_all(items, [config[i] for i in good]), strict=True):
+            outputs[index] = answer
+        return outputs
+
+    def _transform(
+        self,
+        chunks: Iterator[dict[str, Any]],
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+    ) -> Iterator[str | dict[str, Any]]:
+        final: Any = None
+        for chunk in chunks:
+            final = chunk if final is None else _merge(final, chunk)
+        question, documents = self._parse(final)
+        started = time.perf_counter()
+        lookup = self.compressor.soft_context(documents, question)
+        looked_up = time.perf_counter()
+        for piece in self._core().stream(question, lookup.context, max_new_tokens=self.max_new_tokens):
+            yield AddableDict(answer=piece) if self.return_stats else piece
+        stats = self._stats(lookup, looked_up - started, time.perf_counter() - looked_up)
+        self._report(stats, config)
+        if self.return_stats:
+            yield AddableDict(stats=stats)
+
+    def _answer_all(
+        self, items: Sequence[tuple[str, list[Document]]], configs: Sequence[RunnableConfig]
+    ) -> list[str | dict[str, Any]]:
+        """Look up (or compute) each input's slots, then generate every answer in one batch."""
+        if not items:
+            return []
+        started = time.perf_counter()
+        lookups = [self.compressor.soft_context(documents, question) for question, documents in items]
+        looked_up = time.perf_counter()
+        answers = self._core().generate(
+            [question for question, _ in items],
+            [lookup.context for lookup in lookups],
+            max_new_tokens=self.max_new_tokens,
+        )
+        read = time.perf_counter() - looked_up
+        outputs: list[str | dict[str, Any]] = []
+        for answer, lookup, config in zip(answers, lookups, configs, strict=True):
+            stats = self._stats(lookup, (looked_up - started) / len(items), read)
+            self._report(stats, config)
+            outputs.append({"answer": answer, "stats": stats} if self.return_stats else answer)
+        return outputs
+
+    def _core(self) -> Reader:
+        assert self.reader is not None  # set by the validator
+        return self.reader
+
+    def _parse(self, value: Any) -> tuple[str, list[Document]]:
+        if not isinstance(value, Mapping):
+            raise InvalidInputError(
+                f"ComprExITReader takes a dict with {self.question_key!r} and {self.documents_key!r}, "
+                f"got {type(value).__name__}."
+            )
+        question, documents = value.get(self.question_key), value.get(self.documents_key, [])
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError(f"{self.question_key!r} must be a non-empty string, got {question!r:.80}.")
+        if isinstance(documents, Document):
+            documents = [documents]
+        if not isinstance(documents, Sequence) or not all(isinstance(doc, Document) for doc in documents):
+            raise InvalidInputError(f"{self.documents_key!r} must be a list of Documents.")
+        return question, list(documents)
+
+    def _stats(self, lookup: SlotLookup, lookup_seconds: float, read_seconds: float) -> dict[str, Any]:
+        context = lookup.context
+        tokens = context.num_tokens if context is not None else 0
+        slots = context.num_slots if context is not None else 0
+        core = AnswerStats(tokens, slots, context.ratio if context is not None else 0.0, lookup.hits, lookup.misses)
+        return {
+            **asdict(core),
+            "tokens_saved": tokens - slots,
+            "documents": len(lookup.documents),
+            "method": self.compressor.method,
+            "timings": {"lookup": lookup_seconds, "read": read_seconds, "total": lookup_seconds + read_seconds},
+        }
+
+    def _report(self, stats: dict[str, Any], config: RunnableConfig) -> None:
+        with self._lock:
+            self._last_stats = stats
+        dispatch_custom_event(STATS_EVENT, stats, config=config)
+
+
+def _merge(left: Any, right: Any) -> Any:
+    """Join two chunks of a streamed input (dict chunks update each other)."""
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        return {**left, **right}
+    try:
+        return left + right
+    except TypeError:
+        return right

@@ -1,0 +1,97 @@
+"""Fixtures of the langchain-comprexit tests.
+
+Run from the repository root with ``python -m pytest integrations/langchain/tests``: the rootdir
+is the repository root and its pytest configuration (the ``slow`` marker) applies. The package
+is made importable by putting ``integrations/langchain`` on ``sys.path`` here, so no install is
+needed (``pip install -e integrations/langchain --no-deps`` works too). The repository's own
+fixtures (``default_tokenizer``, ``tiny_backbone``, ``real_backbone``) are loaded from
+``tests/conftest.py`` by path and re-exported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(PACKAGE_ROOT) not in sys.path:
+    sys.path.insert(0, str(PACKAGE_ROOT))
+
+
+def _load_repo_conftest():
+    """Import the repository's ``tests/conftest.py`` under a name of its own (it is not a package)."""
+    name = "comprexit_rag_repo_conftest"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_repo = _load_repo_conftest()
+default_tokenizer = _repo.default_tokenizer
+tiny_backbone = _repo.tiny_backbone
+real_backbone = _repo.real_backbone
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from comprexit_rag.backbone import Backbone  # noqa: E402
+from comprexit_rag.data import DataNotFoundError, QAExample, load_split  # noqa: E402
+from comprexit_rag.errors import DefaultModelUnavailableError  # noqa: E402
+from comprexit_rag.head import ComprExITHead  # noqa: E402
+from comprexit_rag.pipeline import RAGPipeline  # noqa: E402
+from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever, default_embedder_path  # noqa: E402
+
+QUESTIONS = 3  # HotpotQA dev questions whose ten passages each make up the test index
+
+
+@pytest.fixture(scope="session")
+def hotpot() -> list[QAExample]:
+    """The first HotpotQA dev questions (skip when the shared data is absent)."""
+    try:
+        return load_split("hotpotqa", "dev")[:QUESTIONS]
+    except DataNotFoundError as error:
+        pytest.skip(f"HotpotQA data unavailable: {error}")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The embedded all-MiniLM-L6-v2, loaded once."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(str(default_embedder_path()), device="cpu")
+    except DefaultModelUnavailableError as error:
+        pytest.skip(f"default embedder unavailable: {error}")
+
+
+def build_pipeline(directory: Path, backbone: Backbone, embedder, examples: list[QAExample], **kwargs) -> RAGPipeline:
+    """A pipeline over ``backbone`` indexing every passage of ``examples``."""
+    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
+    pipeline = RAGPipeline.build(directory, backbone=backbone, retriever=retriever, **kwargs)
+    pipeline.index([passage for example in examples for passage in example.passages], show_progress=False)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def make_pipeline(embedder):
+    """``make_pipeline(directory, backbone, examples, **build_kwargs)``: see :func:`build_pipeline`."""
+    return lambda directory, backbone, examples, **kwargs: build_pipeline(
+        directory, backbone, embedder, examples, **kwargs
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, tiny_backbone, embedder, hotpot) -> RAGPipeline:
+    """The tiny random backbone with a fresh head, every passage of :data:`QUESTIONS` questions stored."""
+    torch.manual_seed(1)
+    head = ComprExITHead.for_backbone(tiny_backbone)
+    return build_pipeline(tmp_path_factory.mktemp("lc") / "rag", tiny_backbone, embedder, hotpot, head=head)
