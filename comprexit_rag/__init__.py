@@ -8,7 +8,9 @@ from .errors import (
     CheckpointError,
     ComprExITError,
     DefaultModelUnavailableError,
+    IndexBusyError,
     InvalidInputError,
+    StorageError,
 )
 from .head import ComprExITHead
 from .prompts import ContinuationPrompt, QAPrompt
@@ -28,9 +30,11 @@ __all__ = [
     "ComprExITHead",
     "ContinuationPrompt",
     "DefaultModelUnavailableError",
+    "IndexBusyError",
     "InvalidInputError",
     "PassageDetails",
     "QAPrompt",
     "Reader",
     "SoftContext",
+    "StorageError",
 ]

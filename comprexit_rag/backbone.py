@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,11 +59,21 @@ class Backbone:
 
     Use :meth:`from_pretrained` with no argument for the embedded SmolLM2-135M-Instruct, or
     pass any Hugging Face causal-LM name or local path (Llama, Qwen, SmolLM, ...).
+
+    Thread safety: one backbone is shared by the compressor, the reader and COMI, possibly from
+    several threads (a web server answering concurrent questions). Every forward pass of the
+    model and every tokenizer call made through this library holds :attr:`lock`, so concurrent
+    callers get exactly the results of sequential calls. Hugging Face models are not promised to
+    be thread-safe (fast tokenizers raise "Already borrowed" when their padding or truncation
+    settings change under another thread; rotary embeddings of the dynamic and long-rope kinds
+    update shared buffers in the forward pass). A CPU forward already uses every core, so
+    serialising forwards costs little; on a GPU, batch questions instead of using threads.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "") -> None:
         self.model = model.eval()
         self.model.requires_grad_(False)
+        self.lock = threading.RLock()  # held around every forward pass and tokenizer call
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -114,6 +125,12 @@ class Backbone:
         return self.fingerprint.num_hidden_layers + 1
 
     @property
+    def max_positions(self) -> int | None:
+        """Longest sequence (prompt + context + answer) the model reads, or ``None`` if unknown."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
+
+    @property
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 
@@ -126,16 +143,18 @@ class Backbone:
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids without special tokens (callers add BOS where the format needs it)."""
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        with self.lock:
+            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """All L+1 hidden states, each [batch, length, hidden], for right-padded inputs."""
-        outputs = self.model.base_model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            output_hidden_states=True,
-            use_cache=False,
-        )
+        with self.lock:
+            outputs = self.model.base_model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                output_hidden_states=True,
+                use_cache=False,
+            )
         return outputs.hidden_states
 
     def num_parameters(self) -> int:

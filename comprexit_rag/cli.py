@@ -29,6 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ComprExITError as error:
         print(f"comprexit-rag {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"comprexit-rag {args.command}: interrupted; committed work is kept (rerun `index` to resume)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

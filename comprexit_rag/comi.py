@@ -154,6 +154,8 @@ def allocate_group_sizes(mig: torch.Tensor, n: int) -> torch.Tensor:
         raise InvalidInputError(f"mig must be a non-empty 1-D tensor, got shape {tuple(mig.shape)}.")
     if n < groups:
         raise InvalidInputError(f"Cannot give {groups} groups at least one token each out of {n} tokens.")
+    if not bool(torch.isfinite(mig).all()):
+        raise InvalidInputError("mig holds NaN or inf; check the hidden states and query vectors fed to COMI.")
     share = torch.softmax(-mig.detach().double().cpu(), dim=0)
     pinned = torch.zeros(groups, dtype=torch.bool)
     while True:

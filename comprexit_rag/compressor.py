@@ -17,7 +17,7 @@ from .checkpoint import check_fingerprint
 from .config import validate_ratio
 from .errors import InvalidInputError
 from .head import ComprExITHead
-from .segments import SegmentBatch, check_texts, encode_segments
+from .segments import SegmentBatch, check_positive_int, check_texts, encode_segments
 from .soft_context import PassageDetails, SoftContext
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class SlotCompressor:
         check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
         self.backbone = backbone
         self.head = head.to(backbone.device).eval()
-        self.batch_size = batch_size
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self._fingerprint: str | None = None
 
     @property
@@ -77,6 +77,10 @@ class SlotCompressor:
         compressed independently; their slots are concatenated in order. Nothing is truncated.
         """
         texts = check_texts(texts)
+        if batch_size is not None:
+            check_positive_int(batch_size, "batch_size")
+        if ratio is not None:
+            validate_ratio(ratio, self.config.window)
         if not texts:
             return SoftContext.empty(self.backbone.hidden_size)
         return self.compress_token_ids(
@@ -105,12 +109,15 @@ class SlotCompressor:
         def encode(batch: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[SegmentSlots]:
             with autocast_for(self.backbone):
                 output = self.head(hidden_states, batch.anchor_mask, ratio=ratio)
+            # Each row's slots are a prefix of its padded row: one read of the counts for the
+            # whole batch (boolean indexing would wait for the device once per row).
+            counts = output.slot_mask.sum(dim=1).tolist()
             return [
                 SegmentSlots(
-                    slots=output.slots[row, output.slot_mask[row]].float(),
+                    slots=output.slots[row, :count].float(),
                     details=_segment_details(output, row, batch.anchor_mask[row], ids) if return_details else None,
                 )
-                for row, ids in enumerate(segment.token_ids for segment in batch.segments)
+                for row, (ids, count) in enumerate(zip((s.token_ids for s in batch.segments), counts, strict=True))
             ]
 
         per_passage = encode_segments(

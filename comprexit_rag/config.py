@@ -40,7 +40,7 @@ class ComprExITConfig:
 
     def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
         """Number of slots produced for a passage of ``num_tokens`` tokens."""
-        ratio = ratio or self.ratio
+        ratio = validate_ratio(self.ratio if ratio is None else ratio, self.window)
         full, rest = divmod(num_tokens, self.window)
         return full * -(-self.window // ratio) + -(-rest // ratio)
 

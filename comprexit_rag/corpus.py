@@ -8,8 +8,8 @@
 * the 2WikiMultihopQA ``corpus.json.gz`` (a JSON list of ``{"title", "text"}``);
 * a ``.txt`` / ``.md`` file, or a folder searched recursively for them. Each file is cut into
   passages of whole paragraphs of at most ``max_words`` words (the dense retriever reads
-  about 200 words at most). Files that are not valid UTF-8 or look binary are skipped with
-  a warning.
+  about 200 words at most). Files that are not valid UTF-8 or look binary (a NUL byte
+  anywhere) are skipped with a warning; other control characters are kept.
 
 Passages whose formatted text (``"title\\ntext"``) repeats an earlier one are dropped, so a
 corpus can be re-read and re-indexed without duplicates.
@@ -36,7 +36,6 @@ __all__ = ["TEXT_SUFFIXES", "read_corpus", "split_paragraphs"]
 TEXT_SUFFIXES = (".txt", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 DEFAULT_MAX_WORDS = 200
-_BINARY_PROBE = 8192
 
 
 def read_corpus(
@@ -126,7 +125,7 @@ def _decode_text_file(file: Path) -> str | None:
     except OSError as error:
         logger.warning("Skipping %s: cannot read it (%s)", file, error)
         return None
-    if b"\x00" in data[:_BINARY_PROBE]:
+    if b"\x00" in data:  # never in UTF-8 text; binary files usually have one early, but not always
         logger.warning("Skipping %s: it looks binary (NUL bytes)", file)
         return None
     try:
@@ -227,6 +226,14 @@ def _iter_json_records(file: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
         raise InvalidInputError(f"{file} is not UTF-8 text ({error.reason}).") from error
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_record(record: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(record, Mapping):
         raise InvalidInputError(f"{where}: expected a JSON object with a 'text' field, got {type(record).__name__}.")
@@ -241,6 +248,10 @@ def _records(file: Path) -> Iterator[Passage]:
         if not isinstance(text, str) or not text.strip() or not isinstance(title, str):
             skipped += 1
             logger.debug("%s: skipped (no string 'text' or a non-string 'title')", where)
+            continue
+        if not _is_unicode(text) or not _is_unicode(title):
+            skipped += 1
+            logger.warning("%s: skipped (lone surrogate escapes such as \\ud800 are not text)", where)
             continue
         yield Passage(text=text.strip(), title=title.strip(), id="" if passage_id is None else str(passage_id))
     if skipped:

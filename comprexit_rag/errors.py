@@ -19,3 +19,16 @@ class DefaultModelUnavailableError(ComprExITError, RuntimeError):
 
 class InvalidInputError(ComprExITError, ValueError):
     """An argument has the wrong type or value (empty text, bad ratio, missing query...)."""
+
+
+class StorageError(ComprExITError, OSError):
+    """Writing to disk failed (disk full, read-only or vanished directory...).
+
+    Nothing partial is committed: the store and the retriever keep their last committed state,
+    so freeing space and rerunning the same command resumes where it stopped. It is an
+    ``OSError`` too (``errno`` and ``strerror`` are those of the underlying failure).
+    """
+
+
+class IndexBusyError(ComprExITError, RuntimeError):
+    """Another ``index`` run holds the pipeline directory's index lock; wait for it and rerun."""

@@ -83,11 +83,15 @@ class ComprExITHead(nn.Module):
         """Compress each sequence's tokens where ``anchor_mask`` is True into slots."""
         ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.window)
         anchors, layer_weights = self.depth(hidden_states)
-        windows = split_windows(anchors, anchor_mask.to(anchors.device), self.config.window)
+        # The window layout is computed from the mask where it lies: a host-side mask (as the
+        # compressor passes) lets the whole head run without waiting for the device.
+        windows = split_windows(anchors, anchor_mask, self.config.window)
         window_slots, slot_mask, plans = self.width(windows, ratio)
         slots = self.projector(window_slots)
 
-        padded, mask = join_windows(slots, slot_mask, windows.owner, anchors.shape[0])
+        padded, mask = join_windows(
+            slots, slot_mask, windows.owners, anchors.shape[0], slot_counts=windows.slot_counts(ratio)
+        )
         return HeadOutput(
             slots=padded,
             slot_mask=mask,

@@ -21,6 +21,7 @@ A pipeline lives in one directory::
         slots/             # SlotStore, one sub-directory per head fingerprint and ratio
         head/              # only when built from a head instance: that head
         untrained-head/    # only while no trained default head is shipped (see load_head_or_untrained)
+        .index.lock        # held (flock) by the one index run allowed at a time
 
 >>> pipeline = RAGPipeline.build("my-index")
 >>> pipeline.index([{"title": "Paris", "text": "Paris is the capital of France."}])
@@ -33,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,18 +46,24 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
+try:  # POSIX advisory locks keep two index runs off one directory.
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX platforms
+    fcntl = None  # type: ignore[assignment]
+
 from .backbone import Backbone
 from .compressor import ComprExITCompressor
 from .config import validate_ratio
 from .data import Passage
 from .default_model import DEFAULT_BACKBONE_NAME
-from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
+from .errors import BackboneMismatchError, CheckpointError, IndexBusyError, InvalidInputError, StorageError
 from .head import DEFAULT_HEAD, ComprExITHead
 from .pipeline_methods import METHODS
 from .reader import Reader
 from .retrieval import DenseRetriever, RetrievedPassage
+from .segments import check_positive_int, check_text
 from .soft_context import SoftContext
-from .store import SlotStore, content_key
+from .store import DISK_DTYPE, SlotStore, content_key
 
 if TYPE_CHECKING:
     from .comi import COMICompressor, COMIMerger
@@ -73,6 +81,7 @@ __all__ = [
 ]
 
 PIPELINE_FILE = "pipeline.json"
+INDEX_LOCK = ".index.lock"
 PIPELINE_FORMAT = "comprexit-rag-pipeline"
 PIPELINE_VERSION = 1
 RETRIEVER_DIR = "retriever"
@@ -217,6 +226,11 @@ class RAGPipeline:
     Create one with :meth:`build` (new directory) or :meth:`load` (existing one); :meth:`open`
     does whichever applies. The compressor, the reader and (lazily) the COMI compressor all
     use ``compressor.backbone``: the backbone is loaded once.
+
+    :meth:`ask` may be called from several threads at once: model forwards and tokenizer calls
+    are serialised by the backbone's lock, retrieval and the slot store have locks of their own,
+    and the lazily built parts (slot stores, COMI) are created under the pipeline's lock. Answers
+    equal those of sequential calls. :meth:`index` is meant to run in one thread at a time.
     """
 
     def __init__(
@@ -238,6 +252,7 @@ class RAGPipeline:
         self._comi_merger = comi_merger
         self._comi: COMICompressor | None = None
         self._stores: dict[int, SlotStore] = {}
+        self._lock = threading.RLock()  # guards the lazily built stores and COMI compressor
         self.record: dict[str, Any] = dict(record or {})
 
     # ------------------------------------------------------------------ construction
@@ -372,16 +387,17 @@ class RAGPipeline:
     @property
     def comi(self) -> COMICompressor:
         """The query-aware COMI compressor (built on first use, over the shared backbone)."""
-        if self._comi is None:
-            from .comi import COMICompressor, COMIMerger
+        with self._lock:
+            if self._comi is None:
+                from .comi import COMICompressor, COMIMerger
 
-            merger = self._comi_merger
-            if merger is None:
-                merger = load_comi_merger_or_untrained(self.backbone)
-            elif not isinstance(merger, COMIMerger):
-                merger = COMIMerger.from_pretrained(merger)
-            self._comi = COMICompressor.from_pretrained(merger=merger, backbone=self.backbone)
-        return self._comi
+                merger = self._comi_merger
+                if merger is None:
+                    merger = load_comi_merger_or_untrained(self.backbone)
+                elif not isinstance(merger, COMIMerger):
+                    merger = COMIMerger.from_pretrained(merger)
+                self._comi = COMICompressor.from_pretrained(merger=merger, backbone=self.backbone)
+            return self._comi
 
     @property
     def store(self) -> SlotStore:
@@ -391,10 +407,11 @@ class RAGPipeline:
     def store_for(self, ratio: int) -> SlotStore:
         """The slot store of the current head at ``ratio`` (slots of each ratio are kept apart)."""
         ratio = validate_ratio(ratio, self.compressor.config.window)
-        if ratio not in self._stores:
-            fingerprint = f"{self.compressor.fingerprint}/ratio={ratio}"
-            self._stores[ratio] = SlotStore(self.directory / SLOTS_DIR, fingerprint)
-        return self._stores[ratio]
+        with self._lock:
+            if ratio not in self._stores:
+                fingerprint = f"{self.compressor.fingerprint}/ratio={ratio}"
+                self._stores[ratio] = SlotStore(self.directory / SLOTS_DIR, fingerprint)
+            return self._stores[ratio]
 
     def __len__(self) -> int:
         """Number of indexed passages."""
@@ -423,6 +440,7 @@ class RAGPipeline:
         batch_size: int = 8,
         chunk_size: int | None = None,
         show_progress: bool | None = None,
+        verify: bool = False,
     ) -> IndexReport:
         """Add passages to the retriever and store the slots of every passage that lacks them.
 
@@ -434,22 +452,41 @@ class RAGPipeline:
         a rerun resumes where it stopped. Every indexed passage without stored slots (for the
         current head and ratio) is compressed, including those of earlier calls.
 
+        Before compressing, the slot store checks itself and repairs what an interrupted run
+        (``kill -9``, power loss, full disk) can leave: missing or truncated shards are retired
+        (their passages are recomputed), orphan shard files and temporary files are deleted and
+        a torn manifest line is truncated. Committed slots are never lost.
+
         Args:
             passages: the passages to add (already indexed ones are skipped).
             batch_size: compressor batch size.
             chunk_size: passages compressed and committed together.
             show_progress: tqdm bar; by default shown for 64 passages to compress or more.
+            verify: check the store fully first (sha256 of every shard, as ``SlotStore.verify``)
+                instead of by file sizes only, and repair it.
         """
         started = time.perf_counter()
-        if isinstance(passages, str | Mapping | Passage):
+        if isinstance(passages, str | bytes | Mapping | Passage):
             raise InvalidInputError("index() takes a list of passages, not a single one.")
-        if batch_size < 1:
-            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}.")
-        chunk_size = 8 * batch_size if chunk_size is None else chunk_size
-        if chunk_size < 1:
-            raise InvalidInputError(f"chunk_size must be >= 1, got {chunk_size}.")
+        if passages is None or not hasattr(passages, "__iter__"):
+            raise InvalidInputError(f"index() takes a list of passages, got {type(passages).__name__}.")
+        check_positive_int(batch_size, "batch_size")
+        chunk_size = 8 * batch_size if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
 
         records = _unique_by_text([_as_passage(p, i) for i, p in enumerate(passages)])
+        with _index_lock(self.directory):
+            return self._index(records, batch_size, chunk_size, show_progress, verify, started)
+
+    def _index(
+        self,
+        records: list[Passage],
+        batch_size: int,
+        chunk_size: int,
+        show_progress: bool | None,
+        verify: bool,
+        started: float,
+    ) -> IndexReport:
+        """The body of :meth:`index`, run under the directory's index lock."""
         before = len(self.retriever)
         if records:
             texts = [p.formatted() for p in records]
@@ -464,6 +501,9 @@ class RAGPipeline:
             self.retriever.save(self.directory / RETRIEVER_DIR)
 
         store = self.store
+        repaired = store.verify(repair=True, quick=not verify)
+        if repaired:
+            logger.info("Repaired %d problem(s) of the slot store before indexing", len(repaired))
         texts_by_key = dict(self._keys_and_texts())
         missing = store.missing(list(texts_by_key))
         show = len(missing) >= 64 if show_progress is None else show_progress
@@ -515,18 +555,24 @@ class RAGPipeline:
             max_new_tokens: longest answer, in tokens.
 
         Raises:
-            InvalidInputError: empty question, unknown method, bad ``k`` or ratio, or an
-                empty index.
+            InvalidInputError: empty question, unknown method, bad ``k``, ratio or
+                ``max_new_tokens``, an empty index, or a question too long for the reader (prompt,
+                question, context and answer must fit the backbone's maximum length; see
+                :meth:`Reader.context_budget <comprexit_rag.reader.Reader.context_budget>`).
         """
         if not isinstance(question, str) or not question.strip():
-            raise InvalidInputError(f"The question must be a non-empty string, got {question!r}.")
+            raise InvalidInputError(f"The question must be a non-empty string, got {question!r:.80}.")
+        check_text(question, "The question")
         if method not in METHODS:
             raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
+        ratio = self.ratio if ratio is None else ratio
+        validate_ratio(ratio, self.comi.config.max_ratio if method == "comi" else self.compressor.config.window)
+        # Refuse a question that cannot fit the reader before any retrieval or compression work.
+        self.reader.context_budget(question, max_new_tokens)
         if not len(self.retriever):
             raise InvalidInputError(f"{self.directory} holds no passages yet; index some first.")
-        ratio = self.ratio if ratio is None else ratio
 
         started = time.perf_counter()
         hits = self.retriever.search(question, k=k)
@@ -581,9 +627,13 @@ class RAGPipeline:
         absent = [i for i, found in enumerate(slots) if found is None]
         if absent:
             fresh = self.compressor.compress([texts[i] for i in absent], ratio=ratio)
-            for i, passage_slots, tokens in zip(absent, fresh.passages(), fresh.token_counts.tolist(), strict=True):
-                slots[i], counts[i] = passage_slots, tokens
-            store.put_many([keys[i] for i in absent], [slots[i] for i in absent], [counts[i] for i in absent])
+            computed = fresh.passages()
+            for i, tokens in zip(absent, fresh.token_counts.tolist(), strict=True):
+                counts[i] = tokens
+            store.put_many([keys[i] for i in absent], computed, [counts[i] for i in absent])
+            for i, passage_slots in zip(absent, computed, strict=True):
+                # Read what the store keeps (fp16), so an answer never depends on whether it was a hit.
+                slots[i] = passage_slots.to(DISK_DTYPE).float()
         filled = [s for s in slots if s is not None]
         return SoftContext.from_passages(filled, counts), len(texts) - len(absent), len(absent)
 
@@ -637,6 +687,35 @@ def _resolve_head(
     path = Path(source) if Path(source).is_absolute() or head is not None else directory / source
     loaded = ComprExITHead.from_pretrained(path)
     return loaded, source if head is None else str(path.resolve())
+
+
+@contextlib.contextmanager
+def _index_lock(directory: Path) -> Iterator[None]:
+    """Hold the directory's index lock (exclusive, non-blocking; the OS drops it if the process dies).
+
+    Two concurrent ``index`` runs on one directory would each save the retriever with only the
+    passages they know, and the last save would drop the other's; the slot store is safe either way.
+    """
+    if fcntl is None:  # pragma: no cover - non-POSIX: no inter-process exclusion
+        yield
+        return
+    try:
+        fd = os.open(directory / INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise StorageError(
+            error.errno or 5, f"{error.strerror or error}: cannot create {directory / INDEX_LOCK}; is it writable?"
+        ) from error
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise IndexBusyError(
+                f"Another index run (another process or thread) is indexing {directory}; wait for it to finish "
+                "and rerun: what it has committed is kept and the rerun resumes."
+            ) from error
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
 
 
 def _comi_source(merger: object) -> str | None:
@@ -693,6 +772,7 @@ def _as_passage(value: PassageInput, index: int) -> Passage:
         raise InvalidInputError(f"Passage {index} is a {type(value).__name__}; expected a str, dict or Passage.")
     if not passage.text.strip():
         raise InvalidInputError(f"Passage {index} has empty text; drop it before indexing.")
+    check_text(passage.formatted(), f"Passage {index}")
     return passage
 
 

@@ -27,7 +27,8 @@ class QAPrompt:
             )
         else:
             rendered = f"{tokenizer.bos_token or ''}{body}\nAnswer:"
-        before, after = rendered.split(_MARKER)
+        # The first marker is ours; a question that happens to contain the marker text stays intact.
+        before, after = rendered.split(_MARKER, 1)
         encode = tokenizer(add_special_tokens=False, text=[before, after])["input_ids"]
         return encode[0], encode[1]
 

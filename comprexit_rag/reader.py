@@ -11,6 +11,7 @@ import torch
 from .backbone import Backbone
 from .errors import InvalidInputError
 from .prompts import QAPrompt
+from .segments import check_positive_int, check_text
 from .soft_context import SoftContext
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,22 @@ class Reader:
     >>> reader = Reader(backbone)
     >>> reader.generate("Who wrote Hamlet?", soft_context)        # from slots
     >>> reader.generate("Who wrote Hamlet?", ["passage one", "passage two"])  # from raw text
+
+    Length policy: prompt + question + context + ``max_new_tokens`` must fit the backbone's
+    ``max_position_embeddings``; nothing is truncated silently (a cut question or context changes
+    the answer unnoticed). A question that does not fit raises :class:`InvalidInputError` saying
+    how many positions each part takes; :meth:`context_budget` tells beforehand how much context
+    fits with a question.
+
+    Thread safety: :meth:`generate` and :meth:`stream` may be called from several threads at
+    once; every forward pass and tokenizer call holds the backbone's lock (see
+    :class:`~comprexit_rag.backbone.Backbone`), so answers equal those of sequential calls.
     """
 
     def __init__(self, backbone: Backbone, prompt: QAPrompt | None = None, max_new_tokens: int = 20) -> None:
         self.backbone = backbone
         self.prompt = prompt or QAPrompt()
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
         generation_eos = backbone.model.generation_config.eos_token_id
         eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
         self.stop_token_ids = {i for i in [*eos, backbone.tokenizer.eos_token_id] if i is not None}
@@ -59,12 +70,24 @@ class Reader:
         if isinstance(context, torch.Tensor):
             if context.dim() != 2 or context.shape[-1] != backbone.hidden_size:
                 raise InvalidInputError(
-                    f"Context embeddings must be [n, {backbone.hidden_size}], got {tuple(context.shape)}."
+                    f"Context embeddings must be [n, {backbone.hidden_size}] for this backbone (hidden size "
+                    f"{backbone.hidden_size}), got {tuple(context.shape)}; were the slots made for another backbone?"
                 )
+            if not context.is_floating_point():
+                raise InvalidInputError(f"Context embeddings must be a float tensor, got {context.dtype}.")
             if not torch.isfinite(context).all():
                 raise InvalidInputError("Context embeddings contain NaN or inf; recompress the passages.")
-            return context.to(device=backbone.device, dtype=backbone.dtype)
-        text = context if isinstance(context, str) else "\n\n".join(_check_strings(context, "context passage"))
+            # Any float dtype and any device are accepted: converted to the model's.
+            converted = context.detach().to(device=backbone.device, dtype=backbone.dtype)
+            if not torch.isfinite(converted).all():
+                raise InvalidInputError(
+                    f"Context embeddings overflow the model's dtype {backbone.dtype}; recompress the passages."
+                )
+            return converted
+        if isinstance(context, str):
+            text = check_text(context, "The context") if context.strip() else context  # "" reads as no context
+        else:
+            text = "\n\n".join(_check_strings(context, "context passage"))
         ids = backbone.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         return backbone.embed(ids)
 
@@ -123,36 +146,100 @@ class Reader:
         batch_size: int = 8,
     ) -> str | list[str]:
         """Answer one question (returns a str) or a list of questions with one context each."""
+        max_new_tokens = self._max_new_tokens(max_new_tokens)
+        check_positive_int(batch_size, "batch_size")
         if isinstance(question, str):
             return self.generate([question], [context], max_new_tokens=max_new_tokens)[0]
         questions = _check_strings(question, "question")
-        contexts = list(context) if context is not None else [None] * len(questions)
+        if context is None:
+            contexts: list[Context] = [None] * len(questions)
+        elif isinstance(context, str | SoftContext | torch.Tensor) or not isinstance(context, Sequence):
+            raise InvalidInputError(
+                f"With a list of questions, pass a list holding one context per question, not a "
+                f"{type(context).__name__}."
+            )
+        else:
+            contexts = list(context)
+        if len(contexts) != len(questions):
+            raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} contexts; pass one per question.")
         answers: list[str] = []
         for start in range(0, len(questions), batch_size):
-            batch = self.build_inputs(questions[start : start + batch_size], contexts[start : start + batch_size])
-            tokens = [step for step in self._greedy(batch, max_new_tokens or self.max_new_tokens)]
+            with self.backbone.lock:
+                batch = self.build_inputs(questions[start : start + batch_size], contexts[start : start + batch_size])
+            self._check_fits(batch, max_new_tokens, first=start)
+            tokens = [step for step in self._greedy(batch, max_new_tokens)]
             generated = torch.stack(tokens, dim=1) if tokens else torch.zeros(len(batch.inputs_embeds), 0)
             answers.extend(self._decode(row) for row in generated.tolist())
         return answers
 
     def stream(self, question: str, context: Context = None, *, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield the answer to one question piece by piece as it is generated."""
-        batch = self.build_inputs(_check_strings([question], "question"), [context])
+        max_new_tokens = self._max_new_tokens(max_new_tokens)
+        with self.backbone.lock:
+            batch = self.build_inputs(_check_strings([question], "question"), [context])
+        self._check_fits(batch, max_new_tokens)
         produced: list[int] = []
         text = ""
-        for step in self._greedy(batch, max_new_tokens or self.max_new_tokens):
+        for step in self._greedy(batch, max_new_tokens):
             produced.append(int(step[0]))
             new_text = self._decode(produced)
             if new_text.startswith(text) and len(new_text) > len(text):
                 yield new_text[len(text) :]
                 text = new_text
 
+    def context_budget(self, question: str, max_new_tokens: int | None = None) -> int | None:
+        """How many context vectors (slots or text tokens) fit with ``question`` and the answer budget.
+
+        ``None`` when the backbone declares no maximum length.
+
+        Raises:
+            InvalidInputError: the question is not a non-empty string, or the prompt, the question
+                and ``max_new_tokens`` alone exceed the backbone's maximum length.
+        """
+        max_new_tokens = self._max_new_tokens(max_new_tokens)
+        question = _check_strings([question], "question")[0]
+        limit = self.backbone.max_positions
+        if limit is None:
+            return None
+        with self.backbone.lock:
+            before, after = self.prompt.pieces(self.backbone.tokenizer, question)
+        prompt = len(before) + len(after)
+        if prompt + max_new_tokens > limit:
+            raise InvalidInputError(self._too_long(0, prompt, 0, max_new_tokens, limit))
+        return limit - prompt - max_new_tokens
+
+    def _max_new_tokens(self, value: int | None) -> int:
+        return self.max_new_tokens if value is None else check_positive_int(value, "max_new_tokens")
+
+    def _check_fits(self, batch: ReaderBatch, max_new_tokens: int, first: int = 0) -> None:
+        """Refuse rows whose prompt + context + answer budget exceed the backbone's positions."""
+        limit = self.backbone.max_positions
+        if limit is None:
+            return
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        contexts = batch.context_lengths or [0] * len(lengths)
+        for row, (length, context) in enumerate(zip(lengths, contexts, strict=True)):
+            if length + max_new_tokens > limit:
+                raise InvalidInputError(self._too_long(first + row, length - context, context, max_new_tokens, limit))
+
+    def _too_long(self, index: int, prompt: int, context: int, max_new_tokens: int, limit: int) -> str:
+        return (
+            f"Question {index} does not fit the reader: prompt and question take {prompt} tokens, the context "
+            f"{context} and the answer up to {max_new_tokens}, {prompt + context + max_new_tokens} positions in all, "
+            f"but {self.backbone.name} reads at most {limit}. Shorten the question, give less context (smaller k, "
+            "higher ratio) or lower max_new_tokens."
+        )
+
     @torch.no_grad()
     def _greedy(self, batch: ReaderBatch, max_new_tokens: int) -> Iterator[torch.Tensor]:
-        """Yield the next token of every sequence until all have stopped."""
+        """Yield the next token of every sequence until all have stopped (each forward holds the lock)."""
         model = self.backbone.model
+        lock = self.backbone.lock
         mask, positions = batch.attention_mask, batch.position_ids
-        output = model(inputs_embeds=batch.inputs_embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        with lock:
+            output = model(
+                inputs_embeds=batch.inputs_embeds, attention_mask=mask, position_ids=positions, use_cache=True
+            )
         finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
         stop = torch.tensor(sorted(self.stop_token_ids), device=mask.device)
         for _ in range(max_new_tokens):
@@ -164,13 +251,14 @@ class Reader:
                 return
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             positions = positions[:, -1:] + 1
-            output = model(
-                input_ids=next_tokens.unsqueeze(1),
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=output.past_key_values,
-                use_cache=True,
-            )
+            with lock:
+                output = model(
+                    input_ids=next_tokens.unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=output.past_key_values,
+                    use_cache=True,
+                )
 
     def _decode(self, token_ids: list[int]) -> str:
         kept = []
@@ -178,13 +266,15 @@ class Reader:
             if token in self.stop_token_ids:
                 break
             kept.append(token)
-        return self.backbone.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        with self.backbone.lock:
+            return self.backbone.tokenizer.decode(kept, skip_special_tokens=True).strip()
 
 
 def _check_strings(values: Sequence[str], what: str) -> list[str]:
     if isinstance(values, str) or not isinstance(values, Sequence):
-        raise InvalidInputError(f"Expected a list of strings for the {what}s.")
+        raise InvalidInputError(f"Expected a list of strings for the {what}s, got {type(values).__name__}.")
     for index, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
-            raise InvalidInputError(f"{what.capitalize()} {index} must be a non-empty string, got {value!r}.")
+            raise InvalidInputError(f"{what.capitalize()} {index} must be a non-empty string, got {value!r:.80}.")
+        check_text(value, f"{what.capitalize()} {index}")
     return list(values)

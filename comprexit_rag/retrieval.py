@@ -28,7 +28,8 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from comprexit_rag.errors import DefaultModelUnavailableError, InvalidInputError
+from comprexit_rag.errors import CheckpointError, DefaultModelUnavailableError, InvalidInputError, StorageError
+from comprexit_rag.segments import check_text
 from comprexit_rag.store import content_key
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,13 @@ class DenseRetriever:
             so that :meth:`load` can rebuild it without an explicit ``embedder``.
 
     Ids are stable: faiss position ``i`` maps to ``ids[i]``, and nothing is ever removed.
-    Adds and searches are serialised by a lock; embedding runs outside it.
+    Adds and searches are serialised by a lock; embedding runs outside it, under a second lock
+    of its own (a fast tokenizer must not be used by two threads at once), so concurrent
+    searches return exactly what sequential ones do.
+
+    The embedder reads at most ``embedder.max_seq_length`` word pieces (256 for MiniLM) of a
+    passage: only the beginning of a longer passage is searchable (a warning says so). Split long
+    documents into passages, as :func:`comprexit_rag.corpus.read_corpus` does.
     """
 
     def __init__(
@@ -137,6 +144,7 @@ class DenseRetriever:
             raise InvalidInputError(f"index_type must be 'flat' or 'hnsw', got {index_type!r}")
         if min(hnsw_m, hnsw_ef_construction, hnsw_ef_search) < 1:
             raise InvalidInputError("hnsw_m, hnsw_ef_construction and hnsw_ef_search must be >= 1")
+        self._embed_lock = threading.Lock()
         self.embedder, recorded_name = _load_embedder(embedder, device)
         self.embedder_name = embedder_name if embedder_name is not None else recorded_name
         self.index_type: IndexType = index_type
@@ -164,13 +172,14 @@ class DenseRetriever:
         return faiss.IndexFlatIP(self.dimension)
 
     def _embed(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        vectors = self.embedder.encode(
-            list(texts),
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        with self._embed_lock:
+            vectors = self.embedder.encode(
+                list(texts),
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     # ------------------------------------------------------------------ contents
@@ -217,12 +226,14 @@ class DenseRetriever:
             batch_size: embedder batch size.
             show_progress: tqdm progress bar; by default shown for 1,000 new passages or more.
         """
-        if isinstance(texts, str):
-            raise InvalidInputError("add() takes a list of texts, not a single str")
+        if isinstance(texts, str | bytes | bytearray) or not isinstance(texts, Sequence):
+            raise InvalidInputError(f"add() takes a list of texts, not a {type(texts).__name__}")
         texts = list(texts)
-        for text in texts:
+        for index, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
-                raise InvalidInputError(f"passages must be non-empty strings, got {text!r:.60}")
+                raise InvalidInputError(f"passages must be non-empty strings, got {text!r:.60} at position {index}")
+            check_text(text, f"Passage {index}")
+        self._warn_if_truncated(texts)
         if ids is None:
             ids = [content_key(text) for text in texts]
         else:
@@ -273,6 +284,20 @@ class DenseRetriever:
         logger.debug("indexed %d passages (%d total)", len(new), len(self))
         return ids
 
+    def _warn_if_truncated(self, texts: Sequence[str]) -> None:
+        """Warn when passages certainly exceed the embedder's window (more words than word pieces fit)."""
+        window = getattr(self.embedder, "max_seq_length", None)
+        if not isinstance(window, int) or window < 1:
+            return
+        longer = sum(1 for text in texts if len(text.split()) > window)
+        if longer:
+            logger.warning(
+                "%d passage(s) are longer than the embedder's %d-token window: only their beginning is searchable "
+                "(their slots still cover all of them); split long documents into passages (read_corpus does)",
+                longer,
+                window,
+            )
+
     @staticmethod
     def _checked_metadata(passage_id: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         if metadata is None:
@@ -302,10 +327,13 @@ class DenseRetriever:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive int, got {k!r}")
         single = isinstance(queries, str)
+        if not single and (isinstance(queries, bytes | bytearray) or not isinstance(queries, Sequence)):
+            raise InvalidInputError(f"queries must be a string or a list of strings, got {type(queries).__name__}")
         batch = [queries] if single else list(queries)
-        for query in batch:
+        for index, query in enumerate(batch):
             if not isinstance(query, str):
                 raise InvalidInputError(f"queries must be strings, got {type(query).__name__}")
+            check_text(query, "The query" if single else f"Query {index}")
         if not batch:
             return []
         with self._lock:
@@ -367,10 +395,16 @@ class DenseRetriever:
             _fsync_write(tmp_state, payload)
             os.replace(tmp_state, target / STATE_NAME)
             _fsync_dir(target)
-        except BaseException:
+        except BaseException as exc:
             for leftover in (tmp_index, tmp_state, target / index_name):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise StorageError(
+                    exc.errno or 5,
+                    f"{exc.strerror or exc}: saving the retriever to {target} failed; the previously saved "
+                    "state is unchanged; free space and rerun the same command to resume",
+                ) from exc
             raise
         for stale in target.glob("index-*.faiss"):
             if stale.name != index_name:
@@ -402,12 +436,24 @@ class DenseRetriever:
         state_path = source / STATE_NAME
         if not state_path.is_file():
             raise FileNotFoundError(f"no saved retriever in {source} (missing {STATE_NAME})")
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"{state_path} is truncated or corrupt ({exc}); rebuild the index (rerun `comprexit-rag index`)"
+            ) from exc
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{state_path} does not hold a JSON object; rebuild the index")
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise InvalidInputError(
                 f"{state_path} is not a {STATE_FORMAT} v{STATE_VERSION} state file "
                 f"(format={state.get('format')!r}, version={state.get('version')!r})"
             )
+        required = ("embedder", "dimension", "index_type", "index_file", "ids", "texts", "metadata", "hnsw_m")
+        required += ("hnsw_ef_construction", "hnsw_ef_search")
+        absent = [key for key in required if key not in state]
+        if absent:
+            raise CheckpointError(f"{state_path} lacks {', '.join(absent)}; rebuild the index")
         recorded = state["embedder"]
         if embedder is None:
             if recorded is None:
@@ -436,7 +482,13 @@ class DenseRetriever:
                 recorded,
                 retriever.embedder_name,
             )
-        index = faiss.read_index(str(source / state["index_file"]))
+        try:
+            index = faiss.read_index(str(source / state["index_file"]))
+        except RuntimeError as exc:  # faiss reports missing and unreadable files alike
+            raise CheckpointError(
+                f"cannot read the faiss index {source / state['index_file']} ({str(exc).strip()[:200]}); "
+                "rebuild the index (rerun `comprexit-rag index`)"
+            ) from exc
         ids, texts, metadata = state["ids"], state["texts"], state["metadata"]
         if index.d != state["dimension"] or not index.ntotal == len(ids) == len(texts) == len(metadata):
             raise InvalidInputError(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from .errors import InvalidInputError
+
 
 @dataclass
 class PassageDetails:
@@ -85,7 +87,7 @@ class SoftContext:
     ) -> SoftContext:
         """Build from per-passage slot tensors [S_i, H] (e.g. read back from a SlotStore)."""
         if len(passages) != len(token_counts):
-            raise ValueError(f"{len(passages)} passages but {len(token_counts)} token counts.")
+            raise InvalidInputError(f"{len(passages)} passages but {len(token_counts)} token counts.")
         if not passages:
             return cls.empty(0)
         slots = pad_sequence([p.float() for p in passages], batch_first=True)

@@ -47,7 +47,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from comprexit_rag.errors import CheckpointError, InvalidInputError
+from comprexit_rag.errors import CheckpointError, InvalidInputError, StorageError
 
 try:  # POSIX advisory locks serialise writers of different processes.
     import fcntl
@@ -74,7 +74,14 @@ def content_key(text: str) -> str:
     """Return the store key of a passage: the hex sha256 of its UTF-8 text."""
     if not isinstance(text, str):
         raise InvalidInputError(f"content_key expects a str, got {type(text).__name__}")
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"text is not valid Unicode ({exc.reason} at character {exc.start}); decode your files with "
+            "errors='replace'"
+        ) from exc
+    return hashlib.sha256(data).hexdigest()
 
 
 def fingerprint_dirname(fingerprint: str) -> str:
@@ -150,7 +157,11 @@ class SlotStore:
         max_shard_bytes: a ``put_many`` call whose fp16 payload exceeds this is split into
             several shards, each committed on its own.
 
-    Opening reads only the manifest; shard files are opened lazily on ``get_many``. The
+    Opening reads the manifest and checks that every committed shard file exists with its
+    recorded size (a cheap ``stat`` per shard); problems are logged as warnings and kept in
+    :attr:`open_problems` (``verify(repair=True)``, which :meth:`RAGPipeline.index
+    <comprexit_rag.pipeline.RAGPipeline.index>` runs on every resume, retires the broken shards
+    so that their passages are recomputed). Shard files are opened lazily on ``get_many``. The
     store is safe for concurrent readers and writers within a process (writers are
     serialised) and for writers of several processes on POSIX (``flock`` on the manifest).
     Writes of other processes become visible after :meth:`refresh` or the next write.
@@ -186,16 +197,33 @@ class SlotStore:
         self._bad_lines: list[str] = []
         self._hidden_size: int | None = None
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._write_fingerprint_file()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_fingerprint_file()
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot create the slot store in {self.path}") from exc
         self.refresh()
+        self.open_problems: list[str] = self._quick_check()
+        if self.open_problems:
+            logger.warning(
+                "%s: %d problem(s) found on open (%s); run SlotStore.verify(repair=True) or rerun "
+                "`comprexit-rag index` to retire the broken shards and recompute their passages",
+                self.path,
+                len(self.open_problems),
+                "; ".join(self.open_problems[:3]),
+            )
 
     # ------------------------------------------------------------------ opening
 
     def _write_fingerprint_file(self) -> None:
         target = self.path / FINGERPRINT_NAME
         if target.exists():
-            recorded = json.loads(target.read_text(encoding="utf-8"))["fingerprint"]
+            try:
+                recorded = json.loads(target.read_text(encoding="utf-8"))["fingerprint"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(
+                    f"{target} is corrupt ({exc!r}); it only names the head fingerprint: delete it and reopen"
+                ) from exc
             if recorded != self.fingerprint:
                 raise CheckpointError(
                     f"{self.path} holds slots of fingerprint {recorded!r}, not {self.fingerprint!r} "
@@ -340,8 +368,7 @@ class SlotStore:
                 tensor = handles[entry.shard].get_tensor(key)
             except Exception as exc:  # safetensors raises several error types
                 raise CheckpointError(
-                    f"cannot read slots of {key} from shard {entry.shard} in {self.path}: {exc}; "
-                    "run SlotStore.verify(repair=True) and recompute the missing keys"
+                    f"cannot read slots of {key} from shard {entry.shard} in {self.path}: {exc}; {_REPAIR_HINT}"
                 ) from exc
             if tuple(tensor.shape) != (entry.rows, entry.cols):
                 raise CheckpointError(
@@ -360,10 +387,7 @@ class SlotStore:
         try:
             handle = safe_open(str(self.path / name), framework="pt", device="cpu")
         except Exception as exc:
-            raise CheckpointError(
-                f"cannot open shard {name} in {self.path}: {exc}; "
-                "run SlotStore.verify(repair=True) and recompute the missing keys"
-            ) from exc
+            raise CheckpointError(f"cannot open shard {name} in {self.path}: {exc}; {_REPAIR_HINT}") from exc
         self._handles[name] = handle
         while len(self._handles) > self.max_open_shards:
             self._handles.popitem(last=False)
@@ -391,8 +415,8 @@ class SlotStore:
             InvalidInputError: (a ``ValueError``) on mismatched lengths, a non-2-D, empty,
                 NaN/inf or out-of-fp16-range tensor, a hidden size different from the stored
                 one, or a bad token count. Nothing is written then.
-            OSError: the write failed (e.g. disk full); shards committed by earlier chunks of
-                this call stay, the failing one leaves no trace.
+            StorageError: (an ``OSError``) the write failed (e.g. disk full); shards committed
+                by earlier chunks of this call stay, the failing one leaves no trace.
         """
         if not len(keys) == len(slots) == len(token_counts):
             raise InvalidInputError(
@@ -414,7 +438,15 @@ class SlotStore:
                     fresh[key] = (half, operator.index(tokens))
             written: list[str] = []
             for chunk in self._chunks(fresh):
-                self._commit_shard(chunk)
+                try:
+                    self._commit_shard(chunk)
+                except OSError as exc:
+                    raise _storage_error(
+                        exc,
+                        f"writing slots of {len(chunk)} passages to {self.path} failed; nothing of this shard "
+                        f"was committed ({len(written)} passages of this call were); free space and rerun "
+                        "the same command to resume",
+                    ) from exc
                 written.extend(chunk)
             if written:
                 logger.debug("stored slots of %d passages in %s", len(written), self.path)
@@ -561,7 +593,7 @@ class SlotStore:
 
     # ------------------------------------------------------------------ checking
 
-    def verify(self, *, repair: bool = False) -> list[str]:
+    def verify(self, *, repair: bool = False, quick: bool = False) -> list[str]:
         """Check the store and return a list of problems (empty when healthy).
 
         Checks that every committed shard exists, matches its recorded sha256 and holds every
@@ -572,6 +604,9 @@ class SlotStore:
         Args:
             repair: also append ``drop`` lines retiring the broken shards (their keys become
                 missing, so a resume recomputes them) and delete orphan and temporary files.
+            quick: check shard files by existence and size only (a ``stat`` each) instead of
+                hashing and reading them: catches what a crash or a full disk can leave (missing
+                or truncated shards), not bit rot inside a file of the right size.
         """
         problems: list[str] = []
         with self._write_lock:
@@ -580,7 +615,7 @@ class SlotStore:
                 shards = dict(self._shards)
                 entries = dict(self._entries)
                 problems.extend(self._bad_lines)
-            broken = self._check_shards(shards, entries, problems)
+            broken = self._check_sizes(shards, problems) if quick else self._check_shards(shards, entries, problems)
             with contextlib.suppress(FileNotFoundError):
                 tail = self.manifest_path.stat().st_size - self._manifest_offset
                 if tail > 0:
@@ -590,10 +625,35 @@ class SlotStore:
                 f"orphan file {path.name} has no manifest line (interrupted write; ignored)" for path in orphans
             )
             if repair:
-                self._repair(broken)
+                try:
+                    self._repair(broken)
+                except OSError as exc:
+                    raise _storage_error(exc, f"repairing {self.path} failed; free space and retry") from exc
         for problem in problems:
             logger.warning("%s: %s", self.path, problem)
         return problems
+
+    def _quick_check(self) -> list[str]:
+        """Problems of the committed shard files found by ``stat`` alone (used on open)."""
+        problems: list[str] = []
+        with self._lock:
+            shards = dict(self._shards)
+        self._check_sizes(shards, problems)
+        return problems
+
+    def _check_sizes(self, shards: dict[str, _ShardRecord], problems: list[str]) -> list[str]:
+        broken: list[str] = []
+        for name, shard in shards.items():
+            try:
+                size = (self.path / name).stat().st_size
+            except FileNotFoundError:
+                problems.append(f"shard {name} is missing")
+                broken.append(name)
+                continue
+            if size != shard.nbytes:
+                problems.append(f"shard {name} is truncated or corrupt: {size} bytes, recorded {shard.nbytes}")
+                broken.append(name)
+        return broken
 
     def _check_shards(
         self, shards: dict[str, _ShardRecord], entries: dict[str, _Entry], problems: list[str]
@@ -685,5 +745,22 @@ class SlotStore:
         for child in sorted(root.iterdir()):
             marker = child / FINGERPRINT_NAME
             if marker.is_file():
-                found.append(json.loads(marker.read_text(encoding="utf-8"))["fingerprint"])
+                try:
+                    found.append(json.loads(marker.read_text(encoding="utf-8"))["fingerprint"])
+                except (ValueError, KeyError, TypeError):
+                    logger.warning("%s is corrupt; skipped", marker)
         return found
+
+
+_REPAIR_HINT = (
+    "run SlotStore.verify(repair=True) (or rerun `comprexit-rag index`, which repairs the store) "
+    "and recompute the missing keys"
+)
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError:
+    """A :class:`StorageError` carrying ``exc``'s errno and both messages."""
+    if isinstance(exc, StorageError):
+        return exc
+    reason = exc.strerror or str(exc)
+    return StorageError(exc.errno or errno.EIO, f"{reason}: {what}")

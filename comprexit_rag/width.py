@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .sinkhorn import log_sinkhorn
+from .sinkhorn import sinkhorn
 
 
 @dataclass
@@ -19,6 +20,13 @@ class Windows:
     anchors: torch.Tensor  # [num_windows, W, H]
     mask: torch.Tensor  # [num_windows, W] bool, True for real tokens (a prefix of each window)
     owner: torch.Tensor  # [num_windows] index of the sequence each window came from
+    # Host-side copies of what decides the shapes, so that later steps need not read the device:
+    owners: list[int] | None = None  # owner, as Python ints
+    lengths: list[int] | None = None  # real tokens in each window
+
+    def slot_counts(self, ratio: int) -> list[int] | None:
+        """Slots of each window at ``ratio`` (ceil(tokens / ratio)), computed on the host; None if unknown."""
+        return None if self.lengths is None else [-(-length // ratio) for length in self.lengths]
 
 
 def split_windows(anchors: torch.Tensor, mask: torch.Tensor, window: int) -> Windows:
@@ -26,30 +34,89 @@ def split_windows(anchors: torch.Tensor, mask: torch.Tensor, window: int) -> Win
 
     Valid tokens are first moved to the front of their row (stable, so order is kept),
     which makes the windows independent of how much padding surrounds them.
+
+    ``mask`` may live on the host while ``anchors`` are on an accelerator: then nothing waits
+    for the device (the number of windows is read from the host mask). A mask on the device
+    costs one synchronisation, to read its per-row counts.
     """
     batch, length, hidden = anchors.shape
-    counts = mask.sum(dim=1)
+    device = anchors.device
+    counts = mask.sum(dim=1).tolist()  # the only value that decides shapes (host-side if mask is)
+    mask = _to_device(mask, device)
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     packed = anchors.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden))
     num_windows = -(-length // window)
-    packed = F.pad(packed, (0, 0, 0, num_windows * window - length)).view(batch, num_windows, window, hidden)
-    position = torch.arange(num_windows * window, device=anchors.device).view(num_windows, window)
-    valid = position.unsqueeze(0) < counts.view(batch, 1, 1)
-    used = valid.any(dim=-1)
-    owner = torch.arange(batch, device=anchors.device).unsqueeze(1).expand(batch, num_windows)
-    return Windows(anchors=packed[used], mask=valid[used], owner=owner[used])
+    packed = F.pad(packed, (0, 0, 0, num_windows * window - length)).view(batch * num_windows, window, hidden)
+
+    owners, lengths, used = [], [], []
+    for row, count in enumerate(counts):
+        for index in range(-(-count // window)):
+            owners.append(row)
+            lengths.append(min(window, count - index * window))
+            used.append(row * num_windows + index)
+    used_index = _to_device(torch.tensor(used, dtype=torch.long), device)
+    owner = _to_device(torch.tensor(owners, dtype=torch.long), device)
+    window_lengths = _to_device(torch.tensor(lengths, dtype=torch.long), device)
+    window_mask = torch.arange(window, device=device).unsqueeze(0) < window_lengths.unsqueeze(1)
+    return Windows(
+        anchors=packed.index_select(0, used_index),
+        mask=window_mask,
+        owner=owner,
+        owners=owners,
+        lengths=lengths,
+    )
 
 
 def join_windows(
-    slots: torch.Tensor, slot_mask: torch.Tensor, owner: torch.Tensor, batch_size: int
+    slots: torch.Tensor,
+    slot_mask: torch.Tensor,
+    owner: torch.Tensor | Sequence[int],
+    batch_size: int,
+    slot_counts: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Regroup window slots [N, K, H] by sequence, in order: [B, S, H] padded, and the [B, S] mask."""
-    counts = torch.zeros(batch_size, dtype=torch.long, device=slots.device)
-    counts.index_add_(0, owner, slot_mask.sum(dim=1))
-    pieces = list(torch.split(slots[slot_mask], counts.tolist()))
-    padded = pad_sequence(pieces, batch_first=True)
-    mask = torch.arange(padded.shape[1], device=padded.device).unsqueeze(0) < counts.unsqueeze(1)
-    return padded, mask
+    """Regroup window slots [N, K, H] by sequence, in order: [B, S, H] padded, and the [B, S] mask.
+
+    With ``slot_counts`` (slots of each window, a prefix of its K, as host ints) and ``owner`` as
+    host ints, the layout is computed on the host and nothing waits for the device; otherwise the
+    counts are read from ``slot_mask`` (one synchronisation).
+    """
+    if slot_counts is None:
+        counts = torch.zeros(batch_size, dtype=torch.long, device=slots.device)
+        owner = torch.as_tensor(owner, dtype=torch.long, device=slots.device)
+        counts.index_add_(0, owner, slot_mask.sum(dim=1))
+        pieces = list(torch.split(slots[slot_mask], counts.tolist()))
+        padded = pad_sequence(pieces, batch_first=True)
+        mask = torch.arange(padded.shape[1], device=padded.device).unsqueeze(0) < counts.unsqueeze(1)
+        return padded, mask
+
+    owners = owner.tolist() if isinstance(owner, torch.Tensor) else list(owner)
+    num_windows, per_window, hidden = slots.shape
+    sizes, starts = [0] * batch_size, []  # slots of each sequence; where each window's slots go in its row
+    for row, count in zip(owners, slot_counts, strict=True):
+        starts.append(sizes[row])
+        sizes[row] += count
+    width = max(sizes, default=0)
+    # Host-side gather index: position (row, s) of the output takes flat slot window * K + k.
+    slot = torch.arange(per_window)
+    taken = slot < torch.tensor(slot_counts, dtype=torch.long).unsqueeze(1)  # [N, K]
+    target = (torch.tensor(owners, dtype=torch.long) * width + torch.tensor(starts, dtype=torch.long)).unsqueeze(1)
+    index = torch.zeros(batch_size * width, dtype=torch.long)
+    index[(target + slot)[taken]] = torch.arange(num_windows * per_window).view(num_windows, per_window)[taken]
+    index = _to_device(index, slots.device)
+    mask = torch.arange(width, device=slots.device) < _to_device(torch.tensor(sizes), slots.device).unsqueeze(1)
+    gathered = slots.reshape(num_windows * per_window, hidden).index_select(0, index)
+    gathered = gathered.view(batch_size, width, hidden)
+    return torch.where(mask.unsqueeze(-1), gathered, 0), mask
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a small host tensor is sent to a GPU without waiting for its queue."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        # From pinned memory the copy is queued on the stream (a blocking copy would wait for it).
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def segment_means(windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +178,8 @@ class WidthTransmission(nn.Module):
         source_mass = (1 - self.uniform_mix) * learned + self.uniform_mix * mask / tokens
         target_mass = slot_mask / slots_used
 
-        plan = log_sinkhorn(cost, source_mass, target_mass, self.epsilon, self.iterations)
+        # 1 - cosine lies in [0, 2]: the bound lets sinkhorn pick its form without reading the costs.
+        plan = sinkhorn(cost, source_mass, target_mass, self.epsilon, self.iterations, max_cost=2.0)
         # Capacity-normalised values: each slot is the plan-weighted mean of the values sent to it.
         values = self.value(normed_anchors).float()
         slots = (plan.transpose(1, 2) @ values) / target_mass.clamp(min=1e-12).unsqueeze(-1)

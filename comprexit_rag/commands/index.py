@@ -27,6 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", help="HF causal-LM name or path for a new pipeline (default: embedded SmolLM2)")
     parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every stored shard's sha256 before indexing (default: sizes only) and repair the store",
+    )
     parser.set_defaults(run=run)
 
 
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         show_progress=False if args.no_progress else None,
+        verify=args.verify,
     )
     info = pipeline.info()
     print(

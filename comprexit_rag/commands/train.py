@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds; shortens the schedule")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distractor-prob", type=float, default=0.5, help="SFT: chance of adding distractors")
     parser.add_argument("--max-distractors", type=int, default=9, help="SFT: most random passages added")
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--max-pretrain-tokens", type=int, help="cap the pretraining corpus (smoke runs)")
