@@ -110,7 +110,7 @@ def instrumented(compressor: ComprExITCompressor, timer: SectionTimer) -> Iterat
         handles.append(module.register_forward_pre_hook(lambda _m, _a, name=name: timer.enter(name)))
         handles.append(module.register_forward_hook(lambda _m, _a, _o, name=name: timer.exit(name)))
     patched = [
-        (width_module, "log_sinkhorn", "sinkhorn"),
+        (width_module, "sinkhorn", "sinkhorn"),
         (head_module, "split_windows", "windows"),
         (head_module, "join_windows", "windows"),
     ]

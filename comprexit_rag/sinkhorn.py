@@ -70,7 +70,7 @@ def scaling_sinkhorn(
         # Zero masses are structural (padding), as in the log domain: no gradient flows into them.
         a = _structural_zeros(source_mass.float()).unsqueeze(2)  # [B, n, 1]
         b = _structural_zeros(target_mass.float()).unsqueeze(2)  # [B, m, 1]
-        v = torch.ones_like(b)
+        v = (b > 0).float()  # unused columns start (and stay) empty, so they never touch the rows
         u = a
         for _ in range(iterations):
             u = a / torch.bmm(kernel, v)
@@ -105,7 +105,8 @@ def log_sinkhorn(
         log_a = _masked_log(source_mass.float())
         log_b = _masked_log(target_mass.float())
         log_u = torch.zeros_like(log_a)
-        log_v = torch.zeros_like(log_b)
+        # Unused columns start at -inf: from 0 their costs would leak into the first row update.
+        log_v = torch.zeros_like(log_b).masked_fill(target_mass <= 0, float("-inf"))
         for _ in range(iterations):
             log_u = log_a - torch.logsumexp(log_kernel + log_v.unsqueeze(1), dim=2)
             log_v = log_b - torch.logsumexp(log_kernel + log_u.unsqueeze(2), dim=1)

@@ -1,10 +1,10 @@
 """Property tests (hypothesis) of the transport, the windowing and the COMI allocator.
 
 ``log_sinkhorn``: marginals, zero mass where masked, permutation equivariance and padding
-invariance (zero-mass rows: exact at any iteration; zero-mass columns: once converged, see the
-strict xfail below). ``split_windows``: padding invariance. ``allocate_group_sizes``: the invariants of
-tests/test_comi.py (sizes >= 1, sum n, G fixed, higher MIG never gets more tokens) under extreme
-scores and sizes, plus constant-score, shift and NaN behaviour (not duplicated from there).
+invariance (zero-mass rows and columns: exact at any iteration). ``split_windows``: padding
+invariance. ``allocate_group_sizes``: the invariants of tests/test_comi.py (sizes >= 1, sum n,
+G fixed, higher MIG never gets more tokens) under extreme scores and sizes, plus constant-score,
+shift and NaN behaviour (not duplicated from there).
 """
 
 from __future__ import annotations
@@ -118,13 +118,8 @@ def test_sinkhorn_is_invariant_to_zero_mass_padding_once_converged(problem, extr
     assert (padded[:, n:] == 0).all() and (padded[:, :, m:] == 0).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log_sinkhorn starts from log_v = 0 for every column, zero-mass ones included, so before "
-    "convergence their costs leak into the first row update (fix: log_v = -inf where target_mass == 0; "
-    "the same for v in scaling_sinkhorn). Strict: this test fails loudly once that is fixed.",
-)
 def test_sinkhorn_zero_mass_columns_change_nothing_at_30_iterations():
+    # Regression: unused columns used to start at log_v = 0 and leak into the first row update.
     generator = torch.Generator().manual_seed(8)  # a slowly converging problem (found by search)
     cost = torch.rand(1, 6, 3, generator=generator) * 2
     source = torch.rand(1, 6, generator=generator) + 0.05
@@ -133,7 +128,7 @@ def test_sinkhorn_zero_mass_columns_change_nothing_at_30_iterations():
     plan = log_sinkhorn(cost, source, target, epsilon=0.1, iterations=30)
     padded_cost = torch.cat([cost, torch.zeros(1, 6, 2)], dim=2)  # two unused, cheap-looking columns
     padded = log_sinkhorn(padded_cost, source, torch.cat([target, torch.zeros(1, 2)], dim=1), epsilon=0.1)
-    torch.testing.assert_close(padded[:, :, :3], plan, atol=1e-6, rtol=1e-5)  # off by 6e-3 today
+    torch.testing.assert_close(padded[:, :, :3], plan, atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
