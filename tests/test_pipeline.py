@@ -245,10 +245,11 @@ def test_interrupted_indexing_resumes_without_loss_or_duplicates(tmp_path, backb
     assert sorted(keys) == sorted(expected)  # nothing lost, nothing stored twice
     assert resumed.retriever.ids == [record["id"] for record in PASSAGES]
     assert resumed.store.verify() == []
-    # The resumed slots are exactly what one uninterrupted pass computes.
+    # The resumed slots are what one uninterrupted pass computes. Batching differently can move the
+    # last float32 bits (chunked matmuls), which may flip one fp16 rounding step of the stored value.
     clean = real_compress([formatted(record) for record in PASSAGES], ratio=resumed.ratio)
     for key, slots in zip(expected, clean.passages(), strict=True):
-        torch.testing.assert_close(resumed.store.get(key), slots.half().float())
+        torch.testing.assert_close(resumed.store.get(key), slots.half().float(), rtol=1e-3, atol=1e-4)
 
 
 def test_a_new_head_never_serves_stale_slots(indexed, backbone, embedder):
