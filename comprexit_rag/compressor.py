@@ -40,6 +40,24 @@ class SlotCompressor:
 
     kind = "slots"
 
+    head_class: type[nn.Module]  # set by subclasses; loads with ``head_class.from_pretrained(path)``
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        head: str | os.PathLike | nn.Module | None = None,
+        backbone: str | os.PathLike | Backbone | None = None,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+    ) -> SlotCompressor:
+        """Defaults: the embedded SmolLM2 backbone and the head shipped for it."""
+        if not isinstance(backbone, Backbone):
+            backbone = Backbone.from_pretrained(backbone, device=device)
+        if not isinstance(head, cls.head_class):
+            head = cls.head_class.from_pretrained(head)
+        return cls(backbone, head, batch_size=batch_size)
+
     def __init__(self, backbone: Backbone, head: nn.Module, batch_size: int = 8) -> None:
         check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
         self.backbone = backbone
@@ -169,19 +187,4 @@ class ComprExITCompressor(SlotCompressor):
     """
 
     kind = "comprexit"
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        head: str | os.PathLike | ComprExITHead | None = None,
-        backbone: str | os.PathLike | Backbone | None = None,
-        *,
-        device: str | torch.device | None = None,
-        batch_size: int = 8,
-    ) -> ComprExITCompressor:
-        """Defaults: the embedded SmolLM2 backbone and the head shipped for it."""
-        if not isinstance(backbone, Backbone):
-            backbone = Backbone.from_pretrained(backbone, device=device)
-        if not isinstance(head, ComprExITHead):
-            head = ComprExITHead.from_pretrained(head)
-        return cls(backbone, head, batch_size=batch_size)
+    head_class = ComprExITHead

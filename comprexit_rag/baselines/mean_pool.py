@@ -95,18 +95,4 @@ class MeanPoolHead(nn.Module):
 
 class MeanPoolCompressor(SlotCompressor):
     kind = "mean-pool"
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        head: str | os.PathLike | MeanPoolHead | None = None,
-        backbone: str | os.PathLike | Backbone | None = None,
-        *,
-        device: str | torch.device | None = None,
-        batch_size: int = 8,
-    ) -> MeanPoolCompressor:
-        if not isinstance(backbone, Backbone):
-            backbone = Backbone.from_pretrained(backbone, device=device)
-        if not isinstance(head, MeanPoolHead):
-            head = MeanPoolHead.from_pretrained(head)
-        return cls(backbone, head, batch_size=batch_size)
+    head_class = MeanPoolHead
