@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 Method = Literal["comprexit", "mean-pool", "comi", "full-tuned"]
 Stage = Literal["pretrain", "sft"]
 SLOT_METHODS = ("comprexit", "mean-pool")
+REFIT_STEPS = (20, 100)
 
 
 @dataclass
@@ -208,10 +209,12 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
 
         state["step"] = step + 1
         state["elapsed_s"] = time.perf_counter() - started
-        if config.time_budget_s and state["step"] == 20:
-            # Fit the schedule into the time budget once the step time is known.
-            affordable = int(config.time_budget_s / (state["elapsed_s"] / 20))
-            state["total_steps"] = max(21, min(config.max_steps, affordable))
+        if config.time_budget_s and state["step"] in REFIT_STEPS:
+            # Fit the schedule into the time budget once the step time is known; refit later
+            # because the first steps (allocator, kernel selection) are slower than the rest.
+            seconds_per_step = state["elapsed_s"] / state["step"]
+            affordable = state["step"] + int((config.time_budget_s - state["elapsed_s"]) / seconds_per_step)
+            state["total_steps"] = max(state["step"] + 1, min(config.max_steps, affordable))
             progress.total = state["total_steps"]
         if config.time_budget_s and state["elapsed_s"] >= config.time_budget_s:
             state["total_steps"] = state["step"]  # the budget is a hard limit, even if steps got slower
