@@ -77,8 +77,9 @@ class Reader:
                 raise InvalidInputError(f"Context embeddings must be a float tensor, got {context.dtype}.")
             if not torch.isfinite(context).all():
                 raise InvalidInputError("Context embeddings contain NaN or inf; recompress the passages.")
-            # Any float dtype and any device are accepted: converted to the model's.
-            converted = context.detach().to(device=backbone.device, dtype=backbone.dtype)
+            # Any float dtype and any device are accepted: converted to the model's. No detach:
+            # training backpropagates through these embeddings into the head.
+            converted = context.to(device=backbone.device, dtype=backbone.dtype)
             if not torch.isfinite(converted).all():
                 raise InvalidInputError(
                     f"Context embeddings overflow the model's dtype {backbone.dtype}; recompress the passages."

@@ -12,7 +12,7 @@ python3 -c "import torch, transformers; print(torch.__version__, transformers.__
 # A short SFT run first: a broken SFT stage (non-finite steps) stops the call before it spends minutes.
 rm -rf /tmp/sft-smoke
 python -m comprexit_rag.cli train --stage sft --method comprexit --output-dir /tmp/sft-smoke --max-steps 12 \
-  --init-from comprexit_rag/pretrained/comprexit-smollm2-135m --log-every 4 || exit 1
+  --init-from comprexit_rag/pretrained/comprexit-smollm2-135m || exit 1
 cat /tmp/sft-smoke/log.jsonl
 python3 -c "import json, sys; s = json.load(open('/tmp/sft-smoke/summary.json')); sys.exit(s['skipped_steps'] > 0)" \
   || { echo "SFT smoke run skipped non-finite steps: stopping"; exit 1; }
