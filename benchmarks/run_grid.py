@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--only", nargs="*", help="row labels to run (default: all)")
     parser.add_argument("--limit", type=int, help="first N dev examples per dataset (smoke runs)")
+    parser.add_argument("--ratios", type=int, nargs="*", help="ratios to run (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -55,6 +56,8 @@ def main() -> None:
     examples = {name: load_split(DATASETS[name][0], "dev")[: args.limit] for name in args.datasets}
     for label, method_name, ratio, checkpoint in GRID:
         if args.only and label not in args.only:
+            continue
+        if args.ratios and ratio is not None and ratio not in args.ratios:
             continue
         path = str(Path(args.checkpoints) / checkpoint) if checkpoint else None
         for dataset in args.datasets:
