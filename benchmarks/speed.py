@@ -58,7 +58,7 @@ from torch import nn
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import check_fingerprint
-from comprexit_rag.compressor import autocast_for
+from comprexit_rag.compressor import autocast_for, row_slots
 from comprexit_rag.depth import DepthTransmission
 from comprexit_rag.head import ComprExITHead, HeadOutput
 
@@ -287,7 +287,7 @@ def compress_batch(
     hidden_states = backbone.hidden_states(input_ids, attention_mask)
     with autocast_for(backbone):
         output = head(hidden_states, anchor_mask, ratio=ratio)
-    return [output.slots[row, output.slot_mask[row]].float() for row in range(input_ids.shape[0])]
+    return row_slots(output)
 
 
 def relative_difference(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:

@@ -50,6 +50,7 @@ def main() -> None:
     datasets = sorted({key[0] for key in rows})
     lines = ["| dataset | method | ratio | EM | F1 | accuracy | n |", "|---|---|---|---|---|---|---|"]
     curves: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    levels: dict[tuple[str, str], float] = {}
     for dataset in datasets:
         golds = {example.id: example.answers for example in load_split(dataset, "dev")}
         keys = sorted((k for k in rows if k[0] == dataset), key=lambda k: (k[1], k[2] or 0))
@@ -63,6 +64,8 @@ def main() -> None:
             )
             if key[2] is not None:
                 curves[(dataset, key[1])].append((key[2], result["f1"]))
+            else:
+                levels[(dataset, key[1])] = result["f1"]
     with open(args.table, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -73,13 +76,20 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        # One colour per method across both panels.
+        names = sorted({label for _, label in curves} | {label for _, label in levels})
+        colour = {label: f"C{index % 10}" for index, label in enumerate(names)}
         figure, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
         for axis, dataset in zip(axes[0], datasets, strict=True):
             for (name, label), points in sorted(curves.items()):
                 if name != dataset:
                     continue
                 points.sort()
-                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour[label], label=label)
+            # Methods without a ratio (full text, closed book, ...) are horizontal reference lines.
+            for (name, label), f1 in sorted(levels.items()):
+                if name == dataset:
+                    axis.axhline(f1, linestyle="--", linewidth=1, color=colour[label], label=label)
             axis.set_xscale("log", base=2)
             axis.set_xlabel("compression ratio")
             axis.set_ylabel("F1 (%)")

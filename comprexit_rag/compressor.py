@@ -16,7 +16,7 @@ from .backbone import Backbone
 from .checkpoint import check_fingerprint
 from .config import validate_ratio
 from .errors import InvalidInputError
-from .head import ComprExITHead
+from .head import ComprExITHead, HeadOutput
 from .segments import SegmentBatch, check_positive_int, check_texts, encode_segments
 from .soft_context import PassageDetails, SoftContext
 
@@ -127,15 +127,14 @@ class SlotCompressor:
         def encode(batch: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[SegmentSlots]:
             with autocast_for(self.backbone):
                 output = self.head(hidden_states, batch.anchor_mask, ratio=ratio)
-            # Each row's slots are a prefix of its padded row: one read of the counts for the
-            # whole batch (boolean indexing would wait for the device once per row).
-            counts = output.slot_mask.sum(dim=1).tolist()
             return [
                 SegmentSlots(
-                    slots=output.slots[row, :count].float(),
+                    slots=slots,
                     details=_segment_details(output, row, batch.anchor_mask[row], ids) if return_details else None,
                 )
-                for row, (ids, count) in enumerate(zip((s.token_ids for s in batch.segments), counts, strict=True))
+                for row, (ids, slots) in enumerate(
+                    zip((s.token_ids for s in batch.segments), row_slots(output), strict=True)
+                )
             ]
 
         per_passage = encode_segments(
@@ -151,6 +150,13 @@ class SlotCompressor:
         if return_details:
             details = [_merge_details([part.details for part in parts]) for parts in per_passage]
         return SoftContext.from_passages(passages, [len(ids) for ids in token_ids], details=details)
+
+
+def row_slots(output: HeadOutput) -> list[torch.Tensor]:
+    """Each row's slots in float32. They are a prefix of the padded row, so one read of the counts
+    serves the whole batch (boolean indexing would wait for the device once per row)."""
+    counts = output.slot_mask.sum(dim=1).tolist()
+    return [output.slots[row, :count].float() for row, count in enumerate(counts)]
 
 
 @dataclass
