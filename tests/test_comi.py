@@ -381,11 +381,19 @@ def test_save_load_gives_identical_outputs(compressor, backbone, tmp_path):
     assert reloaded.fingerprint == compressor.fingerprint
 
 
-def test_missing_default_merger_raises_checkpoint_error():
-    if DEFAULT_MERGER.is_dir():
-        pytest.skip("a default COMI merger is shipped")
+def test_missing_default_merger_raises_checkpoint_error(monkeypatch, tmp_path):
+    import comprexit_rag.comi
+
+    # A checkout without the shipped merger (e.g. a stripped wheel).
+    monkeypatch.setattr(comprexit_rag.comi, "DEFAULT_MERGER", tmp_path / "comi-smollm2-135m")
     with pytest.raises(CheckpointError, match="comprexit-rag train"):
         COMIMerger.from_pretrained()
+
+
+def test_shipped_default_merger_loads_for_the_default_backbone():
+    merger = COMIMerger.from_pretrained()
+    assert DEFAULT_MERGER.is_dir()
+    assert merger.fingerprint.hidden_size == merger.config.hidden_size
 
 
 def test_merger_for_another_backbone_is_refused(tokenizer, compressor):
