@@ -1,16 +1,20 @@
 """Saving and loading trainable modules as safetensors + JSON, tied to a backbone fingerprint.
 
-Nothing here unpickles: weights are safetensors, metadata is JSON.
+Nothing here unpickles: weights are safetensors, metadata is JSON. :class:`CheckpointedModule`
+gives every trainable module (heads, the COMI merger, the soft prompt) the same
+``save_pretrained`` / ``from_pretrained``; each declares only its kind, config class and
+default checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from safetensors import SafetensorError
@@ -20,9 +24,80 @@ from torch import nn
 from .backbone import BackboneFingerprint
 from .errors import BackboneMismatchError, CheckpointError
 
+logger = logging.getLogger(__name__)
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+
+
+class CheckpointConfig:
+    """Base of the dataclass configs stored under ``"config"`` in ``config.json``, field by field."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        return cls(**values)
+
+
+class CheckpointedModule(nn.Module):
+    """A trainable module saved as ``config.json`` + ``model.safetensors`` for one backbone.
+
+    Subclasses set ``self.config`` (a :class:`CheckpointConfig`) and ``self.fingerprint`` and
+    declare the class attributes below; they are rebuilt as ``cls(config, fingerprint)`` unless
+    they override :meth:`from_config`.
+    """
+
+    checkpoint_kind: ClassVar[str]  # written to both files and checked on load
+    config_class: ClassVar[type[CheckpointConfig]]
+    description: ClassVar[str]  # what to call it in messages, e.g. "ComprExIT head"
+    default_checkpoint: ClassVar[Path]  # loaded by ``from_pretrained()`` with no directory
+
+    config: CheckpointConfig
+    fingerprint: BackboneFingerprint
+
+    @classmethod
+    def from_config(cls, config: CheckpointConfig, fingerprint: BackboneFingerprint) -> Self:
+        return cls(config, fingerprint)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | os.PathLike, **extra: Any) -> Path:
+        """Write ``config.json`` (with the backbone fingerprint and ``extra``) and ``model.safetensors``."""
+        return save_module(
+            directory,
+            self,
+            kind=self.checkpoint_kind,
+            config=self.config.to_dict(),
+            fingerprint=self.fingerprint,
+            extra=extra,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike | None = None, device: str | torch.device | None = None
+    ) -> Self:
+        """Load a saved module; ``None`` loads the one shipped for the default backbone."""
+        directory = Path(directory) if directory is not None else cls.default_checkpoint
+        if directory == cls.default_checkpoint and not directory.is_dir():
+            raise CheckpointError(
+                f"No default {cls.description} is shipped at {directory}; train one with `comprexit-rag train` "
+                "or pass a checkpoint directory."
+            )
+        metadata = read_metadata(directory, cls.checkpoint_kind)
+        try:
+            config = cls.config_class.from_dict(metadata["config"])
+        except (KeyError, TypeError) as error:
+            raise CheckpointError(
+                f"{directory}/{CONFIG_NAME} has an invalid {cls.description} config: {error}"
+            ) from error
+        module = cls.from_config(config, fingerprint_from_metadata(metadata))
+        load_into(module, load_state_dict(directory), directory)
+        logger.info("Loaded %s from %s (%d parameters)", cls.description, directory, module.num_parameters())
+        return module.to(device) if device is not None else module
 
 
 def save_module(

@@ -21,38 +21,26 @@ same budget. ``docs/COMI.md`` records how the default layer was chosen.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, BackboneFingerprint
-from .checkpoint import (
-    check_fingerprint,
-    fingerprint_from_metadata,
-    load_into,
-    load_state_dict,
-    read_metadata,
-    save_module,
-)
+from .checkpoint import CheckpointConfig, CheckpointedModule, check_fingerprint
 from .compressor import autocast_for
 from .config import validate_ratio
-from .errors import CheckpointError, InvalidInputError
+from .errors import InvalidInputError
 from .head import PRETRAINED_DIR
 from .projector import SlotProjector
 from .segments import check_texts, split_into_segments
 from .soft_context import SoftContext
 from .training.examples import TrainExample
-
-logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "comi-merger"
 DEFAULT_MERGER = PRETRAINED_DIR / "comi-smollm2-135m"
@@ -61,7 +49,7 @@ QUESTION_TEMPLATE = "\nQuestion: {question}"
 
 
 @dataclass
-class COMIConfig:
+class COMIConfig(CheckpointConfig):
     """Settings of a :class:`COMIMerger`.
 
     ``hidden_size`` and ``num_hidden_states`` (L + 1) come from the backbone. ``layer`` is the
@@ -98,13 +86,6 @@ class COMIConfig:
         ratio = self.ratio if ratio is None else ratio
         full, rest = divmod(num_tokens, self.segment_length)
         return full * -(-self.segment_length // ratio) + -(-rest // ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> COMIConfig:
-        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,12 +319,18 @@ def query_vectors(states: torch.Tensor, question_mask: torch.Tensor, context_mas
 # ---------------------------------------------------------------------------------------------
 
 
-class COMIMerger(nn.Module):
+class COMIMerger(CheckpointedModule):
     """MIG grouping and merging (no parameters) followed by the trainable :class:`SlotProjector`.
 
     >>> merger = COMIMerger.for_backbone(backbone)
     >>> slots, slot_mask = merger(layer_states, context_mask, query_vectors, ratio=4)
     """
+
+    checkpoint_kind = CHECKPOINT_KIND
+    config_class = COMIConfig
+    description = "COMI merger"
+    default_checkpoint = DEFAULT_MERGER
+    config: COMIConfig
 
     def __init__(self, config: COMIConfig, fingerprint: BackboneFingerprint) -> None:
         super().__init__()
@@ -389,41 +376,6 @@ class COMIMerger(nn.Module):
         slots = pad_sequence(list(torch.split(projected, counts.tolist())), batch_first=True)
         slot_mask = torch.arange(slots.shape[1], device=slots.device).unsqueeze(0) < counts.unsqueeze(1)
         return slots, slot_mask
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory: str | os.PathLike, **extra: Any) -> Path:
-        """Write ``config.json`` (with the backbone fingerprint) and ``model.safetensors``."""
-        return save_module(
-            directory,
-            self,
-            kind=CHECKPOINT_KIND,
-            config=self.config.to_dict(),
-            fingerprint=self.fingerprint,
-            extra=extra,
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike | None = None, device: str | torch.device | None = None
-    ) -> COMIMerger:
-        """Load a saved merger; ``None`` loads the one shipped for the default backbone."""
-        directory = Path(directory) if directory is not None else DEFAULT_MERGER
-        if directory == DEFAULT_MERGER and not directory.is_dir():
-            raise CheckpointError(
-                f"No default COMI merger is shipped at {DEFAULT_MERGER}; train one with `comprexit-rag train` "
-                "or pass a checkpoint directory."
-            )
-        metadata = read_metadata(directory, CHECKPOINT_KIND)
-        try:
-            config = COMIConfig.from_dict(metadata["config"])
-        except (KeyError, TypeError) as error:
-            raise CheckpointError(f"{directory}/config.json has an invalid COMI config: {error}") from error
-        merger = cls(config, fingerprint_from_metadata(metadata))
-        load_into(merger, load_state_dict(directory), directory)
-        logger.info("Loaded COMI merger from %s (%d parameters)", directory, merger.num_parameters())
-        return merger.to(device) if device is not None else merger
 
 
 # ---------------------------------------------------------------------------------------------

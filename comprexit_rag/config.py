@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
+from .checkpoint import CheckpointConfig
 from .errors import InvalidInputError
 
 
 @dataclass
-class ComprExITConfig:
+class ComprExITConfig(CheckpointConfig):
     """Hyper-parameters of a :class:`~comprexit_rag.head.ComprExITHead`.
 
     ``hidden_size`` and ``num_hidden_states`` (L + 1) come from the backbone; the rest
@@ -43,13 +43,6 @@ class ComprExITConfig:
         ratio = validate_ratio(self.ratio if ratio is None else ratio, self.window)
         full, rest = divmod(num_tokens, self.window)
         return full * -(-self.window // ratio) + -(-rest // ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ComprExITConfig:
-        return cls(**values)
 
 
 def validate_ratio(ratio: object, window: int) -> int:

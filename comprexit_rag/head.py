@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .backbone import Backbone, BackboneFingerprint
-from .checkpoint import (
-    fingerprint_from_metadata,
-    load_into,
-    load_state_dict,
-    read_metadata,
-    save_module,
-)
+from .checkpoint import CheckpointedModule
 from .config import ComprExITConfig, validate_ratio
 from .depth import DepthTransmission
-from .errors import CheckpointError
 from .projector import SlotProjector
 from .width import WidthTransmission, join_windows, split_windows
-
-logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "comprexit-head"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -45,12 +33,19 @@ class HeadOutput:
     window_mask: torch.Tensor | None = None  # [num_windows, W] real tokens of each window
 
 
-class ComprExITHead(nn.Module):
+class ComprExITHead(CheckpointedModule):
     """A small trainable module over a frozen backbone's hidden states (about 1-2% of its size).
 
     >>> head = ComprExITHead(ComprExITConfig(hidden_size=576, num_hidden_states=31), backbone.fingerprint)
     >>> out = head(backbone.hidden_states(ids, mask), anchor_mask, ratio=4)
+    >>> head.save_pretrained("my-head"); ComprExITHead.from_pretrained("my-head")
     """
+
+    checkpoint_kind = CHECKPOINT_KIND
+    config_class = ComprExITConfig
+    description = "ComprExIT head"
+    default_checkpoint = DEFAULT_HEAD
+    config: ComprExITConfig
 
     def __init__(self, config: ComprExITConfig, fingerprint: BackboneFingerprint) -> None:
         super().__init__()
@@ -100,38 +95,3 @@ class ComprExITHead(nn.Module):
             window_owner=windows.owner,
             window_mask=windows.mask,
         )
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory: str | os.PathLike, **extra) -> Path:
-        """Write ``config.json`` (with the backbone fingerprint) and ``model.safetensors``."""
-        return save_module(
-            directory,
-            self,
-            kind=CHECKPOINT_KIND,
-            config=self.config.to_dict(),
-            fingerprint=self.fingerprint,
-            extra=extra,
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike | None = None, device: str | torch.device | None = None
-    ) -> ComprExITHead:
-        """Load a saved head; ``None`` loads the head shipped for the default backbone."""
-        directory = Path(directory) if directory is not None else DEFAULT_HEAD
-        if directory == DEFAULT_HEAD and not directory.is_dir():
-            raise CheckpointError(
-                f"No default head is shipped at {DEFAULT_HEAD}; train one with `comprexit-rag train` "
-                "or pass a checkpoint directory."
-            )
-        metadata = read_metadata(directory, CHECKPOINT_KIND)
-        try:
-            config = ComprExITConfig.from_dict(metadata["config"])
-        except (KeyError, TypeError) as error:
-            raise CheckpointError(f"{directory}/config.json has an invalid head config: {error}") from error
-        head = cls(config, fingerprint_from_metadata(metadata))
-        load_into(head, load_state_dict(directory), directory)
-        logger.info("Loaded ComprExIT head from %s (%d parameters)", directory, head.num_parameters())
-        return head.to(device) if device is not None else head

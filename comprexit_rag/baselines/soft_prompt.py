@@ -7,15 +7,13 @@ reader to answer with a short phrase).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..backbone import Backbone, BackboneFingerprint
-from ..checkpoint import fingerprint_from_metadata, load_into, load_state_dict, read_metadata, save_module
-from ..errors import CheckpointError
+from ..checkpoint import CheckpointConfig, CheckpointedModule
 from ..head import PRETRAINED_DIR
 
 CHECKPOINT_KIND = "soft-prompt"
@@ -23,8 +21,19 @@ DEFAULT_SOFT_PROMPT = PRETRAINED_DIR / "soft-prompt-smollm2-135m"
 INIT_TEXT = "Read the context and answer the question with a short phrase copied from it."
 
 
-class SoftPrompt(nn.Module):
+@dataclass
+class SoftPromptConfig(CheckpointConfig):
+    num_tokens: int
+    hidden_size: int
+
+
+class SoftPrompt(CheckpointedModule):
     """``num_tokens`` learned input embeddings, initialised from the embeddings of a short instruction."""
+
+    checkpoint_kind = CHECKPOINT_KIND
+    config_class = SoftPromptConfig
+    description = "soft-prompt"
+    default_checkpoint = DEFAULT_SOFT_PROMPT
 
     def __init__(self, num_tokens: int, hidden_size: int, fingerprint: BackboneFingerprint) -> None:
         super().__init__()
@@ -40,25 +49,16 @@ class SoftPrompt(nn.Module):
             prompt.embeddings.copy_(backbone.embed(ids).float())
         return prompt
 
+    @classmethod
+    def from_config(cls, config: SoftPromptConfig, fingerprint: BackboneFingerprint) -> SoftPrompt:
+        return cls(config.num_tokens, config.hidden_size, fingerprint)
+
+    @property
+    def config(self) -> SoftPromptConfig:
+        """Read off the embeddings, so it can never disagree with them."""
+        return SoftPromptConfig(*self.embeddings.shape)
+
     def context(self, backbone: Backbone, text: str) -> torch.Tensor:
         """The soft tokens followed by the embedded raw context text, [P + n, H]."""
         ids = backbone.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         return torch.cat([self.embeddings.to(backbone.dtype), backbone.embed(ids)])
-
-    def save_pretrained(self, directory: str | os.PathLike, **extra) -> Path:
-        config = {"num_tokens": self.embeddings.shape[0], "hidden_size": self.embeddings.shape[1]}
-        return save_module(
-            directory, self, kind=CHECKPOINT_KIND, config=config, fingerprint=self.fingerprint, extra=extra
-        )
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike | None = None) -> SoftPrompt:
-        directory = Path(directory) if directory is not None else DEFAULT_SOFT_PROMPT
-        metadata = read_metadata(directory, CHECKPOINT_KIND)
-        try:
-            config = metadata["config"]
-            prompt = cls(config["num_tokens"], config["hidden_size"], fingerprint_from_metadata(metadata))
-        except (KeyError, TypeError) as error:
-            raise CheckpointError(f"{directory}/config.json has an invalid soft-prompt config: {error}") from error
-        load_into(prompt, load_state_dict(directory), directory)
-        return prompt

@@ -6,9 +6,7 @@ import argparse
 import json
 from dataclasses import fields
 
-from ..training.trainer import TrainConfig
-
-METHODS = ("comprexit", "mean-pool", "comi", "full-tuned")
+from ..training.trainer import METHODS, TrainConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
 
     names = {f.name for f in fields(TrainConfig)}
+    # Built (and validated) first: a wrong --method/--stage pair fails before the backbone loads.
     config = TrainConfig(**{key: value for key, value in vars(args).items() if key in names})
     backbone = Backbone.from_pretrained(args.backbone, device=args.device)
     summary = train(config, backbone)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..backbone import Backbone
 from ..compressor import autocast_for
+from ..errors import InvalidInputError
 from ..prompts import ContinuationPrompt, QAPrompt
 from ..reader import IGNORE_INDEX, Reader
 from .contexts import ContextEncoder
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["comprexit", "mean-pool", "comi", "full-tuned"]
 Stage = Literal["pretrain", "sft"]
+METHODS: tuple[str, ...] = ("comprexit", "mean-pool", "comi", "full-tuned")
 SLOT_METHODS = ("comprexit", "mean-pool")
 REFIT_STEPS = (20, 100)
 
@@ -64,6 +66,19 @@ class TrainConfig:
     max_pretrain_tokens: int | None = None
     limit_per_family: int | None = None  # SFT: cap examples per family (smoke runs)
 
+    def __post_init__(self) -> None:
+        check_method_and_stage(self.method, self.stage)
+
+
+def check_method_and_stage(method: str, stage: str) -> None:
+    """Refuse a combination the trainer cannot run, before any model or data is loaded."""
+    if method not in METHODS:
+        raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
+    if stage not in ("pretrain", "sft"):
+        raise InvalidInputError(f"Unknown stage {stage!r}; expected 'pretrain' or 'sft'.")
+    if stage == "pretrain" and method not in SLOT_METHODS:
+        raise InvalidInputError(f"Pretraining applies to {SLOT_METHODS}; train {method} with --stage sft.")
+
 
 def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
     """The trainable module for ``config.method``, fresh or loaded from ``config.init_from``."""
@@ -73,8 +88,7 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
     from ..head import ComprExITHead
     from .encoders import SlotHeadEncoder, SoftPromptEncoder
 
-    if config.stage == "pretrain" and config.method not in SLOT_METHODS:
-        raise ValueError(f"Pretraining applies to {SLOT_METHODS}; train {config.method} with --stage sft.")
+    check_method_and_stage(config.method, config.stage)  # the config may have been changed since
     if config.method == "comprexit":
         if config.init_from:
             head = ComprExITHead.from_pretrained(config.init_from)

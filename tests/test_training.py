@@ -1,0 +1,494 @@
+"""Tests of the training loop (``comprexit_rag.training.trainer``) and ``comprexit-rag train``.
+
+Runs are a few steps on CPU with the tiny random Llama of ``conftest.py`` and a tiny data
+directory written in the layouts the split loaders read, so every stage runs in seconds. The
+point is the plumbing: gradients reach the trainable module (a ``.detach()`` in the reader once
+broke every stage unnoticed), the backbone stays frozen, checkpoints resume exactly, bad steps
+are skipped and the time budget is honoured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from comprexit_rag.backbone import Backbone
+from comprexit_rag.checkpoint import load_state_dict
+from comprexit_rag.cli import main
+from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.prompts import QAPrompt
+from comprexit_rag.reader import IGNORE_INDEX, Reader
+from comprexit_rag.training import trainer
+from comprexit_rag.training.examples import TrainExample
+from comprexit_rag.training.trainer import TrainConfig, answer_loss, build_encoder, train
+
+# Every method/stage combination the trainer accepts.
+LEGAL = [
+    ("comprexit", "pretrain"),
+    ("comprexit", "sft"),
+    ("mean-pool", "pretrain"),
+    ("mean-pool", "sft"),
+    ("comi", "sft"),
+    ("full-tuned", "sft"),
+]
+SQUAD_CONTEXTS = 304  # the squad split sends the first 300 contexts (by hash) to dev
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny data directory in the real layouts.
+# ---------------------------------------------------------------------------------------------
+
+
+def town(index: int) -> dict[str, str]:
+    """A made-up fact with a question and a short answer."""
+    return {
+        "title": f"Town {index}",
+        "text": f"Town {index} lies on the river Rell{index} and was founded in {1500 + index} by Ada{index}.",
+        "question": f"Who founded Town {index}?",
+        "answer": f"Ada{index}",
+    }
+
+
+def article(index: int) -> str:
+    """A few hundred tokens of plain prose for the pretraining stream."""
+    sentences = [
+        f"Town {index * 10 + k} lies on the river Rell{k}, trades in wool and grain, and holds a fair "
+        f"every spring that draws merchants from {k + 2} neighbouring valleys."
+        for k in range(8)
+    ]
+    return " ".join(sentences)
+
+
+def write_gzip(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value), encoding="utf-8")
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def write_tiny_data(root: Path) -> Path:
+    """Every file ``load_split`` and ``pretraining_passages`` read, with a handful of rows each."""
+    facts = [town(i) for i in range(SQUAD_CONTEXTS + 40)]
+    hotpot_dev = [
+        {
+            "question_id": f"hp-dev-{i}",
+            "question_text": facts[i]["question"],
+            "answers_objects": [{"spans": [facts[i]["answer"]]}],
+            "contexts": [
+                {"title": facts[i]["title"], "paragraph_text": facts[i]["text"], "is_supporting": True},
+                {"title": facts[i + 1]["title"], "paragraph_text": facts[i + 1]["text"], "is_supporting": False},
+            ],
+        }
+        for i in range(0, 4, 2)
+    ]
+    (root / "hotpotqa").mkdir(parents=True)
+    (root / "hotpotqa" / "dev_distractor_350.jsonl").write_text(jsonl(hotpot_dev), encoding="utf-8")
+    hotpot_train = [
+        {
+            "_id": f"hp-train-{i}",
+            "question": facts[i]["question"],
+            "answer": facts[i]["answer"],
+            "context": [[facts[i]["title"], [facts[i]["text"]]], [facts[i + 1]["title"], [facts[i + 1]["text"]]]],
+            "supporting_facts": [[facts[i]["title"], 0]],
+        }
+        for i in range(4, 10, 2)
+    ]
+    write_json(root / "hotpotqa" / "train_distractor_100.json", hotpot_train)
+    oracle = [
+        {"question": facts[i]["question"], "answers": [facts[i]["answer"]], "ctxs": [{**facts[i], "isgold": True}]}
+        for i in range(10, 13)
+    ]
+    write_gzip(root / "nq" / "nq_open_oracle_2155.jsonl.gz", jsonl(oracle))
+    qed = [
+        {
+            "example_id": 1000 + i,
+            "paragraph_text": facts[i]["text"],
+            "question_text": facts[i]["question"],
+            "title_text": facts[i]["title"],
+            "answer_text": [facts[i]["answer"]],
+        }
+        for i in range(13, 17)
+    ]
+    write_gzip(root / "nq" / "qed" / "nq-train-00-qed.jsonl.gz", jsonl(qed))
+    squad = [{"header": {"dataset": "SQuAD", "split": "dev"}}] + [
+        {
+            "id": f"ctx-{i}",
+            "context": facts[i]["text"],
+            "qas": [{"id": f"sq-{i}", "question": facts[i]["question"], "answers": [facts[i]["answer"]]}],
+        }
+        for i in range(20, 20 + SQUAD_CONTEXTS)
+    ]
+    write_gzip(root / "squad" / "squad_v1.1_dev.mrqa.jsonl.gz", jsonl(squad))
+    musique = [
+        {
+            "id": f"mq-{i}",
+            "question": facts[i]["question"],
+            "answer": facts[i]["answer"],
+            "answer_aliases": [],
+            "paragraphs": [
+                {"idx": 0, "title": facts[i]["title"], "paragraph_text": facts[i]["text"], "is_supporting": True},
+                {
+                    "idx": 1,
+                    "title": facts[i + 1]["title"],
+                    "paragraph_text": facts[i + 1]["text"],
+                    "is_supporting": False,
+                },
+            ],
+        }
+        for i in range(330, 336, 2)
+    ]
+    write_json(root / "musique" / "train_100.json", musique)
+    docs = "".join(
+        f'<doc id="{i}" url="u{i}" title="Valley {i}">\nValley {i}\n\n{article(i)}\n</doc>\n' for i in range(4)
+    )
+    write_gzip(root / "wiki" / "enwiki_2015_AA_shard0.txt.gz", docs)
+    write_gzip(root / "2wiki" / "corpus.json.gz", json.dumps([{"title": "Valley 9", "text": article(9)}]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def tiny_config(output: Path, data: Path, method: str = "comprexit", stage: str = "sft", **overrides) -> TrainConfig:
+    """A 3-step run of batch 2 on short contexts; no weight decay, so only gradients move weights."""
+    settings = {
+        "ratios": [4, 8],
+        "batch_size": 2,
+        "lr": 1e-2,
+        "weight_decay": 0.0,
+        "warmup_steps": 1,
+        "max_steps": 3,
+        "context_length": 128,
+        "continuation_length": 16,
+        "max_distractors": 2,
+        "soft_prompt_tokens": 4,
+        "log_every": 1,
+        "save_every": 1000,
+        "limit_per_family": 4,
+        **overrides,
+    }
+    return TrainConfig(method=method, stage=stage, output_dir=str(output), data_root=str(data), **settings)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def initial_weights(config: TrainConfig, backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The weights ``train`` starts from (it seeds torch with ``config.seed`` before building)."""
+    torch.manual_seed(config.seed)
+    return snapshot(build_encoder(config, backbone).trainable)
+
+
+def final_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    return load_state_dict(Path(config.output_dir) / "final")
+
+
+def cheap_loss(reader: Reader, encoder, batch: list[TrainExample], ratio: int, prompt) -> torch.Tensor:
+    """A loss over the trainable weights only, for tests about the loop rather than the model."""
+    return torch.stack([p.float().sum() for p in encoder.trainable.parameters()]).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every stage trains its module and only its module.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "stage"), LEGAL)
+def test_every_stage_trains_its_module_and_not_the_backbone(tiny_backbone, data, tmp_path, method, stage):
+    config = tiny_config(tmp_path / "run", data, method, stage)
+    before = initial_weights(config, tiny_backbone)
+    backbone_before = snapshot(tiny_backbone.model)
+
+    summary = train(config, tiny_backbone)
+
+    output = Path(config.output_dir)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    assert summary["method"] == method and summary["stage"] == stage
+    assert json.loads((output / "summary.json").read_text()) == summary
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [1, 2, 3]
+    assert all(math.isfinite(record["loss"]) for record in records)
+    assert json.loads((output / "final" / "config.json").read_text())["training"] == summary
+    after = final_weights(config)
+    assert after.keys() == before.keys()
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert not unchanged, f"{method}/{stage}: no gradient reached {unchanged}"
+    assert all(torch.isfinite(tensor).all() for tensor in after.values())
+    for name, tensor in tiny_backbone.model.state_dict().items():
+        assert torch.equal(tensor, backbone_before[name]), f"the frozen backbone's {name} changed"
+
+
+def test_sft_continues_from_the_pretrain_stage(tiny_backbone, data, tmp_path):
+    pretrain = tiny_config(tmp_path / "pretrain", data, "comprexit", "pretrain", max_steps=1)
+    train(pretrain, tiny_backbone)
+    sft = tiny_config(tmp_path / "sft", data, "comprexit", "sft", max_steps=1, init_from=f"{pretrain.output_dir}/final")
+    start = initial_weights(sft, tiny_backbone)
+    for name, tensor in final_weights(pretrain).items():
+        assert torch.equal(start[name], tensor)
+    train(sft, tiny_backbone)
+    assert any(not torch.equal(start[name], tensor) for name, tensor in final_weights(sft).items())
+
+
+@pytest.mark.parametrize(("method", "stage"), [("comi", "pretrain"), ("full-tuned", "pretrain"), ("nope", "sft")])
+def test_illegal_method_and_stage_are_refused(tmp_path, method, stage):
+    with pytest.raises(InvalidInputError, match=r"--stage sft|Unknown method"):
+        TrainConfig(method=method, stage=stage, output_dir=str(tmp_path))
+
+
+def test_gradients_reach_the_head_through_build_inputs(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path, data, "comprexit", "sft")
+    torch.manual_seed(0)
+    encoder = build_encoder(config, tiny_backbone)
+    reader = Reader(tiny_backbone)
+    ids = tiny_backbone.tokenize([town(1)["text"], town(2)["text"]])
+    batch = [TrainExample([ids[0]], "Who founded Town 1?", [5, 6]), TrainExample([ids[1]], "Where?", [7])]
+    contexts = encoder.encode(batch, 4)
+    assert all(context.requires_grad for context in contexts)
+
+    inputs = reader.build_inputs([e.question for e in batch], contexts, [e.target_ids for e in batch])
+    assert inputs.inputs_embeds.requires_grad  # a detach() in context_embeddings would cut here
+    inputs.inputs_embeds.float().pow(2).sum().backward()
+    for name, parameter in encoder.trainable.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+    # A bare tensor context too: its gradient is exactly the one of its rows in the batch.
+    context = torch.randn(3, tiny_backbone.hidden_size, requires_grad=True)
+    inputs = reader.build_inputs(["Who?"], [context], padding_side="right")
+    before, _ = QAPrompt().pieces(tiny_backbone.tokenizer, "Who?")
+    weights = torch.randn_like(inputs.inputs_embeds)
+    (inputs.inputs_embeds * weights).sum().backward()
+    torch.testing.assert_close(context.grad, weights[0, len(before) : len(before) + 3])
+
+
+def test_right_and_left_padding_give_the_same_answer_loss(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path, data, "comprexit", "sft")
+    torch.manual_seed(0)
+    encoder = build_encoder(config, tiny_backbone)
+    encoder.trainable.eval()
+    reader = Reader(tiny_backbone)
+    ids = tiny_backbone.tokenize([town(3)["text"], article(1)])
+    batch = [  # very different lengths, so one row is mostly padding
+        TrainExample([ids[0]], "Who founded Town 3?", [11, 12, 13]),
+        TrainExample([ids[1]], "Which river?", [14]),
+    ]
+
+    def loss(examples: list[TrainExample], padding: str) -> torch.Tensor:
+        build = Reader.build_inputs
+        reader.build_inputs = lambda *args, **kwargs: build(reader, *args, **{**kwargs, "padding_side": padding})
+        try:
+            with torch.no_grad():
+                return answer_loss(reader, encoder, examples, 4, QAPrompt())
+        finally:
+            del reader.build_inputs
+
+    right, left = loss(batch, "right"), loss(batch, "left")
+    torch.testing.assert_close(right, left)
+    # Padding leaks nothing: the batch loss is the token-weighted mean of the unpadded rows' losses.
+    alone = [loss([example], "right") for example in batch]
+    counts = [len(example.target_ids) for example in batch]
+    torch.testing.assert_close(right, sum(c * value for c, value in zip(counts, alone, strict=True)) / sum(counts))
+
+
+def test_batch_rows_are_right_padded_with_ignored_labels(tiny_backbone):
+    reader = Reader(tiny_backbone)
+    contexts = [torch.zeros(2, tiny_backbone.hidden_size), torch.zeros(9, tiny_backbone.hidden_size)]
+    inputs = reader.build_inputs(["Who?", "Who?"], contexts, [[5], [6]], padding_side="right")
+    assert inputs.attention_mask[0, 0] == 1 and inputs.attention_mask[0, -1] == 0
+    assert (inputs.labels[inputs.attention_mask == 0] == IGNORE_INDEX).all()
+    assert inputs.position_ids[0, : int(inputs.attention_mask[0].sum())].tolist() == list(
+        range(int(inputs.attention_mask[0].sum()))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume, bad steps, time budget.
+# ---------------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Stands in for a killed run."""
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_backbone, data, tmp_path, monkeypatch):
+    straight = tiny_config(tmp_path / "straight", data, max_steps=4, save_every=1)
+    train(straight, tiny_backbone)
+
+    resumed = tiny_config(tmp_path / "resumed", data, max_steps=4, save_every=1)
+    real_loss, calls = trainer.answer_loss, []
+
+    def dies_on_step_three(*args, **kwargs) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "answer_loss", dies_on_step_three)
+    with pytest.raises(Interrupted):
+        train(resumed, tiny_backbone)
+    checkpoint = Path(resumed.output_dir) / "checkpoint"
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 2
+    assert not (Path(resumed.output_dir) / "final").exists()
+    monkeypatch.setattr(trainer, "answer_loss", real_loss)
+    summary = train(resumed, tiny_backbone)
+
+    assert summary["steps"] == 4
+    expected = json.loads((Path(straight.output_dir) / "summary.json").read_text())
+    for key in ("examples_seen", "target_tokens_seen", "skipped_steps"):
+        assert summary[key] == expected[key]
+    want = final_weights(straight)
+    for name, tensor in final_weights(resumed).items():
+        assert torch.equal(tensor, want[name]), name
+    losses = [json.loads(line)["loss"] for line in (Path(resumed.output_dir) / "log.jsonl").read_text().splitlines()]
+    straight_log = (Path(straight.output_dir) / "log.jsonl").read_text().splitlines()
+    assert losses == [json.loads(line)["loss"] for line in straight_log]
+
+
+def nan_on(steps: set[int]) -> Callable[..., torch.Tensor]:
+    """The real loss, turned NaN on the given (0-based) calls."""
+    calls = iter(range(10**6))
+
+    def loss(*args, **kwargs) -> torch.Tensor:
+        value = answer_loss(*args, **kwargs)
+        return value * float("nan") if next(calls) in steps else value
+
+    return loss
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tiny_backbone, data, tmp_path, monkeypatch):
+    config = tiny_config(tmp_path / "one-bad", data)
+    before = initial_weights(config, tiny_backbone)
+    monkeypatch.setattr(trainer, "answer_loss", nan_on({1}))
+    summary = train(config, tiny_backbone)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 1
+    assert json.loads((Path(config.output_dir) / "summary.json").read_text())["skipped_steps"] == 1
+    after = final_weights(config)
+    assert all(torch.isfinite(tensor).all() for tensor in after.values())
+    assert any(not torch.equal(before[name], tensor) for name, tensor in after.items())
+
+    # Nothing but bad steps: the weights are exactly the initial ones.
+    config = tiny_config(tmp_path / "all-bad", data, max_steps=2)
+    monkeypatch.setattr(trainer, "answer_loss", nan_on({0, 1}))
+    assert train(config, tiny_backbone)["skipped_steps"] == 2
+    for name, tensor in final_weights(config).items():
+        assert torch.equal(before[name], tensor), name
+
+
+def fake_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: Callable[[int], float]) -> None:
+    """Replace the trainer's clock: ``perf_counter`` is read once at the start and once per step."""
+
+    def ticks() -> Iterator[float]:
+        now, step = 0.0, 0
+        while True:
+            yield now
+            step += 1
+            now += seconds_per_step(step)
+
+    clock = ticks()
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+
+
+@pytest.mark.parametrize(
+    ("budget", "seconds_per_step", "steps", "schedules"),
+    [
+        # Refit at step 20 to the 5 affordable steps left.
+        (25.0, lambda step: 1.0, 25, [1000, 25]),
+        # Nothing affordable at the refit: still one more step (total_steps >= step + 1), then stop.
+        (20.5, lambda step: 1.0, 21, [1000, 21]),
+        # Slower after the refit: the budget is a hard limit all the same.
+        (30.0, lambda step: 1.0 if step <= 20 else 3.0, 24, [1000, 30, 24]),
+        # Slower from step 21: the refit at step 100 shortens the schedule again.
+        (300.0, lambda step: 1.0 if step <= 20 else 2.0, 160, [1000, 300, 166, 160]),
+    ],
+)
+def test_time_budget_refits_the_schedule_and_stops(
+    tiny_backbone, data, tmp_path, monkeypatch, budget, seconds_per_step, steps, schedules
+):
+    monkeypatch.setattr(trainer, "answer_loss", cheap_loss)
+    seen: list[tuple[int, int]] = []
+    real_lr_at = trainer.lr_at
+
+    def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+        seen.append((step, total_steps))
+        return real_lr_at(step, total_steps, config)
+
+    monkeypatch.setattr(trainer, "lr_at", lr_at)
+    fake_clock(monkeypatch, seconds_per_step)
+    # The soft prompt is one tensor: up to 160 optimizer steps stay cheap.
+    config = tiny_config(tmp_path / "budget", data, "full-tuned", max_steps=1000, time_budget_s=budget, log_every=1000)
+    summary = train(config, tiny_backbone)
+
+    assert summary["steps"] == steps and summary["wall_time_s"] >= budget
+    assert all(total >= step + 1 for step, total in seen)  # the schedule never ends before the step
+    assert list(dict.fromkeys(total for _, total in seen)) == schedules
+    assert max(step for step, _ in seen) == steps - 1
+    records = [json.loads(line) for line in (Path(config.output_dir) / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [steps]  # the last step is always logged
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tiny_backbone, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("backbone")
+    tiny_backbone.model.save_pretrained(directory)
+    tiny_backbone.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_cli_train_sft_smoke(backbone_dir, data, tmp_path, capsys):
+    output = tmp_path / "cli"
+    argv = ["train", "--stage", "sft", "--method", "comprexit", "--output-dir", output, "--backbone", backbone_dir]
+    argv += ["--device", "cpu", "--data", data, "--ratios", "4", "--batch-size", "2", "--max-steps", "2"]
+    argv += ["--warmup-steps", "1", "--max-distractors", "2", "--limit-per-family", "4"]
+    assert main([str(arg) for arg in argv]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["method"] == "comprexit" and printed["stage"] == "sft" and printed["steps"] == 2
+    assert {"final", "checkpoint", "summary.json", "log.jsonl"} <= {path.name for path in output.iterdir()}
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["config"]["ratios"] == [4] and summary["config"]["limit_per_family"] == 4
+
+
+def test_cli_refuses_to_pretrain_comi_before_loading_anything(tmp_path, capsys):
+    argv = ["train", "--stage", "pretrain", "--method", "comi", "--output-dir", str(tmp_path / "x")]
+    argv += ["--backbone", str(tmp_path / "no-such-backbone")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "comprexit-rag train: error:" in error and "--stage sft" in error
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real default backbone.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_one_sft_step_on_the_real_backbone_moves_the_head(real_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "real", data, "comprexit", "sft", max_steps=1, lr=1e-3)
+    before = initial_weights(config, real_backbone)
+    summary = train(config, real_backbone)
+    assert summary["steps"] == 1 and summary["skipped_steps"] == 0
+    after = final_weights(config)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed == list(before), f"unchanged: {sorted(set(before) - set(changed))}"
