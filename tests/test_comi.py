@@ -382,10 +382,8 @@ def test_save_load_gives_identical_outputs(compressor, backbone, tmp_path):
 
 
 def test_missing_default_merger_raises_checkpoint_error(monkeypatch, tmp_path):
-    import comprexit_rag.comi
-
     # A checkout without the shipped merger (e.g. a stripped wheel).
-    monkeypatch.setattr(comprexit_rag.comi, "DEFAULT_MERGER", tmp_path / "comi-smollm2-135m")
+    monkeypatch.setattr(COMIMerger, "default_checkpoint", tmp_path / "comi-smollm2-135m")
     with pytest.raises(CheckpointError, match="comprexit-rag train"):
         COMIMerger.from_pretrained()
 
