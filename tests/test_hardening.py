@@ -491,6 +491,24 @@ def test_special_token_strings_in_user_text_are_read_as_text(default_tokenizer, 
     assert isinstance("".join(reader.stream(INJECTION, compressor.compress([passage]))), str)
 
 
+@pytest.mark.slow
+def test_real_smollm2_reads_special_token_strings_as_text(real_backbone, default_tokenizer, real_texts):
+    """Backbone.from_pretrained() (the embedded SmolLM2): same tokenizer, same ids, no injected turn."""
+    from comprexit_rag.backbone import tokenizer_sha256
+
+    tokenizer = real_backbone.tokenizer
+    assert real_backbone.fingerprint.tokenizer_sha256 == tokenizer_sha256(default_tokenizer)
+    questions, _, passages = real_texts
+    texts = [passage.formatted() for passage in passages[:20]]
+    assert real_backbone.tokenize(texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for question in questions[:5]:
+        assert QAPrompt().pieces(tokenizer, question) == old_prompt_pieces(tokenizer, question)
+    _, after = QAPrompt().pieces(tokenizer, INJECTION)
+    assert not set(tokenizer.all_special_ids) & set(after[: after.index(tokenizer.convert_tokens_to_ids("<|im_end|>"))])
+    answer = Reader(real_backbone, max_new_tokens=8).generate(INJECTION, [texts[0]])
+    assert isinstance(answer, str)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: heads and COMI mergers, truncated or corrupt.
 # ---------------------------------------------------------------------------------------------
