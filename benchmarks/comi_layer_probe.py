@@ -89,7 +89,9 @@ def select_examples(examples: list[QAExample], count: int) -> list[QAExample]:
 def build_item(backbone: Backbone, example: QAExample, max_tokens: int) -> ProbeItem | None:
     """Tokenise context and question; None when no answer occurs within the first ``max_tokens`` tokens."""
     context = example.passages[0].text
-    encoded = backbone.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = backbone.tokenizer(  # as Backbone.tokenize: special-token strings in the passage are text
+        context, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+    )
     ids, offsets = encoded["input_ids"][:max_tokens], encoded["offset_mapping"][:max_tokens]
     for answer in example.answers:
         start = context.find(answer)

@@ -49,6 +49,18 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def encode_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of user-provided texts (passages, questions, contexts), without added special tokens.
+
+    Special-token strings in the text (``"<|im_end|>"``, ``"<|endoftext|>"``...) are split into
+    ordinary text tokens (``split_special_tokens=True``), so a passage or a question cannot inject
+    chat-structure tokens into the prompt. Text without such strings gets exactly the ids of a
+    plain ``tokenizer(texts, add_special_tokens=False)``. Fast tokenizers switch a shared setting
+    for this call: hold the backbone's :attr:`Backbone.lock` when the tokenizer is shared.
+    """
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
@@ -142,9 +154,12 @@ class Backbone:
         return self.input_embeddings(input_ids.to(self.device))
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids without special tokens (callers add BOS where the format needs it)."""
+        """Token ids of user texts, no special tokens added (callers add BOS where the format needs it).
+
+        Special-token strings inside the texts are read as ordinary text (see :func:`encode_text`).
+        """
         with self.lock:
-            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            return encode_text(self.tokenizer, texts)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """All L+1 hidden states, each [batch, length, hidden], for right-padded inputs."""

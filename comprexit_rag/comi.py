@@ -38,7 +38,7 @@ from .config import validate_ratio
 from .errors import InvalidInputError
 from .head import PRETRAINED_DIR
 from .projector import SlotProjector
-from .segments import check_texts, split_into_segments
+from .segments import Segment, check_texts, split_into_segments
 from .soft_context import SoftContext
 from .training.examples import TrainExample
 
@@ -409,6 +409,24 @@ def _encode_pairs(
     return [results[item] for item in range(len(contexts))]
 
 
+def _check_fits(backbone: Backbone, segments: Sequence[Segment], question_ids: Sequence[Sequence[int]]) -> None:
+    """Refuse a question that does not fit the backbone together with a passage segment (never truncated)."""
+    limit = backbone.max_positions
+    if limit is None:
+        return
+    prefix = int(backbone.bos_token_id is not None)
+    for segment in segments:
+        question = len(question_ids[segment.passage])
+        total = prefix + len(segment.token_ids) + question
+        if total > limit:
+            raise InvalidInputError(
+                f"The query of passage {segment.passage} does not fit the backbone: COMI reads a segment of the "
+                f"passage ({prefix + len(segment.token_ids)} positions with BOS) followed by the question "
+                f"({question} tokens), {total} positions, but {backbone.name} reads at most {limit}. "
+                "Shorten the question."
+            )
+
+
 def _check_queries(query: str | Sequence[str] | None, count: int) -> list[str]:
     """One non-empty question per passage (a single string applies to all of them)."""
     if query is None:
@@ -527,6 +545,7 @@ class COMICompressor:
             return SoftContext.empty(self.backbone.hidden_size)
         question_ids = question_token_ids(self.backbone, queries)
         segments = split_into_segments(token_ids, self.config.segment_length)
+        _check_fits(self.backbone, segments, question_ids)
         batch_size = batch_size or self.batch_size
         show = show_progress if show_progress is not None else len(segments) > 4 * batch_size
         slots = _encode_pairs(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from .backbone import encode_text
+
 _MARKER = "<<<comprexit-context>>>"
+_QUESTION = "<<<comprexit-question>>>"
 
 
 @dataclass(frozen=True)
@@ -14,23 +19,25 @@ class QAPrompt:
     """``Context: <context> Question: <q> <instruction>``, inside the chat template when the model has one.
 
     ``pieces`` returns the token ids before and after the context, so the same prompt
-    serves soft slots, raw text and closed-book reading alike.
+    serves soft slots, raw text and closed-book reading alike. The question is user text: a
+    special-token string in it (``"<|im_end|>"``...) is read as ordinary text, never as the
+    chat-structure token it names; the chat template's own special tokens stay special.
     """
 
     instruction: str = "Answer with a short phrase."
 
     def pieces(self, tokenizer: PreTrainedTokenizerBase, question: str) -> tuple[list[int], list[int]]:
-        body = f"Context:\n{_MARKER}\n\nQuestion: {question.strip()}\n{self.instruction}"
+        # The template is rendered around placeholders, so every special token in it is the template's own.
+        body = f"Context:\n{_MARKER}\n\nQuestion: {_QUESTION}\n{self.instruction}"
         if tokenizer.chat_template:
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
             )
         else:
             rendered = f"{tokenizer.bos_token or ''}{body}\nAnswer:"
-        # The first marker is ours; a question that happens to contain the marker text stays intact.
         before, after = rendered.split(_MARKER, 1)
-        encode = tokenizer(add_special_tokens=False, text=[before, after])["input_ids"]
-        return encode[0], encode[1]
+        fill = {_QUESTION: question.strip()}
+        return encode_prompt(tokenizer, before, fill), encode_prompt(tokenizer, after, fill)
 
 
 @dataclass(frozen=True)
@@ -39,3 +46,62 @@ class ContinuationPrompt:
 
     def pieces(self, tokenizer: PreTrainedTokenizerBase, question: str = "") -> tuple[list[int], list[int]]:
         return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []), []
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: str, fill: dict[str, str]) -> list[int]:
+    """Token ids of ``template`` (trusted prompt text) with each placeholder of ``fill`` replaced by user text.
+
+    The special tokens written in ``template`` (by the chat template or the prompt) are encoded as
+    special tokens; special-token strings in the user text are encoded as ordinary text.
+
+    When the user text holds no added-token string, the ids are exactly those of tokenising the
+    filled-in text in one call (the tokenisation the reader and the heads were trained with).
+    Otherwise the filled-in text is cut at the template's own special tokens, as the tokenizer
+    itself cuts at added tokens, and each piece is encoded with ``split_special_tokens=True``.
+    """
+    pattern = re.compile("|".join(re.escape(placeholder) for placeholder in fill)) if fill else None
+
+    def filled(text: str) -> str:
+        return pattern.sub(lambda match: fill[match.group(0)], text) if pattern is not None else text
+
+    added = list(tokenizer.added_tokens_decoder.values())
+    whole = filled(template)
+    if not any(token.content in value for value in fill.values() for token in added) and _tokens_of(
+        whole, added
+    ) == _tokens_of(template, added):
+        return tokenizer(whole, add_special_tokens=False)["input_ids"]
+    parts = [(filled(piece) if token is None else piece, token) for piece, token in _split(template, added)]
+    ids: list[int] = []
+    for index, (piece, token) in enumerate(parts):
+        if token is not None:
+            ids.append(tokenizer.convert_tokens_to_ids(token.content))
+            continue
+        # Whitespace next to a token marked rstrip (on its right) or lstrip (on its left) is dropped, as
+        # the tokenizer does.
+        if index > 0 and getattr(parts[index - 1][1], "rstrip", False):
+            piece = piece.lstrip()
+        if index + 1 < len(parts) and getattr(parts[index + 1][1], "lstrip", False):
+            piece = piece.rstrip()
+        if piece:
+            ids.extend(encode_text(tokenizer, [piece])[0])
+    return ids
+
+
+def _tokens_of(text: str, added: list[Any]) -> list[str]:
+    return [token.content for _, token in _split(text, added) if token is not None]
+
+
+def _split(text: str, added: list[Any]) -> list[tuple[str, Any]]:
+    """``text`` cut into ``(text, None)`` pieces and ``(token text, AddedToken)`` parts (longest token first)."""
+    by_content = {token.content: token for token in added if token.content}
+    if not by_content:
+        return [(text, None)]
+    pattern = re.compile("|".join(re.escape(content) for content in sorted(by_content, key=len, reverse=True)))
+    parts: list[tuple[str, Any]] = []
+    start = 0
+    for match in pattern.finditer(text):
+        parts.append((text[start : match.start()], None))
+        parts.append((match.group(0), by_content[match.group(0)]))
+        start = match.end()
+    parts.append((text[start:], None))
+    return parts

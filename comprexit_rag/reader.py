@@ -89,7 +89,7 @@ class Reader:
             text = check_text(context, "The context") if context.strip() else context  # "" reads as no context
         else:
             text = "\n\n".join(_check_strings(context, "context passage"))
-        ids = backbone.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        ids = torch.tensor(backbone.tokenize([text])[0], dtype=torch.long)  # special-token strings read as text
         return backbone.embed(ids)
 
     def build_inputs(

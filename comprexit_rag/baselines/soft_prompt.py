@@ -60,5 +60,5 @@ class SoftPrompt(CheckpointedModule):
 
     def context(self, backbone: Backbone, text: str) -> torch.Tensor:
         """The soft tokens followed by the embedded raw context text, [P + n, H]."""
-        ids = backbone.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        ids = torch.tensor(backbone.tokenize([text])[0], dtype=torch.long)  # special-token strings read as text
         return torch.cat([self.embeddings.to(backbone.dtype), backbone.embed(ids)])

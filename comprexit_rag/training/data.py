@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from ..backbone import encode_text
 from ..data import Passage, QAExample
 from ..data.splits import load_split, pretraining_passages
 from .examples import TrainExample
@@ -27,11 +28,11 @@ MAX_PASSAGE_TOKENS = 1024
 def tokenize_passages(
     tokenizer: PreTrainedTokenizerBase, passages: Iterable[Passage], batch: int = 512
 ) -> list[list[int]]:
-    """Token ids of each passage's "title\\ntext", without special tokens."""
+    """Token ids of each passage's "title\\ntext", no special tokens added (special-token strings read as text)."""
     texts = [passage.formatted() for passage in passages]
     ids: list[list[int]] = []
     for start in range(0, len(texts), batch):
-        ids.extend(tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"])
+        ids.extend(encode_text(tokenizer, texts[start : start + batch]))
     return ids
 
 
@@ -106,7 +107,7 @@ class QATrainingSet:
             examples: list[QAExample] = load_split(family, "train", root)[:limit_per_family]
             passages = [passage for example in examples for passage in example.passages]
             ids = [p[:MAX_PASSAGE_TOKENS] for p in tokenize_passages(tokenizer, passages)]
-            answers = tokenizer([example.answers[0] for example in examples], add_special_tokens=False)["input_ids"]
+            answers = encode_text(tokenizer, [example.answers[0] for example in examples])
             family_items, start = [], 0
             for example, answer in zip(examples, answers, strict=True):
                 count = len(example.passages)

@@ -22,13 +22,15 @@ import torch
 from comprexit_rag.comi import COMICompressor
 from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.config import validate_ratio
-from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
+from comprexit_rag.segments import check_positive_int
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.store import SlotStore, content_key
 from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from langchain_comprexit._checks import check_documents, is_blank, typed_errors
 from langchain_comprexit._slots import CacheSource, InMemorySlotCache, SlotSource, StoreSource
 
 if TYPE_CHECKING:
@@ -89,21 +91,48 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
     method: Method = "comprexit"
     comi: COMICompressor | None = None
     metadata_key: str = SLOT_METADATA_KEY
-    batch_size: int = Field(default=8, ge=1)
-    cache_size: int = Field(default=4096, ge=1)
+    batch_size: int = 8
+    cache_size: int = 4096
 
     _cache: InMemorySlotCache = PrivateAttr()
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Build the compressor; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
+        with typed_errors():
+            super().__init__(**kwargs)
+
+    @field_validator("batch_size", "cache_size", mode="before")
+    @classmethod
+    def _positive(cls, value: object, info: ValidationInfo) -> int:
+        return check_positive_int(value, str(info.field_name))
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_method(cls, value: object) -> object:
+        if value not in ("comprexit", "comi"):
+            raise InvalidInputError(f"Unknown method {value!r}; expected 'comprexit' or 'comi'.")
+        return value
+
+    @field_validator("ratio", mode="before")
+    @classmethod
+    def _ratio_type(cls, value: object) -> object:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            validate_ratio(value, 1)  # the core's InvalidInputError: "ratio must be a positive integer, got …"
+        return value  # the range is checked against the window below
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.method == "comi" and self.comi is None:
-            raise ValueError("method='comi' needs a COMICompressor: pass comi=COMICompressor(...).")
+            raise InvalidInputError("method='comi' needs a COMICompressor: pass comi=COMICompressor(...).")
         if self.comi is not None and self.comi.backbone.fingerprint != self.compressor.backbone.fingerprint:
-            raise ValueError("comi and compressor must share one backbone: their slots are read by the same reader.")
+            raise BackboneMismatchError(
+                "comi and compressor must share one backbone: their slots are read by the same reader. "
+                "Build the COMICompressor over the compressor's backbone."
+            )
         for method in ("comprexit", "comi") if self.comi is not None else ("comprexit",):
-            self.ratio_for(method)  # raises InvalidInputError (a ValueError) on a bad ratio
+            self.ratio_for(method)  # raises InvalidInputError on a bad ratio
         if self.store is not None and self.store.fingerprint != self.fingerprint("comprexit"):
-            raise ValueError(
+            raise InvalidInputError(
                 f"store holds slots of fingerprint {self.store.fingerprint!r}, not {self.fingerprint('comprexit')!r} "
                 "(this compressor's head and ratio); use pipeline.store_for(ratio) or a store with that fingerprint."
             )
@@ -161,10 +190,16 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
         unchanged. ``query`` is only used by ``method="comi"``. When ``callbacks`` belong to a
         run (as inside ``ContextualCompressionRetriever``), a ``"comprexit_compress"`` custom
         event reports ``documents``, ``hits``, ``misses``, ``slots`` and ``tokens``.
+
+        Raises:
+            InvalidInputError: ``documents`` is not a list of Documents, a ``page_content`` is not
+                a string or not valid Unicode, or ``method="comi"`` gets no query or one too long
+                for the backbone.
+            CheckpointError: the slot store is corrupt (see :class:`~comprexit_rag.store.SlotStore`).
         """
         method = self.method
-        documents = list(documents)
-        readable = [i for i, doc in enumerate(documents) if doc.page_content.strip()]
+        documents = check_documents(documents)
+        readable = [i for i, doc in enumerate(documents) if not is_blank(doc)]
         texts = [documents[i].page_content for i in readable]
         keys, found, hits, misses = self._resolve(method, texts, query, load=False)
         fingerprint, ratio = self.fingerprint(method), self.ratio_for(method)
@@ -202,7 +237,7 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
         for COMI, the question); otherwise, or when those slots are no longer stored, it is
         compressed with this compressor's method.
         """
-        docs = [doc for doc in documents if doc.page_content.strip()]
+        docs = [doc for doc in check_documents(documents) if not is_blank(doc)]
         if not docs:
             return SlotLookup(None, [], 0, 0)
         methods = [self._recorded_method(doc, question) or self.method for doc in docs]
@@ -267,6 +302,13 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
                 soft = self.compressor.compress(list(missing.values()), ratio=ratio, batch_size=self.batch_size)
             tensors, tokens = soft.passages(), soft.token_counts.tolist()
             source.put(list(missing), tensors, tokens)
+            if load:
+                # Read back what the source keeps (fp16 in a SlotStore), so an answer does not depend on
+                # whether its slots were a hit or a miss; the fresh slots if the cache evicted them already.
+                tensors = [
+                    kept[0] if kept is not None else tensor
+                    for kept, tensor in zip(source.get(list(missing)), tensors, strict=True)
+                ]
             fresh = {
                 key: (tensor if load else int(tensor.shape[0]), count)
                 for key, tensor, count in zip(missing, tensors, tokens, strict=True)

@@ -17,17 +17,19 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Self
 
-from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.pipeline import AnswerStats
 from comprexit_rag.reader import Reader
+from comprexit_rag.segments import check_positive_int
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.callbacks.manager import dispatch_custom_event
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import AddableDict
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, PrivateAttr, field_validator, model_validator
 
+from langchain_comprexit._checks import check_documents, typed_errors
 from langchain_comprexit.document_compressors import ComprExITDocumentCompressor, SlotLookup
 
 if TYPE_CHECKING:
@@ -66,7 +68,7 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
 
     compressor: ComprExITDocumentCompressor
     reader: Reader | None = None
-    max_new_tokens: int = Field(default=20, ge=1)
+    max_new_tokens: int = 20
     return_stats: bool = False
     question_key: str = "question"
     documents_key: str = "documents"
@@ -74,13 +76,26 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
     _last_stats: dict[str, Any] | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
+    def __init__(self, **kwargs: Any) -> None:
+        """Build the reader; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
+        with typed_errors():
+            super().__init__(**kwargs)
+
+    @field_validator("max_new_tokens", mode="before")
+    @classmethod
+    def _positive(cls, value: object) -> int:
+        return check_positive_int(value, "max_new_tokens")
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         backbone = self.compressor.compressor.backbone
         if self.reader is None:
             self.reader = Reader(backbone)
         elif self.reader.backbone.fingerprint != backbone.fingerprint:
-            raise ValueError("reader and compressor must share one backbone: slots live in its embedding space.")
+            raise BackboneMismatchError(
+                f"The reader's backbone {self.reader.backbone.name!r} is not the compressor's {backbone.name!r}: "
+                "slots live in the input-embedding space of the backbone that made them. Use one backbone for both."
+            )
         return self
 
     @classmethod
@@ -221,6 +236,11 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
         return self.reader
 
     def _parse(self, value: Any) -> tuple[str, list[Document]]:
+        """The question and documents of one input, checked before any slot is looked up or compressed.
+
+        A question too long for the reader (R3 of docs/RELIABILITY.md) is refused here, before
+        its documents are compressed.
+        """
         if not isinstance(value, Mapping):
             raise InvalidInputError(
                 f"ComprExITReader takes a dict with {self.question_key!r} and {self.documents_key!r}, "
@@ -231,9 +251,9 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
             raise InvalidInputError(f"{self.question_key!r} must be a non-empty string, got {question!r:.80}.")
         if isinstance(documents, Document):
             documents = [documents]
-        if not isinstance(documents, Sequence) or not all(isinstance(doc, Document) for doc in documents):
-            raise InvalidInputError(f"{self.documents_key!r} must be a list of Documents.")
-        return question, list(documents)
+        documents = check_documents(documents, repr(self.documents_key))
+        self._core().context_budget(question, self.max_new_tokens)  # InvalidInputError if it cannot fit
+        return question, documents
 
     def _stats(self, lookup: SlotLookup, lookup_seconds: float, read_seconds: float) -> dict[str, Any]:
         context = lookup.context

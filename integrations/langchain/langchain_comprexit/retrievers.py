@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from comprexit_rag.retrieval import DenseRetriever, RetrievedPassage
+from comprexit_rag.segments import check_positive_int
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, field_validator
+
+from langchain_comprexit._checks import typed_errors
 
 if TYPE_CHECKING:
     from comprexit_rag.pipeline import RAGPipeline
@@ -22,7 +25,9 @@ class ComprExITRetriever(BaseRetriever):
     Each :class:`~langchain_core.documents.Document` has the passage id as ``id``, the passage
     text (``"title\\ntext"`` for pipeline-indexed passages, which is what the slot store is keyed
     on) as ``page_content``, and the passage metadata plus ``id``, ``title`` and the cosine
-    ``score`` as metadata. ``k`` can be overridden per call: ``retriever.invoke(q, k=2)``.
+    ``score`` as metadata. ``k`` can be overridden per call: ``retriever.invoke(q, k=2)``; a ``k``
+    larger than the index returns every passage, best first. Bad queries and ``k`` raise the
+    core retriever's :class:`~comprexit_rag.errors.InvalidInputError`.
 
     >>> retriever = ComprExITRetriever.from_pipeline(pipeline, k=3)
     >>> retriever.invoke("Who wrote Hamlet?")
@@ -31,7 +36,17 @@ class ComprExITRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     retriever: DenseRetriever
-    k: int = Field(default=5, ge=1)
+    k: int = 5
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Build the retriever; a bad ``k`` raises :class:`~comprexit_rag.errors.InvalidInputError`."""
+        with typed_errors():
+            super().__init__(**kwargs)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _positive(cls, value: object) -> int:
+        return check_positive_int(value, "k")
 
     @classmethod
     def from_pipeline(cls, pipeline: RAGPipeline, *, k: int = 5, **kwargs: object) -> ComprExITRetriever:

@@ -11,13 +11,13 @@ import pytest
 import torch
 from comprexit_rag.comi import COMICompressor, COMIMerger
 from comprexit_rag.compressor import ComprExITCompressor
+from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.store import SlotStore, content_key
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import BaseDocumentTransformer, Document
 from langchain_core.load import dumpd, dumps
-from pydantic import ValidationError
 
 from langchain_comprexit import COMPRESS_EVENT, ComprExITDocumentCompressor, ComprExITRetriever
 
@@ -132,14 +132,17 @@ def test_blank_documents_pass_through(compressor):
 
 
 def test_store_of_another_head_or_ratio_is_refused(tiny_pipeline, tmp_path):
-    with pytest.raises(ValidationError, match="fingerprint"):
+    # The core's typed errors, not pydantic's ValidationError (test_lc_hardening.py has the rest).
+    with pytest.raises(InvalidInputError, match="fingerprint"):
         ComprExITDocumentCompressor(
             compressor=tiny_pipeline.compressor, store=SlotStore(tmp_path / "slots", "another-head/ratio=4")
         )
-    with pytest.raises(ValidationError, match="ratio"):
+    with pytest.raises(InvalidInputError, match="ratio"):
         ComprExITDocumentCompressor(compressor=tiny_pipeline.compressor, ratio=0)
-    with pytest.raises(ValidationError, match="COMICompressor"):
+    with pytest.raises(InvalidInputError, match="COMICompressor"):
         ComprExITDocumentCompressor(compressor=tiny_pipeline.compressor, method="comi")
+    with pytest.raises(InvalidInputError, match="Unknown method 'magic'"):
+        ComprExITDocumentCompressor(compressor=tiny_pipeline.compressor, method="magic")
 
 
 def test_comi_is_query_aware_and_never_stored(tiny_pipeline, tiny_backbone, documents):

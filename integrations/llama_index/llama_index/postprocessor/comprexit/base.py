@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from comprexit_rag.pipeline import (
     load_comi_merger_or_untrained,
     load_head_or_untrained,
 )
+from comprexit_rag.segments import check_positive_int, check_text
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.store import SlotStore, content_key
 
@@ -213,6 +214,8 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         if method not in METHODS:
             raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
         ratio = validate_ratio(compressor.config.ratio if ratio is None else ratio, compressor.config.window)
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(cache_size, "cache_size")
         store_dir = store.root if isinstance(store, SlotStore) else store
         super().__init__(
             method=method,
@@ -289,7 +292,8 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         text is the pipeline's passage text ``"title\\ntext"``: build such nodes with that text and
         pass ``metadata_mode=MetadataMode.NONE``.
         """
-        ratio = validate_ratio(kwargs.pop("ratio", None) or pipeline.ratio, pipeline.compressor.config.window)
+        ratio = kwargs.pop("ratio", None)
+        ratio = validate_ratio(pipeline.ratio if ratio is None else ratio, pipeline.compressor.config.window)
         return cls(
             pipeline.compressor,
             ratio=ratio,
@@ -355,21 +359,24 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         Slots found in :attr:`store` are reused; the others are compressed now and stored.
 
         Raises:
-            InvalidInputError: ``method="comi"`` without a query bundle (COMI compresses every
-                passage together with the question).
+            InvalidInputError: ``nodes`` is not a list of ``NodeWithScore``, a node's content is not
+                a string or not valid Unicode, or ``method="comi"`` has no query bundle (COMI
+                compresses every passage together with the question) or one too long for the backbone.
+            CheckpointError: the slot store is corrupt (see :class:`~comprexit_rag.store.SlotStore`).
         """
+        annotated = _check_nodes(nodes)
         query = self._query(query_bundle)
         method, fingerprint, store = self.method, self.fingerprint, self.store
-        annotated: list[NodeWithScore] = list(nodes)
         positions: list[int] = []
         keys: list[str] = []
         texts: dict[str, str] = {}
         for position, item in enumerate(annotated):
             node = _hide_keys(item.node)
             text = node.get_content(metadata_mode=self.metadata_mode)
-            if not text.strip():
+            if isinstance(text, str) and not text.strip():
                 logger.debug("Node %s has no text to compress; passed through without slots.", node.node_id)
                 continue
+            check_text(text, f"The content of node {position} ({node.node_id})")  # a string of valid Unicode
             key = content_key(text) if method == "comprexit" else content_key(json.dumps([query, text]))
             annotated[position] = NodeWithScore(node=node, score=item.score)
             positions.append(position)
@@ -447,6 +454,21 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
                 texts, query=query, ratio=self.ratio, batch_size=self.batch_size, show_progress=False
             )
         return self._compressor.compress(texts, ratio=self.ratio, batch_size=self.batch_size, show_progress=False)
+
+
+def _check_nodes(nodes: object) -> list[NodeWithScore]:
+    """``nodes`` as a list of ``NodeWithScore`` (what retrievers return), or InvalidInputError."""
+    if nodes is None or isinstance(nodes, str | bytes | BaseNode | NodeWithScore | Mapping):
+        raise InvalidInputError(f"Expected a list of NodeWithScore, got {type(nodes).__name__}.")
+    try:
+        checked = list(nodes)  # type: ignore[call-overload]
+    except TypeError as error:
+        raise InvalidInputError(f"Expected a list of NodeWithScore, got {type(nodes).__name__}.") from error
+    for index, item in enumerate(checked):
+        if not isinstance(item, NodeWithScore):
+            hint = " wrap it as NodeWithScore(node=node)" if isinstance(item, BaseNode) else " pass retrieved nodes"
+            raise InvalidInputError(f"Node {index} is a {type(item).__name__}, not a NodeWithScore;{hint}.")
+    return checked
 
 
 def _hide_keys(node: BaseNode) -> BaseNode:

@@ -19,6 +19,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.pipeline import AnswerStats
 from comprexit_rag.reader import Reader
+from comprexit_rag.segments import check_positive_int
 
 from .base import CompressedNodes, ComprExITNodePostprocessor
 
@@ -71,6 +72,11 @@ class ComprExITQueryEngine(CustomQueryEngine):
         **kwargs: Any,
     ) -> None:
         """Wire the parts; :func:`build_query_engine` builds them from an index in one line."""
+        check_positive_int(max_new_tokens, "max_new_tokens")
+        if not isinstance(postprocessor, ComprExITNodePostprocessor):
+            raise InvalidInputError(
+                f"postprocessor must be a ComprExITNodePostprocessor, got {type(postprocessor).__name__}."
+            )
         super().__init__(
             retriever=retriever,
             postprocessor=postprocessor,
@@ -99,7 +105,7 @@ class ComprExITQueryEngine(CustomQueryEngine):
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         """Retrieve, compress (reusing stored slots) and read: one answer with its sources."""
         started = time.perf_counter()
-        bundle = _bundle(query_str)
+        bundle = self._bundle(query_str)
         nodes = self.retriever.retrieve(bundle)
         retrieved = time.perf_counter()
         for postprocessor in self.node_postprocessors:
@@ -111,13 +117,20 @@ class ComprExITQueryEngine(CustomQueryEngine):
         """:meth:`custom_query` with the async retriever and postprocessors; compression and
         generation run in worker threads."""
         started = time.perf_counter()
-        bundle = _bundle(query_str)
+        bundle = await asyncio.to_thread(self._bundle, query_str)
         nodes = await self.retriever.aretrieve(bundle)
         retrieved = time.perf_counter()
         for postprocessor in self.node_postprocessors:
             nodes = await postprocessor.apostprocess_nodes(nodes, query_bundle=bundle)
         compressed = await self.postprocessor.acompress_nodes(nodes, bundle)
         return await asyncio.to_thread(self._answer, query_str, compressed, started, retrieved)
+
+    def _bundle(self, query_str: str) -> QueryBundle:
+        """The query as a bundle, refused before retrieval when it is empty or too long for the reader."""
+        if not isinstance(query_str, str) or not query_str.strip():
+            raise InvalidInputError(f"The question must be a non-empty string, got {query_str!r:.80}.")
+        self._reader.context_budget(query_str, self.max_new_tokens)  # InvalidInputError if it cannot fit
+        return QueryBundle(query_str)
 
     def _answer(
         self, question: str, compressed: CompressedNodes, started: float, retrieved: float
@@ -200,9 +213,3 @@ def build_query_engine(
         max_new_tokens=max_new_tokens,
         streaming=streaming,
     )
-
-
-def _bundle(query_str: str) -> QueryBundle:
-    if not isinstance(query_str, str) or not query_str.strip():
-        raise InvalidInputError(f"The question must be a non-empty string, got {query_str!r}.")
-    return QueryBundle(query_str)

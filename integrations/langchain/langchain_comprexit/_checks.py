@@ -1,0 +1,70 @@
+"""Input checks of the LangChain classes: LangChain objects in, comprexit-rag's typed errors out.
+
+Text checks are the core's (:func:`comprexit_rag.segments.check_text`); what is checked here is
+only what LangChain adds: documents that are not :class:`Document` objects, and pydantic, which
+wraps the core's errors raised while a model is built in a ``ValidationError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from comprexit_rag.errors import ComprExITError, InvalidInputError
+from comprexit_rag.segments import check_text
+from langchain_core.documents import Document
+from pydantic import ValidationError
+
+__all__ = ["check_documents", "is_blank", "typed_errors"]
+
+
+@contextmanager
+def typed_errors() -> Iterator[None]:
+    """Raise a comprexit-rag error that pydantic wrapped in a ``ValidationError`` as itself.
+
+    A ``ValidationError`` of pydantic's own (a field of the wrong type) is raised unchanged.
+    """
+    try:
+        yield
+    except ValidationError as error:
+        for detail in error.errors():
+            cause = (detail.get("ctx") or {}).get("error")
+            if isinstance(cause, ComprExITError):
+                raise cause from error
+        raise
+
+
+def check_documents(documents: object, what: str = "documents") -> list[Document]:
+    """``documents`` as a list, each a :class:`Document` whose ``page_content`` is a string of valid Unicode.
+
+    Blank documents (empty or whitespace-only content) are allowed: callers pass them through.
+
+    Raises:
+        InvalidInputError: not a list of documents, an item that is not a ``Document``, or a
+            ``page_content`` that is not a string or not valid Unicode.
+    """
+    if documents is None or isinstance(documents, str | bytes | Document | Mapping) or not _iterable(documents):
+        raise InvalidInputError(f"{what} must be a list of Documents, got {type(documents).__name__}.")
+    checked = list(documents)  # type: ignore[call-overload]
+    for index, document in enumerate(checked):
+        if not isinstance(document, Document):
+            raise InvalidInputError(
+                f"Item {index} of {what} is a {type(document).__name__}, not a Document: pass a list of Documents "
+                "(wrap a text as Document(page_content=text))."
+            )
+        if not is_blank(document):
+            check_text(document.page_content, f"The page_content of document {index}")
+    return checked
+
+
+def is_blank(document: Document) -> bool:
+    """Whether ``document`` has string content that is empty or whitespace only (nothing to compress)."""
+    return isinstance(document.page_content, str) and not document.page_content.strip()
+
+
+def _iterable(value: object) -> bool:
+    try:
+        iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return True
