@@ -13,7 +13,7 @@ from .errors import (
     StorageError,
 )
 from .head import ComprExITHead
-from .prompts import ContinuationPrompt, QAPrompt
+from .prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt
 from .reader import Reader
 from .soft_context import PassageDetails, SoftContext
 
@@ -35,6 +35,7 @@ __all__ = [
     "PassageDetails",
     "QAPrompt",
     "Reader",
+    "ReconstructionPrompt",
     "SoftContext",
     "StorageError",
 ]

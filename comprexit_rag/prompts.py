@@ -27,17 +27,26 @@ class QAPrompt:
     instruction: str = "Answer with a short phrase."
 
     def pieces(self, tokenizer: PreTrainedTokenizerBase, question: str) -> tuple[list[int], list[int]]:
-        # The template is rendered around placeholders, so every special token in it is the template's own.
         body = f"Context:\n{_MARKER}\n\nQuestion: {_QUESTION}\n{self.instruction}"
-        if tokenizer.chat_template:
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
-            )
-        else:
-            rendered = f"{tokenizer.bos_token or ''}{body}\nAnswer:"
-        before, after = rendered.split(_MARKER, 1)
+        before, after = _render_around_context(tokenizer, body, "Answer:")
         fill = {_QUESTION: question.strip()}
         return encode_prompt(tokenizer, before, fill), encode_prompt(tokenizer, after, fill)
+
+
+@dataclass(frozen=True)
+class ReconstructionPrompt:
+    """``Context: <context> <instruction>`` in the chat template; the target is the context's own text.
+
+    The autoencoding layout of pretraining: the reader must regenerate the compressed tokens from
+    the slots, inside the same chat frame as :class:`QAPrompt`, so what it learns to read carries
+    over to question answering. The ``question`` argument is ignored (there is none).
+    """
+
+    instruction: str = "Repeat the context word for word."
+
+    def pieces(self, tokenizer: PreTrainedTokenizerBase, question: str = "") -> tuple[list[int], list[int]]:
+        before, after = _render_around_context(tokenizer, f"Context:\n{_MARKER}\n\n{self.instruction}", "Text:")
+        return encode_prompt(tokenizer, before, {}), encode_prompt(tokenizer, after, {})
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,22 @@ class ContinuationPrompt:
 
     def pieces(self, tokenizer: PreTrainedTokenizerBase, question: str = "") -> tuple[list[int], list[int]]:
         return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []), []
+
+
+def _render_around_context(tokenizer: PreTrainedTokenizerBase, body: str, cue: str) -> tuple[str, str]:
+    """The user turn ``body`` rendered as the prompt, cut at the context marker.
+
+    The template is rendered around placeholders, so every special token in it is the template's
+    own. Without a chat template: ``BOS body \n cue``.
+    """
+    if tokenizer.chat_template:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        rendered = f"{tokenizer.bos_token or ''}{body}\n{cue}"
+    before, after = rendered.split(_MARKER, 1)
+    return before, after
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: str, fill: dict[str, str]) -> list[int]:
@@ -105,3 +130,7 @@ def _split(text: str, added: list[Any]) -> list[tuple[str, Any]]:
         start = match.end()
     parts.append((text[start:], None))
     return parts
+
+
+# Any layout the reader and the trainer accept: each gives the token ids before and after the context.
+Prompt = QAPrompt | ContinuationPrompt | ReconstructionPrompt

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import random
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,11 +24,11 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import load_state_dict
 from comprexit_rag.cli import main
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.prompts import QAPrompt
+from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt
 from comprexit_rag.reader import IGNORE_INDEX, Reader
 from comprexit_rag.training import trainer
 from comprexit_rag.training.examples import TrainExample
-from comprexit_rag.training.trainer import TrainConfig, answer_loss, build_encoder, train
+from comprexit_rag.training.trainer import TrainConfig, answer_loss, build_encoder, make_sampler, train
 
 # Every method/stage combination the trainer accepts.
 LEGAL = [
@@ -245,6 +246,42 @@ def test_sft_continues_from_the_pretrain_stage(tiny_backbone, data, tmp_path):
         assert torch.equal(start[name], tensor)
     train(sft, tiny_backbone)
     assert any(not torch.equal(start[name], tensor) for name, tensor in final_weights(sft).items())
+
+
+@pytest.mark.parametrize(("probability", "objective"), [(1.0, ReconstructionPrompt), (0.0, ContinuationPrompt)])
+def test_pretraining_reconstructs_or_continues_the_compressed_text(
+    tiny_backbone, data, tmp_path, probability, objective
+):
+    config = tiny_config(tmp_path, data, "comprexit", "pretrain", reconstruction_prob=probability)
+    sample = make_sampler(config, tiny_backbone)
+    for seed in range(4):
+        batch, prompt = sample(random.Random(seed))
+        assert isinstance(prompt, objective) and len(batch) == config.batch_size
+        for example in batch:
+            (context,) = example.passage_ids
+            assert len(context) in (128, 256, 384)
+            if objective is ReconstructionPrompt:  # the target is the compressed text itself, then stop
+                assert example.target_ids == [*context, tiny_backbone.tokenizer.eos_token_id]
+            else:
+                assert len(example.target_ids) == config.continuation_length
+                assert example.target_ids != context[: config.continuation_length]
+    summary = train(config, tiny_backbone)
+    records = [json.loads(line) for line in (Path(config.output_dir) / "log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 3 and {record["objective"] for record in records} == {objective.__name__}
+
+
+def test_reconstruction_prompt_asks_for_the_context_inside_the_chat_frame(default_tokenizer):
+    before, after = ReconstructionPrompt().pieces(default_tokenizer)
+    qa_before, _ = QAPrompt().pieces(default_tokenizer, "Who?")
+    assert before == qa_before  # the same frame up to the context: what the reader learns carries over to QA
+    text = default_tokenizer.decode(after)
+    assert "Repeat the context word for word." in text and text.rstrip().endswith("assistant")
+
+
+@pytest.mark.parametrize("probability", [-0.1, 1.5])
+def test_reconstruction_probability_outside_0_1_is_refused(tmp_path, probability):
+    with pytest.raises(InvalidInputError, match="reconstruction_prob"):
+        TrainConfig(method="comprexit", stage="pretrain", output_dir=str(tmp_path), reconstruction_prob=probability)
 
 
 @pytest.mark.parametrize(("method", "stage"), [("comi", "pretrain"), ("full-tuned", "pretrain"), ("nope", "sft")])

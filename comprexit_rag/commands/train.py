@@ -13,8 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a ComprExIT head (or a baseline's trainable part)",
-        description="Stage 'pretrain' compresses 512 tokens and predicts the next 128; stage 'sft' trains on "
-        "answer tokens given slots + question. The backbone stays frozen.",
+        description="Stage 'pretrain' compresses up to 512 tokens and either regenerates them or predicts the "
+        "next 128; stage 'sft' trains on answer tokens given slots + question. The backbone stays frozen.",
     )
     parser.add_argument("--stage", choices=("pretrain", "sft"), required=True)
     parser.add_argument("--method", choices=METHODS, default="comprexit")
@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds; shortens the schedule")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reconstruction-prob",
+        type=float,
+        default=0.5,
+        help="pretrain: share of steps that regenerate the compressed text instead of continuing it",
+    )
     parser.add_argument("--distractor-prob", type=float, default=0.5, help="SFT: chance of adding distractors")
     parser.add_argument("--max-distractors", type=int, default=9, help="SFT: most random passages added")
     parser.add_argument("--save-every", type=int, default=200)

@@ -77,6 +77,17 @@ class PretrainCorpus:
             examples.append(TrainExample([window[:context_length]], "", window[context_length:]))
         return examples
 
+    def sample_reconstruction(
+        self, rng: random.Random, batch_size: int, context_length: int, stop_id: int
+    ) -> list[TrainExample]:
+        """Random windows of ``context_length`` tokens to compress; the target is the window itself, then stop."""
+        examples = []
+        for _ in range(batch_size):
+            start = rng.randrange(0, len(self.tokens) - context_length)
+            window = self.tokens[start : start + context_length].tolist()
+            examples.append(TrainExample([window], "", [*window, stop_id]))
+        return examples
+
 
 @dataclass
 class QAItem:

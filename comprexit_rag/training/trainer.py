@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..backbone import Backbone
 from ..compressor import autocast_for
 from ..errors import InvalidInputError
-from ..prompts import ContinuationPrompt, QAPrompt
+from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt
 from ..reader import IGNORE_INDEX, Reader
 from .contexts import ContextEncoder
 from .data import PretrainCorpus, QATrainingSet
@@ -57,6 +57,10 @@ class TrainConfig:
     seed: int = 0
     context_length: int = 512  # pretraining: tokens compressed
     continuation_length: int = 128  # pretraining: tokens predicted
+    # Pretraining: share of steps that regenerate the compressed text itself (autoencoding) instead of
+    # predicting what follows it. Reconstruction puts a loss on every compressed token, so the slots
+    # must carry the passage's content, not only its gist.
+    reconstruction_prob: float = 0.5
     distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
     max_distractors: int = 9
     soft_prompt_tokens: int = 16
@@ -68,6 +72,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_method_and_stage(self.method, self.stage)
+        if not 0.0 <= self.reconstruction_prob <= 1.0:
+            raise InvalidInputError(f"reconstruction_prob must lie in [0, 1], got {self.reconstruction_prob}.")
 
 
 def check_method_and_stage(method: str, stage: str) -> None:
@@ -121,7 +127,9 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
     return encoder
 
 
-def answer_loss(reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt) -> torch.Tensor:
+def answer_loss(
+    reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
+) -> torch.Tensor:
     """Mean cross-entropy of the target tokens given prompt + encoded context."""
     contexts = encoder.encode(batch, ratio)
     inputs = reader.build_inputs(
@@ -146,21 +154,27 @@ def answer_loss(reader: Reader, encoder: ContextEncoder, batch: list[TrainExampl
     return F.cross_entropy(logits.float(), labels[selected])
 
 
-def make_sampler(config: TrainConfig, backbone: Backbone) -> Callable[[random.Random], list[TrainExample]]:
-    """A function from a seeded RNG to a training batch for the configured stage."""
+Sampler = Callable[[random.Random], tuple[list[TrainExample], Prompt]]
+
+
+def make_sampler(config: TrainConfig, backbone: Backbone) -> Sampler:
+    """A function from a seeded RNG to a training batch and the prompt it is read with."""
     if config.stage == "pretrain":
         corpus = PretrainCorpus.build(backbone.tokenizer, config.data_root, config.max_pretrain_tokens)
+        stop_id = backbone.tokenizer.eos_token_id
 
-        def sample_pretrain(rng: random.Random) -> list[TrainExample]:
+        def sample_pretrain(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
             context = rng.choice([128, 256, 384, config.context_length])  # short passages matter too
-            return corpus.sample(rng, config.batch_size, context, config.continuation_length)
+            if rng.random() < config.reconstruction_prob:
+                return corpus.sample_reconstruction(rng, config.batch_size, context, stop_id), ReconstructionPrompt()
+            return corpus.sample(rng, config.batch_size, context, config.continuation_length), ContinuationPrompt()
 
         return sample_pretrain
 
     qa = QATrainingSet.build(backbone.tokenizer, root=config.data_root, limit_per_family=config.limit_per_family)
 
-    def sample_qa(rng: random.Random) -> list[TrainExample]:
-        return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors)
+    def sample_qa(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
+        return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors), QAPrompt()
 
     return sample_qa
 
@@ -181,7 +195,6 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
     encoder = build_encoder(config, backbone)
     module = encoder.trainable
     reader = Reader(backbone)
-    prompt = ContinuationPrompt() if config.stage == "pretrain" else QAPrompt()
     optimizer = torch.optim.AdamW(
         [p for p in module.parameters() if p.requires_grad],
         lr=config.lr,
@@ -207,7 +220,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
         for micro in range(config.grad_accum):
             rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
             ratio = rng.choice(config.ratios)
-            batch = sample(rng)
+            batch, prompt = sample(rng)
             loss = answer_loss(reader, encoder, batch, ratio, prompt)
             (loss / config.grad_accum).backward()
             total_loss += loss.item() / config.grad_accum
@@ -238,6 +251,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
                 "step": state["step"],
                 "loss": round(total_loss, 4),
                 "ratio": ratio,
+                "objective": type(prompt).__name__,
                 "lr": lr_at(step, state["total_steps"], config),
                 "elapsed_s": round(state["elapsed_s"], 1),
             }
