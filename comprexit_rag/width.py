@@ -113,8 +113,9 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device``; a small host tensor is sent to a GPU without waiting for its queue."""
     if tensor.device == device:
         return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda":
+    if tensor.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
         # From pinned memory the copy is queued on the stream (a blocking copy would wait for it).
+        # torch.compile cannot trace pin_memory; there the plain copy is used.
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
 
