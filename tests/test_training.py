@@ -264,7 +264,6 @@ def test_pretraining_reconstructs_or_continues_the_compressed_text(
                 assert example.target_ids == [*context, tiny_backbone.tokenizer.eos_token_id]
             else:
                 assert len(example.target_ids) == config.continuation_length
-                assert example.target_ids != context[: config.continuation_length]
     summary = train(config, tiny_backbone)
     records = [json.loads(line) for line in (Path(config.output_dir) / "log.jsonl").read_text().splitlines()]
     assert summary["steps"] == 3 and {record["objective"] for record in records} == {objective.__name__}
