@@ -96,7 +96,10 @@ def log_sinkhorn(
 
     Returns:
         [batch, n, m] plans in float32. Columns match ``target_mass`` exactly (the last
-        update is a column update); rows converge to ``source_mass``.
+        update is a column update); rows approach ``source_mass`` as iterations grow. At the
+        head's settings (epsilon 0.1, 30 rounds, costs in [0, 2]) they are approximate: on random
+        problems up to 24 x 12 the worst row error was 3.7e-2 (median 5e-5); 200 rounds give 5e-4.
+        The head is trained with these settings, so the approximation is part of the model.
 
     Every batch entry must have at least one row and one column of positive mass.
     """
