@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -46,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
+from benchmark_environment import load_average, machine_environment
 from torch import nn
 
 import comprexit_rag.head as head_module
@@ -208,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    environment = machine_environment(torch.device("cpu"))
+    load_start = environment["load_average_at_start"]
     backbone = Backbone.from_pretrained(args.backbone, device="cpu", dtype=torch.float32)
     if args.head:
         head = ComprExITHead.from_pretrained(args.head, device="cpu")
@@ -261,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.no_profile:
         profile = profile_once(compressor, passages, args.batch_sizes[0], args.top)
 
-    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    load_end = environment["load_average_at_end"] = load_average()
     report = {
         "description": "ComprExITCompressor.compress on CPU in float32: passages/s and a time breakdown",
         "note": (
@@ -269,17 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "Section times are wall clock from module hooks and wrappers; 'width' excludes Sinkhorn; "
             "'other' is segmenting, batching, per-row slot extraction and SoftContext assembly."
         ),
-        "environment": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "load_average_at_start": load_start,
-            "load_average_at_end": load_end,
-        },
+        "environment": environment,
         "backbone": {
             "name": backbone.name,
             "parameters": backbone.num_parameters(),

@@ -30,10 +30,7 @@ import argparse
 import contextlib
 import json
 import logging
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -41,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
+from benchmark_environment import load_average, machine_environment
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
@@ -185,22 +182,6 @@ def add_latency_ratios(summary: dict[str, dict[str, Any]]) -> None:
         }
 
 
-def environment(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": device,
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = list(os.getloadavg())
-    return info
-
-
 def table(summary: dict[str, dict[str, Any]], k: int) -> str:
     """The summary as a markdown table."""
 
@@ -229,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    env = environment(args.device)
+    env = machine_environment(torch.device(args.device))
 
     examples = load_split("hotpotqa", "dev")[: args.limit]
     corpus = corpus_of(examples)
@@ -275,8 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "comprexit" in summary and "full" in summary:
         ratio = summary["comprexit"]["latency_vs_full"]["mean"]
         goal = {"comprexit_over_full_mean": ratio, "target": LATENCY_GOAL, "met": ratio <= LATENCY_GOAL}
-    if hasattr(os, "getloadavg"):
-        env["load_average_at_end"] = list(os.getloadavg())
+    env["load_average_at_end"] = load_average()
 
     result = {
         "description": "Open-corpus HotpotQA RAG on CPU: retrieval recall@k, EM/F1/accuracy and ask() latency",

@@ -41,8 +41,6 @@ import contextlib
 import ctypes
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import threading
@@ -53,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
+from benchmark_environment import load_average, machine_environment
 from torch import nn
 
 from comprexit_rag.backbone import Backbone
@@ -413,32 +411,6 @@ def bench_shape(
 # Report
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = list(os.getloadavg())
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        properties = torch.cuda.get_device_properties(index)
-        info.update(
-            device_name=torch.cuda.get_device_name(index),
-            device_memory_bytes=properties.total_memory,
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-        )
-    else:
-        info["device_name"] = info["processor"]
-    return info
-
-
 def _gib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**30:.2f}"
 
@@ -577,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "issue": "Compression speed and memory: close to the frozen forward pass",
         "goals": {"throughput_ratio_min": THROUGHPUT_GOAL, "extra_peak_over_hidden_states_max": MEMORY_GOAL},
-        "environment": environment(device),
+        "environment": machine_environment(device),
         "settings": {
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
@@ -609,8 +581,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "results": records,
     }
-    if hasattr(os, "getloadavg"):
-        report["environment"]["load_average_at_end"] = list(os.getloadavg())
+    report["environment"]["load_average_at_end"] = load_average()
     print(markdown(records, memory.method))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
