@@ -81,12 +81,8 @@ class PretrainCorpus:
         self, rng: random.Random, batch_size: int, context_length: int, stop_id: int
     ) -> list[TrainExample]:
         """Random windows of ``context_length`` tokens to compress; the target is the window itself, then stop."""
-        examples = []
-        for _ in range(batch_size):
-            start = rng.randrange(0, len(self.tokens) - context_length)
-            window = self.tokens[start : start + context_length].tolist()
-            examples.append(TrainExample([window], "", [*window, stop_id]))
-        return examples
+        windows = self.sample(rng, batch_size, context_length, continuation=0)
+        return [TrainExample(example.passage_ids, "", [*example.passage_ids[0], stop_id]) for example in windows]
 
 
 @dataclass
