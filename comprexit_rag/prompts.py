@@ -9,9 +9,11 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from .backbone import encode_text
+from .errors import InvalidInputError
 
 _MARKER = "<<<comprexit-context>>>"
 _QUESTION = "<<<comprexit-question>>>"
+_ANSWER = "<<<comprexit-answer>>>"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,52 @@ def _render_around_context(tokenizer: PreTrainedTokenizerBase, body: str, cue: s
         rendered = f"{tokenizer.bos_token or ''}{body}\n{cue}"
     before, after = rendered.split(_MARKER, 1)
     return before, after
+
+
+def answer_end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that closes the reader's answer: the chat template's end of turn, else EOS.
+
+    Training appends it to every target. It is read from the template (the first special token after
+    an assistant message) rather than taken from ``tokenizer.eos_token``, which conversions of the
+    same model disagree on: loading the SmolLM2 GGUF with two transformers versions gave EOS
+    ``<|im_end|>`` in one and a different token in the other.
+    """
+    if tokenizer.chat_template:
+        after = _render_turns(tokenizer).split(_ANSWER, 1)[1]
+        for piece, token in _split(after, _special_tokens(tokenizer)):
+            if token is not None:
+                return tokenizer.convert_tokens_to_ids(piece)
+    if tokenizer.eos_token_id is None:
+        raise InvalidInputError(
+            "The tokenizer has neither a chat template with an end-of-turn token nor an EOS token, so an "
+            "answer cannot end; set tokenizer.eos_token."
+        )
+    return tokenizer.eos_token_id
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] | None = None) -> frozenset[int]:
+    """Tokens at which generation stops: the answer end, EOS, ``generation_eos`` and every special
+    token of the chat template's turn layout (a reader that opens a new turn has finished its answer)."""
+    extra = generation_eos if isinstance(generation_eos, list) else [generation_eos]
+    ids = {answer_end_token_id(tokenizer), tokenizer.eos_token_id, *extra} - {None}
+    if tokenizer.chat_template:
+        ids.update(
+            tokenizer.convert_tokens_to_ids(piece)
+            for piece, token in _split(_render_turns(tokenizer), _special_tokens(tokenizer))
+            if token is not None
+        )
+    return frozenset(ids)
+
+
+def _render_turns(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A user turn and an assistant turn (whose content is the answer marker) in the chat template."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": _QUESTION}, {"role": "assistant", "content": _ANSWER}], tokenize=False
+    )
+
+
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[Any]:
+    return [token for token in tokenizer.added_tokens_decoder.values() if token.special]
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: str, fill: dict[str, str]) -> list[int]:

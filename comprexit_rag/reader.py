@@ -10,7 +10,7 @@ import torch
 
 from .backbone import Backbone
 from .errors import InvalidInputError
-from .prompts import QAPrompt
+from .prompts import QAPrompt, stop_token_ids
 from .segments import check_positive_int, check_text
 from .soft_context import SoftContext
 
@@ -56,9 +56,7 @@ class Reader:
         self.backbone = backbone
         self.prompt = prompt or QAPrompt()
         self.max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
-        generation_eos = backbone.model.generation_config.eos_token_id
-        eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
-        self.stop_token_ids = {i for i in [*eos, backbone.tokenizer.eos_token_id] if i is not None}
+        self.stop_token_ids = stop_token_ids(backbone.tokenizer, backbone.model.generation_config.eos_token_id)
 
     def context_embeddings(self, context: Context) -> torch.Tensor:
         """The context as input embeddings [n, H] in the model's dtype."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -18,6 +19,7 @@ from comprexit_rag import (
     Reader,
     SoftContext,
 )
+from comprexit_rag.prompts import answer_end_token_id, stop_token_ids
 from comprexit_rag.sinkhorn import log_sinkhorn
 from comprexit_rag.width import WidthTransmission, split_windows
 
@@ -184,6 +186,33 @@ def test_reader_batches_and_streams_on_tiny_model(tiny_backbone, tiny_compressor
     bad = SoftContext.from_passages([torch.full((3, tiny_backbone.hidden_size), float("nan"))], [10])
     with pytest.raises(InvalidInputError, match="NaN"):
         reader.generate("Who?", bad)
+
+
+def test_answers_end_at_the_templates_end_of_turn_whatever_eos_says(default_tokenizer):
+    im_start, im_end = default_tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert answer_end_token_id(default_tokenizer) == im_end
+    # Conversions of the same GGUF disagree on EOS; the answer end and the stop set must not.
+    renamed = copy.deepcopy(default_tokenizer)
+    renamed.eos_token = "<|im_start|>"
+    assert answer_end_token_id(renamed) == im_end
+    assert {im_start, im_end} <= stop_token_ids(renamed) == stop_token_ids(default_tokenizer)
+    plain = copy.deepcopy(default_tokenizer)
+    plain.chat_template = None
+    assert answer_end_token_id(plain) == plain.eos_token_id
+
+
+def test_decoded_answer_ends_at_a_new_turn(tiny_backbone):
+    reader = Reader(tiny_backbone)
+    tokens = tiny_backbone.tokenizer(" New York City", add_special_tokens=False)["input_ids"]
+    turn = tiny_backbone.tokenizer.convert_tokens_to_ids(["<|im_start|>", "user"])
+    assert reader._decode([*tokens, *turn, *tokens]) == "New York City"
+
+
+@pytest.mark.slow
+def test_shipped_head_answer_stops_after_the_answer(real_backbone):
+    compressor = ComprExITCompressor.from_pretrained(backbone=real_backbone)
+    answer = Reader(real_backbone).generate("Who is the Eiffel Tower named after?", compressor.compress([PASSAGE]))
+    assert answer and "\n" not in answer and "user" not in answer
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import load_state_dict
 from comprexit_rag.cli import main
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt
+from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reader import IGNORE_INDEX, Reader
 from comprexit_rag.training import trainer
 from comprexit_rag.training.examples import TrainExample
@@ -261,7 +261,7 @@ def test_pretraining_reconstructs_or_continues_the_compressed_text(
             (context,) = example.passage_ids
             assert len(context) in (128, 256, 384)
             if objective is ReconstructionPrompt:  # the target is the compressed text itself, then stop
-                assert example.target_ids == [*context, tiny_backbone.tokenizer.eos_token_id]
+                assert example.target_ids == [*context, answer_end_token_id(tiny_backbone.tokenizer)]
             else:
                 assert len(example.target_ids) == config.continuation_length
     summary = train(config, tiny_backbone)

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from ..backbone import encode_text
 from ..data import Passage, QAExample
 from ..data.splits import load_split, pretraining_passages
+from ..prompts import answer_end_token_id
 from .examples import TrainExample
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class QATrainingSet:
         root: str | None = None,
         limit_per_family: int | None = None,
     ) -> QATrainingSet:
-        stop = tokenizer.eos_token_id
+        stop = answer_end_token_id(tokenizer)
         items: dict[str, list[QAItem]] = {}
         pool: list[list[int]] = []
         for family in families:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..backbone import Backbone
 from ..compressor import autocast_for
 from ..errors import InvalidInputError
-from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt
+from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reader import IGNORE_INDEX, Reader
 from .contexts import ContextEncoder
 from .data import PretrainCorpus, QATrainingSet
@@ -161,7 +161,7 @@ def make_sampler(config: TrainConfig, backbone: Backbone) -> Sampler:
     """A function from a seeded RNG to a training batch and the prompt it is read with."""
     if config.stage == "pretrain":
         corpus = PretrainCorpus.build(backbone.tokenizer, config.data_root, config.max_pretrain_tokens)
-        stop_id = backbone.tokenizer.eos_token_id
+        stop_id = answer_end_token_id(backbone.tokenizer)
 
         def sample_pretrain(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
             context = rng.choice([128, 256, 384, config.context_length])  # short passages matter too
