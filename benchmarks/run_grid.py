@@ -34,6 +34,8 @@ GRID = [
     *[("truncate", "truncate", r, None) for r in (4, 8, 16)],
     *[(f"comprexit-r{r}", "comprexit", r, f"comprexit-r{r}/final") for r in (4, 8, 16)],
     *[("comi", "comi", r, "comi/final") for r in (4, 8, 16, 32)],
+    # Transport window size: the shipped head continued for the same steps with W = 64, 128, 256.
+    *[(f"comprexit-w{w}", "comprexit", r, f"comprexit-w{w}/final") for w in (64, 128, 256) for r in (4, 8, 16)],
 ]
 
 

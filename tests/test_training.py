@@ -24,6 +24,7 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import load_state_dict
 from comprexit_rag.cli import main
 from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.head import ComprExITHead
 from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reader import IGNORE_INDEX, Reader
 from comprexit_rag.training import trainer
@@ -528,3 +529,20 @@ def test_one_sft_step_on_the_real_backbone_moves_the_head(real_backbone, data, t
     after = final_weights(config)
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed == list(before), f"unchanged: {sorted(set(before) - set(changed))}"
+
+
+def test_window_override_trains_and_saves_a_head_with_that_window(tiny_backbone, data, tmp_path):
+    first = train(tiny_config(tmp_path / "w128", data, max_steps=1), tiny_backbone)
+    assert first["config"]["window"] is None
+    config = tiny_config(tmp_path / "w64", data, window=64, init_from=str(tmp_path / "w128" / "final"))
+    train(config, tiny_backbone)
+    head = ComprExITHead.from_pretrained(tmp_path / "w64" / "final")
+    assert head.config.window == 64
+    assert ComprExITHead.from_pretrained(tmp_path / "w128" / "final").config.window == 128
+
+
+@pytest.mark.parametrize(("method", "window"), [("comprexit", 100), ("mean-pool", 64)])
+def test_invalid_window_is_refused(tiny_backbone, data, tmp_path, method, window):
+    with pytest.raises(InvalidInputError, match=r"window|segment_length"):
+        config = tiny_config(tmp_path, data, method, window=window)
+        build_encoder(config, tiny_backbone)

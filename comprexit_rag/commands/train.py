@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0.5,
         help="pretrain: share of steps that regenerate the compressed text instead of continuing it",
     )
+    parser.add_argument(
+        "--window", type=int, help="comprexit: tokens per transport window (default: the head's own, 128 when fresh)"
+    )
     parser.add_argument("--distractor-prob", type=float, default=0.5, help="SFT: chance of adding distractors")
     parser.add_argument("--max-distractors", type=int, default=9, help="SFT: most random passages added")
     parser.add_argument("--save-every", type=int, default=200)

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +61,9 @@ class TrainConfig:
     # predicting what follows it. Reconstruction puts a loss on every compressed token, so the slots
     # must carry the passage's content, not only its gist.
     reconstruction_prob: float = 0.5
+    # ComprExIT: tokens per transport window (the head's parameters do not depend on it, so a trained
+    # head can continue with another window). None keeps the loaded head's window, 128 for a fresh one.
+    window: int | None = None
     distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
     max_distractors: int = 9
     soft_prompt_tokens: int = 16
@@ -72,6 +75,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_method_and_stage(self.method, self.stage)
+        if self.window is not None and self.method != "comprexit":
+            raise InvalidInputError(f"window applies to the comprexit head, not to {self.method}.")
         if not 0.0 <= self.reconstruction_prob <= 1.0:
             raise InvalidInputError(f"reconstruction_prob must lie in [0, 1], got {self.reconstruction_prob}.")
 
@@ -100,6 +105,8 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
             head = ComprExITHead.from_pretrained(config.init_from)
         else:
             head = ComprExITHead.for_backbone(backbone, ratio=config.ratios[0])
+        if config.window is not None:
+            head.config = replace(head.config, window=config.window)  # validated by the config
         head.config.trained_ratios = sorted(config.ratios)
         module, encoder = head, SlotHeadEncoder(backbone, head, "comprexit")
     elif config.method == "mean-pool":
