@@ -80,8 +80,8 @@ def answer_end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
     Training appends it to every target. It is read from the template (the first special token after
     an assistant message) rather than taken from ``tokenizer.eos_token``, which conversions of the
-    same model disagree on: loading the SmolLM2 GGUF with two transformers versions gave EOS
-    ``<|im_end|>`` in one and a different token in the other.
+    same model disagree on: the SmolLM2 GGUF loads with EOS ``<|im_end|>`` under transformers 5.24
+    and ``<|im_start|>`` under 5.17.
     """
     if tokenizer.chat_template:
         after = _render_turns(tokenizer).split(_ANSWER, 1)[1]

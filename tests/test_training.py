@@ -451,8 +451,10 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: Callable[[int]
         (20.5, lambda step: 1.0, 21, [1000, 21]),
         # Slower after the refit: the budget is a hard limit all the same.
         (30.0, lambda step: 1.0 if step <= 20 else 3.0, 24, [1000, 30, 24]),
-        # Slower from step 21: the refit at step 100 shortens the schedule again.
-        (300.0, lambda step: 1.0 if step <= 20 else 2.0, 160, [1000, 300, 166, 160]),
+        # Slower from step 21: the refit at step 100 shortens the schedule again, at the new pace.
+        (300.0, lambda step: 1.0 if step <= 20 else 2.0, 160, [1000, 300, 160]),
+        # Faster from step 21 (another run on the GPU finished): the refit at step 100 lengthens it.
+        (300.0, lambda step: 3.0 if step <= 20 else 1.0, 260, [1000, 100, 260]),
     ],
 )
 def test_time_budget_refits_the_schedule_and_stops(

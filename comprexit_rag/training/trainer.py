@@ -210,10 +210,18 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
     )
 
     sample = make_sampler(config, backbone)
-    state = {"step": 0, "total_steps": config.max_steps, "elapsed_s": 0.0, "examples": 0, "target_tokens": 0}
+    state = {
+        "step": 0,
+        "total_steps": config.max_steps,
+        "elapsed_s": 0.0,
+        "examples": 0,
+        "target_tokens": 0,
+        "refit_step": 0,
+        "refit_elapsed_s": 0.0,
+    }
     checkpoint = output / "checkpoint"
     if (checkpoint / "state.json").is_file():
-        state = resume(checkpoint, module, optimizer)
+        state |= resume(checkpoint, module, optimizer)
         logger.info("Resuming %s at step %d", output, state["step"])
 
     log_path = output / "log.jsonl"
@@ -244,11 +252,14 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
         state["step"] = step + 1
         state["elapsed_s"] = time.perf_counter() - started
         if config.time_budget_s and state["step"] in REFIT_STEPS:
-            # Fit the schedule into the time budget once the step time is known; refit later
-            # because the first steps (allocator, kernel selection) are slower than the rest.
-            seconds_per_step = state["elapsed_s"] / state["step"]
+            # Fit the schedule into the time budget at the step time since the last refit: the first
+            # steps (allocator, kernel selection) and steps that shared the GPU with runs since
+            # finished are slower than the ones to come.
+            steps_since = state["step"] - state["refit_step"]
+            seconds_per_step = (state["elapsed_s"] - state["refit_elapsed_s"]) / steps_since
             affordable = state["step"] + int((config.time_budget_s - state["elapsed_s"]) / seconds_per_step)
             state["total_steps"] = max(state["step"] + 1, min(config.max_steps, affordable))
+            state["refit_step"], state["refit_elapsed_s"] = state["step"], state["elapsed_s"]
             progress.total = state["total_steps"]
         if config.time_budget_s and state["elapsed_s"] >= config.time_budget_s:
             state["total_steps"] = state["step"]  # the budget is a hard limit, even if steps got slower
