@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class ReaderBatch:
     position_ids: torch.Tensor  # [B, T]
     labels: torch.Tensor | None = None  # [B, T], IGNORE_INDEX outside the targets
     context_lengths: list[int] | None = None  # context vectors per example (slots or text tokens)
+    prompt_prefix: list[int] | None = None  # token ids every row starts with (the prompt before the context)
 
 
 class Reader:
@@ -57,6 +59,8 @@ class Reader:
         self.prompt = prompt or QAPrompt()
         self.max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
         self.stop_token_ids = stop_token_ids(backbone.tokenizer, backbone.model.generation_config.eos_token_id)
+        # KV cache of the prompt before the context (system prompt, "Context:"), the same for every question.
+        self._prefix_cache: tuple[tuple, object] | None = None
 
     def context_embeddings(self, context: Context) -> torch.Tensor:
         """The context as input embeddings [n, H] in the model's dtype."""
@@ -109,9 +113,10 @@ class Reader:
         prompt = prompt or self.prompt
         embed = self.backbone.embed
         device = self.backbone.device
-        rows, label_rows, context_lengths = [], [], []
+        rows, label_rows, context_lengths, prefixes = [], [], [], set()
         for index, (question, context) in enumerate(zip(questions, contexts, strict=True)):
             before, after = prompt.pieces(self.backbone.tokenizer, question)
+            prefixes.add(tuple(before))
             target = list(targets[index]) if targets is not None else []
             context_embeds = self.context_embeddings(context)
             context_lengths.append(context_embeds.shape[0])
@@ -134,7 +139,8 @@ class Reader:
             mask[row, span] = 1
             labels[row, span] = row_labels
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        return ReaderBatch(inputs, mask, positions, labels if targets is not None else None, context_lengths)
+        prefix = list(prefixes.pop()) if len(prefixes) == 1 else None
+        return ReaderBatch(inputs, mask, positions, labels if targets is not None else None, context_lengths, prefix)
 
     def generate(
         self,
@@ -236,9 +242,7 @@ class Reader:
         lock = self.backbone.lock
         mask, positions = batch.attention_mask, batch.position_ids
         with lock:
-            output = model(
-                inputs_embeds=batch.inputs_embeds, attention_mask=mask, position_ids=positions, use_cache=True
-            )
+            output = self._prefill(batch)
         finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
         stop = torch.tensor(sorted(self.stop_token_ids), device=mask.device)
         for _ in range(max_new_tokens):
@@ -258,6 +262,35 @@ class Reader:
                     past_key_values=output.past_key_values,
                     use_cache=True,
                 )
+
+    def _prefill(self, batch: ReaderBatch):
+        """The first forward pass over the whole prompt.
+
+        An unpadded row (one question at a time, as a RAG pipeline asks) starts from a copy of the
+        cached KV of the prompt prefix, so only the context, the question and the cue are computed:
+        on a CPU that saves the prefix's share of the prefill (about 27 of 140 positions for 84 slots).
+        """
+        model = self.backbone.model
+        prefix = batch.prompt_prefix
+        if not prefix or batch.inputs_embeds.shape[0] != 1 or not bool(batch.attention_mask.all()):
+            return model(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=True,
+            )
+        key = (tuple(prefix), str(self.backbone.device), self.backbone.dtype)
+        if self._prefix_cache is None or self._prefix_cache[0] != key:
+            ids = torch.tensor([prefix], device=self.backbone.device)
+            self._prefix_cache = (key, model(input_ids=ids, use_cache=True).past_key_values)
+        start = len(prefix)
+        return model(
+            inputs_embeds=batch.inputs_embeds[:, start:],
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids[:, start:],
+            past_key_values=copy.deepcopy(self._prefix_cache[1]),  # decoding appends to it
+            use_cache=True,
+        )
 
     def _decode(self, token_ids: list[int]) -> str:
         kept = []

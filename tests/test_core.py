@@ -208,6 +208,31 @@ def test_decoded_answer_ends_at_a_new_turn(tiny_backbone):
     assert reader._decode([*tokens, *turn, *tokens]) == "New York City"
 
 
+def test_prompt_prefix_cache_changes_no_logits_and_is_never_mutated(tiny_backbone, tiny_compressor):
+    reader = Reader(tiny_backbone)
+    for context in (tiny_compressor.compress([PASSAGE]), PASSAGE, None):
+        batch = reader.build_inputs(["Who built it?"], [context])
+        with torch.no_grad():
+            cached = reader._prefill(batch).logits
+            full = reader._prefill(dataclasses.replace(batch, prompt_prefix=None)).logits
+        assert len(batch.prompt_prefix) > 0
+        torch.testing.assert_close(cached[:, -1], full[:, -1], atol=1e-5, rtol=1e-4)
+        _, kv = reader._prefix_cache
+        assert kv.get_seq_length() == len(batch.prompt_prefix)  # decoding extended a copy, not the cache
+    assert reader.generate("Who built it?", PASSAGE) == reader.generate(["Who built it?", "Why?"], [PASSAGE] * 2)[0]
+
+
+@pytest.mark.slow
+def test_prompt_prefix_cache_gives_the_same_answers_on_smollm2(real_backbone):
+    reader = Reader(real_backbone)
+    soft = ComprExITCompressor.from_pretrained(backbone=real_backbone).compress([PASSAGE])
+    for question in ("Who is the Eiffel Tower named after?", "When was the tower built?"):
+        for context in (soft, PASSAGE):
+            batch = reader.build_inputs([question], [context])
+            uncached = dataclasses.replace(batch, prompt_prefix=None)
+            assert [int(t) for t in reader._greedy(batch, 20)] == [int(t) for t in reader._greedy(uncached, 20)]
+
+
 @pytest.mark.slow
 def test_shipped_head_answer_stops_after_the_answer(real_backbone):
     compressor = ComprExITCompressor.from_pretrained(backbone=real_backbone)
