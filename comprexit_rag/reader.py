@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import Cache
 
 from .backbone import Backbone
 from .errors import InvalidInputError
@@ -60,7 +61,7 @@ class Reader:
         self.max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
         self.stop_token_ids = stop_token_ids(backbone.tokenizer, backbone.model.generation_config.eos_token_id)
         # KV cache of the prompt before the context (system prompt, "Context:"), the same for every question.
-        self._prefix_cache: tuple[tuple, object] | None = None
+        self._prefix_cache: tuple[tuple, Cache] | None = None
 
     def context_embeddings(self, context: Context) -> torch.Tensor:
         """The context as input embeddings [n, H] in the model's dtype."""
