@@ -30,13 +30,12 @@ from pathlib import Path
 import torch
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.compressor import autocast_for
 from comprexit_rag.head import ComprExITHead
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
-from comprexit_rag.reader import IGNORE_INDEX, Reader
+from comprexit_rag.reader import Reader
 from comprexit_rag.training.data import PretrainCorpus
 from comprexit_rag.training.encoders import SlotHeadEncoder
-from comprexit_rag.training.trainer import answer_loss
+from comprexit_rag.training.trainer import answer_loss, target_logits
 
 
 class StandardisedBackbone(Backbone):
@@ -100,17 +99,10 @@ def main() -> None:
                 inputs = reader.build_inputs(
                     [""] * len(batch), contexts, [e.target_ids for e in batch], prompt=prompt, padding_side="right"
                 )
-                with autocast_for(backbone):
-                    logits = backbone.model(
-                        inputs_embeds=inputs.inputs_embeds,
-                        attention_mask=inputs.attention_mask,
-                        position_ids=inputs.position_ids,
-                    ).logits[:, :-1]
-                labels = inputs.labels[:, 1:]
-                selected = labels != IGNORE_INDEX
-                losses.append(torch.nn.functional.cross_entropy(logits[selected].float(), labels[selected]).item())
-                correct += int((logits[selected].argmax(-1) == labels[selected]).sum())
-                total += int(selected.sum())
+                logits, labels = target_logits(reader, inputs)
+                losses.append(torch.nn.functional.cross_entropy(logits.float(), labels).item())
+                correct += int((logits.argmax(-1) == labels).sum())
+                total += labels.numel()
         return {"held_out_loss": round(sum(losses) / len(losses), 4), "token_accuracy": round(correct / total, 4)}
 
     curve, started = [{"step": 0, **evaluate()}], time.perf_counter()

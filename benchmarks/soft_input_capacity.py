@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
-from comprexit_rag.reader import IGNORE_INDEX, Reader
+from comprexit_rag.reader import Reader
 from comprexit_rag.training.data import PretrainCorpus
+from comprexit_rag.training.trainer import target_logits
 
 
 def segment_mean_init(backbone: Backbone, passages: list[list[int]], slots: int) -> torch.Tensor:
@@ -45,18 +46,8 @@ def reconstruction(reader: Reader, vectors: torch.Tensor, targets: list[list[int
     inputs = reader.build_inputs(
         [""] * len(targets), list(vectors), targets, prompt=ReconstructionPrompt(), padding_side="right"
     )
-    model = reader.backbone.model
-    hidden = model.base_model(
-        inputs_embeds=inputs.inputs_embeds,
-        attention_mask=inputs.attention_mask,
-        position_ids=inputs.position_ids,
-        use_cache=False,
-    ).last_hidden_state
-    labels = inputs.labels[:, 1:]
-    selected = labels != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[:, :-1][selected])
-    accuracy = (logits.argmax(-1) == labels[selected]).float().mean().item()
-    return F.cross_entropy(logits, labels[selected]), accuracy
+    logits, labels = target_logits(reader, inputs)
+    return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).float().mean().item()
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from ..backbone import Backbone
 from ..compressor import autocast_for
 from ..errors import InvalidInputError
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
-from ..reader import IGNORE_INDEX, Reader
+from ..reader import IGNORE_INDEX, Reader, ReaderBatch
 from .contexts import ContextEncoder
 from .data import PretrainCorpus, QATrainingSet
 from .examples import TrainExample
@@ -146,6 +146,12 @@ def answer_loss(
         prompt=prompt,
         padding_side="right",
     )
+    logits, labels = target_logits(reader, inputs)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, V] at the N positions that predict a target token, and those tokens [N] (teacher forcing)."""
     model = reader.backbone.model
     with autocast_for(reader.backbone):
         hidden = model.base_model(
@@ -157,8 +163,7 @@ def answer_loss(
     # Only positions that predict a target token go through the (large-vocabulary) LM head.
     labels = inputs.labels[:, 1:]
     selected = labels != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[:, :-1][selected])
-    return F.cross_entropy(logits.float(), labels[selected])
+    return model.get_output_embeddings()(hidden[:, :-1][selected]), labels[selected]
 
 
 Sampler = Callable[[random.Random], tuple[list[TrainExample], Prompt]]
