@@ -158,8 +158,11 @@ def test_client_posts_prompt_embeds_to_completions(tiny_backbone, soft):
     [(url, body, headers, timeout)] = transport.calls
     assert url == "http://gpu-host:8000/v1/completions" and timeout == 5
     assert headers["Content-Type"] == "application/json" and "Authorization" not in headers
-    assert body.keys() == {"model", "prompt_embeds", "max_tokens", "temperature"}  # no "prompt"
+    assert body.keys() == {"model", "prompt_embeds", "max_tokens", "temperature", "stop_token_ids"}  # no "prompt"
     assert body["model"] == "tiny-llama" and body["max_tokens"] == 8 and body["temperature"] == 0
+    # The reader's stop tokens, whatever the server takes for EOS: the turn tokens of the chat template.
+    im_start, im_end = tiny_backbone.tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert {im_start, im_end} <= set(body["stop_token_ids"]) == Reader(tiny_backbone).stop_token_ids
     sent = server_decode(body["prompt_embeds"])
     assert sent.dtype == torch.bfloat16
     assert torch.equal(sent, prompt_embeds(tiny_backbone, QUESTION, soft, dtype=torch.bfloat16))

@@ -29,7 +29,7 @@ import torch
 
 from ..backbone import Backbone
 from ..errors import InvalidInputError
-from ..prompts import QAPrompt
+from ..prompts import QAPrompt, stop_token_ids
 from ..reader import Reader
 from ..soft_context import SoftContext
 
@@ -214,9 +214,14 @@ class VLLMSlotClient:
         dtype: torch.dtype | None = None,
         max_tokens: int = 32,
     ) -> str:
-        """Answer ``question`` from ``slots``: :func:`prompt_embeds` then :meth:`complete`."""
+        """Answer ``question`` from ``slots``: :func:`prompt_embeds` then :meth:`complete`.
+
+        The request names the reader's stop tokens (``stop_token_ids``, a vLLM sampling parameter):
+        the server's own EOS may not be the token the head ends its answers with.
+        """
         embeds = prompt_embeds(backbone, question, slots, prompt=prompt, dtype=dtype)
-        return self.complete(embeds, max_tokens=max_tokens).strip()
+        stops = sorted(stop_token_ids(backbone.tokenizer, backbone.model.generation_config.eos_token_id))
+        return self.complete(embeds, max_tokens=max_tokens, stop_token_ids=stops).strip()
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
