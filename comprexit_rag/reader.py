@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .backbone import Backbone
 from .errors import InvalidInputError
@@ -264,7 +265,7 @@ class Reader:
                     use_cache=True,
                 )
 
-    def _prefill(self, batch: ReaderBatch):
+    def _prefill(self, batch: ReaderBatch) -> CausalLMOutputWithPast:
         """The first forward pass over the whole prompt.
 
         An unpadded row (one question at a time, as a RAG pipeline asks) starts from a copy of the
@@ -283,7 +284,8 @@ class Reader:
         key = (tuple(prefix), str(self.backbone.device), self.backbone.dtype)
         if self._prefix_cache is None or self._prefix_cache[0] != key:
             ids = torch.tensor([prefix], device=self.backbone.device)
-            self._prefix_cache = (key, model(input_ids=ids, use_cache=True).past_key_values)
+            # The base model only: the prefix's logits are never read.
+            self._prefix_cache = (key, model.base_model(input_ids=ids, use_cache=True).past_key_values)
         start = len(prefix)
         return model(
             inputs_embeds=batch.inputs_embeds[:, start:],

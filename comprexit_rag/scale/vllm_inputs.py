@@ -29,7 +29,7 @@ import torch
 
 from ..backbone import Backbone
 from ..errors import InvalidInputError
-from ..prompts import QAPrompt, stop_token_ids
+from ..prompts import QAPrompt
 from ..reader import Reader
 from ..soft_context import SoftContext
 
@@ -220,7 +220,7 @@ class VLLMSlotClient:
         the server's own EOS may not be the token the head ends its answers with.
         """
         embeds = prompt_embeds(backbone, question, slots, prompt=prompt, dtype=dtype)
-        stops = sorted(stop_token_ids(backbone.tokenizer, backbone.model.generation_config.eos_token_id))
+        stops = sorted(Reader(backbone, prompt).stop_token_ids)
         return self.complete(embeds, max_tokens=max_tokens, stop_token_ids=stops).strip()
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
