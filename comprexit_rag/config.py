@@ -15,6 +15,14 @@ class ComprExITConfig(CheckpointConfig):
     ``hidden_size`` and ``num_hidden_states`` (L + 1) come from the backbone; the rest
     are the reference defaults. ``ratio`` is the default compression ratio; a head can
     compress at any ratio, and ``trained_ratios`` records which ones it was trained for.
+
+    Two departures from the reference, both off by default (BENCHMARKS.md measures them):
+    ``standardize_layers`` standardises each layer's states per dimension with statistics
+    calibrated on text (:meth:`ComprExITHead.calibrate`) before the depth-wise attention, and
+    ``locality_weight`` adds ``weight * min(distance, LOCALITY_CAP)`` to the transport cost, the
+    distance between a token and a slot measured in segments of the window. ``gate_radius`` R > 0
+    gates what a slot receives from a token with a learned vector per token offset from the slot's
+    centre (-R..R, clipped), all ones at initialisation.
     """
 
     hidden_size: int
@@ -30,6 +38,9 @@ class ComprExITConfig(CheckpointConfig):
     sinkhorn_epsilon: float = 0.1
     sinkhorn_iterations: int = 30
     trained_ratios: list[int] = field(default_factory=lambda: [4])
+    standardize_layers: bool = False
+    locality_weight: float = 0.0
+    gate_radius: int = 0
 
     def __post_init__(self) -> None:
         validate_ratio(self.ratio, self.window)
@@ -37,6 +48,10 @@ class ComprExITConfig(CheckpointConfig):
             raise InvalidInputError(
                 f"segment_length ({self.segment_length}) must be a multiple of window ({self.window})."
             )
+        if not self.locality_weight >= 0:
+            raise InvalidInputError(f"locality_weight must be >= 0, got {self.locality_weight}.")
+        if isinstance(self.gate_radius, bool) or not isinstance(self.gate_radius, int) or self.gate_radius < 0:
+            raise InvalidInputError(f"gate_radius must be an integer >= 0, got {self.gate_radius!r}.")
 
     def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
         """Number of slots produced for a passage of ``num_tokens`` tokens."""

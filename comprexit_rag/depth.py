@@ -31,6 +31,11 @@ class DepthTransmission(nn.Module):
     chunk is stacked at a time: the extra memory is bounded by ``chunk_tokens * (L+1) * H``
     elements and by an eighth of the hidden states (a quarter where bfloat16 states are summed in
     float32). ``forward_direct`` is the reference form.
+
+    With ``standardize``, each layer's states are first mapped to ``(h_l - shift_l) * scale_l`` per
+    dimension (buffers, set by :meth:`calibrate`; identity until then). The raw states of a
+    decoder differ in scale by two orders of magnitude across layers and share a few outlier
+    dimensions, which saturates the attention over layers from the first step.
     """
 
     def __init__(
@@ -40,6 +45,7 @@ class DepthTransmission(nn.Module):
         key_dim: int,
         temperature: float,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         self.layer_logits = nn.Parameter(torch.zeros(num_hidden_states))
@@ -49,6 +55,24 @@ class DepthTransmission(nn.Module):
         self.value = nn.Linear(hidden_size, hidden_size)
         self.scale = 1.0 / (math.sqrt(key_dim) * temperature)
         self.chunk_tokens = chunk_tokens  # not a parameter: changes memory and speed, not results
+        self.standardize = standardize
+        if standardize:  # saved with the weights: a head is only valid with the statistics it was trained on
+            self.register_buffer("layer_shift", torch.zeros(num_hidden_states, hidden_size))
+            self.register_buffer("layer_scale", torch.ones(num_hidden_states, hidden_size))
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise layer l, dimension d as ``(h - mean[l, d]) / std[l, d]`` from now on ([L+1, H] each)."""
+        if not self.standardize:
+            raise ValueError("set_statistics() needs a DepthTransmission built with standardize=True.")
+        self.layer_shift.copy_(mean)
+        self.layer_scale.copy_(1.0 / std.clamp(min=1e-4))
+
+    def _prepare(self, state: torch.Tensor, layer: int, dtype: torch.dtype) -> torch.Tensor:
+        """One layer's states in the compute dtype, standardised (in float32) when configured."""
+        if not self.standardize:
+            return state.to(dtype)
+        return ((state.float() - self.layer_shift[layer]) * self.layer_scale[layer]).to(dtype)
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return anchors [B, T, H] and layer weights beta [B, T, L+1] (float32)."""
@@ -73,7 +97,9 @@ class DepthTransmission(nn.Module):
             buffer = flat[0].new_empty((min(step, total), len(flat), hidden), dtype=compute_dtype)
         anchors, weights = [], []
         for start in range(0, max(total, 1), step):  # one (empty) chunk when there are no tokens
-            pieces = [state[start : start + step].to(compute_dtype) for state in flat]
+            pieces = [
+                self._prepare(state[start : start + step], layer, compute_dtype) for layer, state in enumerate(flat)
+            ]
             count = pieces[0].shape[0]
             stack = torch.stack(pieces, dim=1, out=None if buffer is None else buffer[:count])  # [n, L+1, H]
             with torch.autocast(device_type=device_type, enabled=False):
@@ -94,7 +120,9 @@ class DepthTransmission(nn.Module):
 
     def forward_direct(self, hidden_states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference form with per-layer keys and values (memory-hungry; used to test ``forward``)."""
-        states = torch.stack(list(hidden_states), dim=2).float()  # [B, T, L+1, H]
+        states = torch.stack(
+            [self._prepare(state, layer, torch.float32) for layer, state in enumerate(hidden_states)], dim=2
+        )  # [B, T, L+1, H]
         mixture = torch.softmax(self.layer_logits, dim=0)
         query = self.query((states * mixture[:, None]).sum(dim=2))
         keys = self.key(states) + self.layer_embedding

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,11 +10,15 @@ from pathlib import Path
 import torch
 
 from .backbone import Backbone, BackboneFingerprint
-from .checkpoint import CheckpointedModule
+from .checkpoint import CheckpointedModule, check_fingerprint
 from .config import ComprExITConfig, validate_ratio
 from .depth import DepthTransmission
+from .errors import InvalidInputError
 from .projector import SlotProjector
+from .segments import iter_batches, split_into_segments
 from .width import WidthTransmission, join_windows, split_windows
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "comprexit-head"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -52,7 +57,11 @@ class ComprExITHead(CheckpointedModule):
         self.config = config
         self.fingerprint = fingerprint
         self.depth = DepthTransmission(
-            config.hidden_size, config.num_hidden_states, config.key_dim, config.depth_temperature
+            config.hidden_size,
+            config.num_hidden_states,
+            config.key_dim,
+            config.depth_temperature,
+            standardize=config.standardize_layers,
         )
         self.width = WidthTransmission(
             config.hidden_size,
@@ -61,6 +70,8 @@ class ComprExITHead(CheckpointedModule):
             config.uniform_mix,
             config.sinkhorn_epsilon,
             config.sinkhorn_iterations,
+            config.locality_weight,
+            config.gate_radius,
         )
         self.projector = SlotProjector(config.hidden_size)
 
@@ -71,6 +82,33 @@ class ComprExITHead(CheckpointedModule):
             hidden_size=backbone.hidden_size, num_hidden_states=backbone.num_hidden_states, **config_overrides
         )
         return cls(config, backbone.fingerprint).to(backbone.device)
+
+    @torch.no_grad()
+    def calibrate(self, backbone: Backbone, passages: Sequence[Sequence[int]], batch_size: int = 16) -> None:
+        """Measure the layer statistics of ``standardize_layers`` on the tokens the head compresses.
+
+        ``passages`` are token ids (a few hundred windows of generic text are plenty); they are cut
+        and prefixed exactly as the compressor does. A head must be calibrated before training:
+        the statistics are saved with its weights and never change afterwards.
+        """
+        if not self.config.standardize_layers:
+            raise InvalidInputError("This head has standardize_layers=False: there is nothing to calibrate.")
+        check_fingerprint(self.fingerprint, backbone.fingerprint, "This ComprExIT head")
+        segments = split_into_segments(passages, self.config.segment_length)
+        count, total, squares = 0, 0.0, 0.0
+        for batch in iter_batches(segments, batch_size, backbone.bos_token_id):
+            states = backbone.hidden_states(batch.input_ids, batch.attention_mask)
+            mask = batch.anchor_mask.to(states[0].device)
+            tokens = torch.stack([state[mask].double() for state in states])  # [L+1, n, H]
+            count += tokens.shape[1]
+            total = total + tokens.sum(dim=1)
+            squares = squares + tokens.square().sum(dim=1)
+        if count < 2:
+            raise InvalidInputError("calibrate() needs passages with at least two tokens in all.")
+        mean = total / count
+        variance = (squares - count * mean.square()) / (count - 1)
+        self.depth.set_statistics(mean.float(), variance.clamp(min=0).sqrt().float())
+        logger.info("Calibrated the layer standardisation on %d tokens", count)
 
     def forward(
         self, hidden_states: Sequence[torch.Tensor], anchor_mask: torch.Tensor, ratio: int | None = None

@@ -12,6 +12,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .sinkhorn import sinkhorn
 
+# Beyond this many segments, a token is equally far from every slot: the locality term stays bounded,
+# so the plan's exponent (max cost / epsilon) stays in the range of the fast scaling form of Sinkhorn.
+LOCALITY_CAP = 4.0
+
 
 @dataclass
 class Windows:
@@ -139,6 +143,30 @@ def segment_means(windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Ten
     return means, slot_mask
 
 
+def segment_offsets(mask: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
+    """[N, W, K] signed offset from each slot to each token, in segments of its window.
+
+    A window of n tokens and K_n slots is cut into K_n segments of n / K_n tokens (as in
+    :func:`segment_means`): token i sits at (i + 0.5) K_n / n segments, slot k at k + 0.5.
+    """
+    tokens = mask.sum(dim=1, keepdim=True).clamp(min=1)  # [N, 1]
+    slots_used = slot_mask.sum(dim=1, keepdim=True)
+    position = (torch.arange(mask.shape[1], device=mask.device) + 0.5) * slots_used / tokens  # [N, W]
+    centre = torch.arange(slot_mask.shape[1], device=mask.device) + 0.5  # [K]
+    return position.unsqueeze(-1) - centre
+
+
+def token_offsets(mask: torch.Tensor, slot_mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """[N, W, K] index of each token's offset from the first token of each slot's segment: the offset in
+    tokens (0 .. n / K_n - 1 inside the segment, negative before it), clipped to [-radius, radius] and
+    shifted by ``radius`` into [0, 2 * radius]."""
+    tokens_per_slot = mask.sum(dim=1).clamp(min=1) / slot_mask.sum(dim=1).clamp(min=1)  # [N]
+    start = torch.arange(slot_mask.shape[1], device=mask.device) * tokens_per_slot[:, None]  # [N, K]
+    token = torch.arange(mask.shape[1], device=mask.device)
+    offsets = torch.floor(token[None, :, None] - start[:, None, :] + 1e-4)  # the epsilon absorbs rounding of start
+    return offsets.clamp(-radius, radius).long() + radius
+
+
 class WidthTransmission(nn.Module):
     """Optimal-transport allocation of a window's anchors to its slots (METHOD.md 1b)."""
 
@@ -150,6 +178,8 @@ class WidthTransmission(nn.Module):
         uniform_mix: float,
         epsilon: float,
         iterations: int,
+        locality_weight: float = 0.0,
+        gate_radius: int = 0,
     ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
@@ -161,6 +191,10 @@ class WidthTransmission(nn.Module):
         self.uniform_mix = uniform_mix
         self.epsilon = epsilon
         self.iterations = iterations
+        self.locality_weight = locality_weight
+        self.gate_radius = gate_radius
+        if gate_radius:  # one gate per token offset from a slot's centre; all ones = the reference slots
+            self.offset_gates = nn.Parameter(torch.ones(2 * gate_radius + 1, hidden_size))
 
     def forward(self, windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return slots [N, K, H], slot mask [N, K] and transport plans [N, W, K] (K = ceil(W / ratio))."""
@@ -173,15 +207,32 @@ class WidthTransmission(nn.Module):
         cost = 1.0 - F.normalize(self.cost(normed_anchors).float(), dim=-1) @ F.normalize(
             self.cost(self.norm(initial_slots)).float(), dim=-1
         ).transpose(1, 2)
+        max_cost = 2.0  # 1 - cosine lies in [0, 2]
+        if self.locality_weight:
+            cost = cost + self.locality_weight * segment_offsets(mask, slot_mask).abs().clamp(max=LOCALITY_CAP)
+            max_cost += self.locality_weight * LOCALITY_CAP
 
         scores = self.source_score(normed_anchors).squeeze(-1).float() / self.source_temperature
         learned = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
         source_mass = (1 - self.uniform_mix) * learned + self.uniform_mix * mask / tokens
         target_mass = slot_mask / slots_used
 
-        # 1 - cosine lies in [0, 2]: the bound lets sinkhorn pick its form without reading the costs.
-        plan = sinkhorn(cost, source_mass, target_mass, self.epsilon, self.iterations, max_cost=2.0)
+        # The known bound on the costs lets sinkhorn pick its form without reading them.
+        plan = sinkhorn(cost, source_mass, target_mass, self.epsilon, self.iterations, max_cost=max_cost)
         # Capacity-normalised values: each slot is the plan-weighted mean of the values sent to it.
         values = self.value(normed_anchors).float()
-        slots = (plan.transpose(1, 2) @ values) / target_mass.clamp(min=1e-12).unsqueeze(-1)
+        if self.gate_radius:
+            slots = self._gated_transport(plan, values, token_offsets(mask, slot_mask, self.gate_radius))
+        else:
+            slots = plan.transpose(1, 2) @ values
+        slots = slots / target_mass.clamp(min=1e-12).unsqueeze(-1)
         return slots * slot_mask.unsqueeze(-1), slot_mask, plan
+
+    def _gated_transport(self, plan: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """sum_i P_ik g[offset(i, k)] * v_i: what a slot receives from a token is gated by where the token
+        lies relative to the slot, so the tokens pooled into one slot can land in different directions
+        of it instead of being summed into one bag."""
+        slots = torch.zeros(plan.shape[0], plan.shape[2], values.shape[2], device=values.device, dtype=values.dtype)
+        for offset, gate in enumerate(self.offset_gates.float()):
+            slots = slots + gate * ((plan * (offsets == offset)).transpose(1, 2) @ values)
+        return slots

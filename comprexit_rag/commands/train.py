@@ -40,6 +40,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--window", type=int, help="comprexit: tokens per transport window (default: the head's own, 128 when fresh)"
     )
+    parser.add_argument(
+        "--standardize-layers",
+        action="store_true",
+        help="comprexit, fresh head: standardise each layer's hidden states (calibrated on Wikipedia) before mixing",
+    )
+    parser.add_argument(
+        "--gate-radius",
+        type=int,
+        default=0,
+        help="comprexit, fresh head: learned gates for token offsets -R..R from a slot (0: off, as METHOD.md)",
+    )
+    parser.add_argument(
+        "--locality-weight",
+        type=float,
+        help="comprexit: weight of the token-slot distance (in segments) in the transport cost "
+        "(default: the head's own, 0 when fresh)",
+    )
     parser.add_argument("--distractor-prob", type=float, default=0.5, help="SFT: chance of adding distractors")
     parser.add_argument("--max-distractors", type=int, default=9, help="SFT: most random passages added")
     parser.add_argument("--save-every", type=int, default=200)

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..backbone import Backbone
 from ..baselines.soft_prompt import SoftPrompt
-from ..compressor import autocast_for
+from ..compressor import autocast_for, row_slots
 from ..segments import SegmentBatch, encode_segments
 from .examples import TrainExample
 
@@ -15,7 +15,7 @@ from .examples import TrainExample
 class SlotHeadEncoder:
     """Passages -> frozen backbone -> a slot head (ComprExIT or mean-pool), with gradients in the head."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, name: str, segment_batch_size: int = 64) -> None:
+    def __init__(self, backbone: Backbone, head: nn.Module, name: str, segment_batch_size: int = 256) -> None:
         self.backbone = backbone
         self.trainable = head
         self.name = name
@@ -25,7 +25,7 @@ class SlotHeadEncoder:
         def run(segments: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
             with autocast_for(self.backbone):
                 output = self.trainable(hidden_states, segments.anchor_mask, ratio=ratio)
-            return [output.slots[row, output.slot_mask[row]] for row in range(len(segments.segments))]
+            return row_slots(output)
 
         passages = [ids for example in batch for ids in example.passage_ids]
         per_passage = encode_segments(

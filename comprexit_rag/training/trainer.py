@@ -38,6 +38,8 @@ Stage = Literal["pretrain", "sft"]
 METHODS: tuple[str, ...] = ("comprexit", "mean-pool", "comi", "full-tuned")
 SLOT_METHODS = ("comprexit", "mean-pool")
 REFIT_STEPS = (20, 100)
+CALIBRATION_SEED = 10_002
+CALIBRATION_TOKENS = 400_000
 
 
 @dataclass
@@ -64,6 +66,12 @@ class TrainConfig:
     # ComprExIT: tokens per transport window (the head's parameters do not depend on it, so a trained
     # head can continue with another window). None keeps the loaded head's window, 128 for a fresh one.
     window: int | None = None
+    # ComprExIT departures from METHOD.md (ComprExITConfig; measured in BENCHMARKS.md). A fresh head only:
+    # standardise each layer's states (calibrated on Wikipedia windows) and gate slot inputs by token offset.
+    standardize_layers: bool = False
+    gate_radius: int = 0
+    # The locality term of the transport cost; None keeps a loaded head's (its weights do not depend on it).
+    locality_weight: float | None = None
     distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
     max_distractors: int = 9
     soft_prompt_tokens: int = 16
@@ -75,8 +83,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_method_and_stage(self.method, self.stage)
-        if self.window is not None and self.method != "comprexit":
-            raise InvalidInputError(f"window applies to the comprexit head, not to {self.method}.")
+        for name in ("window", "locality_weight"):
+            if getattr(self, name) is not None and self.method != "comprexit":
+                raise InvalidInputError(f"{name} applies to the comprexit head, not to {self.method}.")
+        if (self.standardize_layers or self.gate_radius) and (self.method != "comprexit" or self.init_from):
+            raise InvalidInputError(
+                "standardize_layers and gate_radius shape a fresh comprexit head; a loaded head keeps the design "
+                "it was trained with (drop --init-from or the option)."
+            )
         if not 0.0 <= self.reconstruction_prob <= 1.0:
             raise InvalidInputError(f"reconstruction_prob must lie in [0, 1], got {self.reconstruction_prob}.")
 
@@ -104,9 +118,20 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
         if config.init_from:
             head = ComprExITHead.from_pretrained(config.init_from)
         else:
-            head = ComprExITHead.for_backbone(backbone, ratio=config.ratios[0])
+            head = ComprExITHead.for_backbone(
+                backbone,
+                ratio=config.ratios[0],
+                standardize_layers=config.standardize_layers,
+                gate_radius=config.gate_radius,
+            )
+            if config.standardize_layers:
+                head.calibrate(backbone, calibration_passages(backbone, config.data_root))
+        # Neither the window nor the locality weight changes the head's parameters: a head can go on with others.
         if config.window is not None:
             head.config = replace(head.config, window=config.window)  # validated by the config
+        if config.locality_weight is not None:
+            head.config = replace(head.config, locality_weight=config.locality_weight)
+            head.width.locality_weight = config.locality_weight
         head.config.trained_ratios = sorted(config.ratios)
         module, encoder = head, SlotHeadEncoder(backbone, head, "comprexit")
     elif config.method == "mean-pool":
@@ -132,6 +157,12 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
     check_fingerprint(module.fingerprint, backbone.fingerprint, f"The {config.method} checkpoint")
     module.to(backbone.device).train()
     return encoder
+
+
+def calibration_passages(backbone: Backbone, data_root: str | None) -> list[list[int]]:
+    """Fixed Wikipedia windows (64 x 512 tokens, one seed) that calibrate a head's layer standardisation."""
+    corpus = PretrainCorpus.build(backbone.tokenizer, data_root, max_tokens=CALIBRATION_TOKENS)
+    return [example.passage_ids[0] for example in corpus.sample(random.Random(CALIBRATION_SEED), 64, 512, 0)]
 
 
 def answer_loss(
