@@ -9,9 +9,10 @@ the head's configuration (``ARMS``):
 - ``standardised``: each layer's states standardised per dimension (``standardize_layers``, calibrated
   like ``comprexit-rag train --standardize-layers`` does);
 - ``standardised-local``: plus a locality term in the transport cost (``locality_weight`` 0.25);
-- ``standardised-sharp``: plus a sharper transport plan (Sinkhorn epsilon 0.03 instead of 0.1);
-- ``standardised-local-gated``: standardised and local, and what a slot receives from a token is gated
-  by the token's offset from the slot's segment (``gate_radius`` 16).
+- ``standardised-sharp``: plus a sharper transport plan (Sinkhorn epsilon 0.03 instead of 0.1).
+
+Round 5 also tried token-offset gates on the slots' inputs (``gate_radius``, removed since: no gain, and the
+compressor ran at 0.62x of the forward); they are in the library at commit 45fe0c6.
 
 Run on a GPU, the arms side by side (one call)::
 
@@ -54,7 +55,6 @@ ARMS: dict[str, dict] = {
     "standardised": {"standardize_layers": True},
     "standardised-local": {"standardize_layers": True, "locality_weight": 0.25},
     "standardised-sharp": {"standardize_layers": True, "sinkhorn_epsilon": 0.03},
-    "standardised-local-gated": {"standardize_layers": True, "locality_weight": 0.25, "gate_radius": 16},
 }
 
 

@@ -20,9 +20,7 @@ class ComprExITConfig(CheckpointConfig):
     ``standardize_layers`` standardises each layer's states per dimension with statistics
     calibrated on text (:meth:`ComprExITHead.calibrate`) before the depth-wise attention, and
     ``locality_weight`` adds ``weight * min(distance, LOCALITY_CAP)`` to the transport cost, the
-    distance between a token and a slot measured in segments of the window. ``gate_radius`` R > 0
-    gates what a slot receives from a token with a learned vector per token offset from the slot's
-    centre (-R..R, clipped), all ones at initialisation.
+    distance between a token and a slot measured in segments of the window.
     """
 
     hidden_size: int
@@ -40,7 +38,6 @@ class ComprExITConfig(CheckpointConfig):
     trained_ratios: list[int] = field(default_factory=lambda: [4])
     standardize_layers: bool = False
     locality_weight: float = 0.0
-    gate_radius: int = 0
 
     def __post_init__(self) -> None:
         validate_ratio(self.ratio, self.window)
@@ -50,8 +47,6 @@ class ComprExITConfig(CheckpointConfig):
             )
         if not self.locality_weight >= 0:
             raise InvalidInputError(f"locality_weight must be >= 0, got {self.locality_weight}.")
-        if isinstance(self.gate_radius, bool) or not isinstance(self.gate_radius, int) or self.gate_radius < 0:
-            raise InvalidInputError(f"gate_radius must be an integer >= 0, got {self.gate_radius!r}.")
 
     def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
         """Number of slots produced for a passage of ``num_tokens`` tokens."""

@@ -71,7 +71,6 @@ class ComprExITHead(CheckpointedModule):
             config.sinkhorn_epsilon,
             config.sinkhorn_iterations,
             config.locality_weight,
-            config.gate_radius,
         )
         self.projector = SlotProjector(config.hidden_size)
 

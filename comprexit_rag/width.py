@@ -156,17 +156,6 @@ def segment_offsets(mask: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor
     return position.unsqueeze(-1) - centre
 
 
-def token_offsets(mask: torch.Tensor, slot_mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """[N, W, K] index of each token's offset from the first token of each slot's segment: the offset in
-    tokens (0 .. n / K_n - 1 inside the segment, negative before it), clipped to [-radius, radius] and
-    shifted by ``radius`` into [0, 2 * radius]."""
-    tokens_per_slot = mask.sum(dim=1).clamp(min=1) / slot_mask.sum(dim=1).clamp(min=1)  # [N]
-    start = torch.arange(slot_mask.shape[1], device=mask.device) * tokens_per_slot[:, None]  # [N, K]
-    token = torch.arange(mask.shape[1], device=mask.device)
-    offsets = torch.floor(token[None, :, None] - start[:, None, :] + 1e-4)  # the epsilon absorbs rounding of start
-    return offsets.clamp(-radius, radius).long() + radius
-
-
 class WidthTransmission(nn.Module):
     """Optimal-transport allocation of a window's anchors to its slots (METHOD.md 1b)."""
 
@@ -179,7 +168,6 @@ class WidthTransmission(nn.Module):
         epsilon: float,
         iterations: int,
         locality_weight: float = 0.0,
-        gate_radius: int = 0,
     ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
@@ -192,9 +180,6 @@ class WidthTransmission(nn.Module):
         self.epsilon = epsilon
         self.iterations = iterations
         self.locality_weight = locality_weight
-        self.gate_radius = gate_radius
-        if gate_radius:  # one gate per token offset from a slot's centre; all ones = the reference slots
-            self.offset_gates = nn.Parameter(torch.ones(2 * gate_radius + 1, hidden_size))
 
     def forward(self, windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return slots [N, K, H], slot mask [N, K] and transport plans [N, W, K] (K = ceil(W / ratio))."""
@@ -221,18 +206,5 @@ class WidthTransmission(nn.Module):
         plan = sinkhorn(cost, source_mass, target_mass, self.epsilon, self.iterations, max_cost=max_cost)
         # Capacity-normalised values: each slot is the plan-weighted mean of the values sent to it.
         values = self.value(normed_anchors).float()
-        if self.gate_radius:
-            slots = self._gated_transport(plan, values, token_offsets(mask, slot_mask, self.gate_radius))
-        else:
-            slots = plan.transpose(1, 2) @ values
-        slots = slots / target_mass.clamp(min=1e-12).unsqueeze(-1)
+        slots = (plan.transpose(1, 2) @ values) / target_mass.clamp(min=1e-12).unsqueeze(-1)
         return slots * slot_mask.unsqueeze(-1), slot_mask, plan
-
-    def _gated_transport(self, plan: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """sum_i P_ik g[offset(i, k)] * v_i: what a slot receives from a token is gated by where the token
-        lies relative to the slot, so the tokens pooled into one slot can land in different directions
-        of it instead of being summed into one bag."""
-        slots = torch.zeros(plan.shape[0], plan.shape[2], values.shape[2], device=values.device, dtype=values.dtype)
-        for offset, gate in enumerate(self.offset_gates.float()):
-            slots = slots + gate * ((plan * (offsets == offset)).transpose(1, 2) @ values)
-        return slots

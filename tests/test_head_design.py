@@ -11,7 +11,7 @@ from comprexit_rag import BackboneMismatchError, CheckpointError, ComprExITConfi
 from comprexit_rag.checkpoint import CONFIG_NAME
 from comprexit_rag.segments import iter_batches, split_into_segments
 from comprexit_rag.training.trainer import TrainConfig
-from comprexit_rag.width import WidthTransmission, segment_offsets, split_windows, token_offsets
+from comprexit_rag.width import WidthTransmission, segment_offsets, split_windows
 
 TEXTS = [
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France.",
@@ -175,43 +175,3 @@ def test_standardisation_unsaturates_the_layer_attention_on_smollm2(real_backbon
         standardised_weights = standardised.depth(states)[1][mask]
     assert raw_weights.max(dim=-1).values.mean() > 0.5
     assert standardised_weights.max(dim=-1).values.mean() < 0.2
-
-
-def test_token_offsets_count_tokens_from_each_segments_start():
-    mask = torch.zeros(1, 12, dtype=torch.bool)
-    mask[0, :8] = True  # 8 tokens, 2 slots at ratio 4
-    slot_mask = torch.tensor([[True, True, False]])
-    offsets = token_offsets(mask, slot_mask, radius=3) - 3
-    assert offsets[0, :8, 0].tolist() == [0, 1, 2, 3, 3, 3, 3, 3]  # clipped at the radius
-    assert offsets[0, :8, 1].tolist() == [-3, -3, -2, -1, 0, 1, 2, 3]
-
-
-def test_offset_gates_start_as_the_reference_transport_and_learn():
-    torch.manual_seed(0)
-    anchors = torch.randn(2, 200, 32)
-    mask = torch.ones(2, 200, dtype=torch.bool)
-    mask[1, 70:] = False
-    windows = split_windows(anchors, mask, 128)
-    torch.manual_seed(1)
-    reference = WidthTransmission(32, 16, 1.0, 0.05, 0.1, 30, 0.25)
-    torch.manual_seed(1)
-    gated = WidthTransmission(32, 16, 1.0, 0.05, 0.1, 30, 0.25, gate_radius=4)
-    for ratio in (4, 16):
-        expected, slot_mask, plan = reference(windows, ratio)
-        slots, gated_mask, gated_plan = gated(windows, ratio)
-        assert torch.equal(slot_mask, gated_mask) and torch.allclose(plan, gated_plan)
-        assert torch.allclose(slots, expected, atol=1e-5)
-    slots[0, 0].sum().backward()
-    assert gated.offset_gates.grad.abs().sum() > 0
-
-
-def test_gated_head_round_trips(tiny_backbone, tmp_path):
-    torch.manual_seed(0)
-    head = ComprExITHead.for_backbone(tiny_backbone, gate_radius=4, locality_weight=0.25).eval()
-    torch.nn.init.normal_(head.width.offset_gates, mean=1.0, std=0.5)
-    _, states, mask = anchor_states(tiny_backbone, token_ids(tiny_backbone))
-    loaded = ComprExITHead.from_pretrained(head.save_pretrained(tmp_path / "head")).eval()
-    assert loaded.config.gate_radius == 4
-    assert torch.equal(loaded(states, mask, ratio=4).slots, head(states, mask, ratio=4).slots)
-    with pytest.raises(InvalidInputError, match="gate_radius"):
-        ComprExITConfig(hidden_size=8, num_hidden_states=3, gate_radius=-1)

@@ -5,7 +5,8 @@
 #      token-offset gates ("gated"); each then scored on held-out reconstruction (head_design_probe.py --head);
 #   2. QA fine-tuning of each as one mixed-ratio head, plus a 4x-only head of the best pretrained design;
 #   3. the dev grid of the four heads, then the speed benchmark of the gated head (issue 11).
-# Everything lands in $RESULTS; "ALL DONE" ends its log.
+# Everything lands in $RESULTS; "ALL DONE" ends its log. It ran at commit 45fe0c6: the "gated" design's
+# --gate-radius was removed from the library after this round (no gain, slower).
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 set +e

@@ -46,12 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="comprexit, fresh head: standardise each layer's hidden states (calibrated on Wikipedia) before mixing",
     )
     parser.add_argument(
-        "--gate-radius",
-        type=int,
-        default=0,
-        help="comprexit, fresh head: learned gates for token offsets -R..R from a slot (0: off, as METHOD.md)",
-    )
-    parser.add_argument(
         "--locality-weight",
         type=float,
         help="comprexit: weight of the token-slot distance (in segments) in the transport cost "

@@ -67,9 +67,8 @@ class TrainConfig:
     # head can continue with another window). None keeps the loaded head's window, 128 for a fresh one.
     window: int | None = None
     # ComprExIT departures from METHOD.md (ComprExITConfig; measured in BENCHMARKS.md). A fresh head only:
-    # standardise each layer's states (calibrated on Wikipedia windows) and gate slot inputs by token offset.
+    # standardise each layer's states, calibrated on Wikipedia windows.
     standardize_layers: bool = False
-    gate_radius: int = 0
     # The locality term of the transport cost; None keeps a loaded head's (its weights do not depend on it).
     locality_weight: float | None = None
     distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
@@ -86,10 +85,10 @@ class TrainConfig:
         for name in ("window", "locality_weight"):
             if getattr(self, name) is not None and self.method != "comprexit":
                 raise InvalidInputError(f"{name} applies to the comprexit head, not to {self.method}.")
-        if (self.standardize_layers or self.gate_radius) and (self.method != "comprexit" or self.init_from):
+        if self.standardize_layers and (self.method != "comprexit" or self.init_from):
             raise InvalidInputError(
-                "standardize_layers and gate_radius shape a fresh comprexit head; a loaded head keeps the design "
-                "it was trained with (drop --init-from or the option)."
+                "standardize_layers shapes a fresh comprexit head; a loaded head keeps the standardisation it was "
+                "trained with (drop --init-from or the option)."
             )
         if not 0.0 <= self.reconstruction_prob <= 1.0:
             raise InvalidInputError(f"reconstruction_prob must lie in [0, 1], got {self.reconstruction_prob}.")
@@ -122,7 +121,6 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
                 backbone,
                 ratio=config.ratios[0],
                 standardize_layers=config.standardize_layers,
-                gate_radius=config.gate_radius,
             )
             if config.standardize_layers:
                 head.calibrate(backbone, calibration_passages(backbone, config.data_root))
