@@ -222,6 +222,21 @@ def test_prompt_prefix_cache_changes_no_logits_and_is_never_mutated(tiny_backbon
     assert reader.generate("Who built it?", PASSAGE) == reader.generate(["Who built it?", "Why?"], [PASSAGE] * 2)[0]
 
 
+def test_prefill_projects_only_the_last_position_and_changes_no_answer(tiny_backbone, tiny_compressor):
+    reader = Reader(tiny_backbone)
+    contexts = [tiny_compressor.compress([PASSAGE]), PASSAGE]
+    batch = reader.build_inputs(["Who built it?", "When?"], contexts)
+    with torch.no_grad():
+        last = reader._prefill(batch).logits
+        every = Reader(tiny_backbone)
+        every._last_logits = {}
+        full = every._prefill(batch).logits
+    assert last.shape[1] == 1 and full.shape[1] == batch.inputs_embeds.shape[1]
+    torch.testing.assert_close(last[:, -1], full[:, -1], atol=1e-5, rtol=1e-4)
+    questions = ["Who built it?", "When?"]
+    assert reader.generate(questions, contexts) == every.generate(questions, contexts)
+
+
 @pytest.mark.slow
 def test_prompt_prefix_cache_gives_the_same_answers_on_smollm2(real_backbone):
     reader = Reader(real_backbone)
