@@ -19,8 +19,8 @@ class ComprExITConfig(CheckpointConfig):
     Two departures from the reference, both off by default (BENCHMARKS.md measures them):
     ``standardize_layers`` standardises each layer's states per dimension with statistics
     calibrated on text (:meth:`ComprExITHead.calibrate`) before the depth-wise attention, and
-    ``locality_weight`` adds ``weight * min(distance, LOCALITY_CAP)`` to the transport cost, the
-    distance between a token and a slot measured in segments of the window.
+    ``locality_weight`` adds ``weight * min(distance, 4)`` to the transport cost, the distance
+    between a token and a slot measured in segments of the window.
     """
 
     hidden_size: int

@@ -33,7 +33,7 @@ class DepthTransmission(nn.Module):
     float32). ``forward_direct`` is the reference form.
 
     With ``standardize``, each layer's states are first mapped to ``(h_l - shift_l) * scale_l`` per
-    dimension (buffers, set by :meth:`calibrate`; identity until then). The raw states of a
+    dimension (buffers, set by :meth:`set_statistics`; identity until then). The raw states of a
     decoder differ in scale by two orders of magnitude across layers and share a few outlier
     dimensions, which saturates the attention over layers from the first step.
     """

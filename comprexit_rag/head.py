@@ -70,7 +70,6 @@ class ComprExITHead(CheckpointedModule):
             config.uniform_mix,
             config.sinkhorn_epsilon,
             config.sinkhorn_iterations,
-            config.locality_weight,
         )
         self.projector = SlotProjector(config.hidden_size)
 
@@ -98,10 +97,10 @@ class ComprExITHead(CheckpointedModule):
         for batch in iter_batches(segments, batch_size, backbone.bos_token_id):
             states = backbone.hidden_states(batch.input_ids, batch.attention_mask)
             mask = batch.anchor_mask.to(states[0].device)
-            tokens = torch.stack([state[mask].double() for state in states])  # [L+1, n, H]
-            count += tokens.shape[1]
-            total = total + tokens.sum(dim=1)
-            squares = squares + tokens.square().sum(dim=1)
+            count += int(mask.sum())
+            # Per layer, in float64: sums over tens of thousands of tokens of values up to ~100.
+            total = total + torch.stack([state[mask].double().sum(dim=0) for state in states])
+            squares = squares + torch.stack([state[mask].double().square().sum(dim=0) for state in states])
         if count < 2:
             raise InvalidInputError("calibrate() needs passages with at least two tokens in all.")
         mean = total / count
@@ -118,7 +117,7 @@ class ComprExITHead(CheckpointedModule):
         # The window layout is computed from the mask where it lies: a host-side mask (as the
         # compressor passes) lets the whole head run without waiting for the device.
         windows = split_windows(anchors, anchor_mask, self.config.window)
-        window_slots, slot_mask, plans = self.width(windows, ratio)
+        window_slots, slot_mask, plans = self.width(windows, ratio, self.config.locality_weight)
         slots = self.projector(window_slots)
 
         padded, mask = join_windows(

@@ -167,7 +167,6 @@ class WidthTransmission(nn.Module):
         uniform_mix: float,
         epsilon: float,
         iterations: int,
-        locality_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
@@ -179,10 +178,15 @@ class WidthTransmission(nn.Module):
         self.uniform_mix = uniform_mix
         self.epsilon = epsilon
         self.iterations = iterations
-        self.locality_weight = locality_weight
 
-    def forward(self, windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return slots [N, K, H], slot mask [N, K] and transport plans [N, W, K] (K = ceil(W / ratio))."""
+    def forward(
+        self, windows: Windows, ratio: int, locality_weight: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return slots [N, K, H], slot mask [N, K] and transport plans [N, W, K] (K = ceil(W / ratio)).
+
+        ``locality_weight`` > 0 adds ``locality_weight * min(distance, LOCALITY_CAP)`` to the costs, the
+        distance between a token and a slot in segments (a departure from METHOD.md, off by default).
+        """
         anchors, mask = windows.anchors, windows.mask
         initial_slots, slot_mask = segment_means(windows, ratio)
         tokens = mask.sum(dim=1, keepdim=True)  # [N, 1]
@@ -193,9 +197,9 @@ class WidthTransmission(nn.Module):
             self.cost(self.norm(initial_slots)).float(), dim=-1
         ).transpose(1, 2)
         max_cost = 2.0  # 1 - cosine lies in [0, 2]
-        if self.locality_weight:
-            cost = cost + self.locality_weight * segment_offsets(mask, slot_mask).abs().clamp(max=LOCALITY_CAP)
-            max_cost += self.locality_weight * LOCALITY_CAP
+        if locality_weight:
+            cost = cost + locality_weight * segment_offsets(mask, slot_mask).abs().clamp(max=LOCALITY_CAP)
+            max_cost += locality_weight * LOCALITY_CAP
 
         scores = self.source_score(normed_anchors).squeeze(-1).float() / self.source_temperature
         learned = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)

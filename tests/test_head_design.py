@@ -134,9 +134,9 @@ def test_locality_concentrates_the_plan_and_keeps_its_marginals():
 
     def own_segment_share(locality_weight: float) -> tuple[float, torch.Tensor, torch.Tensor]:
         torch.manual_seed(1)
-        width = WidthTransmission(32, 16, 1.0, 0.05, 0.1, 30, locality_weight)
+        width = WidthTransmission(32, 16, 1.0, 0.05, 0.1, 30)
         with torch.no_grad():
-            _, slot_mask, plan = width(windows, ratio=4)
+            _, slot_mask, plan = width(windows, ratio=4, locality_weight=locality_weight)
         full = plan[0]  # the first window is full
         share = torch.stack([full[segment == k, k].sum() for k in range(32)]).sum() / full.sum()
         return float(share), plan, slot_mask

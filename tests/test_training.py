@@ -249,6 +249,24 @@ def test_sft_continues_from_the_pretrain_stage(tiny_backbone, data, tmp_path):
     assert any(not torch.equal(start[name], tensor) for name, tensor in final_weights(sft).items())
 
 
+def test_a_fresh_head_trains_standardised_and_local_and_keeps_its_statistics(tiny_backbone, data, tmp_path):
+    pretrain = tiny_config(
+        tmp_path / "pretrain", data, "comprexit", "pretrain", max_steps=1, standardize_layers=True, locality_weight=0.25
+    )
+    train(pretrain, tiny_backbone)
+    head = ComprExITHead.from_pretrained(Path(pretrain.output_dir) / "final")
+    assert head.config.standardize_layers and head.config.locality_weight == 0.25
+    assert not torch.equal(head.depth.layer_scale, torch.ones_like(head.depth.layer_scale))  # calibrated on the data
+    # QA fine-tuning goes on with another locality weight; the calibrated statistics are never trained.
+    sft = tiny_config(tmp_path / "sft", data, "comprexit", "sft", max_steps=1, init_from=f"{pretrain.output_dir}/final")
+    sft.locality_weight = 0.0
+    train(sft, tiny_backbone)
+    tuned = ComprExITHead.from_pretrained(Path(sft.output_dir) / "final")
+    assert tuned.config.standardize_layers and tuned.config.locality_weight == 0.0
+    assert torch.equal(tuned.depth.layer_shift, head.depth.layer_shift)
+    assert torch.equal(tuned.depth.layer_scale, head.depth.layer_scale)
+
+
 @pytest.mark.parametrize(("probability", "objective"), [(1.0, ReconstructionPrompt), (0.0, ContinuationPrompt)])
 def test_pretraining_reconstructs_or_continues_the_compressed_text(
     tiny_backbone, data, tmp_path, probability, objective

@@ -128,8 +128,7 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
         if config.window is not None:
             head.config = replace(head.config, window=config.window)  # validated by the config
         if config.locality_weight is not None:
-            head.config = replace(head.config, locality_weight=config.locality_weight)
-            head.width.locality_weight = config.locality_weight
+            head.config = replace(head.config, locality_weight=config.locality_weight)  # validated by the config
         head.config.trained_ratios = sorted(config.ratios)
         module, encoder = head, SlotHeadEncoder(backbone, head, "comprexit")
     elif config.method == "mean-pool":
