@@ -30,15 +30,11 @@ A pipeline lives in one directory::
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,19 +42,27 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-try:  # POSIX advisory locks keep two index runs off one directory.
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX platforms
-    fcntl = None  # type: ignore[assignment]
-
 from .backbone import Backbone
 from .compressor import ComprExITCompressor
 from .config import validate_ratio
 from .data import Passage
 from .default_model import DEFAULT_BACKBONE_NAME
-from .errors import BackboneMismatchError, CheckpointError, IndexBusyError, InvalidInputError, StorageError
+from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
 from .head import DEFAULT_HEAD, ComprExITHead
+from .pipeline_directory import (
+    HEAD_DIR,
+    PIPELINE_FILE,
+    PIPELINE_FORMAT,
+    PIPELINE_VERSION,
+    RETRIEVER_DIR,
+    SLOTS_DIR,
+    UNTRAINED_HEAD_DIR,
+    atomic_write_json,
+    index_lock,
+    read_record,
+)
 from .pipeline_methods import METHODS
+from .pipeline_results import Answer, AnswerStats, IndexReport, Source
 from .reader import Reader
 from .retrieval import DenseRetriever, RetrievedPassage
 from .segments import check_positive_int, check_text
@@ -80,14 +84,6 @@ __all__ = [
     "load_head_or_untrained",
 ]
 
-PIPELINE_FILE = "pipeline.json"
-INDEX_LOCK = ".index.lock"
-PIPELINE_FORMAT = "comprexit-rag-pipeline"
-PIPELINE_VERSION = 1
-RETRIEVER_DIR = "retriever"
-SLOTS_DIR = "slots"
-HEAD_DIR = "head"
-UNTRAINED_HEAD_DIR = "untrained-head"
 DEFAULT = "default"
 
 PassageInput = str | Passage | Mapping[str, Any]
@@ -96,69 +92,6 @@ PassageInput = str | Passage | Mapping[str, Any]
 # ---------------------------------------------------------------------------------------------
 # Results.
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    """One retrieved passage behind an answer: its id, title and cosine score."""
-
-    id: str
-    title: str
-    score: float
-
-
-@dataclass(frozen=True)
-class AnswerStats:
-    """What the reader saw.
-
-    ``context_tokens`` counts the source tokens of the retrieved passages; ``slots`` the soft
-    slots read instead (0 for ``full``, which reads the tokens); ``ratio`` is tokens per slot
-    (1.0 for ``full``). ``store_hits`` / ``store_misses`` count retrieved passages whose slots
-    were / were not already stored (always 0 for ``comi`` and ``full``, which use no store).
-    """
-
-    context_tokens: int
-    slots: int
-    ratio: float
-    store_hits: int
-    store_misses: int
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The answer to one question, its sources, timings (seconds) and context statistics.
-
-    ``timings`` has the keys ``retrieve``, ``compress``, ``read`` and ``total``.
-    """
-
-    question: str
-    answer: str
-    method: str
-    sources: tuple[Source, ...]
-    timings: Mapping[str, float]
-    stats: AnswerStats
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of every field."""
-        return {
-            "question": self.question,
-            "answer": self.answer,
-            "method": self.method,
-            "sources": [asdict(source) for source in self.sources],
-            "timings": dict(self.timings),
-            "stats": asdict(self.stats),
-        }
-
-
-@dataclass(frozen=True)
-class IndexReport:
-    """What one :meth:`RAGPipeline.index` call did."""
-
-    passages: int  # passages given (after dropping repeats within the call)
-    added: int  # passages new to the retriever
-    compressed: int  # passages whose slots were computed and stored by this call
-    stored: int  # passages of the whole index that now have stored slots
-    seconds: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +262,7 @@ class RAGPipeline:
             BackboneMismatchError: ``backbone`` is not the backbone the pipeline was built with.
         """
         directory = Path(directory)
-        record = _read_record(directory)
+        record = read_record(directory)
         loaded = _load_backbone(backbone, record["backbone"], device)
         if loaded.fingerprint.digest != record["backbone_fingerprint"]:
             raise BackboneMismatchError(
@@ -374,7 +307,7 @@ class RAGPipeline:
             "comi_merger": comi_source,
         }
         if record != self.record:
-            _atomic_write_json(self.directory / PIPELINE_FILE, record)
+            atomic_write_json(self.directory / PIPELINE_FILE, record)
             self.record = record
 
     # ------------------------------------------------------------------ parts
@@ -474,7 +407,7 @@ class RAGPipeline:
         chunk_size = 8 * batch_size if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
 
         records = _unique_by_text([_as_passage(p, i) for i, p in enumerate(passages)])
-        with _index_lock(self.directory):
+        with index_lock(self.directory):
             return self._index(records, batch_size, chunk_size, show_progress, verify, started)
 
     def _index(
@@ -689,72 +622,9 @@ def _resolve_head(
     return loaded, source if head is None else str(path.resolve())
 
 
-@contextlib.contextmanager
-def _index_lock(directory: Path) -> Iterator[None]:
-    """Hold the directory's index lock (exclusive, non-blocking; the OS drops it if the process dies).
-
-    Two concurrent ``index`` runs on one directory would each save the retriever with only the
-    passages they know, and the last save would drop the other's; the slot store is safe either way.
-    """
-    if fcntl is None:  # pragma: no cover - non-POSIX: no inter-process exclusion
-        yield
-        return
-    try:
-        fd = os.open(directory / INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise StorageError(
-            error.errno or 5, f"{error.strerror or error}: cannot create {directory / INDEX_LOCK}; is it writable?"
-        ) from error
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise IndexBusyError(
-                f"Another index run (another process or thread) is indexing {directory}; wait for it to finish "
-                "and rerun: what it has committed is kept and the rerun resumes."
-            ) from error
-        yield
-    finally:
-        os.close(fd)  # also releases the lock
-
-
 def _comi_source(merger: object) -> str | None:
     """How ``pipeline.json`` refers to the COMI merger given at build time (a path, else ``None``)."""
     return str(Path(merger).resolve()) if isinstance(merger, str | os.PathLike) else None
-
-
-def _read_record(directory: Path) -> dict[str, Any]:
-    path = directory / PIPELINE_FILE
-    if not path.is_file():
-        raise InvalidInputError(f"{directory} holds no pipeline (no {PIPELINE_FILE}); build one with `index` first.")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}).") from error
-    if record.get("format") != PIPELINE_FORMAT or record.get("version") != PIPELINE_VERSION:
-        raise InvalidInputError(
-            f"{path} is not a {PIPELINE_FORMAT} v{PIPELINE_VERSION} file "
-            f"(format={record.get('format')!r}, version={record.get('version')!r})."
-        )
-    missing = [key for key in ("backbone", "backbone_fingerprint", "head", "ratio") if key not in record]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; rebuild the pipeline.")
-    return record
-
-
-def _atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def _as_passage(value: PassageInput, index: int) -> Passage:
