@@ -99,8 +99,9 @@ class ComprExITHead(CheckpointedModule):
             mask = batch.anchor_mask.to(states[0].device)
             count += int(mask.sum())
             # Per layer, in float64: sums over tens of thousands of tokens of values up to ~100.
-            total = total + torch.stack([state[mask].double().sum(dim=0) for state in states])
-            squares = squares + torch.stack([state[mask].double().square().sum(dim=0) for state in states])
+            tokens = [state[mask].double() for state in states]
+            total = total + torch.stack([layer.sum(dim=0) for layer in tokens])
+            squares = squares + torch.stack([layer.square().sum(dim=0) for layer in tokens])
         if count < 2:
             raise InvalidInputError("calibrate() needs passages with at least two tokens in all.")
         mean = total / count

@@ -15,7 +15,7 @@ from .examples import TrainExample
 class SlotHeadEncoder:
     """Passages -> frozen backbone -> a slot head (ComprExIT or mean-pool), with gradients in the head."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, name: str, segment_batch_size: int = 256) -> None:
+    def __init__(self, backbone: Backbone, head: nn.Module, name: str, segment_batch_size: int = 64) -> None:
         self.backbone = backbone
         self.trainable = head
         self.name = name
