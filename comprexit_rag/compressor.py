@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -71,9 +72,14 @@ class SlotCompressor:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies backbone + head weights; slot stores key their entries on it."""
+        """Identifies backbone + head weights + head config; slot stores key their entries on it.
+
+        The config takes part because some of its fields (window, locality weight, slot-norm bound)
+        change the slots without changing a weight. Computed once, at first use.
+        """
         if self._fingerprint is None:
             digest = hashlib.sha256(self.backbone.fingerprint.digest.encode())
+            digest.update(json.dumps(self.head.config.to_dict(), sort_keys=True).encode())
             for name, tensor in sorted(self.head.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().float().cpu().numpy().tobytes())

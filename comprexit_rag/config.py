@@ -16,11 +16,13 @@ class ComprExITConfig(CheckpointConfig):
     are the reference defaults. ``ratio`` is the default compression ratio; a head can
     compress at any ratio, and ``trained_ratios`` records which ones it was trained for.
 
-    Two departures from the reference, both off by default (BENCHMARKS.md measures them):
+    Three departures from the reference, all off by default (BENCHMARKS.md measures them):
     ``standardize_layers`` standardises each layer's states per dimension with statistics
     calibrated on text (:meth:`ComprExITHead.calibrate`) before the depth-wise attention, and
     ``locality_weight`` adds ``weight * min(distance, 4)`` to the transport cost, the distance
-    between a token and a slot measured in segments of the window.
+    between a token and a slot measured in segments of the window. ``max_slot_norm`` bounds each
+    slot's L2 norm smoothly (``c * tanh(norm / c)``), so a head cannot steer the reader with
+    slots tens of times larger than a token embedding.
     """
 
     hidden_size: int
@@ -38,6 +40,7 @@ class ComprExITConfig(CheckpointConfig):
     trained_ratios: list[int] = field(default_factory=lambda: [4])
     standardize_layers: bool = False
     locality_weight: float = 0.0
+    max_slot_norm: float | None = None
 
     def __post_init__(self) -> None:
         validate_ratio(self.ratio, self.window)
@@ -47,6 +50,8 @@ class ComprExITConfig(CheckpointConfig):
             )
         if not self.locality_weight >= 0:
             raise InvalidInputError(f"locality_weight must be >= 0, got {self.locality_weight}.")
+        if self.max_slot_norm is not None and not self.max_slot_norm > 0:
+            raise InvalidInputError(f"max_slot_norm must be > 0 (or None for no bound), got {self.max_slot_norm}.")
 
     def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
         """Number of slots produced for a passage of ``num_tokens`` tokens."""

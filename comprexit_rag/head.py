@@ -14,7 +14,7 @@ from .checkpoint import CheckpointedModule, check_fingerprint
 from .config import ComprExITConfig, validate_ratio
 from .depth import DepthTransmission
 from .errors import InvalidInputError
-from .projector import SlotProjector
+from .projector import SlotProjector, bound_norm
 from .segments import iter_batches, split_into_segments
 from .width import WidthTransmission, join_windows, split_windows
 
@@ -119,7 +119,7 @@ class ComprExITHead(CheckpointedModule):
         # compressor passes) lets the whole head run without waiting for the device.
         windows = split_windows(anchors, anchor_mask, self.config.window)
         window_slots, slot_mask, plans = self.width(windows, ratio, self.config.locality_weight)
-        slots = self.projector(window_slots)
+        slots = bound_norm(self.projector(window_slots), self.config.max_slot_norm)
 
         padded, mask = join_windows(
             slots, slot_mask, windows.owners, anchors.shape[0], slot_counts=windows.slot_counts(ratio)

@@ -16,3 +16,12 @@ class SlotProjector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.net(x.float())
+
+
+def bound_norm(vectors: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """Map each vector's norm n to ``max_norm * tanh(n / max_norm)``: unchanged well below the bound,
+    never above it, with a gradient everywhere. ``None`` returns the vectors as they are."""
+    if max_norm is None:
+        return vectors
+    norm = vectors.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    return vectors * (max_norm * torch.tanh(norm / max_norm) / norm)

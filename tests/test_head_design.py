@@ -1,7 +1,8 @@
-"""The head's two departures from METHOD.md: layer standardisation and the transport locality term."""
+"""The head's departures from METHOD.md: layer standardisation, the transport locality term, the slot-norm bound."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 from comprexit_rag import BackboneMismatchError, CheckpointError, ComprExITConfig, ComprExITHead, InvalidInputError
 from comprexit_rag.checkpoint import CONFIG_NAME
+from comprexit_rag.compressor import ComprExITCompressor
+from comprexit_rag.projector import bound_norm
 from comprexit_rag.segments import iter_batches, split_into_segments
 from comprexit_rag.training.trainer import TrainConfig
 from comprexit_rag.width import WidthTransmission, segment_offsets, split_windows
@@ -148,9 +151,54 @@ def test_locality_concentrates_the_plan_and_keeps_its_marginals():
     assert torch.allclose(plan.sum(dim=1), target, atol=1e-3)
 
 
+def test_bound_norm_keeps_small_vectors_bounds_large_ones_and_keeps_directions():
+    vectors = torch.randn(5, 16) * torch.tensor([0.01, 1.0, 10.0, 100.0, 1000.0])[:, None]
+    vectors.requires_grad_(True)
+    bounded = bound_norm(vectors, 10.0)
+    norms, bounded_norms = vectors.norm(dim=-1), bounded.norm(dim=-1)
+    assert torch.allclose(bounded_norms, 10.0 * torch.tanh(norms / 10.0), rtol=1e-5)
+    assert torch.allclose(bounded[0], vectors[0], rtol=1e-4)  # far below the bound: unchanged
+    assert bool((bounded_norms <= 10.0 + 1e-4).all()) and bounded_norms[-1] > 9.99
+    cosine = torch.nn.functional.cosine_similarity(bounded, vectors, dim=-1)
+    assert torch.allclose(cosine, torch.ones(5), atol=1e-5)
+    bounded.sum().backward()
+    assert bool(torch.isfinite(vectors.grad).all()) and bool((vectors.grad[:4] != 0).any(dim=-1).all())
+    assert bound_norm(vectors, None) is vectors
+
+
+def test_a_head_with_max_slot_norm_writes_bounded_slots(tiny_backbone):
+    torch.manual_seed(0)
+    head = ComprExITHead.for_backbone(tiny_backbone, max_slot_norm=0.5)
+    torch.nn.init.normal_(head.projector.net[-1].weight, std=5.0)  # slots far above the bound without it
+    compressor = ComprExITCompressor(tiny_backbone, head)
+    slots = compressor.compress(TEXTS, ratio=4)
+    norms = slots.embeddings().norm(dim=-1)
+    assert norms.max() <= 0.5 + 1e-5 and norms.min() > 0.45
+    unbounded = ComprExITHead(dataclasses.replace(head.config, max_slot_norm=None), head.fingerprint)
+    unbounded.load_state_dict(head.state_dict())
+    unbounded_slots = ComprExITCompressor(tiny_backbone, unbounded).compress(TEXTS[0], ratio=4)
+    assert unbounded_slots.embeddings().norm(dim=-1).min() > 1.0
+
+
+def test_the_compressor_fingerprint_changes_with_a_config_that_changes_slots(tiny_backbone):
+    torch.manual_seed(0)
+    head = ComprExITHead.for_backbone(tiny_backbone)
+    fingerprints = set()
+    for change in ({}, {"locality_weight": 0.25}, {"max_slot_norm": 4.0}, {"window": 64}):
+        other = ComprExITHead(dataclasses.replace(head.config, **change), head.fingerprint)
+        other.load_state_dict(head.state_dict())
+        fingerprints.add(ComprExITCompressor(tiny_backbone, other).fingerprint)
+    assert len(fingerprints) == 4
+
+
 def test_invalid_design_options_are_refused():
     with pytest.raises(InvalidInputError, match="locality_weight"):
         ComprExITConfig(hidden_size=8, num_hidden_states=3, locality_weight=-1.0)
+    for bound in (0.0, -2.0, float("nan")):
+        with pytest.raises(InvalidInputError, match="max_slot_norm must be > 0"):
+            ComprExITConfig(hidden_size=8, num_hidden_states=3, max_slot_norm=bound)
+    with pytest.raises(InvalidInputError, match="max_slot_norm applies to the comprexit head"):
+        TrainConfig(method="mean-pool", stage="sft", output_dir="x", max_slot_norm=8.0)
     with pytest.raises(InvalidInputError, match="fresh comprexit head"):
         TrainConfig(method="comprexit", stage="sft", output_dir="x", init_from="head", standardize_layers=True)
     with pytest.raises(InvalidInputError, match="fresh comprexit head"):

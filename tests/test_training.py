@@ -259,10 +259,11 @@ def test_a_fresh_head_trains_standardised_and_local_and_keeps_its_statistics(tin
     assert not torch.equal(head.depth.layer_scale, torch.ones_like(head.depth.layer_scale))  # calibrated on the data
     # QA fine-tuning goes on with another locality weight; the calibrated statistics are never trained.
     sft = tiny_config(tmp_path / "sft", data, "comprexit", "sft", max_steps=1, init_from=f"{pretrain.output_dir}/final")
-    sft.locality_weight = 0.0
+    sft.locality_weight, sft.max_slot_norm = 0.0, 8.0
     train(sft, tiny_backbone)
     tuned = ComprExITHead.from_pretrained(Path(sft.output_dir) / "final")
     assert tuned.config.standardize_layers and tuned.config.locality_weight == 0.0
+    assert tuned.config.max_slot_norm == 8.0 and head.config.max_slot_norm is None
     assert torch.equal(tuned.depth.layer_shift, head.depth.layer_shift)
     assert torch.equal(tuned.depth.layer_scale, head.depth.layer_scale)
 

@@ -51,6 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="comprexit: weight of the token-slot distance (in segments) in the transport cost "
         "(default: the head's own, 0 when fresh)",
     )
+    parser.add_argument(
+        "--max-slot-norm",
+        type=float,
+        help="comprexit: smooth bound on each slot's L2 norm (default: the head's own, none when fresh)",
+    )
     parser.add_argument("--distractor-prob", type=float, default=0.5, help="SFT: chance of adding distractors")
     parser.add_argument("--max-distractors", type=int, default=9, help="SFT: most random passages added")
     parser.add_argument("--save-every", type=int, default=200)

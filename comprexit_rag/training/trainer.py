@@ -71,6 +71,8 @@ class TrainConfig:
     standardize_layers: bool = False
     # The locality term of the transport cost; None keeps a loaded head's (its weights do not depend on it).
     locality_weight: float | None = None
+    # A smooth bound on each slot's norm; None keeps a loaded head's (none for a fresh head).
+    max_slot_norm: float | None = None
     distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
     max_distractors: int = 9
     soft_prompt_tokens: int = 16
@@ -82,7 +84,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_method_and_stage(self.method, self.stage)
-        for name in ("window", "locality_weight"):
+        for name in ("window", "locality_weight", "max_slot_norm"):
             if getattr(self, name) is not None and self.method != "comprexit":
                 raise InvalidInputError(f"{name} applies to the comprexit head, not to {self.method}.")
         if self.standardize_layers and (self.method != "comprexit" or self.init_from):
@@ -124,11 +126,11 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
             )
             if config.standardize_layers:
                 head.calibrate(backbone, calibration_passages(backbone, config.data_root))
-        # Neither the window nor the locality weight changes the head's parameters: a head can go on with others.
-        if config.window is not None:
-            head.config = replace(head.config, window=config.window)  # validated by the config
-        if config.locality_weight is not None:
-            head.config = replace(head.config, locality_weight=config.locality_weight)  # validated by the config
+        # None of these changes the head's parameters: a head can go on with other values.
+        # replace() validates them through the config.
+        for name in ("window", "locality_weight", "max_slot_norm"):
+            if getattr(config, name) is not None:
+                head.config = replace(head.config, **{name: getattr(config, name)})
         head.config.trained_ratios = sorted(config.ratios)
         module, encoder = head, SlotHeadEncoder(backbone, head, "comprexit")
     elif config.method == "mean-pool":
