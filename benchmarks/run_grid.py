@@ -24,6 +24,7 @@ DATASETS = {
     "nq": ("nq", "--data ../shared/data/nq/nq_open_oracle_2155.jsonl.gz --format nq-open"),
     "hotpotqa": ("hotpotqa", "--data ../shared/data/hotpotqa/dev_distractor_350.jsonl --format hotpotqa"),
 }
+ROUND6_ARMS = ("local", "bounded", "bounded-recon")
 # (row label, method, ratio, checkpoint sub-directory of --checkpoints or None for no trained part)
 GRID = [
     *[("comprexit", "comprexit", r, "comprexit-mixed/final") for r in (4, 8, 16)],
@@ -39,6 +40,8 @@ GRID = [
     # Round 5: fresh heads of three designs (benchmarks/gpu/round5.sh), mixed-ratio and 4x-only.
     *[(f"round5-{d}", "comprexit", r, f"comprexit-{d}/final") for d in ("raw", "local", "gated") for r in (4, 8, 16)],
     *[(f"round5-{d}-r4", "comprexit", 4, f"comprexit-{d}-r4/final") for d in ("raw", "local", "gated")],
+    # Round 6: the standardised + local design trained longer, with and without a slot-norm bound.
+    *[(f"round6-{d}", "comprexit", r, f"round6-{d}/final") for d in ROUND6_ARMS for r in (4, 8, 16)],
 ]
 
 

@@ -34,11 +34,12 @@ def main() -> None:
     parser.add_argument("--ratio", type=int, default=4)
     parser.add_argument("--head", help="ComprExIT head directory (default: the shipped head)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    backbone = Backbone.from_pretrained(device="cpu")
+    backbone = Backbone.from_pretrained(device=args.device)
     compressor = ComprExITCompressor(backbone, ComprExITHead.from_pretrained(args.head))
     reader = Reader(backbone)
     examples = load_split("nq", "dev")[: args.limit]
@@ -59,6 +60,7 @@ def main() -> None:
     report = {
         "description": __doc__.split("\n\n")[0],
         "head": args.head or "shipped",
+        "device": str(backbone.device),
         "ratio": args.ratio,
         "questions": len(examples),
         "compress_s": round(compress_s, 1),
