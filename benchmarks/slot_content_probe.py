@@ -1,12 +1,13 @@
 """Do a head's slots carry what the answer needs? The same questions read their own slots, then another's.
 
-For the first ``--limit`` NQ dev questions (gold passage, held out), each passage is compressed once at
-``--ratio``. The reader then answers every question twice: from the slots of its own passage, and from
-the slots of the next question's passage (a fixed rotation, so every question reads a real passage of
-the same kind, length and format, only not its own). Reported for both: EM, F1 and answer-contained
-accuracy (SQuAD normalisation), and the share of questions whose answer did not change at all.
+For the first ``--limit`` dev questions of ``--dataset`` (held out; NQ: the gold passage, HotpotQA: all
+its distractor-setting paragraphs), each passage is compressed once at ``--ratio``. The reader then
+answers every question twice: from the slots of its own passages, and from the slots of the next
+question's passages (a fixed rotation, so every question reads real passages of the same kind, length
+and format, only not its own). Reported for both: EM, F1 and answer-contained accuracy (SQuAD
+normalisation), and the share of questions whose answer did not change at all.
 
-If the slots carried the passage, answers from a wrong passage would be wrong and different; if they
+If the slots carried the passages, answers from the wrong ones would be wrong and different; if they
 only steer the reader (answer format, a topic prior), the scores and most answers stay the same. CPU::
 
     HF_HUB_OFFLINE=1 python benchmarks/slot_content_probe.py --out benchmarks/results/slot_content_probe.json
@@ -30,7 +31,8 @@ from comprexit_rag.reader import Reader
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=100, help="first N NQ dev questions")
+    parser.add_argument("--dataset", choices=("nq", "hotpotqa"), default="nq")
+    parser.add_argument("--limit", type=int, default=100, help="first N dev questions")
     parser.add_argument("--ratio", type=int, default=4)
     parser.add_argument("--head", help="ComprExIT head directory (default: the shipped head)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -42,13 +44,18 @@ def main() -> None:
     backbone = Backbone.from_pretrained(device=args.device)
     compressor = ComprExITCompressor(backbone, ComprExITHead.from_pretrained(args.head))
     reader = Reader(backbone)
-    examples = load_split("nq", "dev")[: args.limit]
+    examples = load_split(args.dataset, "dev")[: args.limit]
     questions = [example.question for example in examples]
 
     started = time.perf_counter()
-    soft = compressor.compress([example.passages[0].formatted() for example in examples], ratio=args.ratio)
-    own = [soft.select([index]) for index in range(len(examples))]
-    other = own[1:] + own[:1]  # question i reads the passage of question i + 1
+    soft = compressor.compress(
+        [passage.formatted() for example in examples for passage in example.passages], ratio=args.ratio
+    )
+    own, start = [], 0
+    for example in examples:
+        own.append(soft.select(range(start, start + len(example.passages))))
+        start += len(example.passages)
+    other = own[1:] + own[:1]  # question i reads the passages of question i + 1
     compress_s = time.perf_counter() - started
 
     answers, scores = {}, {}
@@ -59,6 +66,7 @@ def main() -> None:
     same = sum(a == b for a, b in zip(answers["own passage"], answers["another passage"], strict=True))
     report = {
         "description": __doc__.split("\n\n")[0],
+        "dataset": args.dataset,
         "head": args.head or "shipped",
         "device": str(backbone.device),
         "ratio": args.ratio,
