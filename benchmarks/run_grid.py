@@ -37,7 +37,7 @@ GRID = [
     *[("comi", "comi", r, "comi/final") for r in (4, 8, 16, 32)],
     # Transport window size: the shipped head continued for the same steps with W = 64, 128, 256.
     *[(f"comprexit-w{w}", "comprexit", r, f"comprexit-w{w}/final") for w in (64, 128, 256) for r in (4, 8, 16)],
-    # Round 5: fresh heads of three designs (benchmarks/gpu/round5.sh), mixed-ratio and 4x-only.
+    # Round 5: fresh heads of three designs (benchmarks/gpu/round5.sh at commit 45fe0c6), mixed-ratio and 4x-only.
     *[(f"round5-{d}", "comprexit", r, f"comprexit-{d}/final") for d in ("raw", "local", "gated") for r in (4, 8, 16)],
     *[(f"round5-{d}-r4", "comprexit", 4, f"comprexit-{d}-r4/final") for d in ("raw", "local", "gated")],
     # Round 6: the standardised + local design trained longer, with and without a slot-norm bound.
