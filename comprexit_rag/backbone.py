@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import threading
@@ -59,6 +60,12 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[li
     for this call: hold the backbone's :attr:`Backbone.lock` when the tokenizer is shared.
     """
     return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword that passes a KV cache to ``model.forward``: recent transformers renamed
+    ``past_key_values`` to ``cache`` (the old name is deprecated there)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -12,7 +12,7 @@ import torch
 from transformers import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .backbone import Backbone
+from .backbone import Backbone, cache_keyword
 from .errors import InvalidInputError
 from .prompts import QAPrompt, stop_token_ids
 from .segments import check_positive_int, check_text
@@ -68,6 +68,7 @@ class Reader:
         # position onto the vocabulary (on a CPU that is a quarter of a 700-token prefill).
         forward = inspect.signature(backbone.model.forward).parameters
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
+        self._cache_keyword = cache_keyword(backbone.model)
 
     def context_embeddings(self, context: Context) -> torch.Tensor:
         """The context as input embeddings [n, H] in the model's dtype."""
@@ -266,8 +267,8 @@ class Reader:
                     input_ids=next_tokens.unsqueeze(1),
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=output.past_key_values,
                     use_cache=True,
+                    **{self._cache_keyword: output.past_key_values},
                 )
 
     def _prefill(self, batch: ReaderBatch) -> CausalLMOutputWithPast:
@@ -297,8 +298,8 @@ class Reader:
             inputs_embeds=batch.inputs_embeds[:, start:],
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids[:, start:],
-            past_key_values=copy.deepcopy(self._prefix_cache[1]),  # decoding appends to it
             use_cache=True,
+            **{self._cache_keyword: copy.deepcopy(self._prefix_cache[1])},  # decoding appends to it
             **self._last_logits,
         )
 
