@@ -20,7 +20,7 @@ import torch
 from benchmark_environment import machine_environment
 
 from comprexit_rag import Backbone
-from comprexit_rag.backbone import cache_keyword
+from comprexit_rag.backbone import cache_keyword, returned_cache
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
             token = ids[:, -1:]
             for step in range(args.decode_steps):
                 positions = torch.tensor([[ids.shape[1] + step]], device=backbone.device)
-                kv = {cache: output.past_key_values}
+                kv = {cache: returned_cache(output)}
                 output = model(input_ids=token, position_ids=positions, use_cache=True, **kv)
 
         with torch.inference_mode():

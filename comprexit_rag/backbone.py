@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
 
 from .default_model import DEFAULT_BACKBONE_NAME, default_backbone_dir
 
@@ -64,8 +65,13 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[li
 
 def cache_keyword(model: nn.Module) -> str:
     """The keyword that passes a KV cache to ``model.forward``: recent transformers renamed
-    ``past_key_values`` to ``cache`` (the old name is deprecated there)."""
+    ``past_key_values`` to ``cache``, in arguments and outputs (the old name is deprecated there)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: ModelOutput) -> Cache:
+    """The KV cache a forward pass with ``use_cache=True`` returned, under either name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -12,7 +12,7 @@ import torch
 from transformers import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .backbone import Backbone, cache_keyword
+from .backbone import Backbone, cache_keyword, returned_cache
 from .errors import InvalidInputError
 from .prompts import QAPrompt, stop_token_ids
 from .segments import check_positive_int, check_text
@@ -268,7 +268,7 @@ class Reader:
                     attention_mask=mask,
                     position_ids=positions,
                     use_cache=True,
-                    **{self._cache_keyword: output.past_key_values},
+                    **{self._cache_keyword: returned_cache(output)},
                 )
 
     def _prefill(self, batch: ReaderBatch) -> CausalLMOutputWithPast:
@@ -292,7 +292,7 @@ class Reader:
         if self._prefix_cache is None or self._prefix_cache[0] != key:
             ids = torch.tensor([prefix], device=self.backbone.device)
             # The base model only: the prefix's logits are never read.
-            self._prefix_cache = (key, model.base_model(input_ids=ids, use_cache=True).past_key_values)
+            self._prefix_cache = (key, returned_cache(model.base_model(input_ids=ids, use_cache=True)))
         start = len(prefix)
         return model(
             inputs_embeds=batch.inputs_embeds[:, start:],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -266,3 +267,18 @@ def test_real_smollm2_reads_slots_and_text(real_backbone):
     from_text = reader.generate("Who is the Eiffel Tower named after?", PASSAGE)
     assert isinstance(from_slots, str) and from_slots
     assert "eiffel" in from_text.lower()
+
+
+def test_kv_cache_is_passed_and_read_under_the_installed_transformers_name(tiny_backbone):
+    from transformers import Cache
+
+    from comprexit_rag.backbone import cache_keyword, returned_cache
+
+    model = tiny_backbone.model
+    ids = torch.tensor([[tiny_backbone.bos_token_id, 5, 6]], device=tiny_backbone.device)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # neither name may be a deprecated one
+        cache = returned_cache(model(input_ids=ids, use_cache=True))
+        assert isinstance(cache, Cache) and cache.get_seq_length() == 3
+        step = model(input_ids=ids[:, -1:], use_cache=True, **{cache_keyword(model): cache})
+    assert returned_cache(step).get_seq_length() == 4
