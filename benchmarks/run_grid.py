@@ -42,6 +42,8 @@ GRID = [
     *[(f"round5-{d}-r4", "comprexit", 4, f"comprexit-{d}-r4/final") for d in ("raw", "local", "gated")],
     # Round 6: the standardised + local design trained longer, with and without a slot-norm bound.
     *[(f"round6-{d}", "comprexit", r, f"round6-{d}/final") for d in ROUND6_ARMS for r in (4, 8, 16)],
+    # ... and the `local` head's QA fine-tuning continued (benchmarks/gpu/round6_more_qa.sh).
+    *[("round6-local-more-qa", "comprexit", r, "round6-local-more-qa/final") for r in (4, 8, 16)],
 ]
 
 
