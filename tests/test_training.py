@@ -464,6 +464,8 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: Callable[[int]
 @pytest.mark.parametrize(
     ("budget", "seconds_per_step", "steps", "schedules"),
     [
+        # Slow first steps (allocator, kernel selection) do not set the pace: steps 11-20 do.
+        (100.0, lambda step: 5.0 if step <= 10 else 1.0, 60, [1000, 60]),
         # Refit at step 20 to the 5 affordable steps left.
         (25.0, lambda step: 1.0, 25, [1000, 25]),
         # Nothing affordable at the refit: still one more step (total_steps >= step + 1), then stop.

@@ -38,6 +38,8 @@ Stage = Literal["pretrain", "sft"]
 METHODS: tuple[str, ...] = ("comprexit", "mean-pool", "comi", "full-tuned")
 SLOT_METHODS = ("comprexit", "mean-pool")
 REFIT_STEPS = (20, 100)
+# The first steps (allocator, kernel selection, data warm-up) are slow: step times count from here.
+PACE_FROM_STEP = 10
 CALIBRATION_SEED = 10_002
 CALIBRATION_TOKENS = 400_000
 
@@ -286,10 +288,12 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
 
         state["step"] = step + 1
         state["elapsed_s"] = time.perf_counter() - started
+        if config.time_budget_s and state["step"] == PACE_FROM_STEP and not state["refit_step"]:
+            state["refit_step"], state["refit_elapsed_s"] = state["step"], state["elapsed_s"]
         if config.time_budget_s and state["step"] in REFIT_STEPS:
-            # Fit the schedule into the time budget at the step time since the last refit: the first
-            # steps (allocator, kernel selection) and steps that shared the GPU with runs since
-            # finished are slower than the ones to come.
+            # Fit the schedule into the time budget at the step time since the last refit (or since
+            # PACE_FROM_STEP): the first steps and steps that shared the GPU with runs since finished
+            # are slower than the ones to come.
             steps_since = state["step"] - state["refit_step"]
             seconds_per_step = (state["elapsed_s"] - state["refit_elapsed_s"]) / steps_since
             affordable = state["step"] + int((config.time_budget_s - state["elapsed_s"]) / seconds_per_step)
