@@ -19,7 +19,7 @@ with the pipeline's own breakdown (retrieve / compress / read), the latency rela
 (goal for ``comprexit``: <= 0.25x) and the context vectors the reader reads (slots, or text tokens
 for ``full``).
 
-Reproduce the committed result (roughly an hour on 2 shared cores, all three methods)::
+Reproduce the committed 4x result (about 10 minutes on 2 cores, all three methods, indexing included)::
 
     HF_HUB_OFFLINE=1 python benchmarks/open_corpus_hotpotqa.py --out benchmarks/results/open_corpus_hotpotqa.json
 """
