@@ -1,14 +1,28 @@
-"""What every benchmark records about the machine it ran on (imported by the scripts beside it)."""
+"""Shared by the benchmark scripts beside it: what the machine is, and a median wall-clock timer."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import transformers
+
+
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
+    """Median wall-clock seconds of ``repeats`` calls, after one untimed warm-up call."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
 
 
 def load_average() -> list[float] | None:

@@ -8,23 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
+from benchmark_environment import median_seconds
 
 from comprexit_rag import Backbone, ComprExITCompressor, ComprExITHead, Reader
 from comprexit_rag.data import load_split
-
-
-def timed(function, repeats: int) -> float:
-    function()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -58,9 +47,9 @@ def main() -> None:
         "torch": torch.__version__,
         "passage_tokens": soft.num_tokens,
         "slots": soft.num_slots,
-        "compress_512_tokens_s": timed(lambda: compressor.compress([passage], ratio=4), args.repeats),
-        "answer_from_slots_s": timed(lambda: reader.generate(question, soft), args.repeats),
-        "answer_from_text_s": timed(lambda: reader.generate(question, passage), args.repeats),
+        "compress_512_tokens_s": median_seconds(lambda: compressor.compress([passage], ratio=4), args.repeats),
+        "answer_from_slots_s": median_seconds(lambda: reader.generate(question, soft), args.repeats),
+        "answer_from_text_s": median_seconds(lambda: reader.generate(question, passage), args.repeats),
         # Answers may differ in length (greedy, up to 20 tokens): report them with the times.
         "answer_from_slots": reader.generate(question, soft),
         "answer_from_text": reader.generate(question, passage),

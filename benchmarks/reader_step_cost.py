@@ -12,25 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from benchmark_environment import machine_environment
+from benchmark_environment import machine_environment, median_seconds
 
 from comprexit_rag import Backbone
 from comprexit_rag.backbone import cache_keyword, returned_cache
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> None:
