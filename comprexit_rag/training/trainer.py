@@ -38,6 +38,8 @@ Stage = Literal["pretrain", "sft"]
 METHODS: tuple[str, ...] = ("comprexit", "mean-pool", "comi", "full-tuned")
 SLOT_METHODS = ("comprexit", "mean-pool")
 REFIT_STEPS = (20, 100)
+# ComprExIT config fields a run may set on a loaded head: none of them changes the head's parameters.
+HEAD_OVERRIDES = ("window", "locality_weight", "max_slot_norm")
 # The first steps (allocator, kernel selection, data warm-up) are slow: step times count from here.
 PACE_FROM_STEP = 10
 CALIBRATION_SEED = 10_002
@@ -86,7 +88,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_method_and_stage(self.method, self.stage)
-        for name in ("window", "locality_weight", "max_slot_norm"):
+        for name in HEAD_OVERRIDES:
             if getattr(self, name) is not None and self.method != "comprexit":
                 raise InvalidInputError(f"{name} applies to the comprexit head, not to {self.method}.")
         if self.standardize_layers and (self.method != "comprexit" or self.init_from):
@@ -128,9 +130,7 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
             )
             if config.standardize_layers:
                 head.calibrate(backbone, calibration_passages(backbone, config.data_root))
-        # None of these changes the head's parameters: a head can go on with other values.
-        # replace() validates them through the config.
-        for name in ("window", "locality_weight", "max_slot_norm"):
+        for name in HEAD_OVERRIDES:  # replace() validates them through the config
             if getattr(config, name) is not None:
                 head.config = replace(head.config, **{name: getattr(config, name)})
         head.config.trained_ratios = sorted(config.ratios)
