@@ -9,6 +9,7 @@ import logging
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -99,6 +100,8 @@ class Backbone:
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.lock = threading.RLock()  # held around every forward pass and tokenizer call
+        # Reader adapters injected into the model (see adapter.py); off except while a reader reads.
+        self.reader_adapters: dict[str, Any] = {}
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

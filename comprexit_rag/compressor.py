@@ -9,14 +9,16 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .adapter import ADAPTER_DIR, ReaderAdapter
 from .backbone import Backbone
 from .checkpoint import check_fingerprint
 from .config import validate_ratio
-from .errors import InvalidInputError
+from .errors import AdapterMismatchError, InvalidInputError
 from .head import ComprExITHead, HeadOutput
 from .segments import SegmentBatch, check_positive_int, check_texts, encode_segments
 from .soft_context import PassageDetails, SoftContext
@@ -52,17 +54,38 @@ class SlotCompressor:
         device: str | torch.device | None = None,
         batch_size: int = 8,
     ) -> SlotCompressor:
-        """Defaults: the embedded SmolLM2 backbone and the head shipped for it."""
+        """Defaults: the embedded SmolLM2 backbone and the head shipped for it.
+
+        A head directory holding a ``reader_adapter/`` (a head trained with a reader LoRA) attaches
+        that adapter to the backbone; :class:`~comprexit_rag.reader.Reader` then reads through it.
+        """
         if not isinstance(backbone, Backbone):
             backbone = Backbone.from_pretrained(backbone, device=device)
+        reader_adapter = None
         if not isinstance(head, cls.head_class):
+            directory = Path(head) if head is not None else cls.head_class.default_checkpoint
             head = cls.head_class.from_pretrained(head)
-        return cls(backbone, head, batch_size=batch_size)
+            if (directory / ADAPTER_DIR).is_dir():
+                check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
+                reader_adapter = ReaderAdapter.from_pretrained(directory / ADAPTER_DIR, backbone)
+        return cls(backbone, head, batch_size=batch_size, reader_adapter=reader_adapter)
 
-    def __init__(self, backbone: Backbone, head: nn.Module, batch_size: int = 8) -> None:
+    def __init__(
+        self, backbone: Backbone, head: nn.Module, batch_size: int = 8, reader_adapter: ReaderAdapter | None = None
+    ) -> None:
         check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
+        if reader_adapter is not None:
+            if reader_adapter.backbone is not backbone:
+                raise InvalidInputError("The reader adapter is attached to another backbone object; use one backbone.")
+            paired = reader_adapter.paired_head
+            if paired is not None and paired != head_digest(head):
+                raise AdapterMismatchError(
+                    f"The reader adapter was trained with head {paired}, not with this head ({head_digest(head)}). "
+                    "Load the head and the adapter from the same checkpoint directory."
+                )
         self.backbone = backbone
         self.head = head.to(backbone.device).eval()
+        self.reader_adapter = reader_adapter
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self._fingerprint: str | None = None
 
@@ -72,18 +95,17 @@ class SlotCompressor:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies backbone + head weights + head config; slot stores key their entries on it.
+        """Identifies backbone + head weights + head config (+ reader adapter); slot stores key on it.
 
         The config takes part because some of its fields (window, locality weight, slot-norm bound)
-        change the slots without changing a weight. Computed once, at first use.
+        change the slots without changing a weight; the reader adapter because slots are only
+        meaningful read through the adapter they were trained with. Computed once, at first use.
         """
         if self._fingerprint is None:
-            digest = hashlib.sha256(self.backbone.fingerprint.digest.encode())
-            digest.update(json.dumps(self.head.config.to_dict(), sort_keys=True).encode())
-            for name, tensor in sorted(self.head.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = f"{self.kind}-{digest.hexdigest()[:16]}"
+            slots = head_digest(self.head, salt=self.backbone.fingerprint.digest)
+            if self.reader_adapter is not None:
+                slots = hashlib.sha256(f"{slots}/reader-adapter:{self.reader_adapter.digest}".encode()).hexdigest()[:16]
+            self._fingerprint = f"{self.kind}-{slots}"
         return self._fingerprint
 
     def compress(
@@ -155,7 +177,20 @@ class SlotCompressor:
         details = None
         if return_details:
             details = [_merge_details([part.details for part in parts]) for parts in per_passage]
-        return SoftContext.from_passages(passages, [len(ids) for ids in token_ids], details=details)
+        adapter = self.reader_adapter.digest if self.reader_adapter is not None else None
+        return SoftContext.from_passages(
+            passages, [len(ids) for ids in token_ids], details=details, reader_adapter=adapter
+        )
+
+
+def head_digest(head: nn.Module, salt: str = "") -> str:
+    """A hash of a head's config and weights (``salt`` first): what stores and reader adapters pair with."""
+    digest = hashlib.sha256(salt.encode())
+    digest.update(json.dumps(head.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(head.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def row_slots(output: HeadOutput) -> list[torch.Tensor]:

@@ -9,6 +9,10 @@ class BackboneMismatchError(ComprExITError, ValueError):
     """A head or stored slots were made for a different backbone than the one in use."""
 
 
+class AdapterMismatchError(ComprExITError, ValueError):
+    """Slots are read through another reader adapter than the one their head was trained with (or none)."""
+
+
 class CheckpointError(ComprExITError, ValueError):
     """A checkpoint is missing, truncated, corrupt or of an unknown format."""
 

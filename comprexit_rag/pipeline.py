@@ -42,6 +42,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
+from .adapter import ADAPTER_DIR, ReaderAdapter
 from .backbone import Backbone
 from .compressor import ComprExITCompressor
 from .config import validate_ratio
@@ -176,7 +177,10 @@ class RAGPipeline:
         self.compressor = compressor
         self.retriever = retriever
         self.ratio = validate_ratio(compressor.config.ratio if ratio is None else ratio, compressor.config.window)
-        self.reader = Reader(compressor.backbone)
+        # The head's reader adapter (if it has one) reads its slots and the raw text; COMI's projector
+        # was trained for the frozen reader, so its slots are read without the adapter.
+        self.reader = Reader(compressor.backbone, adapter=compressor.reader_adapter)
+        self.frozen_reader = Reader(compressor.backbone, adapter=None) if compressor.reader_adapter else self.reader
         self._comi_merger = comi_merger
         self._comi: COMICompressor | None = None
         self._stores: dict[int, SlotStore] = {}
@@ -217,12 +221,12 @@ class RAGPipeline:
             raise InvalidInputError(f"{directory} already holds a pipeline; use RAGPipeline.load (or open).")
         directory.mkdir(parents=True, exist_ok=True)
         backbone = _load_backbone(backbone, DEFAULT, device)
-        head_module, head_source = _resolve_head(directory, head, DEFAULT, backbone)
+        compressor, head_source = _resolve_compressor(directory, head, DEFAULT, backbone)
         if retriever is None:
             retriever = DenseRetriever(embedder)
         pipeline = cls(
             directory,
-            compressor=ComprExITCompressor(backbone, head_module),
+            compressor=compressor,
             retriever=retriever,
             ratio=ratio,
             comi_merger=comi_merger,
@@ -265,10 +269,10 @@ class RAGPipeline:
                 f"{record['backbone_fingerprint']}), not {loaded.name!r} ({loaded.fingerprint.digest}); "
                 "load it with the same backbone or build a new pipeline."
             )
-        head_module, head_source = _resolve_head(directory, head, record["head"], loaded)
+        compressor, head_source = _resolve_compressor(directory, head, record["head"], loaded)
         pipeline = cls(
             directory,
-            compressor=ComprExITCompressor(loaded, head_module),
+            compressor=compressor,
             retriever=_load_retriever(directory, embedder),
             ratio=record["ratio"] if ratio is None else ratio,
             comi_merger=comi_merger if comi_merger is not None else record.get("comi_merger"),
@@ -516,7 +520,8 @@ class RAGPipeline:
         else:
             context, stats_context = texts, None
         compressed = time.perf_counter()
-        answer = self.reader.generate(question, context, max_new_tokens=max_new_tokens)
+        reader = self.frozen_reader if method == "comi" else self.reader
+        answer = reader.generate(question, context, max_new_tokens=max_new_tokens)
         finished = time.perf_counter()
 
         if stats_context is not None:
@@ -563,7 +568,9 @@ class RAGPipeline:
                 # Read what the store keeps (fp16), so an answer never depends on whether it was a hit.
                 slots[i] = passage_slots.to(DISK_DTYPE).float()
         filled = [s for s in slots if s is not None]
-        return SoftContext.from_passages(filled, counts), len(texts) - len(absent), len(absent)
+        adapter = self.compressor.reader_adapter
+        context = SoftContext.from_passages(filled, counts, reader_adapter=adapter.digest if adapter else None)
+        return context, len(texts) - len(absent), len(absent)
 
     def __repr__(self) -> str:
         return (
@@ -602,19 +609,26 @@ def _load_retriever(directory: Path, embedder: str | os.PathLike[str] | Sentence
         raise CheckpointError(f"{directory} is incomplete ({error}); rebuild it with `index`.") from error
 
 
-def _resolve_head(
+def _resolve_compressor(
     directory: Path, head: str | os.PathLike[str] | ComprExITHead | None, recorded: str, backbone: Backbone
-) -> tuple[ComprExITHead, str]:
-    """The head to use and how ``pipeline.json`` refers to it (``"default"`` or a path)."""
+) -> tuple[ComprExITCompressor, str]:
+    """The compressor of the head to use (with the head's reader adapter, if it has one) and how
+    ``pipeline.json`` refers to the head (``"default"`` or a path)."""
     if isinstance(head, ComprExITHead):
         head.save_pretrained(directory / HEAD_DIR)
-        return head, HEAD_DIR
+        return ComprExITCompressor(backbone, head), HEAD_DIR
     source = os.fspath(head) if head is not None else recorded
     if source == DEFAULT:
-        return load_head_or_untrained(backbone, directory / UNTRAINED_HEAD_DIR), DEFAULT
-    path = Path(source) if Path(source).is_absolute() or head is not None else directory / source
-    loaded = ComprExITHead.from_pretrained(path)
-    return loaded, source if head is None else str(path.resolve())
+        module = load_head_or_untrained(backbone, directory / UNTRAINED_HEAD_DIR)
+        head_dir = DEFAULT_HEAD if module.fingerprint == backbone.fingerprint and DEFAULT_HEAD.is_dir() else None
+    else:
+        head_dir = Path(source) if Path(source).is_absolute() or head is not None else directory / source
+        module = ComprExITHead.from_pretrained(head_dir)
+        source = source if head is None else str(head_dir.resolve())
+    adapter = None
+    if head_dir is not None and (head_dir / ADAPTER_DIR).is_dir():
+        adapter = ReaderAdapter.from_pretrained(head_dir / ADAPTER_DIR, backbone)
+    return ComprExITCompressor(backbone, module, reader_adapter=adapter), source
 
 
 def _comi_source(merger: object) -> str | None:

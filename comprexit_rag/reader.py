@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .adapter import ReaderAdapter, require_adapter
 from .backbone import Backbone, cache_keyword, returned_cache
 from .errors import InvalidInputError
 from .prompts import QAPrompt, stop_token_ids
@@ -36,6 +39,7 @@ class ReaderBatch:
     position_ids: torch.Tensor  # [B, T]
     labels: torch.Tensor | None = None  # [B, T], IGNORE_INDEX outside the targets
     context_lengths: list[int] | None = None  # context vectors per example (slots or text tokens)
+    slot_mask: torch.Tensor | None = None  # [B, T] bool, true where the context was given as vectors (slots)
     prompt_prefix: list[int] | None = None  # token ids every row starts with (the prompt before the context)
 
 
@@ -52,13 +56,29 @@ class Reader:
     how many positions each part takes; :meth:`context_budget` tells beforehand how much context
     fits with a question.
 
+    Reader adapter: slots of a head trained with a reader LoRA are read through that adapter
+    (:class:`~comprexit_rag.adapter.ReaderAdapter`). By default the reader uses the adapter attached
+    to its backbone (loading such a head attaches it), ``adapter=None`` reads with the frozen
+    weights, and slots made for another adapter raise :class:`AdapterMismatchError`.
+
     Thread safety: :meth:`generate` and :meth:`stream` may be called from several threads at
     once; every forward pass and tokenizer call holds the backbone's lock (see
     :class:`~comprexit_rag.backbone.Backbone`), so answers equal those of sequential calls.
     """
 
-    def __init__(self, backbone: Backbone, prompt: QAPrompt | None = None, max_new_tokens: int = 20) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        prompt: QAPrompt | None = None,
+        max_new_tokens: int = 20,
+        adapter: ReaderAdapter | Literal["attached"] | None = "attached",
+    ) -> None:
         self.backbone = backbone
+        self.adapter = attached_adapter(backbone) if adapter == "attached" else adapter
+        if self.adapter is not None and self.adapter.backbone is not backbone:
+            raise InvalidInputError(
+                "The reader adapter is attached to another backbone object; use one backbone for both."
+            )
         self.prompt = prompt or QAPrompt()
         self.max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
         self.stop_token_ids = stop_token_ids(backbone.tokenizer, backbone.model.generation_config.eos_token_id)
@@ -76,6 +96,8 @@ class Reader:
         if context is None:
             return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
         if isinstance(context, SoftContext):
+            if context.reader_adapter is not None:
+                require_adapter(context.reader_adapter, self.adapter, "These slots")
             context = context.embeddings()
         if isinstance(context, torch.Tensor):
             if context.dim() != 2 or context.shape[-1] != backbone.hidden_size:
@@ -121,7 +143,7 @@ class Reader:
         prompt = prompt or self.prompt
         embed = self.backbone.embed
         device = self.backbone.device
-        rows, label_rows, context_lengths, prefixes = [], [], [], set()
+        rows, label_rows, context_lengths, prefixes, slot_spans = [], [], [], set(), []
         for index, (question, context) in enumerate(zip(questions, contexts, strict=True)):
             before, after = prompt.pieces(self.backbone.tokenizer, question)
             prefixes.add(tuple(before))
@@ -131,6 +153,8 @@ class Reader:
             tail = torch.tensor(after + target, dtype=torch.long, device=device)
             head = torch.tensor(before, dtype=torch.long, device=device)
             rows.append(torch.cat([embed(head), context_embeds.to(self.backbone.dtype), embed(tail)]))
+            is_vectors = isinstance(context, SoftContext | torch.Tensor)
+            slot_spans.append((len(before), len(before) + context_embeds.shape[0] if is_vectors else len(before)))
             labels = torch.full((rows[-1].shape[0],), IGNORE_INDEX, dtype=torch.long, device=device)
             if target:
                 labels[-len(target) :] = torch.tensor(target, device=device)
@@ -141,14 +165,29 @@ class Reader:
         inputs = torch.zeros(len(rows), length, hidden, dtype=rows[0].dtype, device=device)
         mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
         labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+        slot_mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
         for row, (values, row_labels) in enumerate(zip(rows, label_rows, strict=True)):
-            span = slice(length - values.shape[0], length) if padding_side == "left" else slice(0, values.shape[0])
+            offset = length - values.shape[0] if padding_side == "left" else 0
+            span = slice(offset, offset + values.shape[0])
             inputs[row, span] = values
             mask[row, span] = 1
             labels[row, span] = row_labels
+            slot_mask[row, offset + slot_spans[row][0] : offset + slot_spans[row][1]] = True
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         prefix = list(prefixes.pop()) if len(prefixes) == 1 else None
-        return ReaderBatch(inputs, mask, positions, labels if targets is not None else None, context_lengths, prefix)
+        return ReaderBatch(
+            inputs,
+            mask,
+            positions,
+            labels if targets is not None else None,
+            context_lengths=context_lengths,
+            prompt_prefix=prefix,
+            slot_mask=slot_mask,
+        )
+
+    def reading(self, slot_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
+        """The reader adapter switched on (if any) for the forward passes inside; hold the backbone's lock."""
+        return self.adapter.reading(slot_mask) if self.adapter is not None else contextlib.nullcontext()
 
     def generate(
         self,
@@ -262,7 +301,7 @@ class Reader:
                 return
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             positions = positions[:, -1:] + 1
-            with lock:
+            with lock, self.reading():
                 output = model(
                     input_ids=next_tokens.unsqueeze(1),
                     attention_mask=mask,
@@ -281,27 +320,32 @@ class Reader:
         model = self.backbone.model
         prefix = batch.prompt_prefix
         if not prefix or batch.inputs_embeds.shape[0] != 1 or not bool(batch.attention_mask.all()):
-            return model(
-                inputs_embeds=batch.inputs_embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=True,
-                **self._last_logits,
-            )
-        key = (tuple(prefix), str(self.backbone.device), self.backbone.dtype)
+            with self.reading(batch.slot_mask):
+                return model(
+                    inputs_embeds=batch.inputs_embeds,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=True,
+                    **self._last_logits,
+                )
+        # The prefix is text: its KV depends on the adapter only where the adapter covers text positions.
+        adapter_key = (self.adapter.name, self.adapter.digest) if self.adapter is not None else None
+        key = (tuple(prefix), str(self.backbone.device), self.backbone.dtype, adapter_key)
         if self._prefix_cache is None or self._prefix_cache[0] != key:
             ids = torch.tensor([prefix], device=self.backbone.device)
-            # The base model only: the prefix's logits are never read.
-            self._prefix_cache = (key, returned_cache(model.base_model(input_ids=ids, use_cache=True)))
+            with self.reading():  # the base model only: the prefix's logits are never read
+                self._prefix_cache = (key, returned_cache(model.base_model(input_ids=ids, use_cache=True)))
         start = len(prefix)
-        return model(
-            inputs_embeds=batch.inputs_embeds[:, start:],
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids[:, start:],
-            use_cache=True,
-            **{self._cache_keyword: copy.deepcopy(self._prefix_cache[1])},  # decoding appends to it
-            **self._last_logits,
-        )
+        slot_mask = batch.slot_mask[:, start:] if batch.slot_mask is not None else None
+        with self.reading(slot_mask):
+            return model(
+                inputs_embeds=batch.inputs_embeds[:, start:],
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids[:, start:],
+                use_cache=True,
+                **{self._cache_keyword: copy.deepcopy(self._prefix_cache[1])},  # decoding appends to it
+                **self._last_logits,
+            )
 
     def _decode(self, token_ids: list[int]) -> str:
         kept = []
@@ -311,6 +355,18 @@ class Reader:
             kept.append(token)
         with self.backbone.lock:
             return self.backbone.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+
+def attached_adapter(backbone: Backbone) -> ReaderAdapter | None:
+    """The one reader adapter attached to ``backbone``, or None; several must be chosen explicitly."""
+    adapters = list(backbone.reader_adapters.values())
+    if len(adapters) > 1:
+        names = ", ".join(adapter.name for adapter in adapters)
+        raise InvalidInputError(
+            f"The backbone holds several reader adapters ({names}); pass the one to read with: "
+            "Reader(backbone, adapter=...)."
+        )
+    return adapters[0] if adapters else None
 
 
 def _check_strings(values: Sequence[str], what: str) -> list[str]:

@@ -31,6 +31,9 @@ class SoftContext:
     mask: torch.Tensor  # [N, S] bool
     token_counts: torch.Tensor  # [N] source tokens per passage
     details: list[PassageDetails] | None = None
+    # Digest of the reader adapter the slots were trained to be read with (None: the frozen reader, or
+    # not recorded); the Reader refuses to read them through another one.
+    reader_adapter: str | None = None
 
     def __len__(self) -> int:
         return self.slots.shape[0]
@@ -73,10 +76,13 @@ class SoftContext:
             [self.passage(i) for i in index.tolist()],
             self.token_counts[index].tolist(),
             details=[self.details[i] for i in index.tolist()] if self.details else None,
+            reader_adapter=self.reader_adapter,
         )
 
     def to(self, device: str | torch.device) -> SoftContext:
-        return SoftContext(self.slots.to(device), self.mask.to(device), self.token_counts.to(device), self.details)
+        return SoftContext(
+            self.slots.to(device), self.mask.to(device), self.token_counts.to(device), self.details, self.reader_adapter
+        )
 
     @classmethod
     def from_passages(
@@ -84,6 +90,7 @@ class SoftContext:
         passages: Sequence[torch.Tensor],
         token_counts: Sequence[int],
         details: list[PassageDetails] | None = None,
+        reader_adapter: str | None = None,
     ) -> SoftContext:
         """Build from per-passage slot tensors [S_i, H] (e.g. read back from a SlotStore)."""
         if len(passages) != len(token_counts):
@@ -93,14 +100,19 @@ class SoftContext:
         slots = pad_sequence([p.float() for p in passages], batch_first=True)
         lengths = torch.tensor([p.shape[0] for p in passages], device=slots.device)
         mask = torch.arange(slots.shape[1], device=slots.device).unsqueeze(0) < lengths.unsqueeze(1)
-        return cls(slots, mask, torch.tensor(list(token_counts), dtype=torch.long), details)
+        return cls(slots, mask, torch.tensor(list(token_counts), dtype=torch.long), details, reader_adapter)
 
     @classmethod
     def concatenate(cls, contexts: Sequence[SoftContext]) -> SoftContext:
         """Join several SoftContexts passage-wise (the reader then reads all of them)."""
         passages = [p for context in contexts for p in context.passages()]
         counts = [c for context in contexts for c in context.token_counts.tolist()]
-        return cls.from_passages(passages, counts)
+        adapters = {context.reader_adapter for context in contexts}
+        if len(adapters) > 1:
+            raise InvalidInputError(
+                f"Cannot join slots made for different reader adapters: {sorted(map(str, adapters))}."
+            )
+        return cls.from_passages(passages, counts, reader_adapter=adapters.pop() if adapters else None)
 
     @classmethod
     def empty(cls, hidden_size: int) -> SoftContext:
