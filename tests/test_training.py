@@ -15,6 +15,7 @@ import math
 import random
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -273,7 +274,7 @@ def test_pretraining_reconstructs_or_continues_the_compressed_text(
     tiny_backbone, data, tmp_path, probability, objective
 ):
     config = tiny_config(tmp_path, data, "comprexit", "pretrain", reconstruction_prob=probability)
-    sample = make_sampler(config, tiny_backbone)
+    sample, _ = make_sampler(config, tiny_backbone)
     for seed in range(4):
         batch, prompt = sample(random.Random(seed))
         assert isinstance(prompt, objective) and len(batch) == config.batch_size
@@ -569,3 +570,96 @@ def test_invalid_window_is_refused(tiny_backbone, data, tmp_path, method, window
     with pytest.raises(InvalidInputError, match=r"window|segment_length"):
         config = tiny_config(tmp_path, data, method, window=window)
         build_encoder(config, tiny_backbone)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reader adapter, trained with the head.
+# ---------------------------------------------------------------------------------------------
+
+
+def adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "reader_adapter" / "adapter_model.safetensors"))
+
+
+def test_a_reader_adapter_trains_with_the_head_and_ships_with_it(make_tiny_backbone, data, tmp_path):
+    backbone = make_tiny_backbone()
+    frozen = {name: p.clone() for name, p in backbone.model.named_parameters()}
+    config = tiny_config(tmp_path / "run", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+    summary = train(config, backbone)
+    assert summary["reader_adapter"]["scope"] == "all"
+    final = Path(config.output_dir) / "final"
+    lora_b = [t for name, t in adapter_weights(final).items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: it moved
+    base = {name: p for name, p in backbone.model.named_parameters() if "lora_" not in name}
+    assert all(torch.equal(p, frozen[name.replace(".base_layer", "")]) for name, p in base.items())
+
+    # QA fine-tuning continues the same adapter (no new one is attached).
+    sft = tiny_config(tmp_path / "sft", data, "comprexit", "sft", init_from=str(final), max_steps=1)
+    train(sft, make_tiny_backbone())
+    assert (Path(sft.output_dir) / "final" / "reader_adapter").is_dir()
+
+
+def test_a_run_in_pieces_equals_an_uninterrupted_one(make_tiny_backbone, data, tmp_path):
+    options = {"reader_adapter": True, "adapter_rank": 4, "max_steps": 3}
+    straight = tiny_config(tmp_path / "straight", data, "comprexit", "pretrain", **options)
+    train(straight, make_tiny_backbone())
+    # A zero-second piece ends after one step; each rerun (a new process in practice) continues.
+    pieces = tiny_config(tmp_path / "pieces", data, "comprexit", "pretrain", piece_seconds=0.0, **options)
+    steps = [train(pieces, make_tiny_backbone())["steps"] for _ in range(3)]
+    assert steps == [1, 2, 3]
+    assert final_weights(pieces).keys() == final_weights(straight).keys()
+    for name, tensor in final_weights(pieces).items():
+        assert torch.equal(tensor, final_weights(straight)[name]), name
+    want = adapter_weights(Path(straight.output_dir) / "final")
+    for name, tensor in adapter_weights(Path(pieces.output_dir) / "final").items():
+        assert torch.equal(tensor, want[name]), name
+
+
+def test_resuming_on_other_data_or_without_the_adapter_is_refused(make_tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "run", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+    train(replace(config, piece_seconds=0.0), make_tiny_backbone())
+    with pytest.raises(InvalidInputError, match="trained on data"):
+        train(replace(config, max_pretrain_tokens=300), make_tiny_backbone())
+    with pytest.raises(InvalidInputError, match="with a reader adapter"):
+        train(replace(config, reader_adapter=False), make_tiny_backbone())
+
+
+def test_cli_train_reads_an_experiment_file_and_flags_override_it(backbone_dir, data, tmp_path, capsys):
+    experiment = tmp_path / "experiment.json"
+    experiment.write_text(
+        json.dumps(
+            {
+                "method": "comprexit",
+                "stage": "sft",
+                "ratios": [4],
+                "batch_size": 2,
+                "max_steps": 3,
+                "limit_per_family": 4,
+            }
+        )
+    )
+    code = main(
+        [
+            "train",
+            "--config",
+            str(experiment),
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--backbone",
+            str(backbone_dir),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["config"]["ratios"] == [4] and summary["config"]["batch_size"] == 2
+    experiment.write_text(json.dumps({"stage": "sft", "learning_rate": 1}))
+    assert main(["train", "--config", str(experiment), "--output-dir", str(tmp_path / "x")]) != 0
+    assert "unknown training options ['learning_rate']" in capsys.readouterr().err

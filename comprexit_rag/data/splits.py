@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -173,11 +173,19 @@ def load_split(family: str, split: str, root: str | os.PathLike[str] | None = No
     return list(_cached_split(family, data_root(root).resolve())[split])
 
 
-def pretraining_passages(root: str | os.PathLike[str] | None = None) -> Iterator[Passage]:
-    """Yield the Wikipedia documents (shards in name order), then the 2Wiki corpus passages."""
+def pretraining_passages(
+    root: str | os.PathLike[str] | None = None, wikipedia: Sequence[str] | None = None
+) -> Iterator[Passage]:
+    """Yield Wikipedia documents (shards in name order), then, for the default shards, the 2Wiki passages.
+
+    ``wikipedia``: glob patterns under the data root (e.g. ``["wiki/enwiki_2015_AB_shard*.txt.gz"]``)
+    naming the shards to read instead of the default AA shards; the 2Wiki corpus is then left out.
+    """
     base = data_root(root)
-    shards = sorted(base.glob(WIKIPEDIA_GLOB))
+    patterns = list(wikipedia) if wikipedia else [WIKIPEDIA_GLOB]
+    shards = sorted({path for pattern in patterns for path in base.glob(pattern)})
     if not shards:
-        raise DataNotFoundError(f"No Wikipedia shards matching {WIKIPEDIA_GLOB} under {base}.")
+        raise DataNotFoundError(f"No Wikipedia shards matching {', '.join(patterns)} under {base}.")
     yield from iter_wikipedia_documents(shards)
-    yield from load_2wiki_corpus(data_file(TWOWIKI_FILE, base))
+    if not wikipedia:
+        yield from load_2wiki_corpus(data_file(TWOWIKI_FILE, base))

@@ -6,17 +6,23 @@ run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..backbone import encode_text
+from ..backbone import encode_text, tokenizer_sha256
 from ..data import Passage, QAExample
+from ..data.paths import data_root
 from ..data.splits import load_split, pretraining_passages
+from ..default_model import cache_dir
 from ..prompts import answer_end_token_id
 from .examples import TrainExample
 
@@ -24,6 +30,15 @@ logger = logging.getLogger(__name__)
 
 QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08}
 MAX_PASSAGE_TOKENS = 1024
+
+
+def corpus_key(
+    tokenizer: PreTrainedTokenizerBase, root: str | None, max_tokens: int | None, wikipedia: Sequence[str] | None
+) -> str:
+    payload = json.dumps(
+        [str(data_root(root)), list(wikipedia or []), max_tokens, tokenizer_sha256(tokenizer)], sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def tokenize_passages(
@@ -45,28 +60,59 @@ class PretrainCorpus:
 
     @classmethod
     def build(
-        cls, tokenizer: PreTrainedTokenizerBase, root: str | None = None, max_tokens: int | None = None
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        root: str | None = None,
+        max_tokens: int | None = None,
+        wikipedia: Sequence[str] | None = None,
     ) -> PretrainCorpus:
+        """Tokenise the pretraining text (see :func:`pretraining_passages`), or reload it from the cache.
+
+        The token stream of a given (data root, shards, tokenizer, cap) is cached under
+        ``$COMPREXIT_CACHE/corpus``: a run and its resumed pieces read exactly the same stream.
+        """
+        key = corpus_key(tokenizer, root, max_tokens, wikipedia)
+        cached = cache_dir() / "corpus" / f"{key}.npy"
+        if cached.is_file():
+            tokens = np.load(cached, mmap_mode="r")
+            logger.info("Pretraining corpus: %d tokens (cached %s)", len(tokens), cached)
+            return cls(tokens)
         separator = tokenizer.eos_token_id
-        stream: list[int] = []
+        pieces: list[np.ndarray] = []
+        total = 0
         buffer: list[Passage] = []
 
         def flush() -> None:
+            nonlocal total
             for ids in tokenize_passages(tokenizer, buffer):
-                stream.extend(ids)
-                stream.append(separator)
+                pieces.append(np.asarray([*ids, separator], dtype=np.int32))
+                total += len(ids) + 1
             buffer.clear()
 
-        for passage in pretraining_passages(root):
+        progress = tqdm(desc="tokenising pretraining text", unit=" docs", mininterval=10)
+        for passage in pretraining_passages(root, wikipedia):
             buffer.append(passage)
+            progress.update(1)
             if len(buffer) == 512:
                 flush()
-                if max_tokens and len(stream) >= max_tokens:
+                if max_tokens and total >= max_tokens:
                     break
         flush()
-        tokens = np.asarray(stream[:max_tokens] if max_tokens else stream, dtype=np.int32)
+        progress.close()
+        tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+        tokens = tokens[:max_tokens] if max_tokens else tokens
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(temporary, tokens)
+        temporary.replace(cached)
         logger.info("Pretraining corpus: %d tokens", len(tokens))
         return cls(tokens)
+
+    @property
+    def identity(self) -> dict[str, int | str]:
+        """Length and a hash of the stream: a resumed run checks it sees the stream it started on."""
+        sample = np.ascontiguousarray(self.tokens[:: max(1, len(self.tokens) // 65536)])
+        return {"tokens": len(self.tokens), "sha256": hashlib.sha256(sample.tobytes()).hexdigest()[:16]}
 
     def sample(self, rng: random.Random, batch_size: int, context_length: int, continuation: int) -> list[TrainExample]:
         """Random windows: ``context_length`` tokens to compress, the next ``continuation`` to predict."""

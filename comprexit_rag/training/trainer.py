@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from ..backbone import Backbone
-from ..compressor import autocast_for
+from ..compressor import autocast_for, head_digest
 from ..errors import InvalidInputError
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reader import IGNORE_INDEX, Reader, ReaderBatch
@@ -37,6 +38,7 @@ Method = Literal["comprexit", "mean-pool", "comi", "full-tuned"]
 Stage = Literal["pretrain", "sft"]
 METHODS: tuple[str, ...] = ("comprexit", "mean-pool", "comi", "full-tuned")
 SLOT_METHODS = ("comprexit", "mean-pool")
+ADAPTER_METHODS = ("comprexit", "mean-pool", "comi")
 REFIT_STEPS = (20, 100)
 # ComprExIT config fields a run may set on a loaded head: none of them changes the head's parameters.
 HEAD_OVERRIDES = ("window", "locality_weight", "max_slot_norm")
@@ -60,6 +62,9 @@ class TrainConfig:
     warmup_steps: int = 50
     max_steps: int = 2000
     time_budget_s: float | None = None  # stop early (and shorten the schedule) to fit a time budget
+    # End this piece of a long run after this many seconds, keeping the schedule: the checkpoint it
+    # saves resumes the same run (GPU time comes in pieces).
+    piece_seconds: float | None = None
     seed: int = 0
     context_length: int = 512  # pretraining: tokens compressed
     continuation_length: int = 128  # pretraining: tokens predicted
@@ -77,6 +82,19 @@ class TrainConfig:
     locality_weight: float | None = None
     # A smooth bound on each slot's norm; None keeps a loaded head's (none for a fresh head).
     max_slot_norm: float | None = None
+    # Reader adapter (adapter.py): a LoRA on the reading pass, trained with the head. A loaded head
+    # that has one keeps training it; these shape a fresh one.
+    reader_adapter: bool = False
+    adapter_rank: int = 16
+    adapter_alpha: float = 32.0
+    adapter_scope: str = "all"  # "all" positions of the reading pass, or "slots" only
+    adapter_lr: float | None = None  # None: half the head's lr
+    max_grad_norm: float = 1.0
+    # Pretraining: tokens compressed per example, one length drawn per step (None: 128, 256, 384 and
+    # context_length).
+    context_lengths: list[int] | None = None
+    # Pretraining: Wikipedia shard globs under the data root (None: the AA shards and the 2Wiki corpus).
+    wikipedia: list[str] | None = None
     distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
     max_distractors: int = 9
     soft_prompt_tokens: int = 16
@@ -98,6 +116,14 @@ class TrainConfig:
             )
         if not 0.0 <= self.reconstruction_prob <= 1.0:
             raise InvalidInputError(f"reconstruction_prob must lie in [0, 1], got {self.reconstruction_prob}.")
+        if self.reader_adapter and self.method not in ADAPTER_METHODS:
+            raise InvalidInputError(f"A reader adapter trains with {', '.join(ADAPTER_METHODS)}, not {self.method}.")
+        if self.context_lengths is None:
+            self.context_lengths = [128, 256, 384, self.context_length]
+        if not self.context_lengths or any(length <= 0 for length in self.context_lengths):
+            raise InvalidInputError(f"context_lengths must be positive token counts, got {self.context_lengths}.")
+        if self.max_grad_norm <= 0:
+            raise InvalidInputError(f"max_grad_norm must be positive, got {self.max_grad_norm}.")
 
 
 def check_method_and_stage(method: str, stage: str) -> None:
@@ -160,6 +186,23 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
     return encoder
 
 
+def build_reader_adapter(config: TrainConfig, backbone: Backbone) -> ReaderAdapter | None:
+    """The reader adapter trained with the module: the init checkpoint's, a fresh one, or none."""
+    saved = Path(config.init_from) / ADAPTER_DIR if config.init_from else None
+    if saved is not None and saved.is_dir():
+        adapter = ReaderAdapter.from_pretrained(saved, backbone)
+    elif config.reader_adapter:
+        adapter_config = ReaderAdapterConfig(
+            rank=config.adapter_rank, alpha=config.adapter_alpha, scope=config.adapter_scope
+        )
+        adapter = ReaderAdapter.create(backbone, adapter_config)
+    else:
+        return None
+    for parameter in adapter.parameters():
+        parameter.data = parameter.data.float()
+    return adapter.train()
+
+
 def calibration_passages(backbone: Backbone, data_root: str | None) -> list[list[int]]:
     """Fixed Wikipedia windows (64 x 512 tokens, one seed) that calibrate a head's layer standardisation."""
     corpus = PretrainCorpus.build(backbone.tokenizer, data_root, max_tokens=CALIBRATION_TOKENS)
@@ -169,7 +212,15 @@ def calibration_passages(backbone: Backbone, data_root: str | None) -> list[list
 def answer_loss(
     reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
 ) -> torch.Tensor:
-    """Mean cross-entropy of the target tokens given prompt + encoded context."""
+    """Mean cross-entropy of the target tokens given prompt + encoded context (through the reader's adapter)."""
+    logits, labels = batch_logits(reader, encoder, batch, ratio, prompt)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def batch_logits(
+    reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced logits [N, V] at the target positions and the targets [N]."""
     contexts = encoder.encode(batch, ratio)
     inputs = reader.build_inputs(
         [example.question for example in batch],
@@ -178,14 +229,13 @@ def answer_loss(
         prompt=prompt,
         padding_side="right",
     )
-    logits, labels = target_logits(reader, inputs)
-    return F.cross_entropy(logits.float(), labels)
+    return target_logits(reader, inputs)
 
 
 def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, V] at the N positions that predict a target token, and those tokens [N] (teacher forcing)."""
     model = reader.backbone.model
-    with autocast_for(reader.backbone):
+    with autocast_for(reader.backbone), reader.reading(inputs.slot_mask):
         hidden = model.base_model(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
@@ -201,26 +251,29 @@ def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, to
 Sampler = Callable[[random.Random], tuple[list[TrainExample], Prompt]]
 
 
-def make_sampler(config: TrainConfig, backbone: Backbone) -> Sampler:
-    """A function from a seeded RNG to a training batch and the prompt it is read with."""
+def make_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, dict]:
+    """A function from a seeded RNG to a training batch and the prompt it is read with, and the
+    identity of the data it draws from (a resumed run must draw from the same)."""
     if config.stage == "pretrain":
-        corpus = PretrainCorpus.build(backbone.tokenizer, config.data_root, config.max_pretrain_tokens)
+        corpus = PretrainCorpus.build(
+            backbone.tokenizer, config.data_root, config.max_pretrain_tokens, wikipedia=config.wikipedia
+        )
         stop_id = answer_end_token_id(backbone.tokenizer)
 
         def sample_pretrain(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
-            context = rng.choice([128, 256, 384, config.context_length])  # short passages matter too
+            context = rng.choice(config.context_lengths)  # short passages matter too
             if rng.random() < config.reconstruction_prob:
                 return corpus.sample_reconstruction(rng, config.batch_size, context, stop_id), ReconstructionPrompt()
             return corpus.sample(rng, config.batch_size, context, config.continuation_length), ContinuationPrompt()
 
-        return sample_pretrain
+        return sample_pretrain, corpus.identity
 
     qa = QATrainingSet.build(backbone.tokenizer, root=config.data_root, limit_per_family=config.limit_per_family)
 
     def sample_qa(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
         return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors), QAPrompt()
 
-    return sample_qa
+    return sample_qa, {"qa_examples": sum(len(items) for items in qa.families.values())}
 
 
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -238,15 +291,17 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
     torch.manual_seed(config.seed)
     encoder = build_encoder(config, backbone)
     module = encoder.trainable
-    reader = Reader(backbone)
-    optimizer = torch.optim.AdamW(
-        [p for p in module.parameters() if p.requires_grad],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-        weight_decay=config.weight_decay,
-    )
+    adapter = build_reader_adapter(config, backbone)
+    reader = Reader(backbone, adapter=adapter)
+    groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    if adapter is not None:
+        adapter_lr = config.adapter_lr if config.adapter_lr is not None else config.lr / 2
+        groups.append({"params": adapter.parameters(), "lr_scale": adapter_lr / config.lr})
+        logger.info("Reader adapter: %d parameters (%s scope)", adapter.num_parameters(), adapter.config.scope)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    parameters = [p for group in groups for p in group["params"]]
 
-    sample = make_sampler(config, backbone)
+    sample, data_identity = make_sampler(config, backbone)
     state = {
         "step": 0,
         "total_steps": config.max_steps,
@@ -258,16 +313,23 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
     }
     checkpoint = output / "checkpoint"
     if (checkpoint / "state.json").is_file():
-        state |= resume(checkpoint, module, optimizer)
+        state |= resume(checkpoint, module, adapter, optimizer)
+        if state.get("data", data_identity) != data_identity:
+            raise InvalidInputError(
+                f"{output} was trained on data {state['data']}, but this run reads {data_identity}: resume with the "
+                "same --data, shards and token cap, or start a new output directory."
+            )
         logger.info("Resuming %s at step %d", output, state["step"])
+    state["data"] = data_identity
 
     log_path = output / "log.jsonl"
     progress = tqdm(total=state["total_steps"], initial=state["step"], desc=f"{config.method}/{config.stage}")
     started = time.perf_counter() - state["elapsed_s"]
+    piece_started_s = state["elapsed_s"]
     while state["step"] < state["total_steps"]:
         step = state["step"]
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, state["total_steps"], config)
+            group["lr"] = lr_at(step, state["total_steps"], config) * group["lr_scale"]
         total_loss = 0.0
         for micro in range(config.grad_accum):
             rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
@@ -278,7 +340,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
             total_loss += loss.item() / config.grad_accum
             state["examples"] += len(batch)
             state["target_tokens"] += sum(len(example.target_ids) for example in batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         if torch.isfinite(grad_norm):
             optimizer.step()
         else:  # never let one bad batch poison the weights
@@ -310,19 +372,26 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
                 "ratio": ratio,
                 "objective": type(prompt).__name__,
                 "lr": lr_at(step, state["total_steps"], config),
+                "grad_norm": round(float(grad_norm), 3),
                 "elapsed_s": round(state["elapsed_s"], 1),
+                "sequences_per_s": round(state["examples"] / max(state["elapsed_s"], 1e-9), 1),
             }
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=f"{total_loss:.3f}", ratio=ratio)
         if state["step"] % config.save_every == 0:
-            save_checkpoint(checkpoint, module, optimizer, state)
+            save_checkpoint(checkpoint, module, adapter, optimizer, state)
+        if config.piece_seconds is not None and state["elapsed_s"] - piece_started_s >= config.piece_seconds:
+            logger.info("Piece time is up at step %d of %d; rerun to resume", state["step"], state["total_steps"])
+            break
     progress.close()
 
     summary = {
         "method": config.method,
         "stage": config.stage,
+        "finished": state["step"] >= state["total_steps"],
         "steps": state["step"],
+        "total_steps": state["total_steps"],
         "examples_seen": state["examples"],
         "target_tokens_seen": state["target_tokens"],
         "wall_time_s": round(state["elapsed_s"], 1),
@@ -330,25 +399,51 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
         "device": str(backbone.device),
         "config": asdict(config),
     }
-    module.save_pretrained(output / "final", training=summary)
+    if adapter is not None:
+        summary["reader_adapter"] = {"parameters": adapter.num_parameters(), "scope": adapter.config.scope}
+    save_module_and_adapter(output / "final", module, adapter, training=summary)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    save_checkpoint(checkpoint, module, optimizer, state)
+    save_checkpoint(checkpoint, module, adapter, optimizer, state)
     return summary
 
 
-def save_checkpoint(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Module, optimizer and loop state; the JSON state is written last, so it marks a complete checkpoint."""
+def save_module_and_adapter(directory: Path, module: torch.nn.Module, adapter: ReaderAdapter | None, **extra) -> None:
+    """A head and its reader adapter as one checkpoint: ``config.json`` + weights, ``reader_adapter/``."""
+    module.save_pretrained(directory, **extra)
+    if adapter is not None:
+        adapter.paired_head = head_digest(module)
+        adapter.save_pretrained(directory / ADAPTER_DIR)
+
+
+def save_checkpoint(
+    directory: Path,
+    module: torch.nn.Module,
+    adapter: ReaderAdapter | None,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+) -> None:
+    """Module, adapter, optimizer and loop state; the JSON state is written last, so it marks a complete checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
-    module.save_pretrained(directory / "module")
+    save_module_and_adapter(directory / "module", module, adapter)
     torch.save(optimizer.state_dict(), directory / "optimizer.pt.tmp")
     (directory / "optimizer.pt.tmp").replace(directory / "optimizer.pt")
     (directory / "state.json.tmp").write_text(json.dumps(state))
     (directory / "state.json.tmp").replace(directory / "state.json")
 
 
-def resume(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def resume(
+    directory: Path, module: torch.nn.Module, adapter: ReaderAdapter | None, optimizer: torch.optim.Optimizer
+) -> dict:
     from ..checkpoint import load_into, load_state_dict
 
     load_into(module, load_state_dict(directory / "module"), directory / "module")
+    saved_adapter = directory / "module" / ADAPTER_DIR
+    if (adapter is None) != (not saved_adapter.is_dir()):
+        raise InvalidInputError(
+            f"The checkpoint in {directory} was saved {'without' if adapter is not None else 'with'} a reader adapter; "
+            "resume with the configuration it was started with."
+        )
+    if adapter is not None:
+        adapter.load_weights(saved_adapter)
     optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
     return json.loads((directory / "state.json").read_text())
