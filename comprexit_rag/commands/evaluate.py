@@ -30,7 +30,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="dev: keep only this project's held-out dev split when the file is one of the shared data files "
         "(a file with no example in the split is used whole); all: every example",
     )
+    parser.add_argument(
+        "--contexts-from",
+        choices=("own", "other"),
+        default="own",
+        help="other: each question reads the next example's passages (the content gap is own minus other)",
+    )
     parser.add_argument("--checkpoint", help="trained module of the method (default: the shipped one)")
+    parser.add_argument(
+        "--reader-adapter",
+        help="read through this reader adapter (a head checkpoint with reader_adapter/, or the adapter directory), "
+        "e.g. closed-book or full text with the adapter a head was trained with; 'none' reads with the frozen "
+        "weights (default: the adapter of the method's checkpoint, if any)",
+    )
     parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
     parser.add_argument("--device")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -64,6 +76,15 @@ def load_examples(path: str, data_format: str, split: str, context: str, limit: 
     return examples[:limit] if limit else examples
 
 
+def load_reader_adapter(path: str, backbone):
+    from ..adapter import ADAPTER_DIR, ReaderAdapter
+
+    directory = Path(path)
+    return ReaderAdapter.from_pretrained(
+        directory / ADAPTER_DIR if (directory / ADAPTER_DIR).is_dir() else directory, backbone
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..backbone import Backbone
     from ..evaluation.harness import evaluate
@@ -74,8 +95,21 @@ def run(args: argparse.Namespace) -> int:
     examples = load_examples(args.data, args.format, args.split, args.context, args.limit)
     backbone = Backbone.from_pretrained(args.backbone, device=args.device)
     method = build_method(args.method, backbone, ratio or 4, args.checkpoint)
-    reader = Reader(backbone, max_new_tokens=args.max_new_tokens)
-    result = evaluate(method, reader, examples, ratio=ratio, batch_size=args.batch_size, show_progress=not args.json)
+    adapter = "attached"
+    if args.reader_adapter == "none":
+        adapter = None
+    elif args.reader_adapter:
+        adapter = load_reader_adapter(args.reader_adapter, backbone)
+    reader = Reader(backbone, max_new_tokens=args.max_new_tokens, adapter=adapter)
+    result = evaluate(
+        method,
+        reader,
+        examples,
+        ratio=ratio,
+        batch_size=args.batch_size,
+        show_progress=not args.json,
+        contexts_from=args.contexts_from,
+    )
     if args.predictions:
         with Path(args.predictions).open("w") as handle:
             for example, prediction in zip(examples, result.predictions, strict=True):

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 from tqdm.auto import tqdm
 
 from ..data import QAExample
+from ..errors import InvalidInputError
 from ..reader import Reader
 from .methods import EvalMethod
 from .metrics import compute_scores
+
+ContextSource = Literal["own", "other"]
+CONTEXT_SOURCES: tuple[str, ...] = ("own", "other")
 
 
 @dataclass
@@ -25,6 +30,7 @@ class EvalResult:
     slots: float  # mean context vectors the reader actually reads (slots, or tokens for text methods)
     seconds_per_question: float
     predictions: list[str] = field(default_factory=list)
+    contexts_from: str = "own"  # "other": each question read another example's passages
 
     def summary(self) -> dict:
         values = asdict(self)
@@ -40,8 +46,21 @@ def evaluate(
     ratio: int | None = None,
     batch_size: int = 16,
     show_progress: bool = True,
+    contexts_from: ContextSource = "own",
 ) -> EvalResult:
-    """Answer every example with ``method``'s contexts and score the answers (SQuAD normalisation)."""
+    """Answer every example with ``method``'s contexts and score the answers (SQuAD normalisation).
+
+    ``contexts_from="other"`` gives question i the passages of example i+1 (the last reads the first's):
+    real passages of the same kind, only not its own. The gap between the two scores is what the
+    context carries; a method whose score does not drop reads a prior, not the passage.
+    """
+    if contexts_from not in CONTEXT_SOURCES:
+        raise InvalidInputError(f"contexts_from must be one of {CONTEXT_SOURCES}, got {contexts_from!r}.")
+    if contexts_from == "other":
+        examples = [
+            replace(example, passages=other.passages, supporting=other.supporting)
+            for example, other in zip(examples, examples[1:] + examples[:1], strict=True)
+        ]
     predictions: list[str] = []
     context_vectors: list[int] = []
     source_tokens = [
@@ -67,4 +86,5 @@ def evaluate(
         slots=sum(context_vectors) / count,
         seconds_per_question=elapsed / count,
         predictions=predictions,
+        contexts_from=contexts_from,
     )

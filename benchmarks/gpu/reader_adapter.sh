@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Reader adapter on one GPU (issue: slots that carry the passage), in one script; start it with setsid.
+#   1. COMPARE=1: short equal-time arms of experiments/reader_adapter/compare-*.json, each scored on
+#      held-out reconstruction (benchmarks/slot_quality.py --recon only); the arm with the lowest NQ
+#      own-slot loss gives its design to the long run.
+#   2. The long run (experiments/reader_adapter/pretrain-4x.json + the winning design), one piece of
+#      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
+#   3. QA fine-tuning of the piece's head and adapter (sft-4x.json, SFT_S seconds), then the held-out
+#      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
+# Everything lands in $RESULTS; "ALL DONE" ends its log.
+set -uo pipefail
+source benchmarks/gpu/setup.sh
+set +e
+export COMPREXIT_DATA=${COMPREXIT_DATA:-/tmp/data} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results}
+COMPARE=${COMPARE:-1} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-150}
+EXP=experiments/reader_adapter
+mkdir -p "$RUNS" "$RESULTS"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$RESULTS/device.txt"
+python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
+  | tee -a "$RESULTS/device.txt"
+train() { python3 -m comprexit_rag.cli -v train "$@"; }
+
+cp "$EXP/pretrain-4x.json" "$RESULTS/pretrain.json"
+if [ "$COMPARE" = 1 ]; then
+  for config in "$EXP"/compare-*.json; do
+    arm=$(basename "$config" .json)
+    train --config "$config" --time-budget "$COMPARE_S" --output-dir "$RUNS/$arm" > "$RUNS/$arm.log" 2>&1
+    python3 benchmarks/slot_quality.py --head "$RUNS/$arm/final" --device cuda --nq 0 --hotpotqa 0 \
+      --out "$RESULTS/$arm.json" > "$RUNS/$arm-quality.log" 2>&1
+    tail -n 1 "$RUNS/$arm/log.jsonl"; grep -o '"own_nats": [0-9.]*' "$RESULTS/$arm.json"
+  done
+  # The winner's design (scope, objective mix, window lengths, batch) goes into the long run's config.
+  python3 - "$RESULTS" "$EXP" <<'EOF'
+import json, pathlib, sys
+results, exp = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+scores = {p.stem: json.loads(p.read_text())["reconstruction_nq"]["own_nats"] for p in results.glob("compare-*.json")}
+winner = min(scores, key=scores.get)
+design = json.loads((exp / f"{winner}.json").read_text())
+keys = ("adapter_scope", "reconstruction_prob", "continuation_length", "context_lengths", "batch_size")
+config = json.loads((exp / "pretrain-4x.json").read_text()) | {k: design[k] for k in keys if k in design}
+(results / "pretrain.json").write_text(json.dumps(config, indent=1) + "\n")
+(results / "compare.json").write_text(json.dumps({"own_nats": scores, "winner": winner}, indent=1) + "\n")
+print("winner", winner, scores)
+EOF
+fi
+
+train --config "$RESULTS/pretrain.json" --piece-seconds "$PIECE_S" --output-dir "$RUNS/pretrain" \
+  > "$RUNS/pretrain.log" 2>&1
+tail -n 2 "$RUNS/pretrain/log.jsonl"
+python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
+  --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
+rm -rf "$RUNS/sft"
+train --config "$EXP/sft-4x.json" --init-from "$RUNS/pretrain/final" --time-budget "$SFT_S" \
+  --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
+tail -n 1 "$RUNS/sft/log.jsonl"
+python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
+  --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
+grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
+
+# What comes back (8 files of <= 16 MiB a call): results + logs in one archive, the QA head and the
+# long run's resumable checkpoint in 15 MiB parts (collected over two calls).
+mkdir -p "$RESULTS/out" "$RESULTS/state"
+( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
+( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state . )
+tar cf - -C "$RUNS" sft/final pretrain/checkpoint pretrain/final | split -b 15m - "$RESULTS/state/state.tar.part-"
+ls -la "$RESULTS/out" "$RESULTS/state"
+echo ALL DONE
