@@ -194,3 +194,23 @@ def test_the_shipped_head_reads_through_its_adapter_on_the_real_backbone(real_ba
     soft = compressor.compress([passage], ratio=4)
     answer = Reader(real_backbone).generate("Whose company built the Eiffel Tower?", soft)
     assert "eiffel" in answer.lower()
+
+
+def test_a_served_copy_with_the_adapter_merged_reads_like_the_adapted_reader(fresh_tiny_backbone, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from comprexit_rag.scale.served_reader import export_served_reader
+
+    backbone = fresh_tiny_backbone
+    adapter = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4)))
+    expected = logits(backbone, adapter)
+    frozen = logits(backbone)
+    export_served_reader(adapter, tmp_path / "served")
+    served = AutoModelForCausalLM.from_pretrained(tmp_path / "served").eval()
+    with torch.no_grad():
+        assert torch.allclose(served(input_ids=IDS).logits, expected, atol=1e-4)
+    assert torch.equal(logits(backbone), frozen)  # the library's backbone is untouched
+
+    slots_only = ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4, scope="slots"), name="slots")
+    with pytest.raises(InvalidInputError, match="cannot be merged"):
+        export_served_reader(slots_only, tmp_path / "refused")
