@@ -49,6 +49,8 @@ PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 METADATA_NAME = "comprexit_adapter.json"
 PEFT_KEY_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before the model's own keys
 LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Recorded with slots whose head was trained for the frozen reader (no adapter).
+FROZEN_READER = "frozen"
 Scope = Literal["all", "slots"]
 SCOPES: tuple[str, ...] = ("all", "slots")
 
@@ -315,9 +317,13 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is truncated or corrupt ({error}); re-save or re-download it.") from error
 
 
-def require_adapter(expected: str | None, adapter: ReaderAdapter | None, what: str) -> None:
-    """Refuse to read slots through another adapter than the one their head was trained with."""
-    actual = adapter.digest if adapter is not None else None
+def require_adapter(expected: str, adapter: ReaderAdapter | None, what: str) -> None:
+    """Refuse to read slots through another adapter than the one their head was trained with.
+
+    ``expected``: the adapter digest recorded with the slots, or :data:`FROZEN_READER` for slots of
+    a head trained for the frozen reader.
+    """
+    actual = adapter.digest if adapter is not None else FROZEN_READER
     if expected == actual:
         return
     if adapter is None:
@@ -325,10 +331,15 @@ def require_adapter(expected: str | None, adapter: ReaderAdapter | None, what: s
             f"{what} come from a head trained with reader adapter {expected}, but this reader has none. Build the "
             "reader with the compressor's adapter: Reader(compressor.backbone, adapter=compressor.reader_adapter)."
         )
+    if expected == FROZEN_READER:
+        raise AdapterMismatchError(
+            f"{what} come from a head trained for the frozen reader, but this reader reads through adapter "
+            f"{adapter.name}. Read them with Reader(backbone, adapter=None)."
+        )
     raise AdapterMismatchError(
-        f"{what} come from a head trained with reader adapter {expected or '(none)'}, but this reader uses "
-        f"adapter {actual}. Read them with the adapter shipped with their head."
+        f"{what} come from a head trained with reader adapter {expected}, but this reader uses adapter "
+        f"{actual}. Read them with the adapter shipped with their head."
     )
 
 
-__all__ = ["ADAPTER_DIR", "SCOPES", "ReaderAdapter", "ReaderAdapterConfig", "require_adapter"]
+__all__ = ["ADAPTER_DIR", "FROZEN_READER", "SCOPES", "ReaderAdapter", "ReaderAdapterConfig", "require_adapter"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapter import ADAPTER_DIR, ReaderAdapter
+from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from .backbone import Backbone
 from .checkpoint import check_fingerprint
 from .config import validate_ratio
@@ -177,7 +177,7 @@ class SlotCompressor:
         details = None
         if return_details:
             details = [_merge_details([part.details for part in parts]) for parts in per_passage]
-        adapter = self.reader_adapter.digest if self.reader_adapter is not None else None
+        adapter = self.reader_adapter.digest if self.reader_adapter is not None else FROZEN_READER
         return SoftContext.from_passages(
             passages, [len(ids) for ids in token_ids], details=details, reader_adapter=adapter
         )

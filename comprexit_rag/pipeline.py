@@ -42,7 +42,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from .adapter import ADAPTER_DIR, ReaderAdapter
+from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from .backbone import Backbone
 from .compressor import ComprExITCompressor
 from .config import validate_ratio
@@ -569,7 +569,7 @@ class RAGPipeline:
                 slots[i] = passage_slots.to(DISK_DTYPE).float()
         filled = [s for s in slots if s is not None]
         adapter = self.compressor.reader_adapter
-        context = SoftContext.from_passages(filled, counts, reader_adapter=adapter.digest if adapter else None)
+        context = SoftContext.from_passages(filled, counts, reader_adapter=adapter.digest if adapter else FROZEN_READER)
         return context, len(texts) - len(absent), len(absent)
 
     def __repr__(self) -> str:

@@ -31,8 +31,8 @@ class SoftContext:
     mask: torch.Tensor  # [N, S] bool
     token_counts: torch.Tensor  # [N] source tokens per passage
     details: list[PassageDetails] | None = None
-    # Digest of the reader adapter the slots were trained to be read with (None: the frozen reader, or
-    # not recorded); the Reader refuses to read them through another one.
+    # The reader adapter the slots were made to be read with: its digest, "frozen" (a head trained for the
+    # frozen reader) or None (not recorded). The Reader refuses to read them through another one.
     reader_adapter: str | None = None
 
     def __len__(self) -> int:

@@ -171,6 +171,11 @@ def test_a_head_checkpoint_brings_its_adapter_and_slots_demand_it(fresh_tiny_bac
         Reader(backbone, adapter=None).generate("Who built it?", soft)
     assert isinstance(soft.select([0]), SoftContext) and soft.select([0]).reader_adapter == soft.reader_adapter
 
+    frozen_slots = plain.compress(["Gustave Eiffel's company built the tower."], ratio=4)
+    with pytest.raises(AdapterMismatchError, match="frozen reader"):
+        Reader(backbone).generate("Who built it?", frozen_slots)
+    assert isinstance(Reader(backbone, adapter=None, max_new_tokens=3).generate("Who built it?", frozen_slots), str)
+
     other_head = ComprExITHead.for_backbone(backbone, ratio=4)
     with pytest.raises(AdapterMismatchError, match="trained with head"):
         ComprExITCompressor(backbone, other_head, reader_adapter=compressor.reader_adapter)

@@ -240,8 +240,8 @@ def test_prefill_projects_only_the_last_position_and_changes_no_answer(tiny_back
 
 @pytest.mark.slow
 def test_prompt_prefix_cache_gives_the_same_answers_on_smollm2(real_backbone):
-    reader = Reader(real_backbone)
     soft = ComprExITCompressor.from_pretrained(backbone=real_backbone).compress([PASSAGE])
+    reader = Reader(real_backbone)  # after loading the head: it reads through the head's reader adapter
     for question in ("Who is the Eiffel Tower named after?", "When was the tower built?"):
         for context in (soft, PASSAGE):
             batch = reader.build_inputs([question], [context])
@@ -262,7 +262,7 @@ def test_real_smollm2_reads_slots_and_text(real_backbone):
     compressor = ComprExITCompressor(real_backbone, head)
     soft = compressor.compress([PASSAGE], ratio=4)
     assert soft.slots.shape[-1] == 576
-    reader = Reader(real_backbone, max_new_tokens=12)
+    reader = Reader(real_backbone, max_new_tokens=12, adapter=None)  # an untrained head: the frozen reader
     from_slots = reader.generate("Who is the Eiffel Tower named after?", soft)
     from_text = reader.generate("Who is the Eiffel Tower named after?", PASSAGE)
     assert isinstance(from_slots, str) and from_slots
