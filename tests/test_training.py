@@ -663,3 +663,20 @@ def test_cli_train_reads_an_experiment_file_and_flags_override_it(backbone_dir, 
     experiment.write_text(json.dumps({"stage": "sft", "learning_rate": 1}))
     assert main(["train", "--config", str(experiment), "--output-dir", str(tmp_path / "x")]) != 0
     assert "unknown training options ['learning_rate']" in capsys.readouterr().err
+
+
+def test_distillation_adds_the_kl_to_the_full_text_reader(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "d", data, "comprexit", "pretrain", reconstruction_prob=1.0, distill_weight=0.5)
+    encoder = build_encoder(config, tiny_backbone)
+    sample, _ = make_sampler(config, tiny_backbone)
+    batch, prompt = sample(random.Random(0))
+    reader = Reader(tiny_backbone, adapter=None)
+    plain = answer_loss(reader, encoder, batch, 4, prompt)
+    distilled = trainer.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
+    assert distilled.item() > plain.item()  # an untrained head's slots are not the text: KL > 0
+    distilled.backward()
+    assert all(p.grad is not None for p in encoder.trainable.parameters() if p.requires_grad)
+    summary = train(config, tiny_backbone)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    with pytest.raises(InvalidInputError, match="Distillation"):
+        tiny_config(tmp_path / "x", data, "full-tuned", "sft", distill_weight=1.0)

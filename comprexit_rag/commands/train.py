@@ -82,6 +82,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reader adapter: apply the LoRA at every position of the reading pass, or at slot positions only",
     )
     parser.add_argument("--adapter-lr", type=float, help="reader adapter: peak lr (default: half of --lr)")
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="comprexit/mean-pool: weight of KL to the same reader reading the raw passages (0: off)",
+    )
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
     parser.add_argument(
         "--context-lengths",

@@ -98,6 +98,9 @@ class TrainConfig:
     distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
     max_distractors: int = 9
     soft_prompt_tokens: int = 16
+    # Distillation from the full-text reader: weight of KL(teacher || student) on the target tokens, the
+    # teacher being the same reader (adapter included) reading the raw passages instead of the slots.
+    distill_weight: float = 0.0
     log_every: int = 10
     save_every: int = 200
     data_root: str | None = None
@@ -122,6 +125,10 @@ class TrainConfig:
             self.context_lengths = [128, 256, 384, self.context_length]
         if not self.context_lengths or any(length <= 0 for length in self.context_lengths):
             raise InvalidInputError(f"context_lengths must be positive token counts, got {self.context_lengths}.")
+        if self.distill_weight < 0:
+            raise InvalidInputError(f"distill_weight must be >= 0, got {self.distill_weight}.")
+        if self.distill_weight and self.method not in SLOT_METHODS:
+            raise InvalidInputError(f"Distillation from the full-text reader applies to {SLOT_METHODS}.")
         if self.max_grad_norm <= 0:
             raise InvalidInputError(f"max_grad_norm must be positive, got {self.max_grad_norm}.")
 
@@ -215,6 +222,37 @@ def answer_loss(
     """Mean cross-entropy of the target tokens given prompt + encoded context (through the reader's adapter)."""
     logits, labels = batch_logits(reader, encoder, batch, ratio, prompt)
     return F.cross_entropy(logits.float(), labels)
+
+
+def distilled_loss(
+    reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt, weight: float
+) -> torch.Tensor:
+    """Cross-entropy on the targets plus ``weight`` x KL(teacher || student) on the same positions.
+
+    The teacher is the same reader reading the raw passages (no gradient); the student reads the
+    slots. Both score the same target tokens, so their target positions match one for one.
+    """
+    logits, labels = batch_logits(reader, encoder, batch, ratio, prompt)
+    tokenizer = reader.backbone.tokenizer
+    texts = ["\n\n".join(tokenizer.decode(ids) for ids in example.passage_ids) for example in batch]
+    with torch.no_grad():
+        inputs = reader.build_inputs(
+            [example.question for example in batch],
+            texts,
+            [example.target_ids for example in batch],
+            prompt=prompt,
+            padding_side="right",
+        )
+        teacher, teacher_labels = target_logits(reader, inputs)
+    if not torch.equal(teacher_labels, labels):
+        raise RuntimeError("Teacher and student target positions differ; the prompts must end alike.")
+    kl = F.kl_div(
+        F.log_softmax(logits.float(), dim=-1),
+        F.log_softmax(teacher.float(), dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return F.cross_entropy(logits.float(), labels) + weight * kl
 
 
 def batch_logits(
@@ -335,7 +373,10 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
             rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
             ratio = rng.choice(config.ratios)
             batch, prompt = sample(rng)
-            loss = answer_loss(reader, encoder, batch, ratio, prompt)
+            if config.distill_weight:
+                loss = distilled_loss(reader, encoder, batch, ratio, prompt, config.distill_weight)
+            else:
+                loss = answer_loss(reader, encoder, batch, ratio, prompt)
             (loss / config.grad_accum).backward()
             total_loss += loss.item() / config.grad_accum
             state["examples"] += len(batch)
