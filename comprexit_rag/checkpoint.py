@@ -117,7 +117,7 @@ def save_module(
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "config": config,
-        "backbone_fingerprint": asdict(fingerprint),
+        "backbone_fingerprint": fingerprint.to_dict(),
         **(extra or {}),
     }
     _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"kind": kind}))

@@ -259,7 +259,8 @@ class RAGPipeline:
         directory = Path(directory)
         record = read_record(directory)
         loaded = _load_backbone(backbone, record["backbone"], device)
-        if loaded.fingerprint.digest != record["backbone_fingerprint"]:
+        # Pipelines saved before the fingerprint covered the weights record the layout digest.
+        if record["backbone_fingerprint"] not in (loaded.fingerprint.digest, loaded.fingerprint.layout_digest):
             raise BackboneMismatchError(
                 f"{directory} was built with backbone {record.get('backbone_name')!r} (fingerprint "
                 f"{record['backbone_fingerprint']}), not {loaded.name!r} ({loaded.fingerprint.digest}); "

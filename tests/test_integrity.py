@@ -19,9 +19,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import comprexit_rag.store as store_module
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.errors import CheckpointError, DefaultModelUnavailableError
+from comprexit_rag.compressor import ComprExITCompressor
+from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError
 from comprexit_rag.head import ComprExITHead
-from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.store import SlotStore
 
@@ -177,6 +178,55 @@ def test_a_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # 4. The backbone fingerprint covers the weights.
 # ---------------------------------------------------------------------------------------------
+
+
+def test_a_backbone_with_other_weights_is_refused(tmp_path, tiny_backbone, embedder, head):
+    impostor = other_weights(tiny_backbone, seed=123)  # same config and tokenizer, random weights
+    assert impostor.fingerprint != tiny_backbone.fingerprint
+    assert impostor.fingerprint.digest != tiny_backbone.fingerprint.digest
+    with pytest.raises(BackboneMismatchError, match="weights"):
+        ComprExITCompressor(impostor, head)
+    build(tmp_path / "rag", tiny_backbone, embedder, head).index(FIRST)
+    with pytest.raises(BackboneMismatchError, match="was built with backbone"):
+        load(tmp_path / "rag", impostor, embedder)
+
+
+def test_the_weights_hash_ignores_dtype_and_identical_copies(tiny_backbone):
+    copy = other_weights(tiny_backbone, seed=0)
+    copy.model.load_state_dict(tiny_backbone.model.state_dict())
+    assert copy.fingerprint.weights_sha256 == tiny_backbone.fingerprint.weights_sha256
+    bf16 = Backbone(copy.model.to(torch.bfloat16), tiny_backbone.tokenizer)
+    assert bf16.fingerprint == tiny_backbone.fingerprint and bf16.fingerprint.digest == tiny_backbone.fingerprint.digest
+
+
+def test_checkpoints_and_pipelines_saved_before_the_weights_hash_still_load(tmp_path, tiny_backbone, embedder, head):
+    saved = head.save_pretrained(tmp_path / "head")
+    config = json.loads((saved / "config.json").read_text())
+    del config["backbone_fingerprint"]["weights_sha256"]
+    (saved / "config.json").write_text(json.dumps(config, indent=2))
+    old_head = ComprExITHead.from_pretrained(saved)
+    assert old_head.fingerprint.weights_sha256 is None
+    ComprExITCompressor(tiny_backbone, old_head)  # accepted: compared on the fields it records
+
+    build(tmp_path / "rag", tiny_backbone, embedder, head).index(FIRST)
+    record_path = tmp_path / "rag" / PIPELINE_FILE
+    record = json.loads(record_path.read_text())
+    record["backbone_fingerprint"] = tiny_backbone.fingerprint.layout_digest  # as written before
+    record_path.write_text(json.dumps(record))
+    assert len(load(tmp_path / "rag", tiny_backbone, embedder)) == len(FIRST)
+    assert json.loads(record_path.read_text())["backbone_fingerprint"] == tiny_backbone.fingerprint.digest
+
+
+@pytest.mark.slow
+def test_shipped_checkpoints_record_the_default_backbones_weights(real_backbone):
+    from comprexit_rag.baselines.mean_pool import MeanPoolHead
+    from comprexit_rag.baselines.soft_prompt import SoftPrompt
+    from comprexit_rag.comi import COMIMerger
+
+    for module_class in (ComprExITHead, MeanPoolHead, COMIMerger, SoftPrompt):
+        fingerprint = module_class.from_pretrained().fingerprint
+        assert fingerprint.weights_sha256 == real_backbone.fingerprint.weights_sha256, module_class
+    assert other_weights(real_backbone, seed=0).fingerprint != real_backbone.fingerprint
 
 
 # ---------------------------------------------------------------------------------------------
