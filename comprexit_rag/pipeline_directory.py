@@ -86,6 +86,11 @@ def atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
             json.dump(payload, handle, indent=2)
             handle.write("\n")
             handle.flush()
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"{path} holds a JSON {type(record).__name__}, not the pipeline record (an object); "
+            "restore it or rebuild the pipeline."
+        )
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

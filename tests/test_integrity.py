@@ -19,8 +19,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import comprexit_rag.store as store_module
 from comprexit_rag.backbone import Backbone
+from comprexit_rag.baselines.mean_pool import MeanPoolConfig
+from comprexit_rag.baselines.soft_prompt import SoftPromptConfig
+from comprexit_rag.comi import COMIConfig
 from comprexit_rag.compressor import ComprExITCompressor
-from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError
+from comprexit_rag.config import ComprExITConfig
+from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError, InvalidInputError
 from comprexit_rag.head import ComprExITHead
 from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
@@ -256,6 +260,48 @@ BAD_HEAD_VALUES = [
     ("locality_weight", float("inf")),
     ("max_slot_norm", 0),
 ]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_HEAD_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_HEAD_VALUES])
+def test_head_config_values_are_checked(tmp_path, head, field, value):
+    with pytest.raises(InvalidInputError, match=field):
+        ComprExITConfig(**{**head.config.to_dict(), field: value})
+    saved = head.save_pretrained(tmp_path / "head")
+    metadata = json.loads((saved / "config.json").read_text())
+    metadata["config"][field] = value
+    (saved / "config.json").write_text(json.dumps(metadata))
+    with pytest.raises(CheckpointError, match=f"invalid ComprExIT head config: {field}"):
+        ComprExITHead.from_pretrained(saved)
+
+
+def test_other_configs_are_checked():
+    for config_class, values in [
+        (COMIConfig, {"hidden_size": 64, "num_hidden_states": 3, "max_ratio": 0}),
+        (COMIConfig, {"hidden_size": 64, "num_hidden_states": 3, "layer": 1.5}),
+        (COMIConfig, {"hidden_size": 64, "num_hidden_states": 3, "trained_ratios": [200]}),
+        (MeanPoolConfig, {"hidden_size": 64, "num_hidden_states": 3, "segment_length": 0}),
+        (MeanPoolConfig, {"hidden_size": 64, "num_hidden_states": 3, "ratio": 0}),
+        (SoftPromptConfig, {"num_tokens": 0, "hidden_size": 64}),
+    ]:
+        with pytest.raises(InvalidInputError):
+            config_class(**values)
+
+
+@pytest.mark.parametrize(
+    "payload", ["[]", '"a string"', "3", '{"format_version": 1, "kind": "comprexit-head", "config": []}']
+)
+def test_a_config_json_that_is_not_an_object_is_a_checkpoint_error(tmp_path, head, payload):
+    saved = head.save_pretrained(tmp_path / "head")
+    (saved / "config.json").write_text(payload)
+    with pytest.raises(CheckpointError):
+        ComprExITHead.from_pretrained(saved)
+
+
+def test_a_pipeline_json_that_is_not_an_object_is_a_checkpoint_error(tmp_path, tiny_backbone, embedder, head):
+    build(tmp_path / "rag", tiny_backbone, embedder, head)
+    (tmp_path / "rag" / PIPELINE_FILE).write_text("[]")
+    with pytest.raises(CheckpointError, match="holds a JSON list"):
+        load(tmp_path / "rag", tiny_backbone, embedder)
 
 
 # ---------------------------------------------------------------------------------------------
