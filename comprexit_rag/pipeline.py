@@ -59,6 +59,7 @@ from .pipeline_directory import (
     UNTRAINED_HEAD_DIR,
     atomic_write_json,
     index_lock,
+    make_pipeline_directory,
     read_record,
 )
 from .pipeline_methods import METHODS
@@ -214,8 +215,8 @@ class RAGPipeline:
         """
         directory = Path(directory)
         if (directory / PIPELINE_FILE).exists():
-            raise InvalidInputError(f"{directory} already holds a pipeline; use RAGPipeline.load (or open).")
-        directory.mkdir(parents=True, exist_ok=True)
+            raise _PipelineExistsError(f"{directory} already holds a pipeline; use RAGPipeline.load (or open).")
+        make_pipeline_directory(directory)
         backbone = _load_backbone(backbone, DEFAULT, device)
         head_module, head_source = _resolve_head(directory, head, DEFAULT, backbone)
         if retriever is None:
@@ -227,8 +228,16 @@ class RAGPipeline:
             ratio=ratio,
             comi_merger=comi_merger,
         )
-        pipeline.retriever.save(directory / RETRIEVER_DIR)
-        pipeline._save_record(head_source, _comi_source(comi_merger))
+        # Loading the models above takes seconds: another process may have built (and indexed)
+        # this directory meanwhile. Check again, and write, under the index lock.
+        with index_lock(directory):
+            if (directory / PIPELINE_FILE).exists():
+                raise _PipelineExistsError(
+                    f"{directory} was built by another process meanwhile; use RAGPipeline.load (or open).",
+                    backbone=backbone,
+                )
+            pipeline.retriever.save(directory / RETRIEVER_DIR)
+            pipeline._save_record(head_source, _comi_source(comi_merger))
         logger.info("Built pipeline in %s", directory)
         return pipeline
 
@@ -282,10 +291,14 @@ class RAGPipeline:
     @classmethod
     def open(cls, directory: str | os.PathLike[str], **kwargs: Any) -> RAGPipeline:
         """:meth:`load` the pipeline in ``directory`` if there is one, else :meth:`build` it."""
-        if (Path(directory) / PIPELINE_FILE).exists():
-            kwargs.pop("retriever", None)  # a saved pipeline reloads its own retriever
-            return cls.load(directory, **kwargs)
-        return cls.build(directory, **kwargs)
+        if not (Path(directory) / PIPELINE_FILE).exists():
+            try:
+                return cls.build(directory, **kwargs)
+            except _PipelineExistsError as race:  # built by another process since the check above
+                if race.backbone is not None:
+                    kwargs["backbone"] = race.backbone
+        kwargs.pop("retriever", None)  # a saved pipeline reloads its own retriever
+        return cls.load(directory, **kwargs)
 
     def _save_record(self, head_source: str, comi_source: str | None) -> None:
         backbone = self.backbone
@@ -416,6 +429,10 @@ class RAGPipeline:
         started: float,
     ) -> IndexReport:
         """The body of :meth:`index`, run under the directory's index lock."""
+        # Another process or pipeline object may have indexed since this one loaded: adopt what
+        # is on disk first, so that saving below merges their passages instead of dropping them.
+        if self.retriever.reload_if_changed(self.directory / RETRIEVER_DIR):
+            logger.info("Merged passages indexed by another writer: %d in the index", len(self.retriever))
         before = len(self.retriever)
         if records:
             texts = [p.formatted() for p in records]
@@ -576,6 +593,14 @@ class RAGPipeline:
 # ---------------------------------------------------------------------------------------------
 # Helpers.
 # ---------------------------------------------------------------------------------------------
+
+
+class _PipelineExistsError(InvalidInputError):
+    """:meth:`RAGPipeline.build` on a directory that holds a pipeline (``open`` then loads it)."""
+
+    def __init__(self, message: str, backbone: Backbone | None = None) -> None:
+        super().__init__(message)
+        self.backbone = backbone  # already loaded: open() reuses it instead of loading it twice
 
 
 def _load_backbone(

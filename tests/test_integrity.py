@@ -9,7 +9,11 @@ real faiss; the two-process test starts real Python processes (bounded in time).
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -17,10 +21,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import comprexit_rag.pipeline as pipeline_module
 import comprexit_rag.store as store_module
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.baselines.mean_pool import MeanPoolConfig
 from comprexit_rag.baselines.soft_prompt import SoftPromptConfig
+from comprexit_rag.cli import main as cli
 from comprexit_rag.comi import COMIConfig
 from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.config import ComprExITConfig
@@ -28,6 +34,7 @@ from comprexit_rag.errors import BackboneMismatchError, CheckpointError, Default
 from comprexit_rag.head import ComprExITHead
 from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
+from comprexit_rag.scale.vllm_inputs import decode_prompt_embeds
 from comprexit_rag.store import SlotStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +89,41 @@ def other_weights(backbone: Backbone, seed: int) -> Backbone:
 # ---------------------------------------------------------------------------------------------
 
 
+def test_two_pipeline_objects_on_one_directory_keep_each_others_passages(tmp_path, tiny_backbone, embedder, head):
+    directory = tmp_path / "rag"
+    build(directory, tiny_backbone, embedder, head)
+    first, second = load(directory, tiny_backbone, embedder), load(directory, tiny_backbone, embedder)
+    first.index(FIRST)
+    second.index(SECOND)  # a web app's pipeline, loaded before `first` indexed
+    first.index([])  # and back: nothing `second` added is dropped either
+
+    reopened = load(directory, tiny_backbone, embedder)
+    assert sorted(reopened.retriever.ids) == sorted(p["id"] for p in FIRST + SECOND)
+    assert reopened.index([]).stored == len(FIRST + SECOND)
+    assert reopened.ask("Who discovered penicillin?", k=5, max_new_tokens=2).stats.store_hits == 5
+
+
+def test_a_build_racing_another_writer_loads_that_pipeline_instead_of_wiping_it(
+    tmp_path, tiny_backbone, embedder, head, monkeypatch
+):
+    directory = tmp_path / "rag"
+    loads = []
+
+    def slow_backbone_load(backbone, recorded, device):
+        # While this `open` loads its models, another process builds the directory and indexes.
+        loads.append(backbone)
+        if len(loads) == 1:
+            build(directory, tiny_backbone, embedder, head).index(FIRST)
+        return tiny_backbone
+
+    monkeypatch.setattr(pipeline_module, "_load_backbone", slow_backbone_load)
+    late = RAGPipeline.open(directory, backbone="tiny", head=head, embedder=embedder)
+    assert len(late) == len(FIRST)  # it loaded the other writer's pipeline instead of saving an empty one
+    late.index(SECOND)
+    assert len(load(directory, tiny_backbone, embedder)) == len(FIRST + SECOND)
+    assert loads.count("tiny") == 1  # the backbone the racing build loaded was reused, not loaded again
+
+
 WRITER = textwrap.dedent(
     """
     import json, sys, time
@@ -120,6 +162,32 @@ WRITER = textwrap.dedent(
 )
 
 
+def test_two_index_processes_on_one_directory_lose_nothing(tmp_path, tiny_backbone, embedder):
+    directory = tmp_path / "rag"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER, encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    writers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(directory), role, json.dumps(passages)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role, passages in (("a", FIRST), ("b", SECOND))
+    ]
+    try:
+        outputs = [writer.communicate(timeout=240) for writer in writers]
+    finally:
+        for writer in writers:
+            writer.kill()
+    assert [writer.returncode for writer in writers] == [0, 0], outputs
+    pipeline = RAGPipeline.load(directory, backbone=other_weights(tiny_backbone, 0), embedder=embedder)
+    assert sorted(pipeline.retriever.ids) == sorted(p["id"] for p in FIRST + SECOND)
+    assert pipeline.index([]).stored == len(FIRST + SECOND)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Ids are keys: an id repeated with other text is refused, naming both records.
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +198,19 @@ CHUNKED = [  # a corpus that numbers chunks per document
     {"id": "0", "title": "Doc B", "text": "Gamma rays are photons."},
     {"id": "1", "title": "Doc B", "text": "Delta is a river mouth."},
 ]
+
+
+def test_an_id_repeated_with_other_text_is_refused_and_nothing_is_indexed(tmp_path, tiny_backbone, embedder, head):
+    pipeline = build(tmp_path / "rag", tiny_backbone, embedder, head)
+    with pytest.raises(InvalidInputError, match=r"Passages 0 and 2 share the id '0'.*Doc A.*Doc B"):
+        pipeline.index(CHUNKED)
+    assert len(pipeline) == 0 and len(pipeline.store) == 0
+
+    pipeline.index(CHUNKED[:2])
+    pipeline.index(CHUNKED[:2])  # the same records again: a no-op
+    with pytest.raises(InvalidInputError, match=r"id '0', which is already indexed with other text.*Doc A.*Doc B"):
+        pipeline.index([{"id": "9", "text": "A new passage."}, CHUNKED[2]])  # a later run reusing an id
+    assert sorted(load(tmp_path / "rag", tiny_backbone, embedder).retriever.ids) == ["0", "1"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,9 +408,50 @@ def test_manifest_shard_names_cannot_leave_the_store(tmp_path, name):
     assert any("not a shard file of this directory" in problem for problem in problems)
 
 
+@pytest.mark.parametrize("index_file", ["/etc/passwd", "../retriever-elsewhere/index-0123456789abcdef.faiss", 7])
+def test_retriever_index_file_cannot_leave_the_directory(tmp_path, embedder, index_file):
+    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
+    retriever.add(["One passage."])
+    state_path = retriever.save(tmp_path / "retriever")
+    state = json.loads(state_path.read_text())
+    state["index_file"] = index_file
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="not a file of its own directory"):
+        DenseRetriever.load(tmp_path / "retriever", embedder)
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. More ordinary mistakes get typed errors.
 # ---------------------------------------------------------------------------------------------
+
+
+def test_index_out_pointing_at_a_file_or_under_one_exits_2_with_a_message(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "A passage."}) + "\n", encoding="utf-8")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    for out, message in ((a_file, "is a file, not a directory"), (a_file / "rag", "lies under")):
+        assert cli(["index", str(corpus), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert a_file.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("entry", [None, "a string", 3, ["a", "list"]])
+def test_retriever_metadata_entries_that_are_not_objects_are_checkpoint_errors(tmp_path, embedder, entry):
+    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
+    retriever.add(["One passage."])
+    state_path = retriever.save(tmp_path / "retriever")
+    state = json.loads(state_path.read_text())
+    state["metadata"] = [entry]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"metadata\[0\] must be a JSON object"):
+        DenseRetriever.load(tmp_path / "retriever", embedder)
+
+
+@pytest.mark.parametrize("raw", [b"not a torch file", b"\x80\x04K\x01.", b"PK\x03\x04" + bytes(40)])
+def test_undecodable_prompt_embeds_are_invalid_input(raw):
+    with pytest.raises(InvalidInputError, match=r"not a tensor saved with torch\.save"):
+        decode_prompt_embeds(base64.b64encode(raw))
 
 
 # ---------------------------------------------------------------------------------------------
