@@ -30,6 +30,7 @@ from comprexit_rag.cli import main as cli
 from comprexit_rag.comi import COMIConfig
 from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.config import ComprExITConfig
+from comprexit_rag.corpus import read_corpus
 from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError, InvalidInputError
 from comprexit_rag.head import ComprExITHead
 from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
@@ -211,6 +212,16 @@ def test_an_id_repeated_with_other_text_is_refused_and_nothing_is_indexed(tmp_pa
     with pytest.raises(InvalidInputError, match=r"id '0', which is already indexed with other text.*Doc A.*Doc B"):
         pipeline.index([{"id": "9", "text": "A new passage."}, CHUNKED[2]])  # a later run reusing an id
     assert sorted(load(tmp_path / "rag", tiny_backbone, embedder).retriever.ids) == ["0", "1"]
+
+
+def test_read_corpus_names_both_records_of_a_repeated_id(tmp_path):
+    corpus = tmp_path / "chunks.jsonl"
+    corpus.write_text("".join(json.dumps(record) + "\n" for record in CHUNKED), encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"Passages 0 and 2 of the corpus share the id '0'.*Doc A.*Doc B"):
+        read_corpus(corpus)
+    unique = [{**record, "id": f"{record['title']}#{record['id']}"} for record in CHUNKED]
+    corpus.write_text("".join(json.dumps(record) + "\n" for record in unique), encoding="utf-8")
+    assert len(read_corpus(corpus)) == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,3 +468,29 @@ def test_undecodable_prompt_embeds_are_invalid_input(raw):
 # ---------------------------------------------------------------------------------------------
 # 8. Folders index their JSON files; long records are cut into passages.
 # ---------------------------------------------------------------------------------------------
+
+
+def test_a_folder_indexes_its_json_and_jsonl_files_with_ids_per_file(tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("Cats purr when content.", encoding="utf-8")
+    (folder / "a.jsonl").write_text(json.dumps({"id": "0", "title": "A", "text": "Alpha."}) + "\n", encoding="utf-8")
+    (folder / "sub" / "b.json").write_text(json.dumps([{"id": "0", "title": "B", "text": "Beta."}]), encoding="utf-8")
+    passages = read_corpus(folder)
+    assert sorted((p.id, p.text) for p in passages) == [
+        ("a.jsonl:0", "Alpha."),
+        ("notes.txt#0", "Cats purr when content."),
+        ("sub/b.json:0", "Beta."),
+    ]
+
+
+def test_a_long_jsonl_record_is_cut_into_passages(tmp_path):
+    words = [f"w{i}" for i in range(1000)]
+    corpus = tmp_path / "long.jsonl"
+    records = [{"id": "big", "title": "Big", "text": " ".join(words)}, {"title": "Small", "text": "Short one."}]
+    corpus.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    passages = read_corpus(corpus, max_words=300)
+    assert [p.id for p in passages] == ["big#0", "big#1", "big#2", "big#3", ""]
+    assert all(len(p.text.split()) <= 300 and p.title == "Big" for p in passages[:4])
+    assert " ".join(p.text for p in passages[:4]).split() == words  # no word dropped
+    assert passages[4].text == "Short one."
