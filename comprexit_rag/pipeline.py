@@ -218,7 +218,7 @@ class RAGPipeline:
             raise _PipelineExistsError(f"{directory} already holds a pipeline; use RAGPipeline.load (or open).")
         make_pipeline_directory(directory)
         backbone = _load_backbone(backbone, DEFAULT, device)
-        head_module, head_source = _resolve_head(directory, head, DEFAULT, backbone)
+        head_module, head_source = _resolve_head(directory, head, DEFAULT, backbone, save=False)
         if retriever is None:
             retriever = DenseRetriever(embedder)
         pipeline = cls(
@@ -236,6 +236,8 @@ class RAGPipeline:
                     f"{directory} was built by another process meanwhile; use RAGPipeline.load (or open).",
                     backbone=backbone,
                 )
+            if head_source == HEAD_DIR:
+                head_module.save_pretrained(directory / HEAD_DIR)
             pipeline.retriever.save(directory / RETRIEVER_DIR)
             pipeline._save_record(head_source, _comi_source(comi_merger))
         logger.info("Built pipeline in %s", directory)
@@ -629,11 +631,21 @@ def _load_retriever(directory: Path, embedder: str | os.PathLike[str] | Sentence
 
 
 def _resolve_head(
-    directory: Path, head: str | os.PathLike[str] | ComprExITHead | None, recorded: str, backbone: Backbone
+    directory: Path,
+    head: str | os.PathLike[str] | ComprExITHead | None,
+    recorded: str,
+    backbone: Backbone,
+    *,
+    save: bool = True,
 ) -> tuple[ComprExITHead, str]:
-    """The head to use and how ``pipeline.json`` refers to it (``"default"`` or a path)."""
+    """The head to use and how ``pipeline.json`` refers to it (``"default"`` or a path).
+
+    A head instance is saved to ``directory/head`` (unless ``save`` is false: build saves it under
+    the index lock, so that a racing build cannot overwrite the head of another's pipeline).
+    """
     if isinstance(head, ComprExITHead):
-        head.save_pretrained(directory / HEAD_DIR)
+        if save:
+            head.save_pretrained(directory / HEAD_DIR)
         return head, HEAD_DIR
     source = os.fspath(head) if head is not None else recorded
     if source == DEFAULT:

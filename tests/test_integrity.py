@@ -125,6 +125,27 @@ def test_a_build_racing_another_writer_loads_that_pipeline_instead_of_wiping_it(
     assert loads.count("tiny") == 1  # the backbone the racing build loaded was reused, not loaded again
 
 
+def test_a_racing_build_leaves_the_other_pipeline_and_its_head_untouched(
+    tmp_path, tiny_backbone, embedder, head, monkeypatch
+):
+    directory = tmp_path / "rag"
+    torch.manual_seed(2)
+    other_head = ComprExITHead.for_backbone(tiny_backbone)
+    real_load = pipeline_module._load_backbone
+
+    def slow_backbone_load(backbone, recorded, device):
+        monkeypatch.setattr(pipeline_module, "_load_backbone", real_load)
+        build(directory, tiny_backbone, embedder, head).index(FIRST)  # the other process, meanwhile
+        return tiny_backbone
+
+    monkeypatch.setattr(pipeline_module, "_load_backbone", slow_backbone_load)
+    with pytest.raises(InvalidInputError, match="was built by another process meanwhile"):
+        build(directory, tiny_backbone, embedder, other_head)
+    reopened = load(directory, tiny_backbone, embedder)
+    assert reopened.compressor.fingerprint == ComprExITCompressor(tiny_backbone, head).fingerprint  # not other_head
+    assert reopened.ask("Who discovered penicillin?", k=3, max_new_tokens=2).stats.store_misses == 0
+
+
 WRITER = textwrap.dedent(
     """
     import json, sys, time
