@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -21,26 +22,83 @@ from .default_model import DEFAULT_BACKBONE_NAME, default_backbone_dir
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BackboneFingerprint:
-    """What a trained head depends on: shapes, layer count and the exact vocabulary."""
+    """What a trained head depends on: shapes, layer count, the exact vocabulary and the weights.
+
+    ``weights_sha256`` (see :func:`weights_sha256`) tells apart backbones of one architecture and
+    tokenizer (instruct or base, a fine-tune, random weights). Checkpoints saved before it existed
+    lack it (``None``); two fingerprints are then compared on the other fields only, so those
+    checkpoints keep loading.
+    """
 
     architecture: str
     hidden_size: int
     num_hidden_layers: int
     vocab_size: int
     tokenizer_sha256: str
+    weights_sha256: str | None = None
+
+    def _layout(self) -> tuple[str, int, int, int, str]:
+        return (self.architecture, self.hidden_size, self.num_hidden_layers, self.vocab_size, self.tokenizer_sha256)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BackboneFingerprint):
+            return NotImplemented
+        weights = self.weights_sha256 is None or other.weights_sha256 is None
+        return self._layout() == other._layout() and (weights or self.weights_sha256 == other.weights_sha256)
+
+    def __hash__(self) -> int:
+        return hash(self._layout())
+
+    def to_dict(self) -> dict[str, str | int]:
+        """The fields as saved in a checkpoint's ``config.json`` (``weights_sha256`` only when known)."""
+        fields = asdict(self)
+        if fields["weights_sha256"] is None:
+            del fields["weights_sha256"]
+        return fields
 
     @property
     def digest(self) -> str:
-        payload = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(payload).hexdigest()[:16]
+        """Short hash of every field: it names the backbone in ``pipeline.json`` and slot-store keys."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def layout_digest(self) -> str:
+        """The digest without the weights: what pipelines saved before ``weights_sha256`` recorded."""
+        return dataclasses.replace(self, weights_sha256=None).digest
 
     def describe(self) -> str:
+        weights = f", weights {self.weights_sha256[:12]}" if self.weights_sha256 else ""
         return (
             f"{self.architecture} (hidden {self.hidden_size}, {self.num_hidden_layers} layers, "
-            f"vocab {self.vocab_size}, tokenizer {self.tokenizer_sha256[:12]})"
+            f"vocab {self.vocab_size}, tokenizer {self.tokenizer_sha256[:12]}{weights})"
         )
+
+
+#: Values hashed per weight tensor by :func:`weights_sha256`.
+WEIGHT_SAMPLE = 4096
+
+
+@torch.no_grad()
+def weights_sha256(model: nn.Module) -> str:
+    """Hash of a fixed sample of every parameter of ``model``: its shape and WEIGHT_SAMPLE values.
+
+    The values sit at evenly spaced positions (integer arithmetic: the same on every device) and
+    are rounded to bfloat16 before hashing, so one checkpoint loaded in float32 or bfloat16, on
+    CPU or GPU, hashes alike, while a fine-tune or other weights do not. A sample keeps the cost
+    at milliseconds, so the hash is computed on load, never cached.
+    """
+    digest = hashlib.sha256()
+    for parameter in model.parameters():  # tied weights are yielded once
+        flat = parameter.detach().reshape(-1)
+        if flat.numel() > WEIGHT_SAMPLE:
+            positions = torch.arange(WEIGHT_SAMPLE, dtype=torch.int64) * (flat.numel() - 1) // (WEIGHT_SAMPLE - 1)
+            flat = flat[positions.to(flat.device)]
+        sample = flat.to(device="cpu", dtype=torch.bfloat16).view(torch.int16)
+        digest.update(repr(tuple(parameter.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def default_device() -> torch.device:
@@ -112,6 +170,7 @@ class Backbone:
             num_hidden_layers=model.config.num_hidden_layers,
             vocab_size=model.config.vocab_size,
             tokenizer_sha256=tokenizer_sha256(tokenizer),
+            weights_sha256=weights_sha256(model),
         )
 
     @classmethod

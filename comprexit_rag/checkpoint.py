@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import BackboneFingerprint
-from .errors import BackboneMismatchError, CheckpointError
+from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class CheckpointConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
+        if not isinstance(values, dict):
+            raise TypeError(f"the config must be a JSON object, got {type(values).__name__}")
         return cls(**values)
 
 
@@ -90,9 +92,10 @@ class CheckpointedModule(nn.Module):
         metadata = read_metadata(directory, cls.checkpoint_kind)
         try:
             config = cls.config_class.from_dict(metadata["config"])
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, InvalidInputError) as error:
             raise CheckpointError(
-                f"{directory}/{CONFIG_NAME} has an invalid {cls.description} config: {error}"
+                f"{directory}/{CONFIG_NAME} has an invalid {cls.description} config: {error} "
+                "Fix that value or re-download the checkpoint."
             ) from error
         module = cls.from_config(config, fingerprint_from_metadata(metadata))
         load_into(module, load_state_dict(directory), directory)
@@ -117,7 +120,7 @@ def save_module(
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "config": config,
-        "backbone_fingerprint": asdict(fingerprint),
+        "backbone_fingerprint": fingerprint.to_dict(),
         **(extra or {}),
     }
     _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"kind": kind}))
@@ -135,6 +138,11 @@ def read_metadata(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
         metadata = json.loads(config_path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_path} is not valid JSON ({error}); re-save or re-download it.") from error
+    if not isinstance(metadata, dict):
+        raise CheckpointError(
+            f"{config_path} holds a JSON {type(metadata).__name__}, not a checkpoint config (an object); "
+            "re-save or re-download it."
+        )
     if metadata.get("kind") != kind:
         raise CheckpointError(f"{directory} holds a {metadata.get('kind')!r} checkpoint, expected {kind!r}.")
     if metadata.get("format_version") != FORMAT_VERSION:

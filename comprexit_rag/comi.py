@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .backbone import Backbone, BackboneFingerprint
 from .checkpoint import CheckpointConfig, CheckpointedModule, check_fingerprint
 from .compressor import autocast_for
-from .config import validate_ratio
+from .config import check_int_field, check_ratios_field, validate_ratio
 from .errors import InvalidInputError
 from .head import PRETRAINED_DIR
 from .projector import SlotProjector
@@ -70,16 +70,18 @@ class COMIConfig(CheckpointConfig):
     trained_ratios: list[int] = field(default_factory=lambda: [4])
 
     def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_hidden_states", "segment_length", "max_ratio"):
+            check_int_field(self, name)
         if self.layer is None:
             self.layer = self.num_hidden_states - 1
-        if not 0 <= self.layer < self.num_hidden_states:
+        layer = self.layer
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_hidden_states:
             raise InvalidInputError(
                 f"layer must index one of the backbone's {self.num_hidden_states} hidden states "
                 f"(0 to {self.num_hidden_states - 1}), got {self.layer}."
             )
-        if self.segment_length < 1:
-            raise InvalidInputError(f"segment_length must be positive, got {self.segment_length}.")
         validate_ratio(self.ratio, self.max_ratio)
+        check_ratios_field(self, "trained_ratios", self.max_ratio)
 
     def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
         """Number of slots produced for a passage of ``num_tokens`` tokens (ceil(n / m) per segment)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .checkpoint import CheckpointConfig
@@ -43,15 +44,26 @@ class ComprExITConfig(CheckpointConfig):
     max_slot_norm: float | None = None
 
     def __post_init__(self) -> None:
+        # A checkpoint's config.json is user-editable: every field is checked here, so a bad value
+        # is a typed error at load time, never silently different slots or a crash mid-compression.
+        for name in ("hidden_size", "num_hidden_states", "window", "segment_length", "key_dim", "cost_dim"):
+            check_int_field(self, name)
+        check_int_field(self, "sinkhorn_iterations")
         validate_ratio(self.ratio, self.window)
+        check_ratios_field(self, "trained_ratios", self.window)
         if self.segment_length % self.window:
             raise InvalidInputError(
                 f"segment_length ({self.segment_length}) must be a multiple of window ({self.window})."
             )
-        if not self.locality_weight >= 0:
-            raise InvalidInputError(f"locality_weight must be >= 0, got {self.locality_weight}.")
-        if self.max_slot_norm is not None and not self.max_slot_norm > 0:
-            raise InvalidInputError(f"max_slot_norm must be > 0 (or None for no bound), got {self.max_slot_norm}.")
+        check_real_field(self, "depth_temperature", low=0.0)
+        check_real_field(self, "source_temperature", low=0.0)
+        check_real_field(self, "sinkhorn_epsilon", low=0.0)
+        check_real_field(self, "uniform_mix", low=0.0, high=1.0, closed=True)
+        check_real_field(self, "locality_weight", low=0.0, closed=True)
+        if not isinstance(self.standardize_layers, bool):
+            raise InvalidInputError(f"standardize_layers must be true or false, got {self.standardize_layers!r}.")
+        if self.max_slot_norm is not None:
+            check_real_field(self, "max_slot_norm", low=0.0, hint=" (or None for no bound)")
 
     def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
         """Number of slots produced for a passage of ``num_tokens`` tokens."""
@@ -67,3 +79,37 @@ def validate_ratio(ratio: object, window: int) -> int:
     if not 1 <= ratio <= window:
         raise InvalidInputError(f"ratio must be between 1 and the window size {window}, got {ratio}.")
     return ratio
+
+
+def check_int_field(config: object, name: str, minimum: int = 1) -> int:
+    """The integer field ``name`` of ``config``, refused (InvalidInputError) below ``minimum`` or not an int."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InvalidInputError(f"{name} must be {what}, got {value!r}.")
+    return value
+
+
+def check_real_field(
+    config: object, name: str, *, low: float, high: float | None = None, closed: bool = False, hint: str = ""
+) -> float:
+    """A finite number field: ``> low`` (``>= low`` when ``closed``) and ``<= high`` when given."""
+    value = getattr(config, name)
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or (value < low if closed else value <= low) or (high is not None and value > high):
+        bound = f"{'>=' if closed else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise InvalidInputError(f"{name} must be {bound}, a finite number{hint}; got {value!r}.")
+    return float(value)
+
+
+def check_ratios_field(config: object, name: str, window: int) -> list[int]:
+    """A non-empty list of compression ratios, each valid for ``window``."""
+    values = getattr(config, name)
+    if not isinstance(values, list) or not values:
+        raise InvalidInputError(f"{name} must be a non-empty list of ratios, got {values!r}.")
+    for value in values:
+        try:
+            validate_ratio(value, window)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{name}: {error}") from error
+    return values

@@ -6,13 +6,20 @@
 * the shared HotpotQA files, JSON-lines or official JSON: every unique paragraph of every
   question becomes one passage;
 * the 2WikiMultihopQA ``corpus.json.gz`` (a JSON list of ``{"title", "text"}``);
-* a ``.txt`` / ``.md`` file, or a folder searched recursively for them. Each file is cut into
-  passages of whole paragraphs of at most ``max_words`` words (the dense retriever reads
-  about 200 words at most). Files that are not valid UTF-8 or look binary (a NUL byte
-  anywhere) are skipped with a warning; other control characters are kept.
+* a ``.txt`` / ``.md`` file, cut into passages of whole paragraphs of at most ``max_words``
+  words (the dense retriever reads about 200 words at most). Files that are not valid UTF-8 or
+  look binary (a NUL byte anywhere) are skipped with a warning; other control characters are kept;
+* a folder, searched recursively for all of the above. The ids of its JSON records are prefixed
+  with the file's path in the folder (``"docs/a.jsonl:7"``), so files that number their records
+  alike do not collide.
+
+A record whose text is longer than ``max_words`` words is cut into passages as a text file is,
+with ids ``"<id>#0"``, ``"<id>#1"``...: a passage much longer than the reader's window could not
+be read whole, and only its beginning would be searchable.
 
 Passages whose formatted text (``"title\\ntext"``) repeats an earlier one are dropped, so a
-corpus can be re-read and re-indexed without duplicates.
+corpus can be re-read and re-indexed without duplicates. Ids are keys: two records with one id
+and different texts are an :class:`~comprexit_rag.errors.InvalidInputError` naming both.
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ def read_corpus(
         if name.endswith(TEXT_SUFFIXES):
             passages = _read_text_file(source, source.stem, max_words)
         elif name.endswith(JSON_SUFFIXES):
-            passages = _read_json_file(source)
+            passages = _read_json_file(source, max_words)
         else:
             raise InvalidInputError(
                 f"{source}: unknown corpus format; expected a folder, .txt/.md, or .jsonl/.json (optionally .gz)."
@@ -81,14 +88,28 @@ def read_corpus(
 
 
 def _unique(passages: Iterable[Passage]) -> Iterator[Passage]:
-    """Drop passages whose formatted text was already seen (HotpotQA repeats paragraphs)."""
+    """Drop passages whose formatted text was already seen (HotpotQA repeats paragraphs).
+
+    Raises:
+        InvalidInputError: two passages share an id but not their text (ids are keys: indexing
+            both would keep only the first).
+    """
     seen: set[str] = set()
+    by_id: dict[str, tuple[int, str]] = {}
     dropped = 0
-    for passage in passages:
+    for position, passage in enumerate(passages):
         text = passage.formatted()
         if text in seen:
             dropped += 1
             continue
+        if passage.id:
+            first = by_id.setdefault(passage.id, (position, text))
+            if first[1] != text:
+                raise InvalidInputError(
+                    f"Passages {first[0]} and {position} of the corpus share the id {passage.id!r} with different "
+                    f"texts ({_excerpt(first[1])} and {_excerpt(text)}). Ids are keys: give every record its own "
+                    "id (e.g. '<document>#<chunk>'), or drop the 'id' fields to key passages by content."
+                )
         seen.add(text)
         yield passage
     if dropped:
@@ -101,12 +122,16 @@ def _unique(passages: Iterable[Passage]) -> Iterator[Passage]:
 
 
 def _read_folder(folder: Path, max_words: int) -> Iterator[Passage]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES))
+    suffixes = TEXT_SUFFIXES + JSON_SUFFIXES
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
     if not files:
-        logger.warning("%s has no .txt or .md files", folder)
+        logger.warning("%s has no .txt, .md, .jsonl or .json files", folder)
     for file in files:
-        title = file.relative_to(folder).with_suffix("").as_posix()
-        yield from _read_text_file(file, title, max_words, id_prefix=file.relative_to(folder).as_posix())
+        relative = file.relative_to(folder).as_posix()
+        if file.name.lower().endswith(JSON_SUFFIXES):
+            yield from _read_json_file(file, max_words, id_prefix=relative)
+        else:
+            yield from _read_text_file(file, file.relative_to(folder).with_suffix("").as_posix(), max_words, relative)
 
 
 def _read_text_file(file: Path, title: str, max_words: int, id_prefix: str | None = None) -> Iterator[Passage]:
@@ -168,7 +193,7 @@ def split_paragraphs(text: str, max_words: int = DEFAULT_MAX_WORDS) -> list[str]
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json_file(file: Path) -> Iterator[Passage]:
+def _read_json_file(file: Path, max_words: int, id_prefix: str | None = None) -> Iterator[Passage]:
     first = _first_record(file)
     if first is None:
         return iter(())
@@ -177,7 +202,7 @@ def _read_json_file(file: Path) -> Iterator[Passage]:
         return (passage for example in _load(load_hotpotqa, file) for passage in example.passages)
     if set(first) == {"title", "text"} and not _is_jsonl(file):
         return iter(_load(load_2wiki_corpus, file))
-    return _records(file)
+    return _records(file, max_words, id_prefix)
 
 
 def _load(loader: Any, file: Path) -> Any:
@@ -240,8 +265,12 @@ def _check_record(record: Any, where: str) -> Mapping[str, Any]:
     return record
 
 
-def _records(file: Path) -> Iterator[Passage]:
-    """Generic ``{"id"?, "title"?, "text"}`` records; records without usable text are skipped."""
+def _records(file: Path, max_words: int, id_prefix: str | None) -> Iterator[Passage]:
+    """Generic ``{"id"?, "title"?, "text"}`` records; records without usable text are skipped.
+
+    A record longer than ``max_words`` words becomes several passages (``"<id>#<n>"``); ids get
+    ``"<id_prefix>:"`` in front when given.
+    """
     skipped = 0
     for where, record in _iter_json_records(file):
         text, title, passage_id = record.get("text"), record.get("title") or "", record.get("id")
@@ -253,6 +282,21 @@ def _records(file: Path) -> Iterator[Passage]:
             skipped += 1
             logger.warning("%s: skipped (lone surrogate escapes such as \\ud800 are not text)", where)
             continue
-        yield Passage(text=text.strip(), title=title.strip(), id="" if passage_id is None else str(passage_id))
+        base = "" if passage_id is None else str(passage_id)
+        if base and id_prefix:
+            base = f"{id_prefix}:{base}"
+        if len(text.split()) <= max_words:
+            yield Passage(text=text.strip(), title=title.strip(), id=base)
+            continue
+        chunks = split_paragraphs(text, max_words)
+        logger.info("%s: a record of %d words is cut into %d passages", where, len(text.split()), len(chunks))
+        for index, chunk in enumerate(chunks):
+            yield Passage(text=chunk, title=title.strip(), id=f"{base}#{index}" if base else "")
     if skipped:
         logger.warning("%s: skipped %d records without a non-empty string 'text'", file, skipped)
+
+
+def _excerpt(text: str, length: int = 60) -> str:
+    """A short, single-line quote of a passage for error messages."""
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= length else flat[: length - 1] + "…")

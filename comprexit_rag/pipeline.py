@@ -60,6 +60,7 @@ from .pipeline_directory import (
     UNTRAINED_HEAD_DIR,
     atomic_write_json,
     index_lock,
+    make_pipeline_directory,
     read_record,
 )
 from .pipeline_methods import METHODS
@@ -218,10 +219,10 @@ class RAGPipeline:
         """
         directory = Path(directory)
         if (directory / PIPELINE_FILE).exists():
-            raise InvalidInputError(f"{directory} already holds a pipeline; use RAGPipeline.load (or open).")
-        directory.mkdir(parents=True, exist_ok=True)
+            raise _PipelineExistsError(f"{directory} already holds a pipeline; use RAGPipeline.load (or open).")
+        make_pipeline_directory(directory)
         backbone = _load_backbone(backbone, DEFAULT, device)
-        compressor, head_source = _resolve_compressor(directory, head, DEFAULT, backbone)
+        compressor, head_source = _resolve_compressor(directory, head, DEFAULT, backbone, save=False)
         if retriever is None:
             retriever = DenseRetriever(embedder)
         pipeline = cls(
@@ -231,8 +232,18 @@ class RAGPipeline:
             ratio=ratio,
             comi_merger=comi_merger,
         )
-        pipeline.retriever.save(directory / RETRIEVER_DIR)
-        pipeline._save_record(head_source, _comi_source(comi_merger))
+        # Loading the models above takes seconds: another process may have built (and indexed)
+        # this directory meanwhile. Check again, and write, under the index lock.
+        with index_lock(directory):
+            if (directory / PIPELINE_FILE).exists():
+                raise _PipelineExistsError(
+                    f"{directory} was built by another process meanwhile; use RAGPipeline.load (or open).",
+                    backbone=backbone,
+                )
+            if head_source == HEAD_DIR:
+                compressor.head.save_pretrained(directory / HEAD_DIR)
+            pipeline.retriever.save(directory / RETRIEVER_DIR)
+            pipeline._save_record(head_source, _comi_source(comi_merger))
         logger.info("Built pipeline in %s", directory)
         return pipeline
 
@@ -263,7 +274,8 @@ class RAGPipeline:
         directory = Path(directory)
         record = read_record(directory)
         loaded = _load_backbone(backbone, record["backbone"], device)
-        if loaded.fingerprint.digest != record["backbone_fingerprint"]:
+        # Pipelines saved before the fingerprint covered the weights record the layout digest.
+        if record["backbone_fingerprint"] not in (loaded.fingerprint.digest, loaded.fingerprint.layout_digest):
             raise BackboneMismatchError(
                 f"{directory} was built with backbone {record.get('backbone_name')!r} (fingerprint "
                 f"{record['backbone_fingerprint']}), not {loaded.name!r} ({loaded.fingerprint.digest}); "
@@ -285,10 +297,14 @@ class RAGPipeline:
     @classmethod
     def open(cls, directory: str | os.PathLike[str], **kwargs: Any) -> RAGPipeline:
         """:meth:`load` the pipeline in ``directory`` if there is one, else :meth:`build` it."""
-        if (Path(directory) / PIPELINE_FILE).exists():
-            kwargs.pop("retriever", None)  # a saved pipeline reloads its own retriever
-            return cls.load(directory, **kwargs)
-        return cls.build(directory, **kwargs)
+        if not (Path(directory) / PIPELINE_FILE).exists():
+            try:
+                return cls.build(directory, **kwargs)
+            except _PipelineExistsError as race:  # built by another process since the check above
+                if race.backbone is not None:
+                    kwargs["backbone"] = race.backbone
+        kwargs.pop("retriever", None)  # a saved pipeline reloads its own retriever
+        return cls.load(directory, **kwargs)
 
     def _save_record(self, head_source: str, comi_source: str | None) -> None:
         backbone = self.backbone
@@ -419,6 +435,10 @@ class RAGPipeline:
         started: float,
     ) -> IndexReport:
         """The body of :meth:`index`, run under the directory's index lock."""
+        # Another process or pipeline object may have indexed since this one loaded: adopt what
+        # is on disk first, so that saving below merges their passages instead of dropping them.
+        if self.retriever.reload_if_changed(self.directory / RETRIEVER_DIR):
+            logger.info("Merged passages indexed by another writer: %d in the index", len(self.retriever))
         before = len(self.retriever)
         if records:
             texts = [p.formatted() for p in records]
@@ -584,6 +604,14 @@ class RAGPipeline:
 # ---------------------------------------------------------------------------------------------
 
 
+class _PipelineExistsError(InvalidInputError):
+    """:meth:`RAGPipeline.build` on a directory that holds a pipeline (``open`` then loads it)."""
+
+    def __init__(self, message: str, backbone: Backbone | None = None) -> None:
+        super().__init__(message)
+        self.backbone = backbone  # already loaded: open() reuses it instead of loading it twice
+
+
 def _load_backbone(
     backbone: str | os.PathLike[str] | Backbone | None, recorded: str | None, device: str | torch.device | None
 ) -> Backbone:
@@ -610,12 +638,22 @@ def _load_retriever(directory: Path, embedder: str | os.PathLike[str] | Sentence
 
 
 def _resolve_compressor(
-    directory: Path, head: str | os.PathLike[str] | ComprExITHead | None, recorded: str, backbone: Backbone
+    directory: Path,
+    head: str | os.PathLike[str] | ComprExITHead | None,
+    recorded: str,
+    backbone: Backbone,
+    *,
+    save: bool = True,
 ) -> tuple[ComprExITCompressor, str]:
     """The compressor of the head to use (with the head's reader adapter, if it has one) and how
-    ``pipeline.json`` refers to the head (``"default"`` or a path)."""
+    ``pipeline.json`` refers to the head (``"default"`` or a path).
+
+    A head instance is saved to ``directory/head`` (unless ``save`` is false: build saves it under
+    the index lock, so that a racing build cannot overwrite the head of another's pipeline).
+    """
     if isinstance(head, ComprExITHead):
-        head.save_pretrained(directory / HEAD_DIR)
+        if save:
+            head.save_pretrained(directory / HEAD_DIR)
         return ComprExITCompressor(backbone, head), HEAD_DIR
     source = os.fspath(head) if head is not None else recorded
     if source == DEFAULT:

@@ -60,14 +60,37 @@ def index_lock(directory: Path) -> Iterator[None]:
         os.close(fd)  # also releases the lock
 
 
+def make_pipeline_directory(directory: Path) -> None:
+    """Create ``directory`` (and its parents), with typed errors for a file in the way."""
+    for part in (directory, *directory.parents):
+        if part.exists() and not part.is_dir():
+            where = "is" if part == directory else f"lies under {part}, which is"
+            raise InvalidInputError(
+                f"{directory} {where} a file, not a directory; pass a directory for the pipeline (--out)."
+            )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(
+            error.errno or 5, f"{error.strerror or error}: cannot create the pipeline directory {directory}"
+        ) from error
+
+
 def read_record(directory: Path) -> dict[str, Any]:
     path = directory / PIPELINE_FILE
+    if directory.exists() and not directory.is_dir():
+        raise InvalidInputError(f"{directory} is a file, not a pipeline directory.")
     if not path.is_file():
         raise InvalidInputError(f"{directory} holds no pipeline (no {PIPELINE_FILE}); build one with `index` first.")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error}).") from error
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"{path} holds a JSON {type(record).__name__}, not the pipeline record (an object); "
+            "restore it or rebuild the pipeline."
+        )
     if record.get("format") != PIPELINE_FORMAT or record.get("version") != PIPELINE_VERSION:
         raise InvalidInputError(
             f"{path} is not a {PIPELINE_FORMAT} v{PIPELINE_VERSION} file "

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,8 @@ STATE_NAME = "retriever.json"
 STATE_FORMAT = "comprexit-dense-retriever"
 STATE_VERSION = 1
 IndexType = Literal["flat", "hnsw"]
+# The faiss file names save() writes; retriever.json may name nothing else.
+_INDEX_FILE = re.compile(r"index-[0-9a-f]{16}\.faiss")
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class DenseRetriever:
         self._texts: list[str] = []
         self._metadata: list[dict[str, Any]] = []
         self._position: dict[str, int] = {}
+        self._saved_as: str | None = None  # index_file of the state last saved or loaded
         self._lock = threading.RLock()
 
     def _probe_dimension(self) -> int:
@@ -215,8 +219,10 @@ class DenseRetriever:
     ) -> list[str]:
         """Embed and index passages; return the id of every input text, in input order.
 
-        Ids default to ``content_key(text)``. A passage whose id is already indexed (or
-        repeats within the call) is skipped, so re-adding is idempotent. Metadata must be
+        Ids default to ``content_key(text)``. Ids are keys: a passage whose id is already indexed
+        (or repeats within the call) with the same text is skipped, so re-adding is idempotent;
+        with other text it is an :class:`InvalidInputError` naming both passages, raised before
+        anything of the call is added. Metadata must be
         JSON-serialisable; it is stored as a copy.
 
         Args:
@@ -251,12 +257,31 @@ class DenseRetriever:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
 
         new: dict[str, tuple[str, dict[str, Any]]] = {}
+        first_at: dict[str, int] = {}
         with self._lock:
-            for text, passage_id, metadata in zip(texts, ids, metadatas, strict=True):
-                if passage_id in self._position or passage_id in new:
-                    if passage_id in self._position and self._texts[self._position[passage_id]] != text:
-                        logger.warning("id %s is already indexed with a different text; skipped", passage_id)
+            for position, (text, passage_id, metadata) in enumerate(zip(texts, ids, metadatas, strict=True)):
+                # Ids are keys: a repeat with the same text is a no-op, one with other text an error
+                # (skipping it would lose that passage without a word).
+                if passage_id in self._position:
+                    indexed = self._texts[self._position[passage_id]]
+                    if indexed != text:
+                        raise InvalidInputError(
+                            f"Passage {position} has id {passage_id!r}, which is already indexed with other text "
+                            f"(indexed: {_excerpt(indexed)}; new: {_excerpt(text)}). Ids are keys: give every "
+                            "passage its own id (e.g. '<document>#<chunk>'), or leave ids out to key passages by "
+                            "content. Nothing of this call was added."
+                        )
                     continue
+                if passage_id in new:
+                    if new[passage_id][0] != text:
+                        raise InvalidInputError(
+                            f"Passages {first_at[passage_id]} and {position} share the id {passage_id!r} with "
+                            f"different texts ({_excerpt(new[passage_id][0])} and {_excerpt(text)}). Ids are keys: "
+                            "give every passage its own id (e.g. '<document>#<chunk>'), or leave ids out to key "
+                            "passages by content. Nothing of this call was added."
+                        )
+                    continue
+                first_at[passage_id] = position
                 new[passage_id] = (text, self._checked_metadata(passage_id, metadata))
         if len(new) < len(texts):
             logger.info("skipping %d passages already indexed", len(texts) - len(new))
@@ -406,6 +431,8 @@ class DenseRetriever:
                     "state is unchanged; free space and rerun the same command to resume",
                 ) from exc
             raise
+        with self._lock:
+            self._saved_as = index_name
         for stale in target.glob("index-*.faiss"):
             if stale.name != index_name:
                 stale.unlink(missing_ok=True)
@@ -431,35 +458,16 @@ class DenseRetriever:
             FileNotFoundError: no saved retriever in ``directory``.
             InvalidInputError: (a ``ValueError``) the embedder's dimension differs from the
                 saved index, the state is inconsistent, or no embedder is recorded or given.
+            CheckpointError: ``retriever.json`` or the faiss index is truncated or corrupt, holds
+                entries of the wrong type, or names a faiss file outside ``directory``.
         """
-        source = Path(directory)
-        state_path = source / STATE_NAME
-        if not state_path.is_file():
-            raise FileNotFoundError(f"no saved retriever in {source} (missing {STATE_NAME})")
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(
-                f"{state_path} is truncated or corrupt ({exc}); rebuild the index (rerun `comprexit-rag index`)"
-            ) from exc
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{state_path} does not hold a JSON object; rebuild the index")
-        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise InvalidInputError(
-                f"{state_path} is not a {STATE_FORMAT} v{STATE_VERSION} state file "
-                f"(format={state.get('format')!r}, version={state.get('version')!r})"
-            )
-        required = ("embedder", "dimension", "index_type", "index_file", "ids", "texts", "metadata", "hnsw_m")
-        required += ("hnsw_ef_construction", "hnsw_ef_search")
-        absent = [key for key in required if key not in state]
-        if absent:
-            raise CheckpointError(f"{state_path} lacks {', '.join(absent)}; rebuild the index")
+        state, index = _read_state(Path(directory))
         recorded = state["embedder"]
         if embedder is None:
             if recorded is None:
                 raise InvalidInputError(
-                    f"{state_path} records no embedder name (it was built from a model instance); "
-                    "pass embedder= to DenseRetriever.load"
+                    f"{Path(directory) / STATE_NAME} records no embedder name (it was built from a model "
+                    "instance); pass embedder= to DenseRetriever.load"
                 )
             embedder = recorded
         retriever = cls(
@@ -471,40 +479,127 @@ class DenseRetriever:
             device=device,
             embedder_name=recorded if isinstance(embedder, SentenceTransformer) else None,
         )
-        if retriever.dimension != state["dimension"]:
-            raise InvalidInputError(
-                f"embedder dimension {retriever.dimension} does not match the saved index dimension "
-                f"{state['dimension']} (saved with embedder {recorded!r}); load with the same embedder"
-            )
         if retriever.embedder_name is not None and recorded is not None and retriever.embedder_name != recorded:
             logger.warning(
                 "loading an index built with embedder %r using %r; scores may be meaningless",
                 recorded,
                 retriever.embedder_name,
             )
-        try:
-            index = faiss.read_index(str(source / state["index_file"]))
-        except RuntimeError as exc:  # faiss reports missing and unreadable files alike
-            raise CheckpointError(
-                f"cannot read the faiss index {source / state['index_file']} ({str(exc).strip()[:200]}); "
-                "rebuild the index (rerun `comprexit-rag index`)"
-            ) from exc
-        ids, texts, metadata = state["ids"], state["texts"], state["metadata"]
-        if index.d != state["dimension"] or not index.ntotal == len(ids) == len(texts) == len(metadata):
-            raise InvalidInputError(
-                f"{source} is inconsistent: index holds {index.ntotal} vectors of dimension {index.d}, "
-                f"state lists {len(ids)} ids of dimension {state['dimension']}"
-            )
-        retriever._index = index
-        retriever._ids = list(ids)
-        retriever._texts = list(texts)
-        retriever._metadata = [dict(m) for m in metadata]
-        retriever._position = {passage_id: i for i, passage_id in enumerate(ids)}
-        logger.info("loaded %d passages from %s", len(ids), source)
+        retriever._adopt(state, index, Path(directory))
         return retriever
+
+    def reload_if_changed(self, directory: str | os.PathLike[str]) -> bool:
+        """Adopt the state saved in ``directory`` when another writer saved it since this object did.
+
+        A writer holding the pipeline's index lock calls this before adding, so passages another
+        process or object indexed meanwhile are merged in, never overwritten. Returns whether the
+        state on disk was adopted (``False``: nothing saved there, or it is this object's own).
+        """
+        source = Path(directory)
+        if not (source / STATE_NAME).is_file():
+            return False
+        state, index = _read_state(source)
+        if state["index_file"] == self._saved_as:
+            return False
+        if state["index_type"] != self.index_type:
+            raise InvalidInputError(
+                f"{source} holds a {state['index_type']!r} index, this retriever builds {self.index_type!r} ones; "
+                "load the pipeline again"
+            )
+        self._adopt(state, index, source)
+        return True
+
+    def _adopt(self, state: dict[str, Any], index: faiss.Index, source: Path) -> None:
+        """Replace the contents with a state read by :func:`_read_state`."""
+        if self.dimension != state["dimension"]:
+            raise InvalidInputError(
+                f"embedder dimension {self.dimension} does not match the saved index dimension "
+                f"{state['dimension']} (saved with embedder {state['embedder']!r}); load with the same embedder"
+            )
+        ids, texts, metadata = state["ids"], state["texts"], state["metadata"]
+        with self._lock:
+            self._index = index
+            self._ids = list(ids)
+            self._texts = list(texts)
+            self._metadata = [dict(m) for m in metadata]
+            self._position = {passage_id: i for i, passage_id in enumerate(ids)}
+            self._saved_as = state["index_file"]
+        logger.info("loaded %d passages from %s", len(ids), source)
 
     def __repr__(self) -> str:
         return (
             f"DenseRetriever(embedder={self.embedder_name!r}, index_type={self.index_type!r}, "
             f"dimension={self.dimension}, passages={len(self)})"
         )
+
+
+def _excerpt(text: str, length: int = 60) -> str:
+    """A short, single-line quote of a passage for error messages."""
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= length else flat[: length - 1] + "…")
+
+
+def _read_state(source: Path) -> tuple[dict[str, Any], faiss.Index]:
+    """Read and check ``retriever.json`` and its faiss index; every stored path stays in ``source``."""
+    state_path = source / STATE_NAME
+    if not state_path.is_file():
+        raise FileNotFoundError(f"no saved retriever in {source} (missing {STATE_NAME})")
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{state_path} is truncated or corrupt ({exc}); rebuild the index (rerun `comprexit-rag index`)"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{state_path} does not hold a JSON object; rebuild the index")
+    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise InvalidInputError(
+            f"{state_path} is not a {STATE_FORMAT} v{STATE_VERSION} state file "
+            f"(format={state.get('format')!r}, version={state.get('version')!r})"
+        )
+    required = ("embedder", "dimension", "index_type", "index_file", "ids", "texts", "metadata", "hnsw_m")
+    required += ("hnsw_ef_construction", "hnsw_ef_search")
+    absent = [key for key in required if key not in state]
+    if absent:
+        raise CheckpointError(f"{state_path} lacks {', '.join(absent)}; rebuild the index")
+    _check_state_entries(state, state_path)
+    index_path = source / state["index_file"]
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as exc:  # faiss reports missing and unreadable files alike
+        raise CheckpointError(
+            f"cannot read the faiss index {index_path} ({str(exc).strip()[:200]}); "
+            "rebuild the index (rerun `comprexit-rag index`)"
+        ) from exc
+    ids = state["ids"]
+    if index.d != state["dimension"] or not index.ntotal == len(ids) == len(state["texts"]) == len(state["metadata"]):
+        raise InvalidInputError(
+            f"{source} is inconsistent: index holds {index.ntotal} vectors of dimension {index.d}, "
+            f"state lists {len(ids)} ids of dimension {state['dimension']}"
+        )
+    return state, index
+
+
+def _check_state_entries(state: dict[str, Any], state_path: Path) -> None:
+    """Types of the stored entries, and an ``index_file`` that names a file inside the directory."""
+    index_file = state["index_file"]
+    # Only a bare name written by save(): never a path that leads out of the index directory.
+    if not isinstance(index_file, str) or not _INDEX_FILE.fullmatch(index_file):
+        raise CheckpointError(
+            f"{state_path} names the faiss index {index_file!r}, not a file of its own directory "
+            "(index-<hex>.faiss); rebuild the index (rerun `comprexit-rag index`)"
+        )
+    for key, kind in (("ids", str), ("texts", str), ("metadata", dict)):
+        values = state[key]
+        if not isinstance(values, list):
+            raise CheckpointError(
+                f"{state_path}: {key!r} must be a list, got {type(values).__name__}; rebuild the index"
+            )
+        for position, value in enumerate(values):
+            if not isinstance(value, kind):
+                raise CheckpointError(
+                    f"{state_path}: {key}[{position}] must be a JSON {'object' if kind is dict else 'string'}, "
+                    f"got {type(value).__name__}; rebuild the index (rerun `comprexit-rag index`)"
+                )
+    if not isinstance(state["dimension"], int) or isinstance(state["dimension"], bool):
+        raise CheckpointError(f"{state_path}: 'dimension' must be an integer; rebuild the index")

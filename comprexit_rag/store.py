@@ -34,6 +34,7 @@ import json
 import logging
 import operator
 import os
+import re
 import threading
 import time
 import uuid
@@ -271,7 +272,7 @@ class SlotStore:
             if op == "shard":
                 self._apply_shard(record)
             elif op == "drop":
-                self._apply_drop(record["shard"])
+                self._apply_drop(_shard_name(record["shard"]))
             else:
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, KeyError, TypeError) as exc:
@@ -280,7 +281,7 @@ class SlotStore:
             self._bad_lines.append(problem)
 
     def _apply_shard(self, record: dict[str, Any]) -> None:
-        name = record["shard"]
+        name = _shard_name(record["shard"])
         entries = [
             (str(item["key"]), int(item["shape"][0]), int(item["shape"][1]), int(item["tokens"]))
             for item in record["entries"]
@@ -379,11 +380,12 @@ class SlotStore:
         return out
 
     def _handle(self, name: str) -> Any:
-        """Return a cached ``safe_open`` handle of a shard (lock held)."""
+        """Return a cached ``safe_open`` handle of a shard (lock held), checked on its first use."""
         handle = self._handles.get(name)
         if handle is not None:
             self._handles.move_to_end(name)
             return handle
+        self._check_once(self._shards[name])
         try:
             handle = safe_open(str(self.path / name), framework="pt", device="cpu")
         except Exception as exc:
@@ -392,6 +394,32 @@ class SlotStore:
         while len(self._handles) > self.max_open_shards:
             self._handles.popitem(last=False)
         return handle
+
+    def _check_once(self, shard: _ShardRecord) -> None:
+        """Check a shard's size and sha256 against its manifest line, once per shard and process.
+
+        Bit rot that keeps the file's size (a flipped header byte, overwritten slots) would
+        otherwise be served as slots and change answers silently. Hashing costs about a second
+        per GB, paid once when a process first reads the shard.
+        """
+        path = self.path / shard.name
+        token = (str(path.resolve()), shard.sha256)
+        with _VERIFIED_LOCK:
+            if token in _VERIFIED_SHARDS:
+                return
+        try:
+            size = path.stat().st_size
+            problem = f"it is {size} bytes, the manifest recorded {shard.nbytes}" if size != shard.nbytes else ""
+            if not problem:
+                digest = _sha256_file(path)
+                if digest != shard.sha256:
+                    problem = f"its sha256 {digest[:12]}… is not the recorded {shard.sha256[:12]}… (corrupted in place)"
+        except OSError as exc:
+            problem = f"{exc.strerror or exc}"
+        if problem:
+            raise CheckpointError(f"cannot open shard {shard.name} in {self.path}: {problem}; {_REPAIR_HINT}")
+        with _VERIFIED_LOCK:
+            _VERIFIED_SHARDS.add(token)
 
     def size_on_disk(self) -> int:
         """Bytes used by the committed, live shards plus the manifest."""
@@ -753,9 +781,21 @@ class SlotStore:
 
 
 _REPAIR_HINT = (
-    "run SlotStore.verify(repair=True) (or rerun `comprexit-rag index`, which repairs the store) "
-    "and recompute the missing keys"
+    "run SlotStore.verify(repair=True) to retire it and recompute the missing keys (for a pipeline: "
+    "`comprexit-rag index CORPUS --out DIR --verify`, which repairs the store and recompresses them)"
 )
+
+# Shards whose size and sha256 matched their manifest line in this process: (resolved path, sha256).
+_VERIFIED_SHARDS: set[tuple[str, str]] = set()
+_VERIFIED_LOCK = threading.Lock()
+_SHARD_NAME = re.compile(r"shard-[0-9a-f]+-[0-9a-f]{12}\.safetensors")
+
+
+def _shard_name(name: object) -> str:
+    """A manifest's shard name, refused unless it is a bare shard file name of the store's directory."""
+    if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+        raise ValueError(f"shard name {name!r} is not a shard file of this directory")
+    return name
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:

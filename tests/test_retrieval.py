@@ -95,8 +95,14 @@ def test_incremental_and_duplicate_add(embedder: SentenceTransformer) -> None:
     built.add(["A passage with an explicit id."], ids=["doc-1"], metadatas=[{"source": "manual"}])
     assert "doc-1" in built
     assert built.get("doc-1").metadata == {"source": "manual"}
-    built.add(["Same id, other text."], ids=["doc-1"])  # duplicate id: skipped
+    built.add(["A passage with an explicit id."], ids=["doc-1"])  # same id, same text: a no-op
+    # Ids are keys: the same id with other text is refused, naming both texts; nothing is added.
+    with pytest.raises(InvalidInputError, match=r"'doc-1'.*already indexed with other text.*explicit id.*other text"):
+        built.add(["A new passage.", "Same id, other text."], ids=["doc-2", "doc-1"])
+    with pytest.raises(InvalidInputError, match=r"Passages 0 and 2 share the id 'doc-3' with different texts"):
+        built.add(["Text one.", "Text two.", "Text three."], ids=["doc-3", "doc-4", "doc-3"])
     assert built.get("doc-1").text == "A passage with an explicit id."
+    assert "doc-2" not in built and "doc-3" not in built and len(built) == len(PASSAGES) + 1
 
 
 def test_add_rejects_bad_input(retriever: DenseRetriever) -> None:

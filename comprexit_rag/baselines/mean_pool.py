@@ -16,7 +16,8 @@ from torch import nn
 from ..backbone import Backbone, BackboneFingerprint
 from ..checkpoint import CheckpointConfig, CheckpointedModule
 from ..compressor import SlotCompressor
-from ..config import validate_ratio
+from ..config import check_int_field, validate_ratio
+from ..errors import InvalidInputError
 from ..head import PRETRAINED_DIR, HeadOutput
 from ..projector import SlotProjector
 from ..width import join_windows, segment_means, split_windows
@@ -32,6 +33,15 @@ class MeanPoolConfig(CheckpointConfig):
     ratio: int = 4
     window: int = 128
     segment_length: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_hidden_states", "window", "segment_length"):
+            check_int_field(self, name)
+        validate_ratio(self.ratio, self.window)
+        if self.segment_length % self.window:
+            raise InvalidInputError(
+                f"segment_length ({self.segment_length}) must be a multiple of window ({self.window})."
+            )
 
 
 class MeanPoolHead(CheckpointedModule):

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..backbone import Backbone, BackboneFingerprint
 from ..checkpoint import CheckpointConfig, CheckpointedModule
+from ..config import check_int_field
 from ..head import PRETRAINED_DIR
 
 CHECKPOINT_KIND = "soft-prompt"
@@ -25,6 +26,10 @@ INIT_TEXT = "Read the context and answer the question with a short phrase copied
 class SoftPromptConfig(CheckpointConfig):
     num_tokens: int
     hidden_size: int
+
+    def __post_init__(self) -> None:
+        check_int_field(self, "num_tokens")
+        check_int_field(self, "hidden_size")
 
 
 class SoftPrompt(CheckpointedModule):

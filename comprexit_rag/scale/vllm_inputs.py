@@ -123,8 +123,14 @@ def decode_prompt_embeds(payload: str | bytes) -> torch.Tensor:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidInputError(f"prompt_embeds is not valid base64: {error}") from error
-    with torch.sparse.check_sparse_tensor_invariants():
-        tensor = torch.load(io.BytesIO(raw), weights_only=True, map_location=torch.device("cpu"))
+    try:
+        with torch.sparse.check_sparse_tensor_invariants():
+            tensor = torch.load(io.BytesIO(raw), weights_only=True, map_location=torch.device("cpu"))
+    except Exception as error:  # UnpicklingError, RuntimeError, EOFError...: whatever the bytes provoke
+        raise InvalidInputError(
+            f"prompt_embeds is not a tensor saved with torch.save ({type(error).__name__}: {str(error)[:200]}); "
+            "encode it with encode_prompt_embeds"
+        ) from error
     if not isinstance(tensor, torch.Tensor) or tensor.dtype not in PROMPT_EMBEDS_DTYPES:
         raise InvalidInputError(f"prompt_embeds must hold a float32/bfloat16/float16 tensor, got {_describe(tensor)}")
     tensor = tensor.to_dense()
