@@ -680,3 +680,33 @@ def test_distillation_adds_the_kl_to_the_full_text_reader(tiny_backbone, data, t
     assert summary["steps"] == 3 and summary["skipped_steps"] == 0
     with pytest.raises(InvalidInputError, match="Distillation"):
         tiny_config(tmp_path / "x", data, "full-tuned", "sft", distill_weight=1.0)
+
+
+def contains(sequence: list[int], part: list[int]) -> bool:
+    return any(sequence[i : i + len(part)] == part for i in range(len(sequence) - len(part) + 1))
+
+
+def test_reading_tasks_ask_what_only_the_compressed_window_holds(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "r", data, "comprexit", "pretrain", reading_task_prob=1.0, batch_size=16)
+    sample, _ = make_sampler(config, tiny_backbone)
+    stop = answer_end_token_id(tiny_backbone.tokenizer)
+    kinds = set()
+    for seed in range(3):
+        batch, prompt = sample(random.Random(seed))
+        assert isinstance(prompt, QAPrompt) and len(batch) == 16
+        for example in batch:
+            (window,) = example.passage_ids
+            answer = example.target_ids[:-1]
+            assert example.target_ids[-1] == stop and 3 <= len(answer) <= 16
+            assert contains(window, answer)  # the answer is in the window the compressor reads
+            kinds.add(example.question.split()[0])
+            assert tiny_backbone.tokenizer.decode(answer).strip() not in ("", example.question)
+    assert kinds == {"Fill", "In"}  # both tasks occur
+
+
+def test_qa_tuning_can_keep_a_share_of_pretraining_steps(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "s", data, "comprexit", "sft", text_share=0.5, reconstruction_prob=1.0)
+    sample, identity = make_sampler(config, tiny_backbone)
+    prompts = [type(sample(random.Random(seed))[1]) for seed in range(40)]
+    assert {QAPrompt, ReconstructionPrompt} == set(prompts)
+    assert 10 <= prompts.count(ReconstructionPrompt) <= 30 and "text" in identity

@@ -50,6 +50,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="pretrain: share of steps that regenerate the compressed text instead of continuing it",
     )
     parser.add_argument(
+        "--reading-task-prob",
+        type=float,
+        default=0.0,
+        help="pretrain: share of steps that ask about the compressed window (span cloze, what follows a phrase)",
+    )
+    parser.add_argument(
+        "--text-share",
+        type=float,
+        default=0.0,
+        help="sft: share of steps drawn from the pretraining text (objectives as in pretraining) instead of QA",
+    )
+    parser.add_argument(
         "--window", type=int, help="comprexit: tokens per transport window (default: the head's own, 128 when fresh)"
     )
     parser.add_argument(

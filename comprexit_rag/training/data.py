@@ -131,6 +131,33 @@ class PretrainCorpus:
         windows = self.sample(rng, batch_size, context_length, continuation=0)
         return [TrainExample(example.passage_ids, "", [*example.passage_ids[0], stop_id]) for example in windows]
 
+    def sample_reading_tasks(
+        self, rng: random.Random, batch_size: int, context_length: int, tokenizer: PreTrainedTokenizerBase, stop_id: int
+    ) -> list[TrainExample]:
+        """Questions about a compressed window whose answers only that window holds (no labels needed).
+
+        Half are span cloze (the window's text around a blanked span of 3-10 tokens; the span is the
+        answer), half "what follows" (a 6-10 token phrase of the window; the next 8-16 tokens are the
+        answer). The compressor sees the intact window: slots stay question-independent.
+        """
+        examples = []
+        for window in self.sample(rng, batch_size, context_length, continuation=0):
+            ids = window.passage_ids[0]
+            if rng.random() < 0.5:
+                length = rng.randint(3, 10)
+                start = rng.randrange(1, max(2, len(ids) - length - 1))
+                before = tokenizer.decode(ids[max(0, start - 24) : start])
+                after = tokenizer.decode(ids[start + length : start + length + 24])
+                question = f"Fill in the blank: ...{before} ____ {after}..."
+                answer = ids[start : start + length]
+            else:
+                phrase, length = rng.randint(6, 10), rng.randint(8, 16)
+                start = rng.randrange(0, max(1, len(ids) - phrase - length))
+                question = f'In the context, what comes right after "{tokenizer.decode(ids[start : start + phrase])}"?'
+                answer = ids[start + phrase : start + phrase + length]
+            examples.append(TrainExample([ids], " ".join(question.split()), [*answer, stop_id]))
+        return examples
+
 
 @dataclass
 class QAItem:

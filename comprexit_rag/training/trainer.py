@@ -72,6 +72,12 @@ class TrainConfig:
     # predicting what follows it. Reconstruction puts a loss on every compressed token, so the slots
     # must carry the passage's content, not only its gist.
     reconstruction_prob: float = 0.5
+    # Pretraining: share of steps that ask a question about the compressed window instead (span cloze,
+    # "what follows <phrase>?"; see PretrainCorpus.sample_reading_tasks), read with the QA prompt.
+    reading_task_prob: float = 0.0
+    # SFT: share of steps drawn from the pretraining text instead of QA (reconstruction, continuation and
+    # reading tasks as in pretraining), so QA tuning does not undo what the slots learned to carry.
+    text_share: float = 0.0
     # ComprExIT: tokens per transport window (the head's parameters do not depend on it, so a trained
     # head can continue with another window). None keeps the loaded head's window, 128 for a fresh one.
     window: int | None = None
@@ -117,8 +123,9 @@ class TrainConfig:
                 "standardize_layers shapes a fresh comprexit head; a loaded head keeps the standardisation it was "
                 "trained with (drop --init-from or the option)."
             )
-        if not 0.0 <= self.reconstruction_prob <= 1.0:
-            raise InvalidInputError(f"reconstruction_prob must lie in [0, 1], got {self.reconstruction_prob}.")
+        for name in ("reconstruction_prob", "reading_task_prob", "text_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InvalidInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
         if self.reader_adapter and self.method not in ADAPTER_METHODS:
             raise InvalidInputError(f"A reader adapter trains with {', '.join(ADAPTER_METHODS)}, not {self.method}.")
         if self.context_lengths is None:
@@ -293,25 +300,34 @@ def make_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, dict
     """A function from a seeded RNG to a training batch and the prompt it is read with, and the
     identity of the data it draws from (a resumed run must draw from the same)."""
     if config.stage == "pretrain":
-        corpus = PretrainCorpus.build(
-            backbone.tokenizer, config.data_root, config.max_pretrain_tokens, wikipedia=config.wikipedia
-        )
-        stop_id = answer_end_token_id(backbone.tokenizer)
-
-        def sample_pretrain(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
-            context = rng.choice(config.context_lengths)  # short passages matter too
-            if rng.random() < config.reconstruction_prob:
-                return corpus.sample_reconstruction(rng, config.batch_size, context, stop_id), ReconstructionPrompt()
-            return corpus.sample(rng, config.batch_size, context, config.continuation_length), ContinuationPrompt()
-
-        return sample_pretrain, corpus.identity
-
+        return pretrain_sampler(config, backbone)
     qa = QATrainingSet.build(backbone.tokenizer, root=config.data_root, limit_per_family=config.limit_per_family)
+    identity: dict = {"qa_examples": sum(len(items) for items in qa.families.values())}
+    sample_text = None
+    if config.text_share:  # QA tuning that keeps practising what pretraining taught
+        sample_text, identity["text"] = pretrain_sampler(config, backbone)
 
     def sample_qa(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
+        if sample_text is not None and rng.random() < config.text_share:
+            return sample_text(rng)
         return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors), QAPrompt()
 
-    return sample_qa, {"qa_examples": sum(len(items) for items in qa.families.values())}
+    return sample_qa, identity
+
+
+def pretrain_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, dict]:
+    corpus = PretrainCorpus.build(backbone.tokenizer, config.data_root, config.max_pretrain_tokens, config.wikipedia)
+    stop_id = answer_end_token_id(backbone.tokenizer)
+
+    def sample_pretrain(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
+        context = rng.choice(config.context_lengths)  # short passages matter too
+        if config.reading_task_prob and rng.random() < config.reading_task_prob:
+            return corpus.sample_reading_tasks(rng, config.batch_size, context, backbone.tokenizer, stop_id), QAPrompt()
+        if rng.random() < config.reconstruction_prob:
+            return corpus.sample_reconstruction(rng, config.batch_size, context, stop_id), ReconstructionPrompt()
+        return corpus.sample(rng, config.batch_size, context, config.continuation_length), ContinuationPrompt()
+
+    return sample_pretrain, corpus.identity
 
 
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
