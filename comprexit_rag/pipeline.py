@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from .backbone import Backbone
-from .compressor import ComprExITCompressor
+from .compressor import ComprExITCompressor, head_digest
 from .config import validate_ratio
 from .data import Passage
 from .default_model import DEFAULT_BACKBONE_NAME
@@ -658,7 +658,7 @@ def _resolve_compressor(
     source = os.fspath(head) if head is not None else recorded
     if source == DEFAULT:
         module = load_head_or_untrained(backbone, directory / UNTRAINED_HEAD_DIR)
-        head_dir = DEFAULT_HEAD if module.fingerprint == backbone.fingerprint and DEFAULT_HEAD.is_dir() else None
+        head_dir = DEFAULT_HEAD if _is_saved_head(module, DEFAULT_HEAD) else None  # not the untrained fallback
     else:
         head_dir = Path(source) if Path(source).is_absolute() or head is not None else directory / source
         module = ComprExITHead.from_pretrained(head_dir)
@@ -667,6 +667,13 @@ def _resolve_compressor(
     if head_dir is not None and (head_dir / ADAPTER_DIR).is_dir():
         adapter = ReaderAdapter.from_pretrained(head_dir / ADAPTER_DIR, backbone)
     return ComprExITCompressor(backbone, module, reader_adapter=adapter), source
+
+
+def _is_saved_head(head: ComprExITHead, directory: Path) -> bool:
+    """Whether ``head`` holds the weights saved in ``directory`` (e.g. the shipped head, not a fallback)."""
+    if not (directory / "model.safetensors").is_file():
+        return False
+    return head_digest(head) == head_digest(ComprExITHead.from_pretrained(directory))
 
 
 def _comi_source(merger: object) -> str | None:
