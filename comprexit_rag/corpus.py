@@ -17,9 +17,11 @@ corpus can be re-read and re-indexed without duplicates.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
@@ -46,38 +48,44 @@ def read_corpus(
     Args:
         path: a JSON / JSON-lines file, a HotpotQA or 2Wiki file, a text file or a folder.
         limit: keep at most this many (unique) passages, in file order.
-        max_words: longest passage cut from a text file, in words (a longer paragraph is
-            cut at word boundaries).
+        max_words: longest passage cut from a text file or a generic JSON record, in words (a
+            longer paragraph is cut at word boundaries; the pieces of a record with id ``X`` get
+            the ids ``X#0``, ``X#1``...). HotpotQA and 2Wiki paragraphs are kept whole.
 
     Raises:
         InvalidInputError: the path does not exist, has an unknown suffix, is malformed JSON,
-            or holds no passage at all.
+            a truncated or corrupt gzip file, or holds no passage at all.
     """
     if limit is not None and limit < 1:
         raise InvalidInputError(f"limit must be a positive number of passages, got {limit}.")
     if max_words < 1:
         raise InvalidInputError(f"max_words must be positive, got {max_words}.")
     source = Path(path).expanduser()
-    if source.is_dir():
-        passages: Iterable[Passage] = _read_folder(source, max_words)
-    elif source.is_file():
-        name = source.name.lower()
-        if name.endswith(TEXT_SUFFIXES):
-            passages = _read_text_file(source, source.stem, max_words)
-        elif name.endswith(JSON_SUFFIXES):
-            passages = _read_json_file(source)
-        else:
-            raise InvalidInputError(
-                f"{source}: unknown corpus format; expected a folder, .txt/.md, or .jsonl/.json (optionally .gz)."
-            )
-    else:
-        raise InvalidInputError(f"Corpus {source} does not exist.")
-
-    unique = list(islice(_unique(passages), limit))
+    try:
+        unique = list(islice(_unique(_read_source(source, max_words)), limit))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # raised while a .gz file is read
+        raise InvalidInputError(
+            f"{source} is a truncated or corrupt gzip file ({error}); download or compress it again."
+        ) from error
     if not unique:
         raise InvalidInputError(f"{source} holds no passage with text; nothing to index.")
     logger.info("Read %d passages from %s", len(unique), source)
     return unique
+
+
+def _read_source(source: Path, max_words: int) -> Iterable[Passage]:
+    if source.is_dir():
+        return _read_folder(source, max_words)
+    if not source.is_file():
+        raise InvalidInputError(f"Corpus {source} does not exist.")
+    name = source.name.lower()
+    if name.endswith(TEXT_SUFFIXES):
+        return _read_text_file(source, source.stem, max_words)
+    if name.endswith(JSON_SUFFIXES):
+        return _read_json_file(source, max_words)
+    raise InvalidInputError(
+        f"{source}: unknown corpus format; expected a folder, .txt/.md, or .jsonl/.json (optionally .gz)."
+    )
 
 
 def _unique(passages: Iterable[Passage]) -> Iterator[Passage]:
@@ -168,7 +176,7 @@ def split_paragraphs(text: str, max_words: int = DEFAULT_MAX_WORDS) -> list[str]
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json_file(file: Path) -> Iterator[Passage]:
+def _read_json_file(file: Path, max_words: int) -> Iterator[Passage]:
     first = _first_record(file)
     if first is None:
         return iter(())
@@ -177,7 +185,7 @@ def _read_json_file(file: Path) -> Iterator[Passage]:
         return (passage for example in _load(load_hotpotqa, file) for passage in example.passages)
     if set(first) == {"title", "text"} and not _is_jsonl(file):
         return iter(_load(load_2wiki_corpus, file))
-    return _records(file)
+    return _records(file, max_words)
 
 
 def _load(loader: Any, file: Path) -> Any:
@@ -240,8 +248,12 @@ def _check_record(record: Any, where: str) -> Mapping[str, Any]:
     return record
 
 
-def _records(file: Path) -> Iterator[Passage]:
-    """Generic ``{"id"?, "title"?, "text"}`` records; records without usable text are skipped."""
+def _records(file: Path, max_words: int) -> Iterator[Passage]:
+    """Generic ``{"id"?, "title"?, "text"}`` records; records without usable text are skipped.
+
+    A record longer than ``max_words`` words is split into passages (the embedder only searches
+    the beginning of a long one).
+    """
     skipped = 0
     for where, record in _iter_json_records(file):
         text, title, passage_id = record.get("text"), record.get("title") or "", record.get("id")
@@ -253,6 +265,11 @@ def _records(file: Path) -> Iterator[Passage]:
             skipped += 1
             logger.warning("%s: skipped (lone surrogate escapes such as \\ud800 are not text)", where)
             continue
-        yield Passage(text=text.strip(), title=title.strip(), id="" if passage_id is None else str(passage_id))
+        passage_id = "" if passage_id is None else str(passage_id)
+        if len(text.split()) <= max_words:
+            yield Passage(text=text.strip(), title=title.strip(), id=passage_id)
+            continue
+        for index, chunk in enumerate(split_paragraphs(text, max_words)):
+            yield Passage(text=chunk, title=title.strip(), id=f"{passage_id}#{index}" if passage_id else "")
     if skipped:
         logger.warning("%s: skipped %d records without a non-empty string 'text'", file, skipped)

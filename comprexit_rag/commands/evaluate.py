@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from ..config import validate_ratio
-from ..evaluation.methods import METHODS, RATIO_METHODS
+from ..names import EVAL_METHODS as METHODS
+from ..names import EVAL_RATIO_METHODS as RATIO_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -16,13 +16,23 @@ FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad"}  # fo
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate a method (EM, F1, accuracy, cost) on a QA file")
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a method (EM, F1, accuracy, cost) on a QA file",
+        description="Score one way of giving the reader the passages (--method) on a QA file: exact match, F1, "
+        "accuracy, and the context tokens/slots read.",
+    )
     parser.add_argument("--data", required=True, help="QA file (HotpotQA json/jsonl, NQ-open jsonl[.gz], MRQA)")
-    parser.add_argument("--format", choices=tuple(FORMATS), required=True)
-    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--format", choices=tuple(FORMATS), required=True, help="layout of the --data file")
+    parser.add_argument("--method", choices=METHODS, required=True, help="how the reader gets the passages")
     parser.add_argument("--ratio", type=int, default=4, help="compression ratio for " + ", ".join(RATIO_METHODS))
     parser.add_argument("--limit", type=int, help="evaluate the first N examples")
-    parser.add_argument("--context", choices=("distractor", "gold"), default="distractor")
+    parser.add_argument(
+        "--context",
+        choices=("distractor", "gold"),
+        default="distractor",
+        help="HotpotQA: all paragraphs of a question (distractor) or only the supporting ones (gold)",
+    )
     parser.add_argument(
         "--split",
         choices=("dev", "all"),
@@ -32,9 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", help="trained module of the method (default: the shipped one)")
     parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
-    parser.add_argument("--device")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per reader batch")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer, in tokens")
     parser.add_argument("--predictions", help="write one JSON line per example (id, question, answers, prediction)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.set_defaults(run=run)
@@ -66,6 +76,7 @@ def load_examples(path: str, data_format: str, split: str, context: str, limit: 
 
 def run(args: argparse.Namespace) -> int:
     from ..backbone import Backbone
+    from ..config import validate_ratio
     from ..evaluation.harness import evaluate
     from ..evaluation.methods import build_method
     from ..reader import Reader

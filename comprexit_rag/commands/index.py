@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,12 +44,18 @@ def run(args: argparse.Namespace) -> int:
 
     passages = read_corpus(args.corpus, limit=args.limit)
     print(f"Read {len(passages)} passages from {args.corpus}", file=sys.stderr)
+    logger.info("Loading the models (the first run converts the embedded SmolLM2 once, about a minute)")
     pipeline = RAGPipeline.open(args.out, backbone=args.backbone, head=args.head, ratio=args.ratio, device=args.device)
+    logger.info(
+        "Embedding the new passages for retrieval, then compressing them into slots (%d per batch): "
+        "each stage shows a progress bar",
+        args.batch_size,
+    )
     report = pipeline.index(
         passages,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
-        show_progress=False if args.no_progress else None,
+        show_progress=not args.no_progress,
         verify=args.verify,
     )
     info = pipeline.info()

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..backbone import Backbone
 from ..compressor import autocast_for
 from ..errors import InvalidInputError
+from ..names import TRAIN_METHODS as METHODS
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reader import IGNORE_INDEX, Reader, ReaderBatch
 from .contexts import ContextEncoder
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["comprexit", "mean-pool", "comi", "full-tuned"]
 Stage = Literal["pretrain", "sft"]
-METHODS: tuple[str, ...] = ("comprexit", "mean-pool", "comi", "full-tuned")
 SLOT_METHODS = ("comprexit", "mean-pool")
 REFIT_STEPS = (20, 100)
 # ComprExIT config fields a run may set on a loaded head: none of them changes the head's parameters.
