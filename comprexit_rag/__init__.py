@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import threads
 from .errors import (
     BackboneMismatchError,
     CheckpointError,
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from .soft_context import PassageDetails, SoftContext
 
 __version__ = "0.1.0"
+
+# Before torch loads: OpenMP threads spin briefly, then sleep (see comprexit_rag.threads for why).
+threads.prefer_short_spin_wait()
 
 _LAZY = {
     "Backbone": ".backbone",

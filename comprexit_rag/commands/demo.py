@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..data import Passage, QAExample
 from ..pipeline_methods import METHODS
+from ._args import positive_int
 
 if TYPE_CHECKING:
     from ..pipeline import Answer
@@ -99,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="index a few HotpotQA dev questions' paragraphs (or a built-in corpus) and answer them",
         description=DESCRIPTION,
     )
-    parser.add_argument("--questions", type=int, default=3, help="questions to index and answer")
+    parser.add_argument("--questions", type=positive_int, default=3, help="questions to index and answer")
     parser.add_argument("--data", help="data directory (default: shared/data or $COMPREXIT_DATA) or a HotpotQA file")
     parser.add_argument("--builtin", action="store_true", help="use the built-in corpus even when data is found")
     parser.add_argument("--out", help="pipeline directory (default: a cache directory, reused across runs)")
@@ -109,8 +110,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=(*METHODS, "all"),
         help="how to read the passages (repeatable; default comprexit; all = every method)",
     )
-    parser.add_argument("--k", type=int, default=5, help="passages to retrieve per question")
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer, in tokens")
+    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
     parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
     parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
     parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from ._args import positive_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,11 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("corpus", help="corpus file or folder")
     parser.add_argument("--out", required=True, help="pipeline directory (created, or resumed when it exists)")
     parser.add_argument("--ratio", type=int, help="compression ratio of the stored slots (default: the head's)")
-    parser.add_argument("--batch-size", type=int, default=8, help="passages per compressor batch")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="passages per compressor batch")
     parser.add_argument(
-        "--chunk-size", type=int, help="passages compressed and committed together (default: 8 x batch size)"
+        "--chunk-size", type=positive_int, help="passages compressed and committed together (default: 8 x batch size)"
     )
-    parser.add_argument("--limit", type=int, help="index only the first N passages of the corpus")
+    parser.add_argument("--limit", type=positive_int, help="index only the first N passages of the corpus")
     parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
     parser.add_argument("--backbone", help="HF causal-LM name or path for a new pipeline (default: embedded SmolLM2)")
     parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
