@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedM
 from transformers.utils import ModelOutput
 
 from .default_model import DEFAULT_BACKBONE_NAME, default_backbone_dir
-from .threads import ForwardLock
+from .threads import apply_thread_policy
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ class Backbone:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "") -> None:
         self.model = model.eval()
         self.model.requires_grad_(False)
-        # Held around every forward pass and tokenizer call; its holder runs with the CPU thread policy.
-        self.lock = ForwardLock()
+        self.lock = threading.RLock()  # held around every forward pass and tokenizer call
+        apply_thread_policy()  # CPU threads that stay fast when other processes compete (comprexit_rag.threads)
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

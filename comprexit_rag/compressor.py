@@ -131,8 +131,7 @@ class SlotCompressor:
             raise InvalidInputError("return_details=True needs a ComprExIT head (layer weights and transport plans).")
 
         def encode(batch: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[SegmentSlots]:
-            # The backbone's lock also applies the CPU thread policy (comprexit_rag.threads) to the head.
-            with self.backbone.lock, autocast_for(self.backbone):
+            with autocast_for(self.backbone):
                 output = self.head(hidden_states, batch.anchor_mask, ratio=ratio)
             return [
                 SegmentSlots(

@@ -16,30 +16,35 @@ The policy, in order:
    ``OMP_WAIT_POLICY`` is set): the short spin libgomp itself uses once a process has more threads
    than cores, after which idle team threads sleep. A main-thread call is then as fast as a
    worker-thread one, with all cores.
-2. When torch was imported first (libgomp already read its settings), :class:`ForwardLock`, the lock
-   every forward pass holds (:attr:`comprexit_rag.backbone.Backbone.lock`), lowers the holding
-   thread's intra-op threads to half the cores while it holds the lock: a smaller team leaves a
-   core to the competitor instead of waiting for it. Torch's setting outside the library's
-   forwards is left as the user set it.
+2. When torch was imported first (libgomp already read its settings), the first
+   :class:`~comprexit_rag.backbone.Backbone` of the process lowers torch's intra-op threads to half
+   the cores (:func:`apply_thread_policy`): a smaller team leaves a core to the competitor instead
+   of waiting for it. This is process-wide on purpose: torch copies the setting into every thread
+   that starts computing, so a setting changed per call would leak into other threads and make
+   their results depend on timing. It is logged once.
 
 ``COMPREXIT_NUM_THREADS=N`` sets the threads of step 2 (``0``: leave torch's setting alone).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
-from types import TracebackType
 
 from .errors import InvalidInputError
 
-__all__ = ["ENV_VAR", "ForwardLock", "forward_threads", "prefer_short_spin_wait", "short_spin_wait"]
+__all__ = ["ENV_VAR", "apply_thread_policy", "forward_threads", "prefer_short_spin_wait", "short_spin_wait"]
+
+logger = logging.getLogger(__name__)
 
 ENV_VAR = "COMPREXIT_NUM_THREADS"
 SPIN_COUNT = "1000"
 """libgomp's own spin count for a process with more threads than cores (its ``throttled`` value)."""
 _short_spin_before_torch = False  # whether GOMP_SPINCOUNT was set by this module before torch loaded
+_applied = False  # whether apply_thread_policy ran
+_policy_lock = threading.Lock()
 
 
 def prefer_short_spin_wait() -> None:
@@ -88,49 +93,23 @@ def forward_threads() -> int | None:
     return max(1, available_cores() // 2)
 
 
-class ForwardLock:
-    """A re-entrant lock whose holder runs torch's CPU ops with :func:`forward_threads` threads.
+def apply_thread_policy() -> None:
+    """Step 2 of the module's policy, once per process: lower torch's intra-op threads if needed."""
+    global _applied
+    with _policy_lock:
+        if _applied:
+            return
+        wanted = forward_threads()
+        _applied = True
+    import torch
 
-    The thread count is lowered (never raised) when the lock is first acquired and restored when
-    it is finally released, in the holding thread, so concurrent callers never see each other's setting.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._depth = 0  # re-entry depth of the owning thread
-        self._restore: int | None = None
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if not self._lock.acquire(blocking, timeout):
-            return False
-        if self._depth == 0:
-            try:
-                wanted = forward_threads()
-            except BaseException:
-                self._lock.release()
-                raise
-            import torch  # loaded by then: the lock guards torch forwards
-
-            current = torch.get_num_threads()
-            if wanted is not None and wanted < current:
-                torch.set_num_threads(wanted)
-                self._restore = current
-        self._depth += 1
-        return True
-
-    def release(self) -> None:
-        if self._depth == 1 and self._restore is not None:
-            import torch
-
-            torch.set_num_threads(self._restore)
-            self._restore = None
-        self._depth -= 1
-        self._lock.release()
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.release()
+    current = torch.get_num_threads()
+    if wanted is not None and wanted < current:
+        torch.set_num_threads(wanted)
+        logger.info(
+            "Using %d of %d torch CPU threads: torch was imported before comprexit_rag, so OpenMP spins long at "
+            "every barrier (set %s to choose, 0 to keep torch's setting; see comprexit_rag.threads).",
+            wanted,
+            current,
+            ENV_VAR,
+        )

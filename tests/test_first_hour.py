@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from comprexit_rag.cli import main
 from comprexit_rag.corpus import read_corpus
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.threads import ENV_VAR, ForwardLock, forward_threads
+from comprexit_rag.threads import ENV_VAR, forward_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,42 +200,36 @@ def test_counts_below_one_are_usage_errors(argv, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_forward_lock_lowers_threads_only_while_held_and_only_in_its_thread(monkeypatch):
-    monkeypatch.setenv(ENV_VAR, "1")
-    before = torch.get_num_threads()
-    lock, seen = ForwardLock(), []
-    with lock:
-        seen.append(torch.get_num_threads())
-        with lock:  # re-entrant: the inner release does not restore yet
-            pass
-        seen.append(torch.get_num_threads())
-    assert seen == [1, 1] and torch.get_num_threads() == before
+@pytest.mark.parametrize(("setting", "expected"), [("1", 1), ("0", "unchanged"), (None, "half")])
+def test_torch_imported_first_gets_fewer_threads_process_wide(setting, expected):
+    code = (
+        "import torch\ntorch.set_num_threads(4)\nfrom comprexit_rag import threads\n"
+        "threads.apply_thread_policy()\nthreads.apply_thread_policy()\n"  # once per process
+        "print(torch.get_num_threads(), threads.available_cores())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", ENV_VAR)}
+    env["PYTHONPATH"] = str(ROOT)
+    if setting is not None:
+        env[ENV_VAR] = setting
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    threads_now, cores = (int(value) for value in out.split())
+    want = {"unchanged": 4, "half": min(4, max(1, cores // 2))}.get(expected, expected)
+    assert threads_now == want
 
-    monkeypatch.setenv(ENV_VAR, "0")
-    with lock:
-        assert torch.get_num_threads() == before  # 0: torch's own setting
+
+def test_a_bad_thread_setting_is_a_typed_error(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "lots")
-    with pytest.raises(InvalidInputError, match=ENV_VAR), lock:
-        pass
-    assert not lock._lock._is_owned()  # a failed policy leaves the lock free
+    with pytest.raises(InvalidInputError, match=ENV_VAR):
+        forward_threads()
+    monkeypatch.setenv(ENV_VAR, "2")
+    assert forward_threads() == 2
 
-    monkeypatch.setenv(ENV_VAR, "1")
-    inside = threading.Event()
-    release = threading.Event()
 
-    def hold() -> None:
-        with lock:
-            inside.set()
-            release.wait(5)
+def test_backbones_apply_the_thread_policy(tiny_backbone):
+    from comprexit_rag import threads
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    inside.wait(5)
-    assert not lock.acquire(blocking=False)  # exclusive, as the backbone's lock must be
-    release.set()
-    holder.join()
-    monkeypatch.delenv(ENV_VAR)
-    assert forward_threads() is None or forward_threads() >= 1
+    assert threads._applied  # the first Backbone of the process applied it
+    assert torch.get_num_threads() <= max(1, threads.available_cores())
 
 
 def test_importing_the_library_before_torch_shortens_the_openmp_spin_wait():

@@ -102,10 +102,11 @@ def test_real_backbone_end_to_end(tmp_path, real_backbone, make_pipeline, hotpot
         output = chain.invoke(example.question)
         seconds = time.perf_counter() - started
         expected = pipeline.ask(example.question, k=2)
-        assert output["answer"] == expected.answer
-        assert output["stats"]["slots"] == expected.stats.slots
-        assert output["stats"]["tokens_saved"] == expected.stats.context_tokens - expected.stats.slots > 0
+        stats = output.response_metadata["comprexit_stats"]
+        assert output.content == expected.answer
+        assert stats["slots"] == expected.stats.slots
+        assert stats["tokens_saved"] == expected.stats.context_tokens - expected.stats.slots > 0
         print(
-            f"indexed {len(pipeline)} passages in {indexed:.1f}s; {example.question!r} -> {output['answer']!r} "
-            f"(gold {example.answers[0]!r}) in {seconds:.2f}s, {output['stats']['tokens_saved']} tokens saved"
+            f"indexed {len(pipeline)} passages in {indexed:.1f}s; {example.question!r} -> {output.content!r} "
+            f"(gold {example.answers[0]!r}) in {seconds:.2f}s, {stats['tokens_saved']} tokens saved"
         )
