@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedM
 from transformers.utils import ModelOutput
 
 from .default_model import DEFAULT_BACKBONE_NAME, default_backbone_dir
+from .threads import apply_thread_policy
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class Backbone:
         self.lock = threading.RLock()  # held around every forward pass and tokenizer call
         # Reader adapters injected into the model (see adapter.py); off except while a reader reads.
         self.reader_adapters: dict[str, Any] = {}
+        apply_thread_policy()  # CPU threads that stay fast when other processes compete (comprexit_rag.threads)
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -24,9 +24,11 @@ and different texts are an :class:`~comprexit_rag.errors.InvalidInputError` nami
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
@@ -53,38 +55,44 @@ def read_corpus(
     Args:
         path: a JSON / JSON-lines file, a HotpotQA or 2Wiki file, a text file or a folder.
         limit: keep at most this many (unique) passages, in file order.
-        max_words: longest passage cut from a text file, in words (a longer paragraph is
-            cut at word boundaries).
+        max_words: longest passage cut from a text file or a generic JSON record, in words (a
+            longer paragraph is cut at word boundaries; the pieces of a record with id ``X`` get
+            the ids ``X#0``, ``X#1``...). HotpotQA and 2Wiki paragraphs are kept whole.
 
     Raises:
         InvalidInputError: the path does not exist, has an unknown suffix, is malformed JSON,
-            or holds no passage at all.
+            a truncated or corrupt gzip file, or holds no passage at all.
     """
     if limit is not None and limit < 1:
         raise InvalidInputError(f"limit must be a positive number of passages, got {limit}.")
     if max_words < 1:
         raise InvalidInputError(f"max_words must be positive, got {max_words}.")
     source = Path(path).expanduser()
-    if source.is_dir():
-        passages: Iterable[Passage] = _read_folder(source, max_words)
-    elif source.is_file():
-        name = source.name.lower()
-        if name.endswith(TEXT_SUFFIXES):
-            passages = _read_text_file(source, source.stem, max_words)
-        elif name.endswith(JSON_SUFFIXES):
-            passages = _read_json_file(source, max_words)
-        else:
-            raise InvalidInputError(
-                f"{source}: unknown corpus format; expected a folder, .txt/.md, or .jsonl/.json (optionally .gz)."
-            )
-    else:
-        raise InvalidInputError(f"Corpus {source} does not exist.")
-
-    unique = list(islice(_unique(passages), limit))
+    try:
+        unique = list(islice(_unique(_read_source(source, max_words)), limit))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # raised while a .gz file is read
+        raise InvalidInputError(
+            f"{source} is a truncated or corrupt gzip file ({error}); download or compress it again."
+        ) from error
     if not unique:
         raise InvalidInputError(f"{source} holds no passage with text; nothing to index.")
     logger.info("Read %d passages from %s", len(unique), source)
     return unique
+
+
+def _read_source(source: Path, max_words: int) -> Iterable[Passage]:
+    if source.is_dir():
+        return _read_folder(source, max_words)
+    if not source.is_file():
+        raise InvalidInputError(f"Corpus {source} does not exist.")
+    name = source.name.lower()
+    if name.endswith(TEXT_SUFFIXES):
+        return _read_text_file(source, source.stem, max_words)
+    if name.endswith(JSON_SUFFIXES):
+        return _read_json_file(source, max_words)
+    raise InvalidInputError(
+        f"{source}: unknown corpus format; expected a folder, .txt/.md, or .jsonl/.json (optionally .gz)."
+    )
 
 
 def _unique(passages: Iterable[Passage]) -> Iterator[Passage]:

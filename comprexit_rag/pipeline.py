@@ -463,11 +463,15 @@ class RAGPipeline:
         with tqdm(total=len(missing), desc="compressing passages", unit="passage", disable=not show) as bar:
             for start in range(0, len(missing), chunk_size):
                 keys = missing[start : start + chunk_size]
-                soft = self.compressor.compress(
-                    [texts_by_key[key] for key in keys], ratio=self.ratio, batch_size=batch_size, show_progress=False
-                )
-                compressed += len(store.put_many(keys, soft.passages(), soft.token_counts.tolist()))
-                bar.update(len(keys))
+                slots: list[torch.Tensor] = []
+                tokens: list[int] = []
+                for first in range(0, len(keys), batch_size):  # one batch at a time, so the bar moves per batch
+                    batch = [texts_by_key[key] for key in keys[first : first + batch_size]]
+                    soft = self.compressor.compress(batch, ratio=self.ratio, batch_size=batch_size, show_progress=False)
+                    slots += soft.passages()
+                    tokens += soft.token_counts.tolist()
+                    bar.update(len(batch))
+                compressed += len(store.put_many(keys, slots, tokens))
         report = IndexReport(
             passages=len(records),
             added=added,

@@ -289,7 +289,7 @@ class DenseRetriever:
             return ids
 
         pending = list(new.items())
-        chunk = batch_size * 16
+        chunk = batch_size  # one encoder batch per step, so the bar moves per batch
         show = len(pending) >= 1000 if show_progress is None else show_progress
         with tqdm(total=len(pending), desc="embedding passages", unit="passage", disable=not show) as bar:
             for start in range(0, len(pending), chunk):
@@ -318,7 +318,8 @@ class DenseRetriever:
         if longer:
             logger.warning(
                 "%d passage(s) are longer than the embedder's %d-token window: only their beginning is searchable "
-                "(their slots still cover all of them); split long documents into passages (read_corpus does)",
+                "(their slots still cover all of them); split long documents into passages of about 200 words "
+                "before indexing (comprexit_rag.corpus.split_paragraphs; read_corpus and `comprexit-rag index` do)",
                 longer,
                 window,
             )

@@ -1,12 +1,13 @@
-"""Write the example notebooks of this directory from the cell sources below (outputs stripped).
+"""Write the example notebooks of this directory from the cell sources below, executed.
 
-The notebooks are generated, not edited by hand, so that they stay reproducible and never carry
-outputs (which would hold dataset text) into the repository::
+The notebooks are generated, not edited by hand, so that they stay reproducible; they are committed
+with their outputs, so that a reader sees the results without running them::
 
-    python examples/_build_notebooks.py          # rewrite every notebook
-    python examples/_build_notebooks.py --check  # exit 1 if a notebook differs from its source here
+    HF_HUB_OFFLINE=1 python examples/_build_notebooks.py   # rewrite and execute every notebook (CPU, minutes)
+    python examples/_build_notebooks.py --no-execute       # rewrite without running them (drafts)
+    python examples/_build_notebooks.py --check            # exit 1 if a notebook's cells differ from here
 
-``tests/test_notebooks.py`` executes them.
+``tests/test_notebooks.py`` executes them again.
 """
 
 from __future__ import annotations
@@ -55,10 +56,9 @@ print(f"{len(examples)} questions, {len(passages)} paragraphs (supporting + dist
 """
 
 UNTRAINED_NOTE = """
-> **Note.** The default ComprExIT head ships in `comprexit_rag/pretrained/comprexit-smollm2-135m`. In a
-> checkout without it, the library falls back to a randomly initialised head and logs a WARNING: the
-> compressed answers are then meaningless, but every step below runs the same way. SmolLM2-135M is a
-> very small reader, so expect modest F1 even with the trained head.
+> **Note.** The ComprExIT head shipped in `comprexit_rag/pretrained/comprexit-smollm2-135m` is only briefly
+> trained, and SmolLM2-135M is a very small reader: expect modest F1 from the slots (its model card and
+> BENCHMARKS.md give the numbers). Every step below runs the same way with a better head.
 """
 
 
@@ -334,10 +334,10 @@ MAX_NEW_TOKENS = 16
         for number, example in enumerate(examples, start=1):
             output = chain.invoke(example.question)
             outputs.append(output)
-            stats = output["stats"]
-            print(f"Q{number}: answer {output['answer']!r}, gold {' | '.join(example.answers)!r}")
+            stats = output.response_metadata["comprexit_stats"]  # return_stats=True: an AIMessage
+            print(f"Q{number}: answer {output.content!r}, gold {' | '.join(example.answers)!r}")
             print(
-                f"    F1 {f1_score(output['answer'], example.answers):.2f}; read {stats['slots']} slots instead of "
+                f"    F1 {f1_score(output.content, example.answers):.2f}; read {stats['slots']} slots instead of "
                 f"{stats['context_tokens']} tokens; {stats['store_hits']} of {stats['documents']} documents "
                 f"found in the store; {stats['timings']['total']:.2f} s"
             )
@@ -347,7 +347,7 @@ MAX_NEW_TOKENS = 16
     code(
         """
         expected = pipeline.ask(examples[0].question, k=K, max_new_tokens=MAX_NEW_TOKENS)
-        print("same answer as RAGPipeline.ask:", expected.answer == outputs[0]["answer"])
+        print("same answer as RAGPipeline.ask:", expected.answer == outputs[0].content)
         """
     ),
     md("The compressed documents carry a slot record (a store key and sizes), not tensors:"),
@@ -505,12 +505,9 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import torch
 
-from comprexit_rag import Backbone, ComprExITCompressor
+from comprexit_rag import ComprExITCompressor
 from comprexit_rag.data import data_root, load_split
-from comprexit_rag.head import DEFAULT_HEAD
-from comprexit_rag.pipeline import load_head_or_untrained
 
 RATIO = 4
 """
@@ -519,18 +516,12 @@ RATIO = 4
         """
         ## The compressor
 
-        `ComprExITCompressor.from_pretrained()` loads the embedded backbone and the shipped head; while no
-        trained head is shipped, `load_head_or_untrained` stands in with a (seeded) random one.
+        `ComprExITCompressor.from_pretrained()` loads the embedded backbone and the shipped head.
         """
     ),
     code(
         """
-        if DEFAULT_HEAD.is_dir():
-            compressor = ComprExITCompressor.from_pretrained(device="cpu")
-        else:
-            torch.manual_seed(0)
-            backbone = Backbone.from_pretrained(device="cpu")
-            compressor = ComprExITCompressor(backbone, load_head_or_untrained(backbone))
+        compressor = ComprExITCompressor.from_pretrained(device="cpu")
         backbone = compressor.backbone
         print(f"{backbone.name}: {backbone.model.config.num_hidden_layers} layers; head config {compressor.config}")
         """
@@ -690,20 +681,66 @@ def render(cells: list[Cell]) -> str:
     return nbformat.writes(build(cells)) + "\n"
 
 
+def stripped(path: Path) -> str:
+    """The committed notebook without its outputs and execution counts, as :func:`render` writes it."""
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("execution", None)
+    notebook.metadata = build([]).metadata  # the kernel adds its own language_info on execution
+    return nbformat.writes(notebook) + "\n"
+
+
+def execute(notebook: nbformat.NotebookNode) -> None:
+    """Run every cell in a fresh kernel whose working directory is this folder.
+
+    The kernel inherits this process's environment, with the weight-loading bars of transformers
+    off (they would fill the committed outputs).
+    """
+    import os
+
+    import nbclient
+
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        record_timing=False,  # timestamps would change the files on every run
+        resources={"metadata": {"path": str(HERE)}},
+    )
+    previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        client.execute()
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS")
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = previous
+    notebook.metadata = build([]).metadata
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check that the notebooks are up to date")
+    parser.add_argument("--no-execute", action="store_true", help="write the notebooks without running them")
+    parser.add_argument("names", nargs="*", help="notebooks to write (default: all)")
     args = parser.parse_args(argv)
     stale = []
     for name, cells in NOTEBOOKS.items():
+        if args.names and name not in args.names:
+            continue
         path = HERE / name
-        text = render(cells)
         if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            if not path.is_file() or stripped(path) != render(cells):
                 stale.append(name)
-        else:
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path}")
+            continue
+        notebook = build(cells)
+        if not args.no_execute:
+            execute(notebook)
+        path.write_text(nbformat.writes(notebook) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
     if stale:
         print(f"out of date: {', '.join(stale)}; run python examples/_build_notebooks.py", file=sys.stderr)
         return 1

@@ -58,5 +58,7 @@ def fresh_tiny_backbone(make_tiny_backbone) -> Backbone:
 
 @pytest.fixture(scope="session")
 def real_backbone() -> Backbone:
-    """The embedded default SmolLM2-135M-Instruct on CPU (fp32)."""
-    return Backbone.from_pretrained(device="cpu")
+    """The embedded default SmolLM2-135M-Instruct on CPU (fp32), the process's shared default copy."""
+    from comprexit_rag.defaults import default_backbone
+
+    return default_backbone("cpu")

@@ -19,10 +19,20 @@ from typing import TYPE_CHECKING
 
 from ..data import Passage, QAExample
 from ..pipeline_methods import METHODS
+from ._args import positive_int
 
 if TYPE_CHECKING:
     from ..pipeline import Answer
 from .ask import describe_stats
+
+DESCRIPTION = """\
+Index the paragraphs of a few HotpotQA dev questions and answer them, showing the retrieved
+titles, the slots read and the timings.
+
+The HotpotQA file is found in shared/data (in or above the working directory), in
+$COMPREXIT_DATA, or given with --data; without it, a small built-in corpus is used. The first
+run converts the embedded SmolLM2 once (about a minute) and indexes; later runs only answer.
+"""
 
 #: The built-in corpus: written to ``builtin_corpus.jsonl`` in the demo directory when no data is found.
 BUILTIN_PASSAGES: tuple[dict[str, str], ...] = (
@@ -88,10 +98,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="index a few HotpotQA dev questions' paragraphs (or a built-in corpus) and answer them",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
     )
-    parser.add_argument("--questions", type=int, default=3, help="questions to index and answer")
+    parser.add_argument("--questions", type=positive_int, default=3, help="questions to index and answer")
     parser.add_argument("--data", help="data directory (default: shared/data or $COMPREXIT_DATA) or a HotpotQA file")
     parser.add_argument("--builtin", action="store_true", help="use the built-in corpus even when data is found")
     parser.add_argument("--out", help="pipeline directory (default: a cache directory, reused across runs)")
@@ -101,8 +110,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=(*METHODS, "all"),
         help="how to read the passages (repeatable; default comprexit; all = every method)",
     )
-    parser.add_argument("--k", type=int, default=5, help="passages to retrieve per question")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
     parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
     parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
     parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")

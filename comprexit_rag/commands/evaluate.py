@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
-from ..config import validate_ratio
-from ..evaluation.methods import METHODS, RATIO_METHODS
+from ..errors import InvalidInputError
+from ..names import EVAL_METHODS as METHODS
+from ..names import EVAL_RATIO_METHODS as RATIO_METHODS
+from ._args import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -16,13 +21,23 @@ FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad"}  # fo
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate a method (EM, F1, accuracy, cost) on a QA file")
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a method (EM, F1, accuracy, cost) on a QA file",
+        description="Score one way of giving the reader the passages (--method) on a QA file: exact match, F1, "
+        "accuracy, and the context tokens/slots read.",
+    )
     parser.add_argument("--data", required=True, help="QA file (HotpotQA json/jsonl, NQ-open jsonl[.gz], MRQA)")
-    parser.add_argument("--format", choices=tuple(FORMATS), required=True)
-    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--format", choices=tuple(FORMATS), required=True, help="layout of the --data file")
+    parser.add_argument("--method", choices=METHODS, required=True, help="how the reader gets the passages")
     parser.add_argument("--ratio", type=int, default=4, help="compression ratio for " + ", ".join(RATIO_METHODS))
-    parser.add_argument("--limit", type=int, help="evaluate the first N examples")
-    parser.add_argument("--context", choices=("distractor", "gold"), default="distractor")
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N examples")
+    parser.add_argument(
+        "--context",
+        choices=("distractor", "gold"),
+        default="distractor",
+        help="HotpotQA: all paragraphs of a question (distractor) or only the supporting ones (gold)",
+    )
     parser.add_argument(
         "--split",
         choices=("dev", "all"),
@@ -44,9 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "weights (default: the adapter of the method's checkpoint, if any)",
     )
     parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
-    parser.add_argument("--device")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="examples per reader batch")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
     parser.add_argument("--predictions", help="write one JSON line per example (id, question, answers, prediction)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.set_defaults(run=run)
@@ -57,7 +72,7 @@ def load_examples(path: str, data_format: str, split: str, context: str, limit: 
     from ..data.paths import DataNotFoundError
 
     loader = {"hotpotqa": load_hotpotqa, "nq-open": load_nq_open, "squad-mrqa": load_squad_mrqa}[data_format]
-    examples: list[QAExample] = loader(path)
+    examples: list[QAExample] = read_qa_file(loader, path, data_format)
     if split == "dev":
         try:
             dev_ids = {e.id for e in load_split(FORMATS[data_format], "dev")}
@@ -85,8 +100,31 @@ def load_reader_adapter(path: str, backbone):
     )
 
 
+def read_qa_file(loader: Callable[[str], list], path: str, data_format: str) -> list:
+    """``loader(path)``, with every way the file can be wrong turned into one :class:`InvalidInputError`."""
+    source = Path(path)
+    if not source.exists():
+        raise InvalidInputError(f"--data {path}: no such file.")
+    if source.is_dir():
+        raise InvalidInputError(f"--data {path} is a directory; pass one QA file.")
+    try:
+        examples = loader(path)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError, zlib.error) as error:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, gzip.BadGzipFile an OSError of its own.
+        raise InvalidInputError(
+            f"--data {path} is not a {data_format} file ({type(error).__name__}: {error}). Check --format "
+            f"({', '.join(FORMATS)}) and that the file is complete."
+        ) from error
+    except gzip.BadGzipFile as error:
+        raise InvalidInputError(f"--data {path} is a corrupt gzip file ({error}).") from error
+    if not examples:
+        raise InvalidInputError(f"--data {path} holds no {data_format} example.")
+    return examples
+
+
 def run(args: argparse.Namespace) -> int:
     from ..backbone import Backbone
+    from ..config import validate_ratio
     from ..evaluation.harness import evaluate
     from ..evaluation.methods import build_method
     from ..reader import Reader

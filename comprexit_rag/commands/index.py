@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from ._args import positive_int
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,11 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("corpus", help="corpus file or folder")
     parser.add_argument("--out", required=True, help="pipeline directory (created, or resumed when it exists)")
     parser.add_argument("--ratio", type=int, help="compression ratio of the stored slots (default: the head's)")
-    parser.add_argument("--batch-size", type=int, default=8, help="passages per compressor batch")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="passages per compressor batch")
     parser.add_argument(
-        "--chunk-size", type=int, help="passages compressed and committed together (default: 8 x batch size)"
+        "--chunk-size", type=positive_int, help="passages compressed and committed together (default: 8 x batch size)"
     )
-    parser.add_argument("--limit", type=int, help="index only the first N passages of the corpus")
+    parser.add_argument("--limit", type=positive_int, help="index only the first N passages of the corpus")
     parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
     parser.add_argument("--backbone", help="HF causal-LM name or path for a new pipeline (default: embedded SmolLM2)")
     parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
@@ -41,12 +46,18 @@ def run(args: argparse.Namespace) -> int:
 
     passages = read_corpus(args.corpus, limit=args.limit)
     print(f"Read {len(passages)} passages from {args.corpus}", file=sys.stderr)
+    logger.info("Loading the models (the first run converts the embedded SmolLM2 once, about a minute)")
     pipeline = RAGPipeline.open(args.out, backbone=args.backbone, head=args.head, ratio=args.ratio, device=args.device)
+    logger.info(
+        "Embedding the new passages for retrieval, then compressing them into slots (%d per batch): "
+        "each stage shows a progress bar",
+        args.batch_size,
+    )
     report = pipeline.index(
         passages,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
-        show_progress=False if args.no_progress else None,
+        show_progress=not args.no_progress,
         verify=args.verify,
     )
     info = pipeline.info()

@@ -8,7 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ..training.trainer import METHODS, TrainConfig
+from ..names import TRAIN_METHODS as METHODS
+from ._args import positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,18 +32,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--data", dest="data_root", help="data directory (default: $COMPREXIT_DATA or ../shared/data)")
     parser.add_argument("--ratios", type=int, nargs="+", default=[4, 8, 16], help="one is sampled per step")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=50)
-    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per optimiser micro-batch")
+    parser.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimiser step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
+    parser.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps")
+    parser.add_argument("--max-steps", type=positive_int, default=2000, help="optimiser steps")
     parser.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds; shortens the schedule")
     parser.add_argument(
         "--piece-seconds",
         type=float,
         help="end this piece of a long run after N seconds, keeping its schedule; rerun the same command to resume",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--reconstruction-prob",
         type=float,
@@ -115,7 +116,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--distractor-prob", type=float, default=0.5, help="SFT: chance of adding distractors")
     parser.add_argument("--max-distractors", type=int, default=9, help="SFT: most random passages added")
-    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--save-every", type=positive_int, default=200, help="steps between checkpoints")
     parser.add_argument("--max-pretrain-tokens", type=int, help="cap the pretraining corpus (smoke runs)")
     parser.add_argument("--limit-per-family", type=int, help="cap SFT examples per data family (smoke runs)")
     parser.set_defaults(run=run, parser=parser)
@@ -123,6 +124,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def options(args: argparse.Namespace) -> dict:
     """TrainConfig fields: the --config file's, then every option given explicitly on the command line."""
+    from ..training.trainer import TrainConfig
+
     names = {f.name for f in fields(TrainConfig)}
     values = {key: value for key, value in vars(args).items() if key in names}
     if args.config is not None:
@@ -145,7 +148,7 @@ def options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..backbone import Backbone
-    from ..training.trainer import train
+    from ..training.trainer import TrainConfig, train
 
     # Built (and validated) first: a wrong --method/--stage pair fails before the backbone loads.
     config = TrainConfig(**options(args))

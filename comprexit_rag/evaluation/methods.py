@@ -15,11 +15,10 @@ import torch
 from ..backbone import Backbone
 from ..data import QAExample
 from ..errors import InvalidInputError
+from ..names import EVAL_METHODS as METHODS
+from ..names import EVAL_RATIO_METHODS as RATIO_METHODS  # noqa: F401 (re-exported: importers use it)
 from ..reader import Context
 from ..soft_context import SoftContext
-
-METHODS = ("comprexit", "closed-book", "full", "full-tuned", "truncate", "mean-pool", "comi")
-RATIO_METHODS = ("comprexit", "truncate", "mean-pool", "comi")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from ..adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from ..backbone import Backbone
 from ..compressor import autocast_for, head_digest
 from ..errors import InvalidInputError
+from ..names import TRAIN_METHODS as METHODS
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reader import IGNORE_INDEX, Reader, ReaderBatch
 from .contexts import ContextEncoder
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["comprexit", "mean-pool", "comi", "full-tuned"]
 Stage = Literal["pretrain", "sft"]
-METHODS: tuple[str, ...] = ("comprexit", "mean-pool", "comi", "full-tuned")
 SLOT_METHODS = ("comprexit", "mean-pool")
 ADAPTER_METHODS = ("comprexit", "mean-pool", "comi")
 REFIT_STEPS = (20, 100)

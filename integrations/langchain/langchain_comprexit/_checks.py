@@ -19,18 +19,28 @@ __all__ = ["check_documents", "is_blank", "typed_errors"]
 
 
 @contextmanager
-def typed_errors() -> Iterator[None]:
+def typed_errors(owner: type | None = None) -> Iterator[None]:
     """Raise a comprexit-rag error that pydantic wrapped in a ``ValidationError`` as itself.
 
-    A ``ValidationError`` of pydantic's own (a field of the wrong type) is raised unchanged.
+    An unknown argument (``extra="forbid"``) of ``owner`` becomes an :class:`InvalidInputError`
+    naming the accepted ones; any other ``ValidationError`` of pydantic's own (a field of the
+    wrong type) is raised unchanged.
     """
     try:
         yield
     except ValidationError as error:
+        unknown = []
         for detail in error.errors():
             cause = (detail.get("ctx") or {}).get("error")
             if isinstance(cause, ComprExITError):
                 raise cause from error
+            if detail.get("type") == "extra_forbidden":
+                unknown.append(".".join(str(part) for part in detail["loc"]))
+        if unknown and owner is not None:
+            fields = ", ".join(sorted(owner.model_fields))  # type: ignore[attr-defined]
+            raise InvalidInputError(
+                f"{owner.__name__} got unknown argument(s) {', '.join(unknown)}; it accepts: {fields}."
+            ) from error
         raise
 
 

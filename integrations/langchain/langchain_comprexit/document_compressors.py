@@ -22,13 +22,14 @@ import torch
 from comprexit_rag.comi import COMICompressor
 from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.config import validate_ratio
+from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.segments import check_positive_int
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.store import SlotStore, content_key
 from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from langchain_comprexit._checks import check_documents, is_blank, typed_errors
 from langchain_comprexit._slots import CacheSource, InMemorySlotCache, SlotSource, StoreSource
@@ -65,8 +66,14 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
     Works on its own, as ``base_compressor`` of ``ContextualCompressionRetriever`` and as a
     step of ``DocumentCompressorPipeline`` (both from ``langchain_classic``).
 
+    With no arguments it compresses with the embedded defaults (SmolLM2 and the shipped head, at
+    the head's ratio), shared with every other default component of the process
+    (:mod:`comprexit_rag.defaults`), into an in-memory cache. Unknown arguments raise
+    :class:`~comprexit_rag.errors.InvalidInputError`.
+
     Args:
-        compressor: the ComprExIT compressor (backbone + head).
+        compressor: the ComprExIT compressor (backbone + head); default
+            :func:`comprexit_rag.defaults.default_compressor`.
         store: where ComprExIT slots are kept; its fingerprint must be
             ``f"{compressor.fingerprint}/ratio={ratio}"`` (what :class:`RAGPipeline` uses).
             Without one, slots live in an in-memory LRU of ``cache_size`` passages.
@@ -83,9 +90,9 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
     >>> docs[0].metadata["comprexit"]["slots"]
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    compressor: ComprExITCompressor
+    compressor: ComprExITCompressor = Field(default_factory=default_compressor)
     store: SlotStore | None = None
     ratio: int | None = None
     method: Method = "comprexit"
@@ -98,7 +105,7 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
 
     def __init__(self, **kwargs: Any) -> None:
         """Build the compressor; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
-        with typed_errors():
+        with typed_errors(type(self)):
             super().__init__(**kwargs)
 
     @field_validator("batch_size", "cache_size", mode="before")

@@ -1,22 +1,28 @@
 """ComprExITReader: an LCEL Runnable answering a question from the soft slots of LangChain documents.
 
-Input ``{"question": str, "documents": list[Document]}``; output the answer (``str``), or
-``{"answer": str, "stats": dict}`` with ``return_stats=True``. The slots are spliced into the
-reader LLM's input as embeddings by :class:`comprexit_rag.reader.Reader`: the text prompt holds
-only the instruction and the question, never a passage or a slot value.
+Input ``{"question": str, "documents": list[Document]}`` (``"context"``, the key most LangChain
+examples use, is read too); output the answer (``str``), or with ``return_stats=True`` an
+``AIMessage`` whose ``response_metadata["comprexit_stats"]`` holds the statistics (so a following
+``StrOutputParser`` still works). The slots are spliced into the reader LLM's input as embeddings
+by :class:`comprexit_rag.reader.Reader`: the text prompt holds only the instruction and the
+question, never a passage or a slot value. That is why the reader is a Runnable over documents,
+not a language model: a ``PromptValue`` or a string cannot carry slots.
 
 >>> chain = {"documents": compression_retriever, "question": RunnablePassthrough()} | reader
 >>> chain.invoke("Which magazine was started first?")
+>>> reader.bind(max_new_tokens=5)  # generation options: bind, with_config(configurable=...) or fields
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Self
 
+from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.pipeline import AnswerStats
 from comprexit_rag.reader import Reader
@@ -24,10 +30,10 @@ from comprexit_rag.segments import check_positive_int
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.callbacks.manager import dispatch_custom_event
 from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import run_in_executor
-from langchain_core.runnables.utils import AddableDict
-from pydantic import ConfigDict, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_comprexit._checks import check_documents, typed_errors
 from langchain_comprexit.document_compressors import ComprExITDocumentCompressor, SlotLookup
@@ -35,10 +41,19 @@ from langchain_comprexit.document_compressors import ComprExITDocumentCompressor
 if TYPE_CHECKING:
     from comprexit_rag.pipeline import RAGPipeline
 
-__all__ = ["STATS_EVENT", "ComprExITReader"]
+__all__ = ["DOCUMENTS_KEY_ALIASES", "EMPTY_RESPONSE", "GENERATION_OPTIONS", "STATS_EVENT", "ComprExITReader"]
+
+logger = logging.getLogger(__name__)
 
 STATS_EVENT = "comprexit_stats"
-"""Name of the custom callback event carrying the statistics of each answer."""
+"""Name of the custom callback event carrying the statistics of each answer (and of the
+``response_metadata`` key of the ``AIMessage`` returned with ``return_stats=True``)."""
+EMPTY_RESPONSE = "Empty Response"
+"""The answer when no document has content: nothing is generated (LlamaIndex's convention too)."""
+GENERATION_OPTIONS = ("max_new_tokens",)
+"""Options a call may override, through ``bind``, ``with_config(configurable=...)`` or the fields."""
+DOCUMENTS_KEY_ALIASES = ("context",)
+"""Input keys read as the documents when ``documents_key`` is absent (``context`` is LangChain's usual key)."""
 
 
 class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]):
@@ -49,24 +64,36 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
     compressed on the spot. Supports ``invoke``, ``batch`` (one batched generation),
     ``stream`` (text chunks as they are generated), ``ainvoke``/``abatch`` and ``astream``.
 
-    Every answer's statistics (``context_tokens``, ``slots``, ``tokens_saved``, ``ratio``,
-    ``store_hits``, ``store_misses``, ``documents``, ``method``, ``timings``) are dispatched as
-    the ``"comprexit_stats"`` custom callback event, kept in :attr:`last_stats`, and returned
-    with the answer when ``return_stats=True``.
+    Every answer's statistics (``context_tokens``, ``slots``, ``tokens_saved``,
+    ``achieved_ratio``, ``store_hits``, ``store_misses``, ``documents``, ``method``, ``timings``)
+    are dispatched as the ``"comprexit_stats"`` custom callback event, kept in
+    :attr:`last_stats`, and returned with the answer when ``return_stats=True``.
+
+    An input without ``documents_key`` (nor ``"context"``) raises: the reader never answers
+    closed-book by accident. When no document has content, nothing is generated and the answer
+    is :data:`EMPTY_RESPONSE`, as LlamaIndex answers with no nodes.
+
+    With no arguments it reads with the embedded defaults (SmolLM2, the shipped head at its
+    ratio, and the default reader), shared with every other default component of the process.
+    Unknown constructor arguments and unknown generation options raise
+    :class:`~comprexit_rag.errors.InvalidInputError`.
 
     Args:
-        compressor: the document compressor whose store/cache holds the slots.
+        compressor: the document compressor whose store/cache holds the slots (default:
+            ``ComprExITDocumentCompressor()``).
         reader: the core reader (default: a :class:`~comprexit_rag.reader.Reader` over the
-            compressor's backbone).
-        max_new_tokens: longest answer, in tokens.
-        return_stats: return ``{"answer": str, "stats": dict}`` instead of the answer.
+            compressor's backbone; :func:`comprexit_rag.defaults.default_reader` for the default one).
+        max_new_tokens: longest answer, in tokens (per call: ``reader.bind(max_new_tokens=5)`` or
+            ``with_config(configurable={"max_new_tokens": 5})``).
+        return_stats: return an ``AIMessage`` (answer as ``content``, statistics in
+            ``response_metadata["comprexit_stats"]``) instead of the answer string.
         question_key: input key of the question.
         documents_key: input key of the documents.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    compressor: ComprExITDocumentCompressor
+    compressor: ComprExITDocumentCompressor = Field(default_factory=ComprExITDocumentCompressor)
     reader: Reader | None = None
     max_new_tokens: int = 20
     return_stats: bool = False
@@ -78,7 +105,7 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
 
     def __init__(self, **kwargs: Any) -> None:
         """Build the reader; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
-        with typed_errors():
+        with typed_errors(type(self)):
             super().__init__(**kwargs)
 
     @field_validator("max_new_tokens", mode="before")
@@ -90,7 +117,7 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
     def _check(self) -> Self:
         backbone = self.compressor.compressor.backbone
         if self.reader is None:
-            self.reader = Reader(backbone)
+            self.reader = reader_for(backbone)
         elif self.reader.backbone.fingerprint != backbone.fingerprint:
             raise BackboneMismatchError(
                 f"The reader's backbone {self.reader.backbone.name!r} is not the compressor's {backbone.name!r}: "
@@ -108,7 +135,7 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
 
     @property
     def OutputType(self) -> Any:
-        return dict[str, Any] if self.return_stats else str
+        return AIMessage if self.return_stats else str
 
     @property
     def last_stats(self) -> dict[str, Any] | None:
@@ -164,28 +191,36 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
     # ------------------------------------------------------------------ implementation
 
     def _invoke(
-        self, input: dict[str, Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
-    ) -> str | dict[str, Any]:
-        return self._answer_all([self._parse(input)], [config])[0]
+        self,
+        input: dict[str, Any],
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+        **options: Any,
+    ) -> str | AIMessage:
+        max_new_tokens = self._max_new_tokens(config, options)
+        return self._answer_all([self._parse(input, max_new_tokens)], [config], max_new_tokens)[0]
 
     def _batch(
         self,
         inputs: list[dict[str, Any]],
         run_manager: list[CallbackManagerForChainRun],
         config: list[RunnableConfig],
-    ) -> list[str | dict[str, Any] | Exception]:
-        outputs: list[str | dict[str, Any] | Exception] = []
+        **options: Any,
+    ) -> list[str | AIMessage | Exception]:
+        max_new_tokens = self._max_new_tokens(config[0] if config else {}, options)
+        outputs: list[str | AIMessage | Exception] = []
         good: list[int] = []
         items: list[tuple[str, list[Document]]] = []
         for index, item in enumerate(inputs):
             try:
-                items.append(self._parse(item))
+                items.append(self._parse(item, max_new_tokens))
             except InvalidInputError as error:  # reported for this input only
                 outputs.append(error)
             else:
                 outputs.append("")
                 good.append(index)
-        for index, answer in zip(good, self._answer_all(items, [config[i] for i in good]), strict=True):
+        answers = self._answer_all(items, [config[i] for i in good], max_new_tokens)
+        for index, answer in zip(good, answers, strict=True):
             outputs[index] = answer
         return outputs
 
@@ -194,48 +229,81 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
         chunks: Iterator[dict[str, Any]],
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
-    ) -> Iterator[str | dict[str, Any]]:
+        **options: Any,
+    ) -> Iterator[str | AIMessageChunk]:
+        max_new_tokens = self._max_new_tokens(config, options)
         final: Any = None
         for chunk in chunks:
             final = chunk if final is None else _merge(final, chunk)
-        question, documents = self._parse(final)
+        question, documents = self._parse(final, max_new_tokens)
         started = time.perf_counter()
         lookup = self.compressor.soft_context(documents, question)
         looked_up = time.perf_counter()
-        for piece in self._core().stream(question, lookup.context, max_new_tokens=self.max_new_tokens):
-            yield AddableDict(answer=piece) if self.return_stats else piece
+        if lookup.context is None:
+            pieces: Iterator[str] = iter([EMPTY_RESPONSE])
+        else:
+            pieces = self._core().stream(question, lookup.context, max_new_tokens=max_new_tokens)
+        for piece in pieces:
+            yield AIMessageChunk(content=piece) if self.return_stats else piece
         stats = self._stats(lookup, looked_up - started, time.perf_counter() - looked_up)
         self._report(stats, config)
         if self.return_stats:
-            yield AddableDict(stats=stats)
+            yield AIMessageChunk(content="", response_metadata={STATS_EVENT: stats})
+
+    def _max_new_tokens(self, config: RunnableConfig, options: Mapping[str, Any]) -> int:
+        """The call's answer length: a ``bind`` option, else ``configurable``, else the field."""
+        unknown = sorted(set(options) - set(GENERATION_OPTIONS))
+        if unknown:
+            raise InvalidInputError(
+                f"ComprExITReader got unknown option(s) {', '.join(unknown)}; "
+                f"it accepts: {', '.join(GENERATION_OPTIONS)}."
+            )
+        value = options.get("max_new_tokens", (config.get("configurable") or {}).get("max_new_tokens"))
+        return self.max_new_tokens if value is None else check_positive_int(value, "max_new_tokens")
 
     def _answer_all(
-        self, items: Sequence[tuple[str, list[Document]]], configs: Sequence[RunnableConfig]
-    ) -> list[str | dict[str, Any]]:
-        """Look up (or compute) each input's slots, then generate every answer in one batch."""
+        self, items: Sequence[tuple[str, list[Document]]], configs: Sequence[RunnableConfig], max_new_tokens: int
+    ) -> list[str | AIMessage]:
+        """Look up (or compute) each input's slots, then generate every answer in one batch.
+
+        Inputs without any document content get :data:`EMPTY_RESPONSE`, with nothing generated.
+        """
         if not items:
             return []
         started = time.perf_counter()
         lookups = [self.compressor.soft_context(documents, question) for question, documents in items]
         looked_up = time.perf_counter()
-        answers = self._core().generate(
-            [question for question, _ in items],
-            [lookup.context for lookup in lookups],
-            max_new_tokens=self.max_new_tokens,
-        )
+        readable = [i for i, lookup in enumerate(lookups) if lookup.context is not None]
+        answers = [EMPTY_RESPONSE] * len(items)
+        if len(readable) < len(items):
+            logger.warning(
+                "%d input(s) have no document with content: answering %r without reading (not closed-book).",
+                len(items) - len(readable),
+                EMPTY_RESPONSE,
+            )
+        if readable:
+            generated = self._core().generate(
+                [items[i][0] for i in readable],
+                [lookups[i].context for i in readable],
+                max_new_tokens=max_new_tokens,
+            )
+            for i, answer in zip(readable, generated, strict=True):
+                answers[i] = answer
         read = time.perf_counter() - looked_up
-        outputs: list[str | dict[str, Any]] = []
+        outputs: list[str | AIMessage] = []
         for answer, lookup, config in zip(answers, lookups, configs, strict=True):
-            stats = self._stats(lookup, (looked_up - started) / len(items), read)
+            stats = self._stats(lookup, (looked_up - started) / len(items), read if lookup.context else 0.0)
             self._report(stats, config)
-            outputs.append({"answer": answer, "stats": stats} if self.return_stats else answer)
+            outputs.append(
+                AIMessage(content=answer, response_metadata={STATS_EVENT: stats}) if self.return_stats else answer
+            )
         return outputs
 
     def _core(self) -> Reader:
         assert self.reader is not None  # set by the validator
         return self.reader
 
-    def _parse(self, value: Any) -> tuple[str, list[Document]]:
+    def _parse(self, value: Any, max_new_tokens: int) -> tuple[str, list[Document]]:
         """The question and documents of one input, checked before any slot is looked up or compressed.
 
         A question too long for the reader (R3 of docs/RELIABILITY.md) is refused here, before
@@ -244,24 +312,36 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
         if not isinstance(value, Mapping):
             raise InvalidInputError(
                 f"ComprExITReader takes a dict with {self.question_key!r} and {self.documents_key!r}, "
-                f"got {type(value).__name__}."
+                f"got {type(value).__name__}. It reads documents' slots, which a text prompt cannot carry: "
+                'build the chain as {"documents": retriever, "question": RunnablePassthrough()} | reader.'
             )
-        question, documents = value.get(self.question_key), value.get(self.documents_key, [])
+        key = next((k for k in (self.documents_key, *DOCUMENTS_KEY_ALIASES) if k in value), None)
+        if key is None:
+            raise InvalidInputError(
+                f"ComprExITReader got no documents: the input has no {self.documents_key!r} key "
+                f"(keys: {', '.join(map(repr, value)) or 'none'}). Pass the retrieved documents under "
+                f"{self.documents_key!r} (or 'context'); pass [] to get {EMPTY_RESPONSE!r} on purpose."
+            )
+        question, documents = value.get(self.question_key), value[key]
         if not isinstance(question, str) or not question.strip():
             raise InvalidInputError(f"{self.question_key!r} must be a non-empty string, got {question!r:.80}.")
         if isinstance(documents, Document):
             documents = [documents]
         documents = check_documents(documents, repr(self.documents_key))
-        self._core().context_budget(question, self.max_new_tokens)  # InvalidInputError if it cannot fit
+        self._core().context_budget(question, max_new_tokens)  # InvalidInputError if it cannot fit
         return question, documents
 
     def _stats(self, lookup: SlotLookup, lookup_seconds: float, read_seconds: float) -> dict[str, Any]:
         context = lookup.context
         tokens = context.num_tokens if context is not None else 0
         slots = context.num_slots if context is not None else 0
-        core = AnswerStats(tokens, slots, context.ratio if context is not None else 0.0, lookup.hits, lookup.misses)
+        core = asdict(
+            AnswerStats(tokens, slots, context.ratio if context is not None else 0.0, lookup.hits, lookup.misses)
+        )
+        # Tokens per slot actually read; the configured ratio is the "ratio" of each document's slot record.
+        core["achieved_ratio"] = core.pop("ratio")
         return {
-            **asdict(core),
+            **core,
             "tokens_saved": tokens - slots,
             "documents": len(lookup.documents),
             "method": self.compressor.method,

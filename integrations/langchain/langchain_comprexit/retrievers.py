@@ -33,14 +33,14 @@ class ComprExITRetriever(BaseRetriever):
     >>> retriever.invoke("Who wrote Hamlet?")
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     retriever: DenseRetriever
     k: int = 5
 
     def __init__(self, **kwargs: Any) -> None:
         """Build the retriever; a bad ``k`` raises :class:`~comprexit_rag.errors.InvalidInputError`."""
-        with typed_errors():
+        with typed_errors(type(self)):
             super().__init__(**kwargs)
 
     @field_validator("k", mode="before")

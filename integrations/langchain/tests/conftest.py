@@ -3,7 +3,7 @@
 Run from the repository root with ``python -m pytest integrations/langchain/tests``: the rootdir
 is the repository root and its pytest configuration (the ``slow`` marker) applies. The package
 is made importable by putting ``integrations/langchain`` on ``sys.path`` here, so no install is
-needed (``pip install -e integrations/langchain --no-deps`` works too). The repository's own
+needed (``./scripts/install.sh`` installs it, with its dependencies). The repository's own
 fixtures (``default_tokenizer``, ``tiny_backbone``, ``real_backbone``) are loaded from
 ``tests/conftest.py`` by path and re-exported.
 """

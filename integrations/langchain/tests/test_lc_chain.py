@@ -49,15 +49,15 @@ def test_chain_answers_hotpotqa_like_the_pipeline(tiny_pipeline, hotpot):
         output = chain.invoke(example.question)
         seconds = time.perf_counter() - started
         expected = tiny_pipeline.ask(example.question, k=3)
-        assert output["answer"] == expected.answer
-        stats = output["stats"]
+        assert output.content == expected.answer
+        stats = output.response_metadata["comprexit_stats"]
         assert (stats["context_tokens"], stats["slots"]) == (expected.stats.context_tokens, expected.stats.slots)
         assert (stats["store_hits"], stats["store_misses"]) == (3, 0)
         assert stats["tokens_saved"] > 0
-        print(f"{example.question!r}: {output['answer']!r} in {seconds:.2f}s, {stats['tokens_saved']} tokens saved")
+        print(f"{example.question!r}: {output.content!r} in {seconds:.2f}s, {stats['tokens_saved']} tokens saved")
 
     answers = chain.batch([example.question for example in hotpot])
-    assert len(answers) == len(hotpot) and all(isinstance(a["answer"], str) for a in answers)
+    assert len(answers) == len(hotpot) and all(isinstance(a.content, str) for a in answers)
     text = dumps(chain)  # the chain serialises (unsupported parts as "not_implemented"), with no tensors
     assert "tensor(" not in text.lower()
 
@@ -83,9 +83,10 @@ def test_compressor_behind_a_faiss_vector_store(tiny_pipeline, hotpot):
     for example in hotpot[:2]:
         output = chain.invoke(example.question)
         # Same passage texts as the pipeline indexed, so every passage's slots come from its store.
-        assert (output["stats"]["store_hits"], output["stats"]["store_misses"]) == (3, 0)
-        assert output["answer"] == tiny_pipeline.ask(example.question, k=3).answer
-        json.dumps(output["stats"])
+        stats = output.response_metadata["comprexit_stats"]
+        assert (stats["store_hits"], stats["store_misses"]) == (3, 0)
+        assert output.content == tiny_pipeline.ask(example.question, k=3).answer
+        json.dumps(stats)
 
 
 @pytest.mark.slow
@@ -101,10 +102,11 @@ def test_real_backbone_end_to_end(tmp_path, real_backbone, make_pipeline, hotpot
         output = chain.invoke(example.question)
         seconds = time.perf_counter() - started
         expected = pipeline.ask(example.question, k=2)
-        assert output["answer"] == expected.answer
-        assert output["stats"]["slots"] == expected.stats.slots
-        assert output["stats"]["tokens_saved"] == expected.stats.context_tokens - expected.stats.slots > 0
+        stats = output.response_metadata["comprexit_stats"]
+        assert output.content == expected.answer
+        assert stats["slots"] == expected.stats.slots
+        assert stats["tokens_saved"] == expected.stats.context_tokens - expected.stats.slots > 0
         print(
-            f"indexed {len(pipeline)} passages in {indexed:.1f}s; {example.question!r} -> {output['answer']!r} "
-            f"(gold {example.answers[0]!r}) in {seconds:.2f}s, {output['stats']['tokens_saved']} tokens saved"
+            f"indexed {len(pipeline)} passages in {indexed:.1f}s; {example.question!r} -> {output.content!r} "
+            f"(gold {example.answers[0]!r}) in {seconds:.2f}s, {stats['tokens_saved']} tokens saved"
         )

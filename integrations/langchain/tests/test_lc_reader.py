@@ -16,12 +16,18 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.load import dumps
 
-from langchain_comprexit import STATS_EVENT, ComprExITDocumentCompressor, ComprExITReader, ComprExITRetriever
+from langchain_comprexit import (
+    EMPTY_RESPONSE,
+    STATS_EVENT,
+    ComprExITDocumentCompressor,
+    ComprExITReader,
+    ComprExITRetriever,
+)
 
 STAT_KEYS = {
     "context_tokens",
     "slots",
-    "ratio",
+    "achieved_ratio",
     "store_hits",
     "store_misses",
     "tokens_saved",
@@ -106,7 +112,7 @@ def test_invoke_reports_tokens_saved(reader, compressed):
 
     with_stats = reader.model_copy(update={"return_stats": True})
     output = with_stats.invoke({"question": question, "documents": docs})
-    assert output["answer"] == answer and output["stats"]["slots"] == stats["slots"]
+    assert output.content == answer and output.response_metadata["comprexit_stats"]["slots"] == stats["slots"]
 
 
 def test_batch_stream_and_async(reader, compressed, hotpot, tiny_pipeline):
@@ -124,7 +130,7 @@ def test_batch_stream_and_async(reader, compressed, hotpot, tiny_pipeline):
     chunks = list(reader.stream(inputs[0]))
     assert "".join(chunks) == single[0] and all(isinstance(chunk, str) for chunk in chunks)
     streamed = list(reader.model_copy(update={"return_stats": True}).stream(inputs[0]))
-    assert "".join(c.get("answer", "") for c in streamed) == single[0] and "stats" in streamed[-1]
+    assert "".join(c.content for c in streamed) == single[0] and "comprexit_stats" in streamed[-1].response_metadata
 
     assert asyncio.run(reader.ainvoke(inputs[0])) == single[0]
 
@@ -140,9 +146,9 @@ def test_missing_or_stale_slots_are_compressed_on_the_spot(tiny_pipeline, hotpot
     example = hotpot[0]
     raw = [Document(page_content=p.formatted()) for p in example.passages[:2]]
 
-    first = reader.invoke({"question": example.question, "documents": raw})["stats"]
+    first = reader.invoke({"question": example.question, "documents": raw}).response_metadata["comprexit_stats"]
     assert (first["store_hits"], first["store_misses"]) == (0, 2)
-    again = reader.invoke({"question": example.question, "documents": raw})["stats"]
+    again = reader.invoke({"question": example.question, "documents": raw}).response_metadata["comprexit_stats"]
     assert (again["store_hits"], again["store_misses"]) == (2, 0)
 
     # A record whose content changed since compression is not trusted: the new content is read.
@@ -155,9 +161,10 @@ def test_missing_or_stale_slots_are_compressed_on_the_spot(tiny_pipeline, hotpot
     assert compressor.slot_key(edited.page_content) == content_key(edited.page_content)
 
 
-def test_closed_book_and_bad_inputs(reader):
+def test_no_documents_and_bad_inputs(reader):
     output = reader.model_copy(update={"return_stats": True}).invoke({"question": "Who?", "documents": []})
-    assert isinstance(output["answer"], str) and output["stats"]["documents"] == output["stats"]["slots"] == 0
+    stats = output.response_metadata["comprexit_stats"]
+    assert output.content == EMPTY_RESPONSE and stats["documents"] == stats["slots"] == 0  # nothing generated
     with pytest.raises(InvalidInputError, match="question"):
         reader.invoke({"documents": []})
     with pytest.raises(InvalidInputError, match="Documents"):

