@@ -2,18 +2,21 @@
 # Reader adapter on one GPU (issue: slots that carry the passage), in one script; start it with setsid.
 #   1. COMPARE=1: short equal-time arms of experiments/reader_adapter/compare-*.json, each scored on
 #      held-out reconstruction (benchmarks/slot_quality.py --recon only); the arm with the lowest NQ
-#      own-slot loss gives its design to the long run.
+#      own-slot loss gives its design to the long run (settled in session 7: all positions, 128 tokens).
 #   2. The long run (experiments/reader_adapter/pretrain-4x.json + the winning design), one piece of
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
-#   3. QA fine-tuning of the piece's head and adapter (sft-4x.json, SFT_S seconds), then the held-out
+#   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds), then the held-out
 #      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
+#   4. THROUGHPUT=1 (after the results are packed): training throughput by context length and batch (benchmarks/train_throughput.py)
+#      and a profile of a few 512-token steps.
 # Everything lands in $RESULTS; "ALL DONE" ends its log.
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 set +e
 export COMPREXIT_DATA=${COMPREXIT_DATA:-/tmp/data} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results}
-COMPARE=${COMPARE:-1} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-150}
+COMPARE=${COMPARE:-0} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-420}
+THROUGHPUT=${THROUGHPUT:-1} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
 EXP=experiments/reader_adapter
 mkdir -p "$RUNS" "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$RESULTS/device.txt"
@@ -51,7 +54,7 @@ tail -n 2 "$RUNS/pretrain/log.jsonl"
 python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
   --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
 rm -rf "$RUNS/sft"
-train --config "$EXP/sft-4x.json" --init-from "$RUNS/pretrain/final" --time-budget "$SFT_S" \
+train --config "$SFT_CONFIG" --init-from "$RUNS/pretrain/final" --time-budget "$SFT_S" \
   --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
 tail -n 1 "$RUNS/sft/log.jsonl"
 python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
@@ -63,6 +66,14 @@ grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v ex
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 ( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
 ( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state . )
-tar cf - -C "$RUNS" sft/final pretrain/checkpoint pretrain/final | split -b 15m - "$RESULTS/state/state.tar.part-"
+tar cf - -C "$RUNS" sft/final pretrain/checkpoint | split -b 15m - "$RESULTS/state/state.tar.part-"
 ls -la "$RESULTS/out" "$RESULTS/state"
+echo STATE READY
+# Last, so the results above can be collected while it runs.
+if [ "$THROUGHPUT" = 1 ]; then
+  python3 benchmarks/train_throughput.py --config "$EXP/pretrain-4x.json" --shapes 512x16 512x64 128x64 128x256 \
+    --profile --out "$RESULTS/throughput.json" > "$RUNS/throughput.log" 2>&1
+  grep -o '"sequences_per_s": [0-9.]*' "$RESULTS/throughput.json"
+  tar czf "$RESULTS/out/throughput.tgz" -C "$RESULTS" throughput.json throughput.profile.txt -C "$RUNS" throughput.log
+fi
 echo ALL DONE
