@@ -40,7 +40,6 @@ from .head import PRETRAINED_DIR
 from .projector import SlotProjector
 from .segments import Segment, check_texts, split_into_segments
 from .soft_context import SoftContext
-from .training.examples import TrainExample
 
 CHECKPOINT_KIND = "comi-merger"
 DEFAULT_MERGER = PRETRAINED_DIR / "comi-smollm2-135m"
@@ -385,7 +384,7 @@ class COMIMerger(CheckpointedModule):
 # ---------------------------------------------------------------------------------------------
 
 
-def _encode_pairs(
+def encode_pairs(
     backbone: Backbone,
     merger: COMIMerger,
     contexts: Sequence[Sequence[int]],
@@ -462,6 +461,8 @@ class COMICompressor:
     """
 
     kind = "comi"
+    query_aware = True
+    reader_adapter = None  # the projector was trained for the frozen reader
 
     def __init__(self, backbone: Backbone, merger: COMIMerger, batch_size: int = 8) -> None:
         check_fingerprint(merger.fingerprint, backbone.fingerprint, "This COMI merger")
@@ -489,6 +490,14 @@ class COMICompressor:
     @property
     def config(self) -> COMIConfig:
         return self.merger.config
+
+    @property
+    def max_ratio(self) -> int:
+        return self.config.max_ratio
+
+    @property
+    def default_ratio(self) -> int:
+        return self.config.ratio
 
     @property
     def fingerprint(self) -> str:
@@ -550,7 +559,7 @@ class COMICompressor:
         _check_fits(self.backbone, segments, question_ids)
         batch_size = batch_size or self.batch_size
         show = show_progress if show_progress is not None else len(segments) > 4 * batch_size
-        slots = _encode_pairs(
+        slots = encode_pairs(
             self.backbone,
             self.merger,
             [segment.token_ids for segment in segments],
@@ -563,42 +572,3 @@ class COMICompressor:
         for segment, segment_slots in zip(segments, slots, strict=True):  # segments are in passage order
             passages[segment.passage].append(segment_slots.float())
         return SoftContext.from_passages([torch.cat(parts) for parts in passages], [len(ids) for ids in token_ids])
-
-
-class COMIContextEncoder:
-    """The :class:`~comprexit_rag.training.contexts.ContextEncoder` of COMI: only the projector trains.
-
-    Each example's passages are compressed with its question and their slots concatenated in
-    order. Examples with an empty question (next-token pretraining) use the mean of the context
-    states as the query vector.
-    """
-
-    name = "comi"
-
-    def __init__(self, backbone: Backbone, merger: COMIMerger, batch_size: int = 16) -> None:
-        check_fingerprint(merger.fingerprint, backbone.fingerprint, "This COMI merger")
-        self.backbone = backbone
-        self.trainable = merger
-        self.batch_size = batch_size
-
-    def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
-        """One [n_i, H] float32 tensor per example, with gradients flowing into the projector."""
-        merger = self.trainable
-        ratio = validate_ratio(ratio, merger.config.max_ratio)
-        question_ids = question_token_ids(self.backbone, [example.question for example in batch])
-        contexts, questions, owners = [], [], []
-        for index, example in enumerate(batch):
-            for segment in split_into_segments(example.passage_ids, merger.config.segment_length):
-                contexts.append(segment.token_ids)
-                questions.append(question_ids[index])
-                owners.append(index)
-        slots = _encode_pairs(self.backbone, merger, contexts, questions, ratio, self.batch_size)
-        per_example: list[list[torch.Tensor]] = [[] for _ in batch]
-        for owner, segment_slots in zip(owners, slots, strict=True):
-            per_example[owner].append(segment_slots)
-        hidden = merger.config.hidden_size
-        device = self.backbone.device
-        return [
-            torch.cat(parts) if parts else torch.zeros(0, hidden, device=device, dtype=torch.float32)
-            for parts in per_example
-        ]

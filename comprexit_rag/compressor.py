@@ -42,6 +42,7 @@ class SlotCompressor:
     """
 
     kind = "slots"
+    query_aware = False
 
     head_class: type[nn.Module]  # set by subclasses; loads with ``head_class.from_pretrained(path)``
 
@@ -94,6 +95,15 @@ class SlotCompressor:
         return self.head.config
 
     @property
+    def max_ratio(self) -> int:
+        """The largest ratio: one slot per transport window."""
+        return self.config.window
+
+    @property
+    def default_ratio(self) -> int:
+        return self.config.ratio
+
+    @property
     def fingerprint(self) -> str:
         """Identifies backbone + head weights + head config (+ reader adapter); slot stores key on it.
 
@@ -112,6 +122,7 @@ class SlotCompressor:
         self,
         texts: str | Sequence[str],
         *,
+        query: str | Sequence[str] | None = None,
         ratio: int | None = None,
         batch_size: int | None = None,
         return_details: bool = False,
@@ -121,6 +132,7 @@ class SlotCompressor:
 
         Passages longer than ``segment_length`` tokens are split into segments that are
         compressed independently; their slots are concatenated in order. Nothing is truncated.
+        ``query`` is ignored: the slots never see the question (that is why they can be stored).
         """
         texts = check_texts(texts)
         if batch_size is not None:

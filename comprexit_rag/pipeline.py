@@ -50,6 +50,7 @@ from .data import Passage
 from .default_model import DEFAULT_BACKBONE_NAME
 from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
 from .head import DEFAULT_HEAD, ComprExITHead
+from .methods import get_method, method_names
 from .pipeline_directory import (
     HEAD_DIR,
     PIPELINE_FILE,
@@ -63,7 +64,6 @@ from .pipeline_directory import (
     make_pipeline_directory,
     read_record,
 )
-from .pipeline_methods import METHODS
 from .pipeline_results import Answer, AnswerStats, IndexReport, Source
 from .reader import Reader
 from .retrieval import DenseRetriever, RetrievedPassage
@@ -73,6 +73,8 @@ from .store import DISK_DTYPE, SlotStore, content_key
 
 if TYPE_CHECKING:
     from .comi import COMICompressor, COMIMerger
+    from .methods import MethodSpec
+    from .methods.base import Compressor
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ __all__ = [
 ]
 
 DEFAULT = "default"
+METHODS = method_names(pipeline=True)
+"""The methods :meth:`RAGPipeline.ask` serves (see the method registry)."""
 
 PassageInput = str | Passage | Mapping[str, Any]
 
@@ -519,12 +523,11 @@ class RAGPipeline:
         if not isinstance(question, str) or not question.strip():
             raise InvalidInputError(f"The question must be a non-empty string, got {question!r:.80}.")
         check_text(question, "The question")
-        if method not in METHODS:
-            raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
+        spec = get_method(method, pipeline=True)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
-        ratio = self.ratio if ratio is None else ratio
-        validate_ratio(ratio, self.comi.config.max_ratio if method == "comi" else self.compressor.config.window)
+        compressor = self._compressor_for(spec)
+        ratio = validate_ratio(self.ratio if ratio is None else ratio, (compressor or self.compressor).max_ratio)
         # Refuse a question that cannot fit the reader before any retrieval or compression work.
         self.reader.context_budget(question, max_new_tokens)
         if not len(self.retriever):
@@ -535,22 +538,17 @@ class RAGPipeline:
         retrieved = time.perf_counter()
         texts = [hit.text for hit in hits]
         hits_in_store = misses = 0
-        if method == "comprexit":
+        context: SoftContext | list[str] = texts
+        if spec.storable:
             context, hits_in_store, misses = self._stored_context(texts, ratio)
-            stats_context: SoftContext | None = context
-        elif method == "comi":
-            context = self.comi.compress(texts, query=question, ratio=ratio)
-            stats_context = context
-        else:
-            context, stats_context = texts, None
+        elif spec.query_aware:
+            context = compressor.compress(texts, query=question, ratio=ratio)
         compressed = time.perf_counter()
-        reader = self.frozen_reader if method == "comi" else self.reader
-        answer = reader.generate(question, context, max_new_tokens=max_new_tokens)
+        answer = self._reader_for(compressor).generate(question, context, max_new_tokens=max_new_tokens)
         finished = time.perf_counter()
 
-        if stats_context is not None:
-            tokens, slots = stats_context.num_tokens, stats_context.num_slots
-            achieved = stats_context.ratio
+        if isinstance(context, SoftContext):
+            tokens, slots, achieved = context.num_tokens, context.num_slots, context.ratio
         else:
             tokens, slots, achieved = sum(len(ids) for ids in self.backbone.tokenize(texts)), 0, 1.0
         return Answer(
@@ -574,6 +572,17 @@ class RAGPipeline:
         questions = list(questions)
         show = len(questions) >= 10 if show_progress is None else show_progress
         return [self.ask(q, **kwargs) for q in tqdm(questions, desc="answering", unit="question", disable=not show)]
+
+    def _compressor_for(self, spec: MethodSpec) -> Compressor | None:
+        """The compressor of a slot method: the stored head's, or the query-aware one (COMI); None for text."""
+        if spec.context != "slots":
+            return None
+        return self.compressor if spec.storable else self.comi
+
+    def _reader_for(self, compressor: Compressor | None) -> Reader:
+        """The reader of the compressor's slots: through its reader adapter, or the frozen one (COMI)."""
+        adapter = (compressor or self.compressor).reader_adapter
+        return self.reader if adapter is self.reader.adapter else self.frozen_reader
 
     def _stored_context(self, texts: Sequence[str], ratio: int) -> tuple[SoftContext, int, int]:
         """Slots of ``texts`` from the store; missing ones are compressed and stored now."""

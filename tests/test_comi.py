@@ -16,7 +16,6 @@ from comprexit_rag.comi import (
     DEFAULT_MERGER,
     COMICompressor,
     COMIConfig,
-    COMIContextEncoder,
     COMIMerger,
     allocate_group_sizes,
     group_index,
@@ -28,6 +27,7 @@ from comprexit_rag.comi import (
 )
 from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError, InvalidInputError
 from comprexit_rag.soft_context import SoftContext
+from comprexit_rag.training.encoders import COMIContextEncoder
 from comprexit_rag.training.examples import TrainExample
 
 PASSAGE = (

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ..pipeline_methods import METHODS
+from ..methods import describe_methods, method_names
 from ._args import positive_int
 
 if TYPE_CHECKING:
@@ -26,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("question", help="the question, in quotes")
     parser.add_argument(
         "--method",
-        choices=METHODS,
+        choices=method_names(pipeline=True),
         default="comprexit",
-        help="comprexit: stored slots; comi: query-aware slots computed now; full: raw passages",
+        help=describe_methods(method_names(pipeline=True)),
     )
     parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve")
     parser.add_argument("--ratio", type=int, help="compression ratio (default: the pipeline's)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data import Passage, QAExample
-from ..pipeline_methods import METHODS
+from ..methods import method_names
 from ._args import positive_int
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--method",
         action="append",
-        choices=(*METHODS, "all"),
+        choices=(*method_names(pipeline=True), "all"),
         help="how to read the passages (repeatable; default comprexit; all = every method)",
     )
     parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
@@ -126,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.questions < 1:
         raise InvalidInputError(f"--questions must be positive, got {args.questions}.")
-    methods = list(METHODS) if "all" in (args.method or []) else list(dict.fromkeys(args.method or ["comprexit"]))
+    methods = (
+        list(method_names(pipeline=True))
+        if "all" in (args.method or [])
+        else list(dict.fromkeys(args.method or ["comprexit"]))
+    )
     examples, origin = load_demo_examples(args.data, args.questions, builtin=args.builtin)
     directory = Path(args.out) if args.out else default_demo_dir(examples, args.backbone, args.head)
     directory.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ..names import EVAL_METHODS as METHODS
-from ..names import EVAL_RATIO_METHODS as RATIO_METHODS
+from ..methods import get_method, method_names
 from ._args import positive_int
 
 logger = logging.getLogger(__name__)
@@ -29,8 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, help="QA file (HotpotQA json/jsonl, NQ-open jsonl[.gz], MRQA)")
     parser.add_argument("--format", choices=tuple(FORMATS), required=True, help="layout of the --data file")
-    parser.add_argument("--method", choices=METHODS, required=True, help="how the reader gets the passages")
-    parser.add_argument("--ratio", type=int, default=4, help="compression ratio for " + ", ".join(RATIO_METHODS))
+    parser.add_argument("--method", choices=method_names(), required=True, help="how the reader gets the passages")
+    parser.add_argument(
+        "--ratio", type=int, default=4, help="compression ratio for " + ", ".join(method_names(takes_ratio=True))
+    )
     parser.add_argument("--limit", type=positive_int, help="evaluate the first N examples")
     parser.add_argument(
         "--context",
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.methods import build_method
     from ..reader import Reader
 
-    ratio = validate_ratio(args.ratio, 128) if args.method in RATIO_METHODS else None
+    ratio = validate_ratio(args.ratio, 128) if get_method(args.method).takes_ratio else None
     examples = load_examples(args.data, args.format, args.split, args.context, args.limit)
     backbone = Backbone.from_pretrained(args.backbone, device=args.device)
     method = build_method(args.method, backbone, ratio or 4, args.checkpoint)

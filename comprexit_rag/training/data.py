@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..backbone import encode_text, tokenizer_sha256
+from ..backbone import Backbone, encode_text, tokenizer_sha256
 from ..data import Passage, QAExample
 from ..data.paths import data_root
 from ..data.splits import load_split, pretraining_passages
@@ -28,6 +28,8 @@ from .examples import TrainExample
 
 logger = logging.getLogger(__name__)
 
+CALIBRATION_SEED = 10_002
+CALIBRATION_TOKENS = 400_000
 QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08}
 MAX_PASSAGE_TOKENS = 1024
 
@@ -214,3 +216,9 @@ class QATrainingSet:
                 rng.shuffle(passages)
             batch.append(TrainExample(passages, item.question, item.target_ids))
         return batch
+
+
+def calibration_passages(backbone: Backbone, data_root: str | os.PathLike | None) -> list[list[int]]:
+    """Fixed Wikipedia windows (64 x 512 tokens, one seed) that calibrate a head's layer standardisation."""
+    corpus = PretrainCorpus.build(backbone.tokenizer, data_root, max_tokens=CALIBRATION_TOKENS)
+    return [example.passage_ids[0] for example in corpus.sample(random.Random(CALIBRATION_SEED), 64, 512, 0)]

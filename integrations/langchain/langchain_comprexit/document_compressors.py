@@ -16,7 +16,7 @@ not compressed again. :class:`~langchain_comprexit.readers.ComprExITReader` then
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import torch
 from comprexit_rag.comi import COMICompressor
@@ -24,6 +24,7 @@ from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.config import validate_ratio
 from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
+from comprexit_rag.methods import get_method, method_names
 from comprexit_rag.segments import check_positive_int
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.store import SlotStore, content_key
@@ -37,13 +38,15 @@ from langchain_comprexit._slots import CacheSource, InMemorySlotCache, SlotSourc
 if TYPE_CHECKING:
     from comprexit_rag.pipeline import RAGPipeline
 
-__all__ = ["COMPRESS_EVENT", "SLOT_METADATA_KEY", "ComprExITDocumentCompressor", "Method", "SlotLookup"]
+__all__ = ["COMPRESS_EVENT", "METHODS", "SLOT_METADATA_KEY", "ComprExITDocumentCompressor", "Method", "SlotLookup"]
 
 SLOT_METADATA_KEY = "comprexit"
 """Default metadata key of the slot record added to each compressed document."""
 COMPRESS_EVENT = "comprexit_compress"
 """Name of the custom callback event dispatched by :meth:`ComprExITDocumentCompressor.compress_documents`."""
-Method = Literal["comprexit", "comi"]
+METHODS = method_names(pipeline=True, context="slots")
+"""The slot methods a compressor serves: ``comprexit`` (stored) and ``comi`` (query-aware)."""
+Method = str
 
 
 class SlotLookup(NamedTuple):
@@ -116,9 +119,7 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
     @field_validator("method", mode="before")
     @classmethod
     def _known_method(cls, value: object) -> object:
-        if value not in ("comprexit", "comi"):
-            raise InvalidInputError(f"Unknown method {value!r}; expected 'comprexit' or 'comi'.")
-        return value
+        return get_method(value, pipeline=True, context="slots").name
 
     @field_validator("ratio", mode="before")
     @classmethod
@@ -136,11 +137,12 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
                 "comi and compressor must share one backbone: their slots are read by the same reader. "
                 "Build the COMICompressor over the compressor's backbone."
             )
-        for method in ("comprexit", "comi") if self.comi is not None else ("comprexit",):
+        for method in METHODS if self.comi is not None else (self._storable(),):
             self.ratio_for(method)  # raises InvalidInputError on a bad ratio
-        if self.store is not None and self.store.fingerprint != self.fingerprint("comprexit"):
+        expected = self.fingerprint(self._storable())
+        if self.store is not None and self.store.fingerprint != expected:
             raise InvalidInputError(
-                f"store holds slots of fingerprint {self.store.fingerprint!r}, not {self.fingerprint('comprexit')!r} "
+                f"store holds slots of fingerprint {self.store.fingerprint!r}, not {expected!r} "
                 "(this compressor's head and ratio); use pipeline.store_for(ratio) or a store with that fingerprint."
             )
         return self
@@ -164,21 +166,17 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
 
     def ratio_for(self, method: Method | None = None) -> int:
         """The compression ratio used by ``method`` (default: this compressor's method)."""
-        if (method or self.method) == "comi":
-            comi = self._comi()
-            return validate_ratio(comi.config.ratio if self.ratio is None else self.ratio, comi.config.max_ratio)
-        config = self.compressor.config
-        return validate_ratio(config.ratio if self.ratio is None else self.ratio, config.window)
+        compressor = self._compressor(method or self.method)
+        return validate_ratio(compressor.default_ratio if self.ratio is None else self.ratio, compressor.max_ratio)
 
     def fingerprint(self, method: Method | None = None) -> str:
         """Names the slots of ``method``: compressor weights and backbone, then the ratio."""
         method = method or self.method
-        source = self._comi() if method == "comi" else self.compressor
-        return f"{source.fingerprint}/ratio={self.ratio_for(method)}"
+        return f"{self._compressor(method).fingerprint}/ratio={self.ratio_for(method)}"
 
     def slot_key(self, text: str, query: str | None = None, method: Method | None = None) -> str:
         """Key of the slots of ``text``: its content hash (for COMI, of the query and the text)."""
-        if (method or self.method) == "comi":
+        if get_method(method or self.method).query_aware:
             return content_key(f"{query or ''}\x00{text}")
         return content_key(text)
 
@@ -264,23 +262,30 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
 
     # ------------------------------------------------------------------ internals
 
-    def _comi(self) -> COMICompressor:
+    def _compressor(self, method: Method) -> ComprExITCompressor | COMICompressor:
+        """The compressor of ``method``: the stored head's, or the query-aware ``comi``."""
+        if get_method(method).storable:
+            return self.compressor
         if self.comi is None:
             raise InvalidInputError("method='comi' needs a COMICompressor: pass comi=COMICompressor(...).")
         return self.comi
 
+    @staticmethod
+    def _storable() -> Method:
+        return next(name for name in METHODS if get_method(name).storable)
+
     def _source(self, method: Method) -> SlotSource:
-        if method == "comprexit" and self.store is not None:
+        if get_method(method).storable and self.store is not None:
             return StoreSource(self.store)
         return CacheSource(self._cache, self.fingerprint(method))
 
     def _recorded_method(self, doc: Document, question: str) -> Method | None:
         """The method of ``doc``'s slot record, when the record is valid for this compressor."""
         record = doc.metadata.get(self.metadata_key)
-        if not isinstance(record, dict) or record.get("method") not in ("comprexit", "comi"):
+        if not isinstance(record, dict) or record.get("method") not in METHODS:
             return None
         method: Method = record["method"]
-        if method == "comi" and self.comi is None:
+        if get_method(method).query_aware and self.comi is None:
             return None
         if record.get("fingerprint") != self.fingerprint(method):
             return None
@@ -292,21 +297,17 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
         self, method: Method, texts: list[str], query: str | None, *, load: bool
     ) -> tuple[list[str], list[tuple[Any, int]], int, int]:
         """Slot keys, then ``(tensor or slot count, tokens)`` per text; compress and keep the missing ones."""
-        if method == "comi" and not (isinstance(query, str) and query.strip()):
-            raise InvalidInputError("method='comi' is query-aware: it needs a non-empty query.")
+        if get_method(method).query_aware and not (isinstance(query, str) and query.strip()):
+            raise InvalidInputError(f"method={method!r} is query-aware: it needs a non-empty query.")
         source = self._source(method)
         keys = [self.slot_key(text, query, method) for text in texts]
         found: list[Any] = list(source.get(keys) if load else source.info(keys))
         missing = {key: text for key, text, got in zip(keys, texts, found, strict=True) if got is None}
         hits = sum(got is not None for got in found)
         if missing:
-            ratio = self.ratio_for(method)
-            if method == "comi":
-                soft = self._comi().compress(
-                    list(missing.values()), query=query, ratio=ratio, batch_size=self.batch_size
-                )
-            else:
-                soft = self.compressor.compress(list(missing.values()), ratio=ratio, batch_size=self.batch_size)
+            soft = self._compressor(method).compress(
+                list(missing.values()), query=query, ratio=self.ratio_for(method), batch_size=self.batch_size
+            )
             tensors, tokens = soft.passages(), soft.token_counts.tolist()
             source.put(list(missing), tensors, tokens)
             if load:

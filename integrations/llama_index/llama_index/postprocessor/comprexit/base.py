@@ -33,6 +33,7 @@ from comprexit_rag.config import validate_ratio
 from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.head import ComprExITHead
+from comprexit_rag.methods import get_method, method_names
 from comprexit_rag.pipeline import (
     UNTRAINED_HEAD_DIR,
     RAGPipeline,
@@ -61,7 +62,7 @@ __all__ = [
     "MemorySlotCache",
 ]
 
-METHODS = ("comprexit", "comi")
+METHODS = method_names(pipeline=True, context="slots")
 """``comprexit``: query-independent slots, stored and reused; ``comi``: query-aware slots, per query."""
 
 SLOT_KEY = "comprexit_slot_key"
@@ -229,8 +230,7 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
             compressor = default_compressor()
         if not isinstance(compressor, ComprExITCompressor):
             raise InvalidInputError(f"compressor must be a ComprExITCompressor, got {type(compressor).__name__}.")
-        if method not in METHODS:
-            raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
+        get_method(method, pipeline=True, context="slots")  # InvalidInputError naming the choices
         ratio = validate_ratio(compressor.config.ratio if ratio is None else ratio, compressor.config.window)
         check_positive_int(batch_size, "batch_size")
         check_positive_int(cache_size, "cache_size")

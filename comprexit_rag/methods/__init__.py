@@ -1,0 +1,97 @@
+"""The methods: ComprExIT, its baselines and the reference contexts, each registered once.
+
+This package's ``__init__`` stays free of torch: it only declares the specs (classes are named by
+import path and loaded on first use). Order matters: it is the order of the CLI's choices.
+"""
+
+from .registry import MethodSpec, describe_methods, get_method, method_names, register_method, registered_methods
+
+__all__ = ["MethodSpec", "describe_methods", "get_method", "method_names", "register_method", "registered_methods"]
+
+_EVALUATION = "comprexit_rag.evaluation.methods"
+_ENCODERS = "comprexit_rag.training.encoders"
+
+register_method(
+    MethodSpec(
+        name="comprexit",
+        summary="ComprExIT slots, computed once per passage and stored",
+        context="slots",
+        takes_ratio=True,
+        module="comprexit_rag.head:ComprExITHead",
+        compressor="comprexit_rag.compressor:ComprExITCompressor",
+        encoder=f"{_ENCODERS}:ComprExITEncoder",
+        evaluator=f"{_EVALUATION}:StoredSlots",
+        stages=("pretrain", "sft"),
+        reader_adapter=True,
+        distill=True,
+        pipeline=True,
+    )
+)
+register_method(
+    MethodSpec(
+        name="mean-pool",
+        summary="mean-pooled layer states through the same projector (a stored-slot baseline)",
+        context="slots",
+        takes_ratio=True,
+        module="comprexit_rag.baselines.mean_pool:MeanPoolHead",
+        compressor="comprexit_rag.baselines.mean_pool:MeanPoolCompressor",
+        encoder=f"{_ENCODERS}:SlotHeadEncoder",
+        evaluator=f"{_EVALUATION}:StoredSlots",
+        stages=("pretrain", "sft"),
+        reader_adapter=True,
+        distill=True,
+    )
+)
+register_method(
+    MethodSpec(
+        name="comi",
+        summary="query-aware COMI slots, computed now for the question",
+        context="slots",
+        query_aware=True,
+        takes_ratio=True,
+        module="comprexit_rag.comi:COMIMerger",
+        compressor="comprexit_rag.comi:COMICompressor",
+        encoder=f"{_ENCODERS}:COMIContextEncoder",
+        evaluator=f"{_EVALUATION}:QueryAware",
+        stages=("sft",),
+        reader_adapter=True,
+        pipeline=True,
+    )
+)
+register_method(
+    MethodSpec(
+        name="full-tuned",
+        summary="a learned soft prompt before the raw passages",
+        context="text",
+        module="comprexit_rag.baselines.soft_prompt:SoftPrompt",
+        encoder=f"{_ENCODERS}:SoftPromptEncoder",
+        evaluator=f"{_EVALUATION}:FullTuned",
+        stages=("sft",),
+    )
+)
+register_method(
+    MethodSpec(
+        name="full",
+        summary="raw passages",
+        context="text",
+        evaluator=f"{_EVALUATION}:FullText",
+        pipeline=True,
+    )
+)
+register_method(
+    MethodSpec(
+        name="truncate",
+        summary="the first 1/ratio of the passages' tokens",
+        context="text",
+        takes_ratio=True,
+        evaluator=f"{_EVALUATION}:Truncate",
+    )
+)
+register_method(
+    MethodSpec(
+        name="closed-book",
+        summary="no passages",
+        context="none",
+        evaluator=f"{_EVALUATION}:ClosedBook",
+    )
+)
