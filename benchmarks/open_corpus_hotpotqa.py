@@ -46,7 +46,7 @@ from comprexit_rag.data import Passage, QAExample, load_split
 from comprexit_rag.evaluation.metrics import answer_contained, compute_scores, exact_match, f1_score
 from comprexit_rag.pipeline import METHODS, PIPELINE_FILE, Answer, IndexReport, RAGPipeline
 from comprexit_rag.retrieval import DenseRetriever, default_embedder_path
-from comprexit_rag.store import content_key
+from comprexit_rag.slots import content_key
 
 logger = logging.getLogger("open_corpus_hotpotqa")
 

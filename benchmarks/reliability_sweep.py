@@ -49,7 +49,7 @@ from comprexit_rag.head import ComprExITHead
 from comprexit_rag.pipeline import RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.scale.vllm_inputs import decode_prompt_embeds
-from comprexit_rag.store import SlotStore
+from comprexit_rag.slots import SlotStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSAGES = [

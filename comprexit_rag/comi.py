@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 from .backbone import Backbone, BackboneFingerprint
 from .checkpoint import CheckpointConfig, CheckpointedModule, check_fingerprint
 from .compressor import autocast_for
-from .config import check_int_field, check_ratios_field, validate_ratio
 from .errors import InvalidInputError
 from .head import PRETRAINED_DIR
 from .projector import SlotProjector
-from .segments import Segment, check_texts, split_into_segments
+from .segments import Segment, split_into_segments
 from .soft_context import SoftContext
+from .validation import check_int_field, check_ratios_field, check_texts, validate_ratio
 
 CHECKPOINT_KIND = "comi-merger"
 DEFAULT_MERGER = PRETRAINED_DIR / "comi-smollm2-135m"
@@ -571,4 +571,8 @@ class COMICompressor:
         passages: list[list[torch.Tensor]] = [[] for _ in token_ids]
         for segment, segment_slots in zip(segments, slots, strict=True):  # segments are in passage order
             passages[segment.passage].append(segment_slots.float())
-        return SoftContext.from_passages([torch.cat(parts) for parts in passages], [len(ids) for ids in token_ids])
+        return self.soft_context([torch.cat(parts) for parts in passages], [len(ids) for ids in token_ids])
+
+    def soft_context(self, passages: Sequence[torch.Tensor], token_counts: Sequence[int]) -> SoftContext:
+        """A SoftContext of slots this compressor made (read by the frozen reader: no adapter is recorded)."""
+        return SoftContext.from_passages(passages, token_counts)

@@ -17,11 +17,11 @@ from torch import nn
 from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from .backbone import Backbone
 from .checkpoint import check_fingerprint
-from .config import validate_ratio
 from .errors import AdapterMismatchError, InvalidInputError
 from .head import ComprExITHead, HeadOutput
-from .segments import SegmentBatch, check_positive_int, check_texts, encode_segments
+from .segments import SegmentBatch, encode_segments
 from .soft_context import PassageDetails, SoftContext
+from .validation import check_positive_int, check_texts, validate_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -189,10 +189,18 @@ class SlotCompressor:
         details = None
         if return_details:
             details = [_merge_details([part.details for part in parts]) for parts in per_passage]
+        return self.soft_context(passages, [len(ids) for ids in token_ids], details=details)
+
+    def soft_context(
+        self,
+        passages: Sequence[torch.Tensor],
+        token_counts: Sequence[int],
+        details: list[PassageDetails] | None = None,
+    ) -> SoftContext:
+        """A SoftContext of slots this compressor made (e.g. read back from a store), marked with the reader
+        adapter they are read through (:data:`~comprexit_rag.adapter.FROZEN_READER` for a head without one)."""
         adapter = self.reader_adapter.digest if self.reader_adapter is not None else FROZEN_READER
-        return SoftContext.from_passages(
-            passages, [len(ids) for ids in token_ids], details=details, reader_adapter=adapter
-        )
+        return SoftContext.from_passages(passages, token_counts, details=details, reader_adapter=adapter)
 
 
 def head_digest(head: nn.Module, salt: str = "") -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from .checkpoint import CheckpointConfig
 from .errors import InvalidInputError
+from .validation import check_int_field, check_ratios_field, check_real_field, validate_ratio
 
 
 @dataclass
@@ -70,46 +70,3 @@ class ComprExITConfig(CheckpointConfig):
         ratio = validate_ratio(self.ratio if ratio is None else ratio, self.window)
         full, rest = divmod(num_tokens, self.window)
         return full * -(-self.window // ratio) + -(-rest // ratio)
-
-
-def validate_ratio(ratio: object, window: int) -> int:
-    """Check a compression ratio: a positive integer no larger than the window."""
-    if isinstance(ratio, bool) or not isinstance(ratio, int):
-        raise InvalidInputError(f"ratio must be a positive integer, got {ratio!r}.")
-    if not 1 <= ratio <= window:
-        raise InvalidInputError(f"ratio must be between 1 and the window size {window}, got {ratio}.")
-    return ratio
-
-
-def check_int_field(config: object, name: str, minimum: int = 1) -> int:
-    """The integer field ``name`` of ``config``, refused (InvalidInputError) below ``minimum`` or not an int."""
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise InvalidInputError(f"{name} must be {what}, got {value!r}.")
-    return value
-
-
-def check_real_field(
-    config: object, name: str, *, low: float, high: float | None = None, closed: bool = False, hint: str = ""
-) -> float:
-    """A finite number field: ``> low`` (``>= low`` when ``closed``) and ``<= high`` when given."""
-    value = getattr(config, name)
-    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not number or (value < low if closed else value <= low) or (high is not None and value > high):
-        bound = f"{'>=' if closed else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-        raise InvalidInputError(f"{name} must be {bound}, a finite number{hint}; got {value!r}.")
-    return float(value)
-
-
-def check_ratios_field(config: object, name: str, window: int) -> list[int]:
-    """A non-empty list of compression ratios, each valid for ``window``."""
-    values = getattr(config, name)
-    if not isinstance(values, list) or not values:
-        raise InvalidInputError(f"{name} must be a non-empty list of ratios, got {values!r}.")
-    for value in values:
-        try:
-            validate_ratio(value, window)
-        except InvalidInputError as error:
-            raise InvalidInputError(f"{name}: {error}") from error
-    return values

@@ -11,11 +11,12 @@ import torch
 
 from .backbone import Backbone, BackboneFingerprint
 from .checkpoint import CheckpointedModule, check_fingerprint
-from .config import ComprExITConfig, validate_ratio
+from .config import ComprExITConfig
 from .depth import DepthTransmission
 from .errors import InvalidInputError
 from .projector import SlotProjector, bound_norm
 from .segments import iter_batches, split_into_segments
+from .validation import validate_ratio
 from .width import WidthTransmission, join_windows, split_windows
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """RAGPipeline: dense retrieval, stored ComprExIT slots and a frozen reader over one backbone.
 
 Passages are compressed once, at indexing time, into soft slots that are kept in a
-:class:`~comprexit_rag.store.SlotStore`; answering a question then costs one retrieval, one
+:class:`~comprexit_rag.slots.SlotStore`; answering a question then costs one retrieval, one
 slot lookup and one generation. The same retriever, reader and ``k`` also serve the two
 comparison methods, so all three answer on equal terms:
 
@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +42,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
+from .adapter import ADAPTER_DIR, ReaderAdapter
 from .backbone import Backbone
 from .compressor import ComprExITCompressor, head_digest
-from .config import validate_ratio
 from .data import Passage
 from .default_model import DEFAULT_BACKBONE_NAME
 from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
@@ -67,9 +66,9 @@ from .pipeline_directory import (
 from .pipeline_results import Answer, AnswerStats, IndexReport, Source
 from .reader import Reader
 from .retrieval import DenseRetriever, RetrievedPassage
-from .segments import check_positive_int, check_text
+from .slots import SlotService, SlotStore, content_key
 from .soft_context import SoftContext
-from .store import DISK_DTYPE, SlotStore, content_key
+from .validation import check_positive_int, check_text, validate_ratio
 
 if TYPE_CHECKING:
     from .comi import COMICompressor, COMIMerger
@@ -85,6 +84,7 @@ __all__ = [
     "IndexReport",
     "RAGPipeline",
     "Source",
+    "load_compressor",
     "load_head_or_untrained",
 ]
 
@@ -188,8 +188,10 @@ class RAGPipeline:
         self.frozen_reader = Reader(compressor.backbone, adapter=None) if compressor.reader_adapter else self.reader
         self._comi_merger = comi_merger
         self._comi: COMICompressor | None = None
-        self._stores: dict[int, SlotStore] = {}
-        self._lock = threading.RLock()  # guards the lazily built stores and COMI compressor
+        # Stored slots of the compressor, one store per ratio under slots/ (see comprexit_rag.slots).
+        self.slots = SlotService(compressor, self.directory / SLOTS_DIR)
+        self._keys: dict[str, str] = {}  # passage id -> store key: each indexed text is hashed once per process
+        self._lock = threading.RLock()  # guards the lazily built COMI compressor and the key memo
         self.record: dict[str, Any] = dict(record or {})
 
     # ------------------------------------------------------------------ construction
@@ -358,12 +360,7 @@ class RAGPipeline:
 
     def store_for(self, ratio: int) -> SlotStore:
         """The slot store of the current head at ``ratio`` (slots of each ratio are kept apart)."""
-        ratio = validate_ratio(ratio, self.compressor.config.window)
-        with self._lock:
-            if ratio not in self._stores:
-                fingerprint = f"{self.compressor.fingerprint}/ratio={ratio}"
-                self._stores[ratio] = SlotStore(self.directory / SLOTS_DIR, fingerprint)
-            return self._stores[ratio]
+        return self.slots.backend(ratio)
 
     def __len__(self) -> int:
         """Number of indexed passages."""
@@ -375,7 +372,7 @@ class RAGPipeline:
         return {
             "directory": str(self.directory),
             "passages": len(self),
-            "stored": sum(1 for key, _ in self._keys_and_texts() if key in store),
+            "stored": sum(1 for key in self._passage_keys() if key in store),
             "slot_bytes": store.size_on_disk(),
             "backbone": self.backbone.name,
             "head": self.record.get("head"),
@@ -446,12 +443,13 @@ class RAGPipeline:
         before = len(self.retriever)
         if records:
             texts = [p.formatted() for p in records]
+            keys = [content_key(text) for text in texts]
+            ids = [p.id or key for p, key in zip(records, keys, strict=True)]
             self.retriever.add(
-                texts,
-                ids=[p.id or content_key(text) for p, text in zip(records, texts, strict=True)],
-                metadatas=[{"title": p.title} for p in records],
-                show_progress=show_progress,
+                texts, ids=ids, metadatas=[{"title": p.title} for p in records], show_progress=show_progress
             )
+            with self._lock:  # the ids are now indexed with these texts
+                self._keys.update(zip(ids, keys, strict=True))
         added = len(self.retriever) - before
         if added:
             self.retriever.save(self.directory / RETRIEVER_DIR)
@@ -460,37 +458,28 @@ class RAGPipeline:
         repaired = store.verify(repair=True, quick=not verify)
         if repaired:
             logger.info("Repaired %d problem(s) of the slot store before indexing", len(repaired))
-        texts_by_key = dict(self._keys_and_texts())
-        missing = store.missing(list(texts_by_key))
-        show = len(missing) >= 64 if show_progress is None else show_progress
-        compressed = 0
-        with tqdm(total=len(missing), desc="compressing passages", unit="passage", disable=not show) as bar:
-            for start in range(0, len(missing), chunk_size):
-                keys = missing[start : start + chunk_size]
-                slots: list[torch.Tensor] = []
-                tokens: list[int] = []
-                for first in range(0, len(keys), batch_size):  # one batch at a time, so the bar moves per batch
-                    batch = [texts_by_key[key] for key in keys[first : first + batch_size]]
-                    soft = self.compressor.compress(batch, ratio=self.ratio, batch_size=batch_size, show_progress=False)
-                    slots += soft.passages()
-                    tokens += soft.token_counts.tolist()
-                    bar.update(len(batch))
-                compressed += len(store.put_many(keys, slots, tokens))
+        keys = self._passage_keys()
+        missing = {key: self.retriever.get(passage_id).text for key, passage_id in keys.items() if key not in store}
+        compressed = self.slots.fill(
+            missing, ratio=self.ratio, batch_size=batch_size, chunk_size=chunk_size, show_progress=show_progress
+        )
         report = IndexReport(
             passages=len(records),
             added=added,
             compressed=compressed,
-            stored=len(texts_by_key) - len(store.missing(list(texts_by_key))),
+            stored=sum(1 for key in keys if key in store),
             seconds=time.perf_counter() - started,
         )
         logger.info("Indexed %s", report)
         return report
 
-    def _keys_and_texts(self) -> Iterator[tuple[str, str]]:
-        """``(store key, formatted text)`` of every indexed passage, in insertion order."""
-        for passage_id in self.retriever.ids:
-            text = self.retriever.get(passage_id).text
-            yield content_key(text), text
+    def _passage_keys(self) -> dict[str, str]:
+        """Store key -> passage id of every indexed passage, in insertion order (a text is hashed once)."""
+        with self._lock:
+            for passage_id in self.retriever.ids:
+                if passage_id not in self._keys:
+                    self._keys[passage_id] = content_key(self.retriever.get(passage_id).text)
+            return {self._keys[passage_id]: passage_id for passage_id in self.retriever.ids}
 
     # ------------------------------------------------------------------ answering
 
@@ -586,24 +575,8 @@ class RAGPipeline:
 
     def _stored_context(self, texts: Sequence[str], ratio: int) -> tuple[SoftContext, int, int]:
         """Slots of ``texts`` from the store; missing ones are compressed and stored now."""
-        store = self.store_for(ratio)
-        keys = [content_key(text) for text in texts]
-        slots: list[torch.Tensor | None] = list(store.get_many(keys))
-        counts = [store.token_count(key) if found is not None else 0 for key, found in zip(keys, slots, strict=True)]
-        absent = [i for i, found in enumerate(slots) if found is None]
-        if absent:
-            fresh = self.compressor.compress([texts[i] for i in absent], ratio=ratio)
-            computed = fresh.passages()
-            for i, tokens in zip(absent, fresh.token_counts.tolist(), strict=True):
-                counts[i] = tokens
-            store.put_many([keys[i] for i in absent], computed, [counts[i] for i in absent])
-            for i, passage_slots in zip(absent, computed, strict=True):
-                # Read what the store keeps (fp16), so an answer never depends on whether it was a hit.
-                slots[i] = passage_slots.to(DISK_DTYPE).float()
-        filled = [s for s in slots if s is not None]
-        adapter = self.compressor.reader_adapter
-        context = SoftContext.from_passages(filled, counts, reader_adapter=adapter.digest if adapter else FROZEN_READER)
-        return context, len(texts) - len(absent), len(absent)
+        found = self.slots.lookup(texts, ratio=ratio)
+        return found.context, found.hits, found.misses
 
     def __repr__(self) -> str:
         return (
@@ -667,19 +640,38 @@ def _resolve_compressor(
     if isinstance(head, ComprExITHead):
         if save:
             head.save_pretrained(directory / HEAD_DIR)
-        return ComprExITCompressor(backbone, head), HEAD_DIR
+        return load_compressor(backbone, head), HEAD_DIR
     source = os.fspath(head) if head is not None else recorded
     if source == DEFAULT:
-        module = load_head_or_untrained(backbone, directory / UNTRAINED_HEAD_DIR)
+        return load_compressor(backbone, untrained_dir=directory / UNTRAINED_HEAD_DIR), DEFAULT
+    head_dir = Path(source) if Path(source).is_absolute() or head is not None else directory / source
+    return load_compressor(backbone, head_dir), source if head is None else str(head_dir.resolve())
+
+
+def load_compressor(
+    backbone: Backbone,
+    head: str | os.PathLike[str] | ComprExITHead | None = None,
+    *,
+    untrained_dir: str | os.PathLike[str] | None = None,
+) -> ComprExITCompressor:
+    """The ComprExIT compressor of ``head`` over ``backbone``, with the head's reader adapter if it has one.
+
+    ``head``: a head instance (used as it is), a checkpoint directory (its ``reader_adapter/`` is
+    attached), or ``None`` for the shipped head and its adapter, or an untrained head when none fits
+    ``backbone`` (see :func:`load_head_or_untrained`; ``untrained_dir`` keeps it across runs).
+    """
+    if isinstance(head, ComprExITHead):
+        return ComprExITCompressor(backbone, head)
+    if head is None:
+        module = load_head_or_untrained(backbone, untrained_dir)
         head_dir = DEFAULT_HEAD if _is_saved_head(module, DEFAULT_HEAD) else None  # not the untrained fallback
     else:
-        head_dir = Path(source) if Path(source).is_absolute() or head is not None else directory / source
+        head_dir = Path(head)
         module = ComprExITHead.from_pretrained(head_dir)
-        source = source if head is None else str(head_dir.resolve())
     adapter = None
     if head_dir is not None and (head_dir / ADAPTER_DIR).is_dir():
         adapter = ReaderAdapter.from_pretrained(head_dir / ADAPTER_DIR, backbone)
-    return ComprExITCompressor(backbone, module, reader_adapter=adapter), source
+    return ComprExITCompressor(backbone, module, reader_adapter=adapter)
 
 
 def _is_saved_head(head: ComprExITHead, directory: Path) -> bool:

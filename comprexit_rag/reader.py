@@ -18,8 +18,8 @@ from .adapter import ReaderAdapter, require_adapter
 from .backbone import Backbone, cache_keyword, returned_cache
 from .errors import InvalidInputError
 from .prompts import QAPrompt, stop_token_ids
-from .segments import check_positive_int, check_text
 from .soft_context import SoftContext
+from .validation import check_positive_int, check_text
 
 logger = logging.getLogger(__name__)
 

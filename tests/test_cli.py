@@ -24,7 +24,7 @@ from comprexit_rag.cli import build_parser, main
 from comprexit_rag.corpus import read_corpus, split_paragraphs
 from comprexit_rag.errors import DefaultModelUnavailableError, InvalidInputError
 from comprexit_rag.pipeline import RAGPipeline
-from comprexit_rag.store import content_key
+from comprexit_rag.slots import content_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

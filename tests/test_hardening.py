@@ -43,7 +43,7 @@ from comprexit_rag.errors import DefaultModelUnavailableError, StorageError
 from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
 from comprexit_rag.prompts import QAPrompt
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
-from comprexit_rag.store import SlotStore, content_key
+from comprexit_rag.slots import SlotStore, content_key
 
 PACKAGE = Path(__file__).resolve().parents[1] / "comprexit_rag"
 
@@ -607,7 +607,7 @@ def test_store_checks_itself_on_open_and_index_repairs_after_a_crash(tmp_path, t
     with open(store.manifest_path, "ab") as handle:
         handle.write(b'{"op": "shard", "fingerpr')
 
-    with caplog.at_level(logging.WARNING, logger="comprexit_rag.store"):
+    with caplog.at_level(logging.WARNING, logger="comprexit_rag.slots.store"):
         reopened = RAGPipeline.load(directory, backbone=tiny_backbone, embedder=embedder)
         problems = reopened.store.open_problems
     assert len(problems) == 1 and victim.name in problems[0] and "truncated" in problems[0]

@@ -22,7 +22,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import comprexit_rag.pipeline as pipeline_module
-import comprexit_rag.store as store_module
+import comprexit_rag.slots.store as store_module
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.baselines.mean_pool import MeanPoolConfig
 from comprexit_rag.baselines.soft_prompt import SoftPromptConfig
@@ -36,7 +36,7 @@ from comprexit_rag.head import ComprExITHead
 from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.scale.vllm_inputs import decode_prompt_embeds
-from comprexit_rag.store import SlotStore
+from comprexit_rag.slots import SlotStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ from comprexit_rag.pipeline import (
     RAGPipeline,
 )
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
-from comprexit_rag.store import content_key
+from comprexit_rag.slots import content_key
 
 PASSAGES = [
     {"id": "curie", "title": "Marie Curie", "text": "Marie Curie won Nobel Prizes in physics and in chemistry."},

@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever, RetrievedPassage, default_embedder_path
-from comprexit_rag.store import content_key
+from comprexit_rag.slots import content_key
 
 PASSAGES = [
     "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",

@@ -30,7 +30,7 @@ from comprexit_rag.scale import (
     slot_store_fingerprint,
     to_embeds_prompt,
 )
-from comprexit_rag.store import content_key
+from comprexit_rag.slots import content_key
 
 QUESTION = "Who discovered penicillin?"
 

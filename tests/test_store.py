@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from comprexit_rag.errors import CheckpointError
-from comprexit_rag.store import SlotStore, content_key, fingerprint_dirname
+from comprexit_rag.slots import SlotStore, content_key
+from comprexit_rag.slots.store import fingerprint_dirname
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = 16
@@ -90,7 +91,7 @@ def _writer_main(argv: list[str]) -> None:
         put(store, [key_of(3 * batch + j) for j in range(3)])
 
 
-# The writer imports comprexit_rag.store without running the package __init__ (which pulls in
+# The writer imports comprexit_rag.slots.store without running the package __init__ (which pulls in
 # transformers), so that each crash subprocess starts in a couple of seconds.
 WRITER_CODE = """
 import sys, types

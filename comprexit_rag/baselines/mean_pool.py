@@ -16,10 +16,10 @@ from torch import nn
 from ..backbone import Backbone, BackboneFingerprint
 from ..checkpoint import CheckpointConfig, CheckpointedModule
 from ..compressor import SlotCompressor
-from ..config import check_int_field, validate_ratio
 from ..errors import InvalidInputError
 from ..head import PRETRAINED_DIR, HeadOutput
 from ..projector import SlotProjector
+from ..validation import check_int_field, validate_ratio
 from ..width import join_windows, segment_means, split_windows
 
 CHECKPOINT_KIND = "mean-pool-head"

@@ -14,8 +14,8 @@ from torch import nn
 
 from ..backbone import Backbone, BackboneFingerprint
 from ..checkpoint import CheckpointConfig, CheckpointedModule
-from ..config import check_int_field
 from ..head import PRETRAINED_DIR
+from ..validation import check_int_field
 
 CHECKPOINT_KIND = "soft-prompt"
 DEFAULT_SOFT_PROMPT = PRETRAINED_DIR / "soft-prompt-smollm2-135m"

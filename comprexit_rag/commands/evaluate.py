@@ -125,10 +125,10 @@ def read_qa_file(loader: Callable[[str], list], path: str, data_format: str) -> 
 
 def run(args: argparse.Namespace) -> int:
     from ..backbone import Backbone
-    from ..config import validate_ratio
     from ..evaluation.harness import evaluate
     from ..evaluation.methods import build_method
     from ..reader import Reader
+    from ..validation import validate_ratio
 
     ratio = validate_ratio(args.ratio, 128) if get_method(args.method).takes_ratio else None
     examples = load_examples(args.data, args.format, args.split, args.context, args.limit)

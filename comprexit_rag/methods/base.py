@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ..validation import validate_ratio
+
 if TYPE_CHECKING:
+    import torch
+
     from ..adapter import ReaderAdapter
     from ..backbone import Backbone
     from ..soft_context import SoftContext
 
-__all__ = ["Compressor"]
+__all__ = ["Compressor", "resolve_ratio"]
 
 
 @runtime_checkable
@@ -40,6 +44,10 @@ class Compressor(Protocol):
     @property
     def reader_adapter(self) -> ReaderAdapter | None: ...
 
+    def soft_context(self, passages: Sequence[torch.Tensor], token_counts: Sequence[int]) -> SoftContext:
+        """Slots it made (e.g. read back from a store) as a SoftContext, marked for the reader they need."""
+        ...
+
     def compress(
         self,
         texts: str | Sequence[str],
@@ -49,3 +57,8 @@ class Compressor(Protocol):
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> SoftContext: ...
+
+
+def resolve_ratio(compressor: Compressor, ratio: int | None) -> int:
+    """``ratio`` checked against what ``compressor`` accepts; its own default ratio when ``None``."""
+    return validate_ratio(compressor.default_ratio if ratio is None else ratio, compressor.max_ratio)

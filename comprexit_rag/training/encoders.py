@@ -19,8 +19,8 @@ from ..baselines.soft_prompt import SoftPrompt
 from ..checkpoint import check_fingerprint
 from ..comi import COMIMerger, encode_pairs, question_token_ids
 from ..compressor import autocast_for, row_slots
-from ..config import validate_ratio
 from ..segments import SegmentBatch, encode_segments, split_into_segments
+from ..validation import validate_ratio
 from .config import TrainConfig, head_options
 from .data import calibration_passages
 from .examples import TrainExample

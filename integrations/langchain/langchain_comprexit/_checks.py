@@ -1,6 +1,6 @@
 """Input checks of the LangChain classes: LangChain objects in, comprexit-rag's typed errors out.
 
-Text checks are the core's (:func:`comprexit_rag.segments.check_text`); what is checked here is
+Text checks are the core's (:func:`comprexit_rag.validation.check_text`); what is checked here is
 only what LangChain adds: documents that are not :class:`Document` objects, and pydantic, which
 wraps the core's errors raised while a model is built in a ``ValidationError``.
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from comprexit_rag.errors import ComprExITError, InvalidInputError
-from comprexit_rag.segments import check_text
+from comprexit_rag.validation import check_text
 from langchain_core.documents import Document
 from pydantic import ValidationError
 

@@ -26,7 +26,7 @@ from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.pipeline import AnswerStats
 from comprexit_rag.reader import Reader
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.validation import check_positive_int
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.callbacks.manager import dispatch_custom_event
 from langchain_core.documents import Document

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from comprexit_rag.retrieval import DenseRetriever, RetrievedPassage
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.validation import check_positive_int
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever

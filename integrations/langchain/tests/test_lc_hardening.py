@@ -18,7 +18,7 @@ from comprexit_rag.comi import COMICompressor, COMIMerger
 from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.errors import BackboneMismatchError, CheckpointError, InvalidInputError
 from comprexit_rag.reader import Reader
-from comprexit_rag.store import SlotStore
+from comprexit_rag.slots import SlotStore
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document
 from transformers import LlamaConfig, LlamaForCausalLM

@@ -22,8 +22,8 @@ from llama_index.core.settings import Settings
 
 from comprexit_rag.defaults import default_reader
 from comprexit_rag.reader import Reader
-from comprexit_rag.segments import check_positive_int
 from comprexit_rag.soft_context import SoftContext
+from comprexit_rag.validation import check_positive_int
 
 from ._checks import check_known_arguments
 

@@ -21,7 +21,7 @@ from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.pipeline import AnswerStats
 from comprexit_rag.reader import Reader
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.validation import check_positive_int
 
 from ._checks import check_known_arguments
 from .base import CompressedNodes, ComprExITNodePostprocessor

@@ -35,7 +35,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType
 
 from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.validation import check_positive_int
 
 from .base import ComprExITNodePostprocessor
 from .llm import ComprExITLLM

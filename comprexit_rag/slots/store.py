@@ -1,7 +1,8 @@
 """Persistent, crash-safe store of per-passage soft slots.
 
 Slots are computed once per passage at indexing time by a compressor head and reused for
-every query, so they are stored on disk keyed by ``(passage content hash, head fingerprint)``.
+every query, so they are stored on disk keyed by ``(passage content hash, head fingerprint)``
+(:mod:`comprexit_rag.slots.keys`).
 
 Layout of a store directory (one sub-directory per head fingerprint)::
 
@@ -57,7 +58,7 @@ except ImportError:  # pragma: no cover - non-POSIX platforms: in-process lockin
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SlotStore", "content_key"]
+__all__ = ["DISK_DTYPE", "SlotStore"]
 
 MANIFEST_NAME = "manifest.jsonl"
 FINGERPRINT_NAME = "fingerprint.json"
@@ -69,20 +70,6 @@ DISK_DTYPE = torch.float16
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 
 _Chunk = dict[str, tuple[torch.Tensor, int]]  # key -> (fp16 slots, token count), insertion-ordered
-
-
-def content_key(text: str) -> str:
-    """Return the store key of a passage: the hex sha256 of its UTF-8 text."""
-    if not isinstance(text, str):
-        raise InvalidInputError(f"content_key expects a str, got {type(text).__name__}")
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(
-            f"text is not valid Unicode ({exc.reason} at character {exc.start}); decode your files with "
-            "errors='replace'"
-        ) from exc
-    return hashlib.sha256(data).hexdigest()
 
 
 def fingerprint_dirname(fingerprint: str) -> str:
@@ -357,10 +344,14 @@ class SlotStore:
             CheckpointError: a committed shard is missing or unreadable; run
                 ``verify(repair=True)`` and recompute the keys it reports.
         """
+        return [None if found is None else found[0] for found in self.lookup(keys)]
+
+    def lookup(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, int] | None]:
+        """``(float32 slots [S, H], token count)`` of each key, ``None`` where absent (see :meth:`get_many`)."""
         with self._lock:
             located = [self._entries.get(key) for key in keys]
             handles = {e.shard: self._handle(e.shard) for e in located if e is not None}
-        out: list[torch.Tensor | None] = []
+        out: list[tuple[torch.Tensor, int] | None] = []
         for key, entry in zip(keys, located, strict=True):
             if entry is None:
                 out.append(None)
@@ -376,8 +367,14 @@ class SlotStore:
                     f"slots of {key} in shard {entry.shard} have shape {tuple(tensor.shape)}, manifest "
                     f"says {(entry.rows, entry.cols)}; run SlotStore.verify(repair=True)"
                 )
-            out.append(tensor.to(torch.float32))
+            out.append((tensor.to(torch.float32), entry.tokens))
         return out
+
+    def sizes(self, keys: Sequence[str]) -> list[tuple[int, int] | None]:
+        """``(slots, token count)`` of each key, ``None`` where absent; reads no tensor."""
+        with self._lock:
+            located = [self._entries.get(key) for key in keys]
+        return [None if entry is None else (entry.rows, entry.tokens) for entry in located]
 
     def _handle(self, name: str) -> Any:
         """Return a cached ``safe_open`` handle of a shard (lock held), checked on its first use."""
