@@ -18,7 +18,7 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.data import load_split
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import build_method
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 
 DATASETS = {
     "nq": ("nq", "--data ../shared/data/nq/nq_open_oracle_2155.jsonl.gz --format nq-open"),

@@ -28,7 +28,7 @@ import torch
 from head_design_probe import ARMS
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.head import ComprExITHead
+from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.training.data import PretrainCorpus, calibration_passages
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -109,6 +110,13 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     # bf16 matmuls are ~5x slower than fp32 on CPU; on GPUs bf16 is the natural choice.
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def autocast_for(backbone: Backbone) -> contextlib.AbstractContextManager:
+    """Run trainable modules in the backbone's low precision where it has one."""
+    if backbone.dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device_type=backbone.device.type, dtype=backbone.dtype)
+    return contextlib.nullcontext()
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:

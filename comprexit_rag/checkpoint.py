@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -22,10 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import BackboneFingerprint
+from .durable import atomic_write
 from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"  # the checkpoints shipped with the package
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -123,8 +124,9 @@ def save_module(
         "backbone_fingerprint": fingerprint.to_dict(),
         **(extra or {}),
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"kind": kind}))
-    _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(metadata, indent=2)))
+    atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"kind": kind}))
+    # No final newline: the shipped config.json files are resaved byte for byte.
+    atomic_write(directory / CONFIG_NAME, json.dumps(metadata, indent=2).encode())
     return directory
 
 
@@ -187,14 +189,3 @@ def check_fingerprint(expected: BackboneFingerprint, actual: BackboneFingerprint
             f"{actual.describe()}. Load the backbone the head was trained on, or train a head for this one "
             "with `comprexit-rag train`."
         )
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Tests of the reader adapter (``comprexit_rag.adapter``): a peft LoRA on the reading pass only."""
+"""Tests of the reader adapter (``comprexit_rag.reading.adapter``): a peft LoRA on the reading pass only."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from peft import PeftModel
 
 from comprexit_rag import ComprExITHead, Reader, SoftContext
-from comprexit_rag.adapter import ADAPTER_DIR, PEFT_WEIGHTS_NAME, ReaderAdapter, ReaderAdapterConfig
-from comprexit_rag.compressor import ComprExITCompressor, head_digest
 from comprexit_rag.errors import AdapterMismatchError, BackboneMismatchError, CheckpointError, InvalidInputError
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.slot_head import head_digest
+from comprexit_rag.reading.adapter import ADAPTER_DIR, PEFT_WEIGHTS_NAME, ReaderAdapter, ReaderAdapterConfig
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 

@@ -23,7 +23,7 @@ import torch
 from comprexit_rag.cli import build_parser, main
 from comprexit_rag.corpus import read_corpus, split_paragraphs
 from comprexit_rag.errors import DefaultModelUnavailableError, InvalidInputError
-from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.slots import content_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
 
     from comprexit_rag.backbone import Backbone
     from comprexit_rag.default_model import default_backbone_dir
-    from comprexit_rag.head import ComprExITHead
+    from comprexit_rag.methods.comprexit.head import ComprExITHead
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
@@ -222,6 +222,22 @@ def test_index_folder_then_ask_json(tmp_path, folder_corpus, model_dirs, capsys,
     assert cli("ask", out, "Do cats purr?", "--method", "full", "--k", 1, "--max-new-tokens", 2) == 0
     text = capsys.readouterr().out
     assert "Answer (full):" in text and "1. [" in text and "cats" in text and "total" in text
+
+
+def test_index_with_another_ratio_switches_only_when_told(tmp_path, folder_corpus, model_dirs, capsys):
+    out = tmp_path / "rag"
+    assert cli("index", folder_corpus, "--out", out, "--no-progress", *model_args(model_dirs)) == 0
+    assert json.loads((out / "pipeline.json").read_text())["ratio"] == 4
+    capsys.readouterr()
+    assert cli("index", folder_corpus, "--out", out, "--ratio", 8, "--no-progress", *model_args(model_dirs)) == 2
+    error = capsys.readouterr().err
+    assert "stores its slots at ratio 4, not 8" in error and "--switch-ratio" in error
+    assert json.loads((out / "pipeline.json").read_text())["ratio"] == 4
+    argv = ["index", folder_corpus, "--out", out, "--ratio", 8, "--switch-ratio", "--no-progress"]
+    assert cli(*argv, *model_args(model_dirs)) == 0
+    printed = capsys.readouterr().out
+    assert "2 compressed" in printed and "(ratio 8," in printed
+    assert json.loads((out / "pipeline.json").read_text())["ratio"] == 8
 
 
 def test_ask_without_a_pipeline_reports_an_error(tmp_path, capsys):

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.comi import (
+from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError, InvalidInputError
+from comprexit_rag.methods.comi import (
     DEFAULT_MERGER,
     COMICompressor,
     COMIConfig,
@@ -25,7 +26,6 @@ from comprexit_rag.comi import (
     near_equal_sizes,
     num_groups,
 )
-from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError, InvalidInputError
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.training.encoders import COMIContextEncoder
 from comprexit_rag.training.examples import TrainExample

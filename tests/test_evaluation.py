@@ -8,7 +8,7 @@ from comprexit_rag.data import Passage, QAExample
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import FullText, PreparedContexts
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 
 
 def examples() -> list[QAExample]:

@@ -36,12 +36,13 @@ from comprexit_rag import (
     SoftContext,
 )
 from comprexit_rag.cli import main
-from comprexit_rag.comi import COMIMerger
 from comprexit_rag.corpus import read_corpus
 from comprexit_rag.data import Passage
 from comprexit_rag.errors import DefaultModelUnavailableError, StorageError
-from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
+from comprexit_rag.methods.comi import COMIMerger
 from comprexit_rag.prompts import QAPrompt
+from comprexit_rag.rag import RAGPipeline
+from comprexit_rag.rag.directory import PIPELINE_FILE
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import SlotStore, content_key
 
@@ -216,7 +217,7 @@ def test_200k_character_document_is_compressed_in_full_segment_by_segment(compre
 
 
 def test_comi_refuses_a_question_that_does_not_fit_with_a_segment(tiny_backbone):
-    from comprexit_rag.comi import COMICompressor
+    from comprexit_rag.methods.comi import COMICompressor
 
     comi = COMICompressor(tiny_backbone, COMIMerger.for_backbone(tiny_backbone))
     question = "Why " + "very " * 5000 + "long?"
@@ -428,7 +429,7 @@ def real_texts() -> tuple[list[str], list[str], list[Passage]]:
 
 def test_ordinary_text_keeps_exactly_its_token_ids(default_tokenizer, tiny_backbone, real_texts):
     """Splitting special-token strings changes nothing for text without them (real SmolLM2 tokenizer)."""
-    from comprexit_rag.comi import QUESTION_TEMPLATE, question_token_ids
+    from comprexit_rag.methods.comi import QUESTION_TEMPLATE, question_token_ids
     from comprexit_rag.training.data import tokenize_passages
 
     questions, answers, passages = real_texts
@@ -453,7 +454,7 @@ def test_ordinary_text_keeps_exactly_its_token_ids(default_tokenizer, tiny_backb
 
 
 def test_special_token_strings_in_user_text_are_read_as_text(default_tokenizer, tiny_backbone, reader, compressor):
-    from comprexit_rag.comi import question_token_ids
+    from comprexit_rag.methods.comi import question_token_ids
     from comprexit_rag.training.data import tokenize_passages
 
     tokenizer = default_tokenizer
@@ -731,7 +732,7 @@ def test_retriever_corrupt_state_is_a_checkpoint_error(tmp_path, retriever, embe
 
     grown = DenseRetriever.load(tmp_path / "retriever", embedder)
     grown.add(["One more passage about disks."])
-    monkeypatch.setattr("comprexit_rag.retrieval._fsync_write", full_disk)
+    monkeypatch.setattr("comprexit_rag.durable.write_new", full_disk)
     with pytest.raises(StorageError, match="previously saved state is unchanged"):
         grown.save(tmp_path / "retriever")
     monkeypatch.undo()

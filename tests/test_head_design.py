@@ -10,11 +10,11 @@ import torch
 
 from comprexit_rag import BackboneMismatchError, CheckpointError, ComprExITConfig, ComprExITHead, InvalidInputError
 from comprexit_rag.checkpoint import CONFIG_NAME
-from comprexit_rag.compressor import ComprExITCompressor
-from comprexit_rag.projector import bound_norm
-from comprexit_rag.segments import iter_batches, split_into_segments
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.width import WidthTransmission, segment_offsets, split_windows
+from comprexit_rag.methods.projector import bound_norm
+from comprexit_rag.methods.segments import iter_batches, split_into_segments
 from comprexit_rag.training.trainer import TrainConfig
-from comprexit_rag.width import WidthTransmission, segment_offsets, split_windows
 
 TEXTS = [
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France.",

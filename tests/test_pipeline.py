@@ -18,15 +18,16 @@ import pytest
 import torch
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.errors import BackboneMismatchError, DefaultModelUnavailableError, InvalidInputError
-from comprexit_rag.head import ComprExITHead
-from comprexit_rag.pipeline import (
-    HEAD_DIR,
-    PIPELINE_FILE,
-    UNTRAINED_HEAD_DIR,
-    Answer,
-    RAGPipeline,
+from comprexit_rag.errors import (
+    BackboneMismatchError,
+    DefaultModelUnavailableError,
+    InvalidInputError,
+    RatioMismatchError,
 )
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.rag import RAGPipeline
+from comprexit_rag.rag.directory import HEAD_DIR, PIPELINE_FILE, UNTRAINED_HEAD_DIR, PipelineRecord
+from comprexit_rag.rag.results import Answer
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import content_key
 
@@ -156,7 +157,7 @@ def test_ask_returns_sources_timings_and_stats(indexed):
 
 
 def test_methods_share_retriever_reader_and_k(indexed, backbone, embedder):
-    from comprexit_rag.comi import COMIMerger
+    from comprexit_rag.methods.comi import COMIMerger
 
     indexed = load(indexed.directory, backbone, embedder, comi_merger=COMIMerger.for_backbone(backbone))
     question = "Where was Beethoven born?"
@@ -305,7 +306,7 @@ def test_index_inputs(tmp_path, backbone, embedder):
 
 def test_untrained_head_fallback_is_loud_and_stable(tmp_path, backbone, embedder, caplog):
     directory = tmp_path / "rag"
-    with caplog.at_level(logging.WARNING, logger="comprexit_rag.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="comprexit_rag.rag.pipeline"):
         pipeline = RAGPipeline.build(
             directory, backbone=backbone, retriever=DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
         )
@@ -314,7 +315,7 @@ def test_untrained_head_fallback_is_loud_and_stable(tmp_path, backbone, embedder
     assert json.loads((directory / PIPELINE_FILE).read_text())["head"] == "default"
     pipeline.index(PASSAGES[:2])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="comprexit_rag.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="comprexit_rag.rag.pipeline"):
         again = load(directory, backbone, embedder)
     assert any("UNTRAINED" in r.getMessage() for r in caplog.records)
     assert again.compressor.fingerprint == pipeline.compressor.fingerprint  # same random head: slots stay valid
@@ -345,3 +346,33 @@ def test_default_backbone_end_to_end(tmp_path):
     assert answers["comprexit"].stats.slots == sum(math.ceil(n / pipeline.ratio) for n in counts)
     reloaded = RAGPipeline.load(tmp_path / "rag")
     assert reloaded.ask("Who discovered penicillin?", k=2, max_new_tokens=12).answer == answers["comprexit"].answer
+
+
+def test_the_ratio_changes_only_by_an_explicit_switch(indexed, backbone, embedder):
+    with pytest.raises(RatioMismatchError, match=r"stores its slots at ratio 4, not 8.*switch_ratio\(8\)"):
+        load(indexed.directory, backbone, embedder, ratio=8)
+    assert json.loads((indexed.directory / PIPELINE_FILE).read_text())["ratio"] == 4  # nothing was recorded
+    assert load(indexed.directory, backbone, embedder, ratio=4).ratio == 4  # the recorded ratio is fine
+
+    reopened = load(indexed.directory, backbone, embedder)
+    reopened.switch_ratio(8)
+    assert json.loads((indexed.directory / PIPELINE_FILE).read_text())["ratio"] == 8
+    switched = load(indexed.directory, backbone, embedder)
+    assert switched.ratio == 8 and switched.store.fingerprint.endswith("/ratio=8")
+    assert switched.index(PASSAGES).compressed == len(PASSAGES)  # slots at ratio 8 are made once
+    assert switched.ask("What is the deepest lake?", k=2, max_new_tokens=2).stats.store_misses == 0
+    with pytest.raises(InvalidInputError, match="ratio"):
+        switched.switch_ratio(0)
+
+
+def test_a_record_written_before_the_typed_record_still_loads(indexed, backbone, embedder):
+    path = indexed.directory / PIPELINE_FILE
+    old = json.loads(path.read_text())
+    for key in ("backbone_name", "head_fingerprint", "embedder", "comi_merger"):
+        del old[key]
+    path.write_text(json.dumps(old, indent=2) + "\n")
+    record = PipelineRecord.read(indexed.directory)
+    assert (record.ratio, record.head, record.backbone_name, record.comi_merger) == (4, HEAD_DIR, "", None)
+    reloaded = load(indexed.directory, backbone, embedder)
+    assert reloaded.compressor.fingerprint == indexed.compressor.fingerprint
+    assert json.loads(path.read_text())["head_fingerprint"] == indexed.compressor.fingerprint  # rewritten in full

@@ -14,10 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comprexit_rag.comi import allocate_group_sizes, near_equal_sizes, num_groups
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.sinkhorn import log_sinkhorn
-from comprexit_rag.width import split_windows
+from comprexit_rag.methods.comi import allocate_group_sizes, near_equal_sizes, num_groups
+from comprexit_rag.methods.comprexit.sinkhorn import log_sinkhorn
+from comprexit_rag.methods.comprexit.width import split_windows
 
 PROPERTY = settings(max_examples=60, deadline=None, database=None)
 

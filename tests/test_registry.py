@@ -47,9 +47,9 @@ def test_unknown_and_duplicate_methods_are_refused():
 
 
 def test_compressors_satisfy_the_protocol(tiny_backbone):
-    from comprexit_rag.comi import COMICompressor, COMIMerger
-    from comprexit_rag.compressor import ComprExITCompressor
-    from comprexit_rag.head import ComprExITHead
+    from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+    from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+    from comprexit_rag.methods.comprexit.head import ComprExITHead
 
     slots = ComprExITCompressor(tiny_backbone, ComprExITHead.for_backbone(tiny_backbone))
     comi = COMICompressor(tiny_backbone, COMIMerger.for_backbone(tiny_backbone))

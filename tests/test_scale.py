@@ -257,7 +257,8 @@ def ray_cluster():
 def test_ray_compression_equals_single_process_and_feeds_the_pipeline(
     ray_cluster, tmp_path, tiny_backbone, head, compressor, embedder
 ):
-    from comprexit_rag.pipeline import SLOTS_DIR, RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
+    from comprexit_rag.rag.directory import SLOTS_DIR
     from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 
     # Paths the actors rebuild the exact models from.

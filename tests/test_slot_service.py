@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comprexit_rag.comi import COMICompressor, COMIMerger
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.head import ComprExITHead
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.slots import (
     DISK_DTYPE,
     MemorySlotCache,

@@ -25,9 +25,9 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import load_state_dict
 from comprexit_rag.cli import main
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.head import ComprExITHead
+from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
-from comprexit_rag.reader import IGNORE_INDEX, Reader
+from comprexit_rag.reading.reader import IGNORE_INDEX, Reader
 from comprexit_rag.training import trainer
 from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.trainer import TrainConfig, answer_loss, build_encoder, make_sampler, train

@@ -12,7 +12,7 @@ from ..methods import describe_methods, method_names
 from ._args import positive_int
 
 if TYPE_CHECKING:
-    from ..pipeline import Answer
+    from ..rag.results import Answer
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import RAGPipeline
+    from ..rag.pipeline import RAGPipeline
 
     # With --json, stdout carries the JSON object and nothing else: stray prints go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():

@@ -22,7 +22,7 @@ from ..methods import method_names
 from ._args import positive_int
 
 if TYPE_CHECKING:
-    from ..pipeline import Answer
+    from ..rag.results import Answer
 from .ask import describe_stats
 
 DESCRIPTION = """\
@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     from ..corpus import read_corpus
     from ..errors import InvalidInputError
     from ..evaluation.metrics import exact_match, f1_score
-    from ..pipeline import RAGPipeline
+    from ..rag.directory import UNTRAINED_HEAD_DIR
+    from ..rag.loading import DEFAULT
+    from ..rag.pipeline import RAGPipeline
 
     if args.questions < 1:
         raise InvalidInputError(f"--questions must be positive, got {args.questions}.")
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         mean_em = sum(em for em, _ in values) / len(values)
         mean_f1 = sum(f1 for _, f1 in values) / len(values)
         print(f"{method}: EM {mean_em:.2f}, F1 {mean_f1:.2f} over {len(values)} questions")
-    if pipeline.record.get("head") == "default" and (directory / "untrained-head").is_dir():
+    if pipeline.record.head == DEFAULT and (directory / UNTRAINED_HEAD_DIR).is_dir():
         print("Note: no trained ComprExIT head is shipped yet, so slots come from an UNTRAINED head.", file=sys.stderr)
     return 0
 

@@ -93,7 +93,7 @@ def load_examples(path: str, data_format: str, split: str, context: str, limit: 
 
 
 def load_reader_adapter(path: str, backbone):
-    from ..adapter import ADAPTER_DIR, ReaderAdapter
+    from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
 
     directory = Path(path)
     return ReaderAdapter.from_pretrained(
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backbone import Backbone
     from ..evaluation.harness import evaluate
     from ..evaluation.methods import build_method
-    from ..reader import Reader
+    from ..reading.reader import Reader
     from ..validation import validate_ratio
 
     ratio = validate_ratio(args.ratio, 128) if get_method(args.method).takes_ratio else None

@@ -22,7 +22,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("corpus", help="corpus file or folder")
     parser.add_argument("--out", required=True, help="pipeline directory (created, or resumed when it exists)")
-    parser.add_argument("--ratio", type=int, help="compression ratio of the stored slots (default: the head's)")
+    parser.add_argument(
+        "--ratio",
+        type=int,
+        help="compression ratio of the stored slots (default: the head's for a new directory, else the recorded one)",
+    )
+    parser.add_argument(
+        "--switch-ratio",
+        action="store_true",
+        help="with --ratio on an existing directory: make it the directory's ratio (its slots at the old ratio stay)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=8, help="passages per compressor batch")
     parser.add_argument(
         "--chunk-size", type=positive_int, help="passages compressed and committed together (default: 8 x batch size)"
@@ -42,12 +51,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..corpus import read_corpus
-    from ..pipeline import RAGPipeline
+    from ..rag.pipeline import RAGPipeline
 
     passages = read_corpus(args.corpus, limit=args.limit)
     print(f"Read {len(passages)} passages from {args.corpus}", file=sys.stderr)
     logger.info("Loading the models (the first run converts the embedded SmolLM2 once, about a minute)")
-    pipeline = RAGPipeline.open(args.out, backbone=args.backbone, head=args.head, ratio=args.ratio, device=args.device)
+    # An existing directory keeps its recorded ratio unless --switch-ratio says otherwise.
+    switch = args.switch_ratio and args.ratio is not None
+    ratio = None if switch else args.ratio
+    pipeline = RAGPipeline.open(args.out, backbone=args.backbone, head=args.head, ratio=ratio, device=args.device)
+    if switch and pipeline.ratio != args.ratio:
+        pipeline.switch_ratio(args.ratio)
     logger.info(
         "Embedding the new passages for retrieval, then compressing them into slots (%d per batch): "
         "each stage shows a progress bar",

@@ -17,7 +17,7 @@ from ..backbone import Backbone
 from ..checkpoint import check_fingerprint
 from ..data import QAExample
 from ..methods import MethodSpec, get_method
-from ..reader import Context
+from ..reading.reader import Context
 from ..soft_context import SoftContext
 
 Checkpoint = str | os.PathLike | None

@@ -10,8 +10,8 @@ from ..validation import validate_ratio
 if TYPE_CHECKING:
     import torch
 
-    from ..adapter import ReaderAdapter
     from ..backbone import Backbone
+    from ..reading.adapter import ReaderAdapter
     from ..soft_context import SoftContext
 
 __all__ = ["Compressor", "resolve_ratio"]

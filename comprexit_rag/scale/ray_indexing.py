@@ -8,7 +8,7 @@ commits the streamed batches to one :class:`~comprexit_rag.slots.SlotStore` with
 keys and needs no shared file system between workers; the driver only copies fp16 bytes, so
 it keeps up with many GPU actors (about 45 KB per 150-token passage with SmolLM2 at ratio 4).
 
-The store is keyed exactly like :class:`~comprexit_rag.pipeline.RAGPipeline`'s (:mod:`comprexit_rag.slots.keys`):
+The store is keyed exactly like :class:`~comprexit_rag.rag.pipeline.RAGPipeline`'s (:mod:`comprexit_rag.slots.keys`):
 root ``<pipeline>/slots``, fingerprint ``"<compressor fingerprint>/ratio=<ratio>"``, key
 ``content_key(text)`` of the *formatted* passage (``"title\\ntext"``, see
 :meth:`~comprexit_rag.data.Passage.formatted`). A pipeline opened on that directory with the
@@ -78,7 +78,7 @@ class RayIndexReport:
 
 
 def _load_compressor(backbone: ModelSource, head: ModelSource, device: str | None, batch_size: int) -> Any:
-    from ..compressor import ComprExITCompressor
+    from ..methods.comprexit.compressor import ComprExITCompressor
 
     return ComprExITCompressor.from_pretrained(head, backbone, device=device, batch_size=batch_size)
 
@@ -158,7 +158,7 @@ def compress_corpus_with_ray(
             ``ray.data.Dataset`` with a ``text_column`` of such strings. A list is deduplicated
             and the passages already stored are skipped before anything is sent to Ray (cheap
             resume); a Dataset is read as is (stored keys are recompressed but not rewritten).
-        out_dir: SlotStore root; for a :class:`~comprexit_rag.pipeline.RAGPipeline` that is
+        out_dir: SlotStore root; for a :class:`~comprexit_rag.rag.pipeline.RAGPipeline` that is
             ``<pipeline directory>/slots``.
         backbone: Hugging Face name or local path every worker can load (``None``: the embedded
             default SmolLM2). Actors rebuild the models from it, so pass paths, not objects.

@@ -4,7 +4,7 @@ vLLM accepts a prompt as input embeddings ``[T, H]`` instead of token ids, offli
 ``LLM(model, enable_prompt_embeds=True)`` and ``llm.generate({"prompt_embeds": tensor})``, and
 online with ``vllm serve MODEL --enable-prompt-embeds`` and a base64 ``torch.save`` payload in
 the ``prompt_embeds`` field of ``/v1/completions``. The embeddings built here are exactly the
-ones :class:`~comprexit_rag.reader.Reader` feeds the backbone: ``embed(prompt before) + slots +
+ones :class:`~comprexit_rag.reading.reader.Reader` feeds the backbone: ``embed(prompt before) + slots +
 embed(prompt after)`` with :class:`~comprexit_rag.prompts.QAPrompt`, so vLLM serving the same
 backbone answers as the reader does (greedy, up to kernel numerics).
 
@@ -30,7 +30,7 @@ import torch
 from ..backbone import Backbone
 from ..errors import InvalidInputError
 from ..prompts import QAPrompt
-from ..reader import Reader
+from ..reading.reader import Reader
 from ..soft_context import SoftContext
 
 __all__ = [

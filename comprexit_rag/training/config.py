@@ -23,7 +23,7 @@ __all__ = ["TrainConfig", "check_method_and_stage", "head_options"]
 
 Stage = Literal["pretrain", "sft"]
 HEAD_METHOD = "comprexit"  # the method whose head the ``head`` options shape
-ADAPTER_SCOPES = ("all", "slots")  # comprexit_rag.adapter.SCOPES, repeated here to keep this module torch-free
+ADAPTER_SCOPES = ("all", "slots")  # comprexit_rag.reading.adapter.SCOPES, repeated here to keep this module torch-free
 
 
 def option(default: Any = None, help: str = "", *, factory: Any = None, **metadata: Any) -> Any:

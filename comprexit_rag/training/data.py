@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,6 +24,7 @@ from ..data import Passage, QAExample
 from ..data.paths import data_root
 from ..data.splits import load_split, pretraining_passages
 from ..default_model import cache_dir
+from ..durable import atomic_write
 from ..prompts import answer_end_token_id
 from .examples import TrainExample
 
@@ -104,9 +106,12 @@ class PretrainCorpus:
         tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
         tokens = tokens[:max_tokens] if max_tokens else tokens
         cached.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(temporary, tokens)
-        temporary.replace(cached)
+
+        def save(path: Path) -> None:
+            with path.open("wb") as handle:  # a file object: np.save would add ".npy" to a path
+                np.save(handle, tokens)
+
+        atomic_write(cached, save)
         logger.info("Pretraining corpus: %d tokens", len(tokens))
         return cls(tokens)
 

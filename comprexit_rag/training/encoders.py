@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Self
 import torch
 from torch import nn
 
-from ..backbone import Backbone
-from ..baselines.soft_prompt import SoftPrompt
+from ..backbone import Backbone, autocast_for
 from ..checkpoint import check_fingerprint
-from ..comi import COMIMerger, encode_pairs, question_token_ids
-from ..compressor import autocast_for, row_slots
-from ..segments import SegmentBatch, encode_segments, split_into_segments
+from ..methods.comi import COMIMerger, encode_pairs, question_token_ids
+from ..methods.segments import SegmentBatch, encode_segments, split_into_segments
+from ..methods.slot_head import row_slots
+from ..methods.soft_prompt import SoftPrompt
 from ..validation import validate_ratio
 from .config import TrainConfig, head_options
 from .data import calibration_passages

@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
-from ..backbone import Backbone
-from ..compressor import autocast_for, head_digest
+from ..backbone import Backbone, autocast_for
+from ..durable import atomic_write, atomic_write_json
 from ..errors import InvalidInputError
 from ..methods import get_method
+from ..methods.slot_head import head_digest
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
-from ..reader import IGNORE_INDEX, Reader, ReaderBatch
+from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
+from ..reading.reader import IGNORE_INDEX, Reader, ReaderBatch
 from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import PretrainCorpus, QATrainingSet
@@ -307,7 +308,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
     if adapter is not None:
         summary["reader_adapter"] = {"parameters": adapter.num_parameters(), "scope": adapter.config.scope}
     save_module_and_adapter(output / "final", module, adapter, training=summary)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(output / "summary.json", summary)
     save_checkpoint(checkpoint, module, adapter, optimizer, state)
     return summary
 
@@ -330,10 +331,8 @@ def save_checkpoint(
     """Module, adapter, optimizer and loop state; the JSON state is written last, so it marks a complete checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
     save_module_and_adapter(directory / "module", module, adapter)
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt.tmp")
-    (directory / "optimizer.pt.tmp").replace(directory / "optimizer.pt")
-    (directory / "state.json.tmp").write_text(json.dumps(state))
-    (directory / "state.json.tmp").replace(directory / "state.json")
+    atomic_write(directory / "optimizer.pt", lambda path: torch.save(optimizer.state_dict(), path))
+    atomic_write_json(directory / "state.json", state, indent=None)
 
 
 def resume(

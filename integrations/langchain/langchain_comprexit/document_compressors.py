@@ -9,7 +9,7 @@ metadata and adds, under ``metadata["comprexit"]``, a JSON-safe record of its sl
 The slot tensors themselves never enter the metadata: the core's slot service
 (:class:`~comprexit_rag.slots.SlotService`) keeps them in a :class:`~comprexit_rag.slots.SlotStore`
 (``store=``, e.g. a pipeline's store, shared with :meth:`RAGPipeline.ask
-<comprexit_rag.pipeline.RAGPipeline.ask>`) or, without a store, in a bounded in-memory cache keyed by
+<comprexit_rag.rag.pipeline.RAGPipeline.ask>`) or, without a store, in a bounded in-memory cache keyed by
 content hash and fingerprint. Passages already stored are not compressed again.
 :class:`~langchain_comprexit.readers.ComprExITReader` then reads the slots.
 """
@@ -20,12 +20,12 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
-from comprexit_rag.comi import COMICompressor
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.methods import get_method, method_names
 from comprexit_rag.methods.base import resolve_ratio
+from comprexit_rag.methods.comi import COMICompressor
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.slots import SlotService, SlotStore, store_fingerprint
 from comprexit_rag.slots.service import check_store_fingerprint
 from comprexit_rag.soft_context import SoftContext
@@ -37,7 +37,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_valid
 from langchain_comprexit._checks import check_documents, is_blank, typed_errors
 
 if TYPE_CHECKING:
-    from comprexit_rag.pipeline import RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
 
 __all__ = ["COMPRESS_EVENT", "METHODS", "SLOT_METADATA_KEY", "ComprExITDocumentCompressor", "Method", "SlotLookup"]
 

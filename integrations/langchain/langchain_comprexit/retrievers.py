@@ -14,7 +14,7 @@ from pydantic import ConfigDict, field_validator
 from langchain_comprexit._checks import typed_errors
 
 if TYPE_CHECKING:
-    from comprexit_rag.pipeline import RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
 
 __all__ = ["ComprExITRetriever"]
 

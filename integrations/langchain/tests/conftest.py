@@ -46,8 +46,8 @@ import torch  # noqa: E402
 from comprexit_rag.backbone import Backbone  # noqa: E402
 from comprexit_rag.data import DataNotFoundError, QAExample, load_split  # noqa: E402
 from comprexit_rag.errors import DefaultModelUnavailableError  # noqa: E402
-from comprexit_rag.head import ComprExITHead  # noqa: E402
-from comprexit_rag.pipeline import RAGPipeline  # noqa: E402
+from comprexit_rag.methods.comprexit.head import ComprExITHead  # noqa: E402
+from comprexit_rag.rag import RAGPipeline  # noqa: E402
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever, default_embedder_path  # noqa: E402
 
 QUESTIONS = 3  # HotpotQA dev questions whose ten passages each make up the test index

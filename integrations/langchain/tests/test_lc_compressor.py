@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from comprexit_rag.comi import COMICompressor, COMIMerger
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.slots import SlotStore, content_key
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline

@@ -14,10 +14,10 @@ import threading
 import pytest
 import torch
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.comi import COMICompressor, COMIMerger
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.errors import BackboneMismatchError, CheckpointError, InvalidInputError
-from comprexit_rag.reader import Reader
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.slots import SlotStore
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.slots import content_key
 from comprexit_rag.soft_context import SoftContext
 from langchain_core.callbacks import BaseCallbackHandler

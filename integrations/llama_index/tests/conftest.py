@@ -55,11 +55,11 @@ from llama_index.core import VectorStoreIndex  # noqa: E402
 from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.postprocessor.comprexit import ComprExITEmbedding  # noqa: E402
 
-from comprexit_rag.comi import COMICompressor, COMIMerger  # noqa: E402
-from comprexit_rag.compressor import ComprExITCompressor  # noqa: E402
 from comprexit_rag.data import DataNotFoundError, QAExample, load_split  # noqa: E402
 from comprexit_rag.errors import DefaultModelUnavailableError  # noqa: E402
-from comprexit_rag.head import ComprExITHead  # noqa: E402
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger  # noqa: E402
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor  # noqa: E402
+from comprexit_rag.methods.comprexit.head import ComprExITHead  # noqa: E402
 
 HOTPOT_QUESTIONS = 5  # their 10 paragraphs each (gold + distractors) make the index: 50 nodes
 

@@ -25,10 +25,10 @@ from llama_index.postprocessor.comprexit import (
     build_query_engine,
 )
 
-from comprexit_rag.comi import COMIMerger
 from comprexit_rag.errors import CheckpointError, InvalidInputError, StorageError
-from comprexit_rag.head import ComprExITHead
-from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.methods.comi import COMIMerger
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 
 CONTROL = "Bell\x07 esc\x1b[31mred\x1b[0m nul\x00 del\x7f zero\u200bwidth rtl\u202e form\x0cfeed 🙂"

@@ -25,18 +25,15 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.comi import COMICompressor, COMIMerger
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.head import ComprExITHead
 from comprexit_rag.methods import get_method, method_names
-from comprexit_rag.pipeline import (
-    UNTRAINED_HEAD_DIR,
-    RAGPipeline,
-    load_comi_merger_or_untrained,
-    load_compressor,
-)
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.rag import RAGPipeline
+from comprexit_rag.rag.directory import UNTRAINED_HEAD_DIR
+from comprexit_rag.rag.loading import load_comi_merger_or_untrained, load_compressor
 from comprexit_rag.slots import MemorySlotCache, SlotService, SlotStore, store_fingerprint
 from comprexit_rag.slots.service import SlotBackend
 from comprexit_rag.soft_context import SoftContext
@@ -107,7 +104,7 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
     ``excluded_llm_metadata_keys`` and ``excluded_embed_metadata_keys``. The text compressed is
     ``node.get_content(metadata_mode)``, and the key is :func:`comprexit_rag.slots.content_key` of
     that text: with ``metadata_mode=MetadataMode.NONE`` and node text ``"title\\ntext"``, keys are
-    those of a :class:`~comprexit_rag.pipeline.RAGPipeline` store (see :meth:`from_pipeline`).
+    those of a :class:`~comprexit_rag.rag.pipeline.RAGPipeline` store (see :meth:`from_pipeline`).
 
     With no arguments it compresses with the embedded defaults (SmolLM2 and the shipped head at its
     ratio), shared with every other default component of the process (:mod:`comprexit_rag.defaults`),
@@ -213,9 +210,9 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
                 embedded SmolLM2-135M-Instruct.
             head: a :class:`ComprExITHead`, a checkpoint directory, or ``None`` for the shipped
                 head (an untrained one, with a WARNING, while none ships: see
-                :func:`comprexit_rag.pipeline.load_head_or_untrained`; it is saved under
+                :func:`comprexit_rag.rag.loading.load_head_or_untrained`; it is saved under
                 ``store_dir`` so stored slots stay valid across runs). A head directory's reader
-                adapter is attached, as :func:`comprexit_rag.pipeline.load_compressor` does.
+                adapter is attached, as :func:`comprexit_rag.rag.loading.load_compressor` does.
             store_dir: where to keep the slots (a :class:`SlotStore`); ``None``: in memory.
             comi_merger: COMI merger for ``method="comi"`` (a module or a directory).
             device: where to load the backbone when it is loaded here.

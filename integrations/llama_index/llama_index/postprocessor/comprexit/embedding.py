@@ -20,8 +20,8 @@ from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 from sentence_transformers import SentenceTransformer
 
 from comprexit_rag.defaults import default_embedder
-from comprexit_rag.embedder import warn_if_truncated
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
+from comprexit_rag.retrieval.embedder import warn_if_truncated
 
 __all__ = ["ComprExITEmbedding"]
 

@@ -21,7 +21,7 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.settings import Settings
 
 from comprexit_rag.defaults import default_reader
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.validation import check_positive_int
 

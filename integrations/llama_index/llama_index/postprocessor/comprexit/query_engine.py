@@ -19,8 +19,8 @@ from llama_index.core.settings import Settings
 
 from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
-from comprexit_rag.pipeline import AnswerStats
-from comprexit_rag.reader import Reader
+from comprexit_rag.rag.results import AnswerStats
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.validation import check_positive_int
 
 from ._checks import check_known_arguments
@@ -40,7 +40,7 @@ class ComprExITQueryEngine(CustomQueryEngine):
     cutoff), then reads the slots that ``postprocessor`` attached, compressing and storing those
     it does not hold yet (a miss). The :class:`Response` carries the annotated source nodes and,
     in ``metadata``, the method, the slot fingerprint, the fields of
-    :class:`comprexit_rag.pipeline.AnswerStats` (``context_tokens``, ``slots``, ``store_hits``,
+    :class:`comprexit_rag.rag.results.AnswerStats` (``context_tokens``, ``slots``, ``store_hits``,
     ``store_misses``; ``achieved_ratio``, tokens per slot read, for its ``ratio``) and
     ``timings`` in seconds (``retrieve``, ``compress``, ``read``, ``total``; no ``read`` when
     streaming). The read is one call of :class:`ComprExITLLM`: callback handlers and the

@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .backbone import Backbone, BackboneFingerprint
-from .checkpoint import CheckpointedModule, check_fingerprint
+from ...backbone import Backbone, BackboneFingerprint
+from ...checkpoint import PRETRAINED_DIR, CheckpointedModule, check_fingerprint
+from ...errors import InvalidInputError
+from ...validation import validate_ratio
+from ..projector import SlotProjector, bound_norm
+from ..segments import iter_batches, split_into_segments
+from ..slot_head import HeadOutput
 from .config import ComprExITConfig
 from .depth import DepthTransmission
-from .errors import InvalidInputError
-from .projector import SlotProjector, bound_norm
-from .segments import iter_batches, split_into_segments
-from .validation import validate_ratio
 from .width import WidthTransmission, join_windows, split_windows
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "comprexit-head"
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_HEAD = PRETRAINED_DIR / "comprexit-smollm2-135m"
-
-
-@dataclass
-class HeadOutput:
-    """Slots of a batch of sequences, plus what the head decided, for inspection."""
-
-    slots: torch.Tensor  # [B, S, H] float32, in the reader's input-embedding space
-    slot_mask: torch.Tensor  # [B, S] bool
-    # Inspection fields; heads without layer attention or transport (baselines) leave them None.
-    layer_weights: torch.Tensor | None = None  # [B, T, L+1] depth-wise attention over layers
-    transport_plans: torch.Tensor | None = None  # [num_windows, W, K]
-    window_owner: torch.Tensor | None = None  # [num_windows] sequence index of each window
-    window_mask: torch.Tensor | None = None  # [num_windows, W] real tokens of each window
 
 
 class ComprExITHead(CheckpointedModule):
@@ -51,6 +36,7 @@ class ComprExITHead(CheckpointedModule):
     config_class = ComprExITConfig
     description = "ComprExIT head"
     default_checkpoint = DEFAULT_HEAD
+    returns_details = True  # its output holds the layer weights and transport plans (compress(return_details=True))
     config: ComprExITConfig
 
     def __init__(self, config: ComprExITConfig, fingerprint: BackboneFingerprint) -> None:

@@ -157,7 +157,10 @@ def segment_offsets(mask: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor
 
 
 class WidthTransmission(nn.Module):
-    """Optimal-transport allocation of a window's anchors to its slots (METHOD.md 1b)."""
+    """Optimal-transport allocation of a window's anchors to its slots.
+
+    The paper's width-wise transmission (arXiv 2602.03784; README, Design).
+    """
 
     def __init__(
         self,
@@ -185,7 +188,8 @@ class WidthTransmission(nn.Module):
         """Return slots [N, K, H], slot mask [N, K] and transport plans [N, W, K] (K = ceil(W / ratio)).
 
         ``locality_weight`` > 0 adds ``locality_weight * min(distance, LOCALITY_CAP)`` to the costs, the
-        distance between a token and a slot in segments (a departure from METHOD.md, off by default).
+        distance between a token and a slot in segments (a departure from the paper, off by default; see
+        BENCHMARKS.md, Departures).
         """
         anchors, mask = windows.anchors, windows.mask
         initial_slots, slot_mask = segment_means(windows, ratio)

@@ -14,13 +14,12 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone, BackboneFingerprint
-from ..checkpoint import CheckpointConfig, CheckpointedModule
-from ..compressor import SlotCompressor
+from ..checkpoint import PRETRAINED_DIR, CheckpointConfig, CheckpointedModule
 from ..errors import InvalidInputError
-from ..head import PRETRAINED_DIR, HeadOutput
-from ..projector import SlotProjector
 from ..validation import check_int_field, validate_ratio
-from ..width import join_windows, segment_means, split_windows
+from .comprexit.width import join_windows, segment_means, split_windows
+from .projector import SlotProjector
+from .slot_head import HeadOutput, SlotCompressor
 
 CHECKPOINT_KIND = "mean-pool-head"
 DEFAULT_MEAN_POOL = PRETRAINED_DIR / "mean-pool-smollm2-135m"
@@ -51,6 +50,7 @@ class MeanPoolHead(CheckpointedModule):
     config_class = MeanPoolConfig
     description = "mean-pool head"
     default_checkpoint = DEFAULT_MEAN_POOL
+    returns_details = False
     config: MeanPoolConfig
 
     def __init__(self, config: MeanPoolConfig, fingerprint: BackboneFingerprint) -> None:

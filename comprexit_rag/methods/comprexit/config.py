@@ -1,17 +1,17 @@
-"""Configuration of the ComprExIT head (defaults: the reference values in METHOD.md)."""
+"""Configuration of the ComprExIT head (defaults: the reference values of the paper, arXiv 2602.03784)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .checkpoint import CheckpointConfig
-from .errors import InvalidInputError
-from .validation import check_int_field, check_ratios_field, check_real_field, validate_ratio
+from ...checkpoint import CheckpointConfig
+from ...errors import InvalidInputError
+from ...validation import check_int_field, check_ratios_field, check_real_field, validate_ratio
 
 
 @dataclass
 class ComprExITConfig(CheckpointConfig):
-    """Hyper-parameters of a :class:`~comprexit_rag.head.ComprExITHead`.
+    """Hyper-parameters of a :class:`~comprexit_rag.methods.comprexit.head.ComprExITHead`.
 
     ``hidden_size`` and ``num_hidden_states`` (L + 1) come from the backbone; the rest
     are the reference defaults. ``ratio`` is the default compression ratio; a head can

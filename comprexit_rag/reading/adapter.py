@@ -37,9 +37,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbone import Backbone
-from .checkpoint import check_fingerprint, fingerprint_from_metadata
-from .errors import AdapterMismatchError, CheckpointError, InvalidInputError
+from ..backbone import Backbone
+from ..checkpoint import check_fingerprint, fingerprint_from_metadata
+from ..durable import atomic_write, atomic_write_json
+from ..errors import AdapterMismatchError, CheckpointError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,8 @@ class ReaderAdapter:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {key: value.detach().to(dtype).cpu().contiguous() for key, value in self.state_dict().items()}
-        save_file(tensors, str(directory / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
+        weights = directory / PEFT_WEIGHTS_NAME
+        atomic_write(weights, lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))
         lora = self.config.lora_config()
         lora.base_model_name_or_path = self.backbone.name
         lora.save_pretrained(str(directory))
@@ -222,7 +224,7 @@ class ReaderAdapter:
             "paired_head": self.paired_head,
             "backbone_fingerprint": asdict(self.backbone.fingerprint),
         }
-        (directory / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
+        atomic_write_json(directory / METADATA_NAME, metadata)
         return directory
 
     @property

@@ -13,7 +13,7 @@ MIN_CHUNKS = 8  # smaller inputs are still cut in eight: a chunk holds at most 1
 
 
 class DepthTransmission(nn.Module):
-    """Per-token attention over layers (METHOD.md 1a).
+    """Per-token attention over layers (the paper's depth-wise transmission, arXiv 2602.03784; README, Design).
 
     The query is a learned softmax mixture of the layers (zero-initialised: the layer
     mean). Keys and values are linear in the layer states, so the forward pass uses the

@@ -1,4 +1,4 @@
-"""What a :class:`~comprexit_rag.pipeline.RAGPipeline` returns: answers with their sources and statistics."""
+"""What a :class:`~comprexit_rag.rag.pipeline.RAGPipeline` returns: answers with their sources and statistics."""
 
 from __future__ import annotations
 

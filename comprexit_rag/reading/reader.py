@@ -14,12 +14,12 @@ import torch
 from transformers import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..backbone import Backbone, cache_keyword, returned_cache
+from ..errors import InvalidInputError
+from ..prompts import QAPrompt, stop_token_ids
+from ..soft_context import SoftContext
+from ..validation import check_positive_int, check_text
 from .adapter import ReaderAdapter, require_adapter
-from .backbone import Backbone, cache_keyword, returned_cache
-from .errors import InvalidInputError
-from .prompts import QAPrompt, stop_token_ids
-from .soft_context import SoftContext
-from .validation import check_positive_int, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Reader:
     fits with a question.
 
     Reader adapter: slots of a head trained with a reader LoRA are read through that adapter
-    (:class:`~comprexit_rag.adapter.ReaderAdapter`). By default the reader uses the adapter attached
+    (:class:`~comprexit_rag.reading.adapter.ReaderAdapter`). By default the reader uses the adapter attached
     to its backbone (loading such a head attaches it), ``adapter=None`` reads with the frozen
     weights, and slots made for another adapter raise :class:`AdapterMismatchError`.
 

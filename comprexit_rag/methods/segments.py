@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from .backbone import Backbone
+    from ..backbone import Backbone
 
 T = TypeVar("T")
 

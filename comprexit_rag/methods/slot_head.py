@@ -1,8 +1,13 @@
-"""ComprExITCompressor: texts -> SoftContext, with a frozen backbone and a trained head."""
+"""Query-independent compression with a slot head (ComprExIT, mean-pool): texts -> frozen backbone -> slots.
+
+A slot head maps the backbone's hidden states of a passage to slots, never seeing the question, so
+slots are computed once per passage and stored. :class:`SlotCompressor` holds what every slot head
+shares: loading (with a reader adapter, when the checkpoint has one), segmenting long passages,
+batching, the fingerprint stores key on.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -14,23 +19,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
-from .backbone import Backbone
-from .checkpoint import check_fingerprint
-from .errors import AdapterMismatchError, InvalidInputError
-from .head import ComprExITHead, HeadOutput
+from ..backbone import Backbone, autocast_for
+from ..checkpoint import check_fingerprint
+from ..errors import AdapterMismatchError, InvalidInputError
+from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
+from ..soft_context import PassageDetails, SoftContext
+from ..validation import check_positive_int, check_texts, validate_ratio
 from .segments import SegmentBatch, encode_segments
-from .soft_context import PassageDetails, SoftContext
-from .validation import check_positive_int, check_texts, validate_ratio
 
 logger = logging.getLogger(__name__)
 
 
-def autocast_for(backbone: Backbone) -> contextlib.AbstractContextManager:
-    """Run trainable modules in the backbone's low precision where it has one."""
-    if backbone.dtype in (torch.bfloat16, torch.float16):
-        return torch.autocast(device_type=backbone.device.type, dtype=backbone.dtype)
-    return contextlib.nullcontext()
+@dataclass
+class HeadOutput:
+    """Slots of a batch of sequences, plus what the head decided, for inspection."""
+
+    slots: torch.Tensor  # [B, S, H] float32, in the reader's input-embedding space
+    slot_mask: torch.Tensor  # [B, S] bool
+    # Inspection fields; heads without layer attention or transport (baselines) leave them None.
+    layer_weights: torch.Tensor | None = None  # [B, T, L+1] depth-wise attention over layers
+    transport_plans: torch.Tensor | None = None  # [num_windows, W, K]
+    window_owner: torch.Tensor | None = None  # [num_windows] sequence index of each window
+    window_mask: torch.Tensor | None = None  # [num_windows, W] real tokens of each window
 
 
 class SlotCompressor:
@@ -45,6 +55,7 @@ class SlotCompressor:
     query_aware = False
 
     head_class: type[nn.Module]  # set by subclasses; loads with ``head_class.from_pretrained(path)``
+    # (``head_class.returns_details``: its output carries layer weights and transport plans)
 
     @classmethod
     def from_pretrained(
@@ -58,7 +69,7 @@ class SlotCompressor:
         """Defaults: the embedded SmolLM2 backbone and the head shipped for it.
 
         A head directory holding a ``reader_adapter/`` (a head trained with a reader LoRA) attaches
-        that adapter to the backbone; :class:`~comprexit_rag.reader.Reader` then reads through it.
+        that adapter to the backbone; :class:`~comprexit_rag.reading.reader.Reader` then reads through it.
         """
         if not isinstance(backbone, Backbone):
             backbone = Backbone.from_pretrained(backbone, device=device)
@@ -161,7 +172,7 @@ class SlotCompressor:
     ) -> SoftContext:
         """Like :meth:`compress`, for passages that are already tokenised (no special tokens)."""
         ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.window)
-        if return_details and not isinstance(self.head, ComprExITHead):
+        if return_details and not self.head_class.returns_details:
             raise InvalidInputError("return_details=True needs a ComprExIT head (layer weights and transport plans).")
 
         def encode(batch: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[SegmentSlots]:
@@ -198,7 +209,7 @@ class SlotCompressor:
         details: list[PassageDetails] | None = None,
     ) -> SoftContext:
         """A SoftContext of slots this compressor made (e.g. read back from a store), marked with the reader
-        adapter they are read through (:data:`~comprexit_rag.adapter.FROZEN_READER` for a head without one)."""
+        adapter they are read through (:data:`~comprexit_rag.reading.adapter.FROZEN_READER` for a head without one)."""
         adapter = self.reader_adapter.digest if self.reader_adapter is not None else FROZEN_READER
         return SoftContext.from_passages(passages, token_counts, details=details, reader_adapter=adapter)
 
@@ -243,15 +254,3 @@ def _merge_details(parts: list[PassageDetails]) -> PassageDetails:
         layer_weights=torch.cat([part.layer_weights for part in parts]),
         transport_plans=[plan for part in parts for plan in part.transport_plans],
     )
-
-
-class ComprExITCompressor(SlotCompressor):
-    """Compress passages into soft slots with a ComprExIT head.
-
-    >>> compressor = ComprExITCompressor.from_pretrained()
-    >>> soft = compressor.compress(["Paris is the capital of France."], ratio=4)
-    >>> soft.slot_counts, soft.ratio
-    """
-
-    kind = "comprexit"
-    head_class = ComprExITHead
