@@ -204,6 +204,11 @@ class Backbone:
         logger.info("Loaded backbone %s on %s (%s)", name, device, dtype)
         return cls(model.to(device), tokenizer, name=name)
 
+    @classmethod
+    def resolve(cls, backbone: str | Path | Backbone | None, device: str | torch.device | None = None) -> Backbone:
+        """``backbone`` itself if it is loaded, else :meth:`from_pretrained` of it (``None``: the embedded default)."""
+        return backbone if isinstance(backbone, Backbone) else cls.from_pretrained(backbone, device=device)
+
     @property
     def device(self) -> torch.device:
         return self.model.device

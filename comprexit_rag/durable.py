@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import uuid
@@ -19,7 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_json", "fsync_directory", "fsync_file", "write_new"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_write",
+    "atomic_write_json",
+    "fsync_directory",
+    "fsync_file",
+    "sha256_file",
+    "write_new",
+]
 
 TMP_SUFFIX = ".tmp"
 _UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EBADF)  # some file systems cannot fsync a directory
@@ -94,3 +103,12 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any, *, indent: int
     """:func:`atomic_write` of ``payload`` as UTF-8 JSON, newline-terminated when indented."""
     text = json.dumps(payload, indent=indent) + ("\n" if indent is not None else "")
     return atomic_write(path, text.encode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
+    """The hex sha256 of a file, read in chunks (what checksums of shards and converted weights compare)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

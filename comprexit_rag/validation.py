@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import InvalidInputError
 
@@ -18,6 +19,7 @@ __all__ = [
     "check_real_field",
     "check_text",
     "check_texts",
+    "resolve_ratio",
     "validate_ratio",
 ]
 
@@ -102,3 +104,8 @@ def check_ratios_field(config: object, name: str, window: int) -> list[int]:
         except InvalidInputError as error:
             raise InvalidInputError(f"{name}: {error}") from error
     return values
+
+
+def resolve_ratio(compressor: Any, ratio: int | None) -> int:
+    """``ratio`` checked against what ``compressor`` accepts (its ``max_ratio``); its own default when ``None``."""
+    return validate_ratio(compressor.default_ratio if ratio is None else ratio, compressor.max_ratio)

@@ -152,12 +152,11 @@ WRITER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
 
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from comprexit_rag.backbone import Backbone
     from comprexit_rag.default_model import default_backbone_dir
     from comprexit_rag.rag import RAGPipeline
+    from comprexit_rag.testing import tiny_llama
 
     directory, role, passages = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
     flags = directory.parent
@@ -170,10 +169,7 @@ WRITER = textwrap.dedent(
             time.sleep(0.05)
 
     tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=49152)
-    backbone = Backbone(LlamaForCausalLM(config), tokenizer, name="tiny")
+    backbone = tiny_llama(tokenizer, max_positions=2048, name="tiny")
     if role == "b":
         wait("a-open")
     pipeline = RAGPipeline.open(directory, backbone=backbone)

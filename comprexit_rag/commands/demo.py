@@ -94,28 +94,8 @@ BUILTIN_QUESTIONS: tuple[tuple[str, str, str], ...] = (
 BUILTIN_CORPUS_FILE = "builtin_corpus.jsonl"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="index a few HotpotQA dev questions' paragraphs (or a built-in corpus) and answer them",
-        description=DESCRIPTION,
-    )
-    parser.add_argument("--questions", type=positive_int, default=3, help="questions to index and answer")
-    parser.add_argument("--data", help="data directory (default: shared/data or $COMPREXIT_DATA) or a HotpotQA file")
-    parser.add_argument("--builtin", action="store_true", help="use the built-in corpus even when data is found")
-    parser.add_argument("--out", help="pipeline directory (default: a cache directory, reused across runs)")
-    parser.add_argument(
-        "--method",
-        action="append",
-        choices=(*method_names(pipeline=True), "all"),
-        help="how to read the passages (repeatable; default comprexit; all = every method)",
-    )
-    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
-    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
-    parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
-    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
-    parser.set_defaults(run=run)
+NAME = "demo"
+HELP = "index a few HotpotQA dev questions' paragraphs (or a built-in corpus) and answer them"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,3 +200,21 @@ def describe_sources(answer: Answer, gold_titles: set[str]) -> str:
         f"{'*' if source.title in gold_titles else ''}{source.title or source.id} ({source.score:.2f})"
         for source in answer.sources
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--questions", type=positive_int, default=3, help="questions to index and answer")
+    parser.add_argument("--data", help="data directory (default: shared/data or $COMPREXIT_DATA) or a HotpotQA file")
+    parser.add_argument("--builtin", action="store_true", help="use the built-in corpus even when data is found")
+    parser.add_argument("--out", help="pipeline directory (default: a cache directory, reused across runs)")
+    parser.add_argument(
+        "--method",
+        action="append",
+        choices=(*method_names(pipeline=True), "all"),
+        help="how to read the passages (repeatable; default comprexit; all = every method)",
+    )
+    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
+    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
+    parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
+    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")

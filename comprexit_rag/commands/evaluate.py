@@ -19,53 +19,12 @@ logger = logging.getLogger(__name__)
 FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad"}  # format -> split family
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a method (EM, F1, accuracy, cost) on a QA file",
-        description="Score one way of giving the reader the passages (--method) on a QA file: exact match, F1, "
-        "accuracy, and the context tokens/slots read.",
-    )
-    parser.add_argument("--data", required=True, help="QA file (HotpotQA json/jsonl, NQ-open jsonl[.gz], MRQA)")
-    parser.add_argument("--format", choices=tuple(FORMATS), required=True, help="layout of the --data file")
-    parser.add_argument("--method", choices=method_names(), required=True, help="how the reader gets the passages")
-    parser.add_argument(
-        "--ratio", type=int, default=4, help="compression ratio for " + ", ".join(method_names(takes_ratio=True))
-    )
-    parser.add_argument("--limit", type=positive_int, help="evaluate the first N examples")
-    parser.add_argument(
-        "--context",
-        choices=("distractor", "gold"),
-        default="distractor",
-        help="HotpotQA: all paragraphs of a question (distractor) or only the supporting ones (gold)",
-    )
-    parser.add_argument(
-        "--split",
-        choices=("dev", "all"),
-        default="dev",
-        help="dev: keep only this project's held-out dev split when the file is one of the shared data files "
-        "(a file with no example in the split is used whole); all: every example",
-    )
-    parser.add_argument(
-        "--contexts-from",
-        choices=("own", "other"),
-        default="own",
-        help="other: each question reads the next example's passages (the content gap is own minus other)",
-    )
-    parser.add_argument("--checkpoint", help="trained module of the method (default: the shipped one)")
-    parser.add_argument(
-        "--reader-adapter",
-        help="read through this reader adapter (a head checkpoint with reader_adapter/, or the adapter directory), "
-        "e.g. closed-book or full text with the adapter a head was trained with; 'none' reads with the frozen "
-        "weights (default: the adapter of the method's checkpoint, if any)",
-    )
-    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
-    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="examples per reader batch")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
-    parser.add_argument("--predictions", help="write one JSON line per example (id, question, answers, prediction)")
-    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    parser.set_defaults(run=run)
+NAME = "eval"
+HELP = "evaluate a method (EM, F1, accuracy, cost) on a QA file"
+DESCRIPTION = """\
+Score one way of giving the reader the passages (--method) on a QA file: exact match, F1, accuracy,
+and the context tokens/slots read.
+"""
 
 
 def load_examples(path: str, data_format: str, split: str, context: str, limit: int | None) -> list:
@@ -161,3 +120,45 @@ def run(args: argparse.Namespace) -> int:
         for key, value in summary.items():
             print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="QA file (HotpotQA json/jsonl, NQ-open jsonl[.gz], MRQA)")
+    parser.add_argument("--format", choices=tuple(FORMATS), required=True, help="layout of the --data file")
+    parser.add_argument("--method", choices=method_names(), required=True, help="how the reader gets the passages")
+    parser.add_argument(
+        "--ratio", type=int, default=4, help="compression ratio for " + ", ".join(method_names(takes_ratio=True))
+    )
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N examples")
+    parser.add_argument(
+        "--context",
+        choices=("distractor", "gold"),
+        default="distractor",
+        help="HotpotQA: all paragraphs of a question (distractor) or only the supporting ones (gold)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("dev", "all"),
+        default="dev",
+        help="dev: keep only this project's held-out dev split when the file is one of the shared data files "
+        "(a file with no example in the split is used whole); all: every example",
+    )
+    parser.add_argument(
+        "--contexts-from",
+        choices=("own", "other"),
+        default="own",
+        help="other: each question reads the next example's passages (the content gap is own minus other)",
+    )
+    parser.add_argument("--checkpoint", help="trained module of the method (default: the shipped one)")
+    parser.add_argument(
+        "--reader-adapter",
+        help="read through this reader adapter (a head checkpoint with reader_adapter/, or the adapter directory), "
+        "e.g. closed-book or full text with the adapter a head was trained with; 'none' reads with the frozen "
+        "weights (default: the adapter of the method's checkpoint, if any)",
+    )
+    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
+    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="examples per reader batch")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
+    parser.add_argument("--predictions", help="write one JSON line per example (id, question, answers, prediction)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

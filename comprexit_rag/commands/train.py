@@ -11,23 +11,12 @@ from ..errors import InvalidInputError
 from ..training.config import TrainConfig
 from ._args import add_dataclass_options
 
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a ComprExIT head (or a baseline's trainable part)",
-        description="Stage 'pretrain' compresses up to 512 tokens and either regenerates them or predicts the "
-        "next 128; stage 'sft' trains on answer tokens given slots + question. The backbone stays frozen.",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="JSON file of training options (experiments/*.json); options given on the command line override it",
-    )
-    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    add_dataclass_options(parser, TrainConfig)
-    parser.set_defaults(run=run, parser=parser)
+NAME = "train"
+HELP = "train a ComprExIT head (or a baseline's trainable part)"
+DESCRIPTION = """\
+Stage 'pretrain' compresses up to 512 tokens and either regenerates them or predicts the next 128;
+stage 'sft' trains on answer tokens given slots + question. The backbone stays frozen.
+"""
 
 
 def options(args: argparse.Namespace) -> dict:
@@ -62,3 +51,14 @@ def run(args: argparse.Namespace) -> int:
     summary = train(config, backbone)
     print(json.dumps({key: summary[key] for key in ("method", "stage", "steps", "wall_time_s")}))
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="JSON file of training options (experiments/*.json); options given on the command line override it",
+    )
+    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add_dataclass_options(parser, TrainConfig)

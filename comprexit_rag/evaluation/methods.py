@@ -19,6 +19,7 @@ from ..data import QAExample
 from ..methods import MethodSpec, get_method
 from ..reading.reader import Context
 from ..soft_context import SoftContext
+from ..validation import check_positive_int
 
 Checkpoint = str | os.PathLike | None
 
@@ -78,7 +79,7 @@ class Truncate:
 
     def __init__(self, backbone: Backbone, ratio: int) -> None:
         self.backbone = backbone
-        self.ratio = ratio
+        self.ratio = check_positive_int(ratio, "ratio")
 
     @classmethod
     def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
@@ -117,6 +118,8 @@ class FullTuned:
 class StoredSlots:
     """A query-independent slot compressor (ComprExIT or mean-pool): every passage compressed alone."""
 
+    batch_size = 32  # passages per compressor batch
+
     def __init__(self, name: str, compressor, ratio: int) -> None:
         self.name = name
         self.compressor = compressor
@@ -124,7 +127,8 @@ class StoredSlots:
 
     @classmethod
     def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
-        return cls(spec.name, spec.compressor_class().from_pretrained(checkpoint, backbone, batch_size=32), ratio)
+        compressor = spec.compressor_class().from_pretrained(checkpoint, backbone, batch_size=cls.batch_size)
+        return cls(spec.name, compressor, ratio)
 
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
         texts = [text for example in examples for text in passage_texts(example)]
@@ -136,17 +140,10 @@ class StoredSlots:
         return PreparedContexts(contexts, [c.num_slots for c in contexts])
 
 
-class QueryAware:
-    """A query-aware compressor (COMI): passages are encoded together with the question, so this runs per question."""
+class QueryAware(StoredSlots):
+    """A query-aware compressor (COMI): passages are compressed together with the question, per question."""
 
-    def __init__(self, name: str, compressor, ratio: int) -> None:
-        self.name = name
-        self.compressor = compressor
-        self.ratio = ratio
-
-    @classmethod
-    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
-        return cls(spec.name, spec.compressor_class().from_pretrained(checkpoint, backbone), ratio)
+    batch_size = 8  # (passage segment, question) pairs per batch
 
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
         contexts: list[SoftContext] = [

@@ -11,35 +11,36 @@ __all__ = ["MethodSpec", "describe_methods", "get_method", "method_names", "regi
 _EVALUATION = "comprexit_rag.evaluation.methods"
 _ENCODERS = "comprexit_rag.training.encoders"
 
+# What the two stored-slot heads share: trained in both stages, with a reader adapter if asked, and
+# scored by compressing every passage alone.
+SLOT_HEAD = {
+    "context": "slots",
+    "takes_ratio": True,
+    "evaluator": f"{_EVALUATION}:StoredSlots",
+    "stages": ("pretrain", "sft"),
+    "reader_adapter": True,
+    "distill": True,
+}
+
 register_method(
     MethodSpec(
         name="comprexit",
         summary="ComprExIT slots, computed once per passage and stored",
-        context="slots",
-        takes_ratio=True,
         module="comprexit_rag.methods.comprexit.head:ComprExITHead",
         compressor="comprexit_rag.methods.comprexit.compressor:ComprExITCompressor",
         encoder=f"{_ENCODERS}:ComprExITEncoder",
-        evaluator=f"{_EVALUATION}:StoredSlots",
-        stages=("pretrain", "sft"),
-        reader_adapter=True,
-        distill=True,
         pipeline=True,
+        **SLOT_HEAD,
     )
 )
 register_method(
     MethodSpec(
         name="mean-pool",
         summary="mean-pooled layer states through the same projector (a stored-slot baseline)",
-        context="slots",
-        takes_ratio=True,
         module="comprexit_rag.methods.mean_pool:MeanPoolHead",
         compressor="comprexit_rag.methods.mean_pool:MeanPoolCompressor",
         encoder=f"{_ENCODERS}:SlotHeadEncoder",
-        evaluator=f"{_EVALUATION}:StoredSlots",
-        stages=("pretrain", "sft"),
-        reader_adapter=True,
-        distill=True,
+        **SLOT_HEAD,
     )
 )
 register_method(

@@ -54,9 +54,7 @@ class MeanPoolHead(CheckpointedModule):
     config: MeanPoolConfig
 
     def __init__(self, config: MeanPoolConfig, fingerprint: BackboneFingerprint) -> None:
-        super().__init__()
-        self.config = config
-        self.fingerprint = fingerprint
+        super().__init__(config, fingerprint)
         self.norm = nn.LayerNorm(config.hidden_size)
         self.projector = SlotProjector(config.hidden_size)
 

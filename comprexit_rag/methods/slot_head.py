@@ -9,7 +9,6 @@ batching, the fingerprint stores key on.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -20,11 +19,12 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone, autocast_for
-from ..checkpoint import check_fingerprint
+from ..checkpoint import check_fingerprint, state_digest
 from ..errors import AdapterMismatchError, InvalidInputError
 from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from ..soft_context import PassageDetails, SoftContext
-from ..validation import check_positive_int, check_texts, validate_ratio
+from ..validation import resolve_ratio
+from .base import ModuleCompressor
 from .segments import SegmentBatch, encode_segments
 
 logger = logging.getLogger(__name__)
@@ -43,16 +43,16 @@ class HeadOutput:
     window_mask: torch.Tensor | None = None  # [num_windows, W] real tokens of each window
 
 
-class SlotCompressor:
+class SlotCompressor(ModuleCompressor):
     """Query-independent compression: a frozen backbone plus a head mapping hidden states to slots.
 
     The head is any module with ``config`` (ratio, window, segment_length), ``fingerprint`` and
     ``forward(hidden_states, anchor_mask, ratio) -> HeadOutput``. Because the question is never
-    seen, slots can be computed once at indexing time and stored.
+    seen (``compress`` ignores ``query``), slots can be computed once at indexing time and stored.
+    ``compress(..., return_details=True)`` also returns what a ComprExIT head decided per passage.
     """
 
     kind = "slots"
-    query_aware = False
 
     head_class: type[nn.Module]  # set by subclasses; loads with ``head_class.from_pretrained(path)``
     # (``head_class.returns_details``: its output carries layer weights and transport plans)
@@ -71,21 +71,21 @@ class SlotCompressor:
         A head directory holding a ``reader_adapter/`` (a head trained with a reader LoRA) attaches
         that adapter to the backbone; :class:`~comprexit_rag.reading.reader.Reader` then reads through it.
         """
-        if not isinstance(backbone, Backbone):
-            backbone = Backbone.from_pretrained(backbone, device=device)
+        backbone = Backbone.resolve(backbone, device)
+        if isinstance(head, cls.head_class):
+            return cls(backbone, head, batch_size=batch_size)
+        directory = Path(head) if head is not None else cls.head_class.default_checkpoint
+        head = cls.head_class.from_pretrained(head)
         reader_adapter = None
-        if not isinstance(head, cls.head_class):
-            directory = Path(head) if head is not None else cls.head_class.default_checkpoint
-            head = cls.head_class.from_pretrained(head)
-            if (directory / ADAPTER_DIR).is_dir():
-                check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
-                reader_adapter = ReaderAdapter.from_pretrained(directory / ADAPTER_DIR, backbone)
+        if (directory / ADAPTER_DIR).is_dir():
+            check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
+            reader_adapter = ReaderAdapter.from_pretrained(directory / ADAPTER_DIR, backbone)
         return cls(backbone, head, batch_size=batch_size, reader_adapter=reader_adapter)
 
     def __init__(
         self, backbone: Backbone, head: nn.Module, batch_size: int = 8, reader_adapter: ReaderAdapter | None = None
     ) -> None:
-        check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
+        super().__init__(backbone, head, batch_size)
         if reader_adapter is not None:
             if reader_adapter.backbone is not backbone:
                 raise InvalidInputError("The reader adapter is attached to another backbone object; use one backbone.")
@@ -95,75 +95,30 @@ class SlotCompressor:
                     f"The reader adapter was trained with head {paired}, not with this head ({head_digest(head)}). "
                     "Load the head and the adapter from the same checkpoint directory."
                 )
-        self.backbone = backbone
-        self.head = head.to(backbone.device).eval()
         self.reader_adapter = reader_adapter
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self._fingerprint: str | None = None
 
     @property
-    def config(self):
-        return self.head.config
+    def head(self) -> nn.Module:
+        return self.module
 
     @property
     def max_ratio(self) -> int:
         """The largest ratio: one slot per transport window."""
         return self.config.window
 
-    @property
-    def default_ratio(self) -> int:
-        return self.config.ratio
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies backbone + head weights + head config (+ reader adapter); slot stores key on it.
-
-        The config takes part because some of its fields (window, locality weight, slot-norm bound)
-        change the slots without changing a weight; the reader adapter because slots are only
-        meaningful read through the adapter they were trained with. Computed once, at first use.
-        """
-        if self._fingerprint is None:
-            slots = head_digest(self.head, salt=self.backbone.fingerprint.digest)
-            if self.reader_adapter is not None:
-                slots = hashlib.sha256(f"{slots}/reader-adapter:{self.reader_adapter.digest}".encode()).hexdigest()[:16]
-            self._fingerprint = f"{self.kind}-{slots}"
-        return self._fingerprint
-
-    def compress(
-        self,
-        texts: str | Sequence[str],
-        *,
-        query: str | Sequence[str] | None = None,
-        ratio: int | None = None,
-        batch_size: int | None = None,
-        return_details: bool = False,
-        show_progress: bool | None = None,
-    ) -> SoftContext:
-        """Compress each passage into ceil(tokens / ratio) slots (per 128-token window).
-
-        Passages longer than ``segment_length`` tokens are split into segments that are
-        compressed independently; their slots are concatenated in order. Nothing is truncated.
-        ``query`` is ignored: the slots never see the question (that is why they can be stored).
-        """
-        texts = check_texts(texts)
-        if batch_size is not None:
-            check_positive_int(batch_size, "batch_size")
-        if ratio is not None:
-            validate_ratio(ratio, self.config.window)
-        if not texts:
-            return SoftContext.empty(self.backbone.hidden_size)
-        return self.compress_token_ids(
-            self.backbone.tokenize(texts),
-            ratio=ratio,
-            batch_size=batch_size,
-            return_details=return_details,
-            show_progress=show_progress,
-        )
+    def slot_digest(self) -> str:
+        """The head's (see :meth:`ModuleCompressor.slot_digest`) and the reader adapter's: slots are only
+        meaningful read through the adapter they were trained with."""
+        digest = super().slot_digest()
+        if self.reader_adapter is None:
+            return digest
+        return hashlib.sha256(f"{digest}/reader-adapter:{self.reader_adapter.digest}".encode()).hexdigest()[:16]
 
     @torch.no_grad()
     def compress_token_ids(
         self,
         token_ids: Sequence[Sequence[int]],
+        query: object = None,
         *,
         ratio: int | None = None,
         batch_size: int | None = None,
@@ -171,7 +126,7 @@ class SlotCompressor:
         show_progress: bool | None = None,
     ) -> SoftContext:
         """Like :meth:`compress`, for passages that are already tokenised (no special tokens)."""
-        ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.window)
+        ratio = resolve_ratio(self, ratio)
         if return_details and not self.head_class.returns_details:
             raise InvalidInputError("return_details=True needs a ComprExIT head (layer weights and transport plans).")
 
@@ -216,12 +171,7 @@ class SlotCompressor:
 
 def head_digest(head: nn.Module, salt: str = "") -> str:
     """A hash of a head's config and weights (``salt`` first): what stores and reader adapters pair with."""
-    digest = hashlib.sha256(salt.encode())
-    digest.update(json.dumps(head.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(head.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return state_digest(head.config.to_dict(), head.state_dict(), salt)
 
 
 def row_slots(output: HeadOutput) -> list[torch.Tensor]:

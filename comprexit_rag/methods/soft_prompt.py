@@ -40,8 +40,7 @@ class SoftPrompt(CheckpointedModule):
     default_checkpoint = DEFAULT_SOFT_PROMPT
 
     def __init__(self, num_tokens: int, hidden_size: int, fingerprint: BackboneFingerprint) -> None:
-        super().__init__()
-        self.fingerprint = fingerprint
+        super().__init__(None, fingerprint)  # the config is read off the embeddings
         self.embeddings = nn.Parameter(torch.zeros(num_tokens, hidden_size))
 
     @classmethod

@@ -17,7 +17,6 @@ the new one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -29,6 +28,7 @@ try:  # POSIX advisory locks keep two index runs off one directory.
 except ImportError:  # pragma: no cover - non-POSIX platforms
     fcntl = None  # type: ignore[assignment]
 
+from ..checkpoint import read_json_object
 from ..durable import atomic_write_json
 from ..errors import CheckpointError, IndexBusyError, InvalidInputError, StorageError
 
@@ -135,15 +135,7 @@ class PipelineRecord:
             raise InvalidInputError(
                 f"{directory} holds no pipeline (no {PIPELINE_FILE}); build one with `index` first."
             )
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{path} is not valid JSON ({error}).") from error
-        if not isinstance(values, dict):
-            raise CheckpointError(
-                f"{path} holds a JSON {type(values).__name__}, not the pipeline record (an object); "
-                "restore it or rebuild the pipeline."
-            )
+        values = read_json_object(path, "the pipeline record", "restore it or rebuild the pipeline")
         if values.get("format") != PIPELINE_FORMAT or values.get("version") != PIPELINE_VERSION:
             raise InvalidInputError(
                 f"{path} is not a {PIPELINE_FORMAT} v{PIPELINE_VERSION} file "

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sentence_transformers import SentenceTransformer
 
 from ..backbone import Backbone
+from ..checkpoint import CheckpointedModule
 from ..errors import CheckpointError, InvalidInputError
 from ..methods.comprexit.compressor import ComprExITCompressor
 from ..methods.comprexit.head import DEFAULT_HEAD, ComprExITHead
@@ -52,13 +53,9 @@ def load_head_or_untrained(backbone: Backbone, untrained_dir: str | os.PathLike[
     afterwards: stored slots stay valid across runs. Once the trained head ships it is picked
     up automatically; its new fingerprint makes the pipeline recompute every slot.
     """
-    if DEFAULT_HEAD.is_dir():
-        head = ComprExITHead.from_pretrained(DEFAULT_HEAD)
-        if head.fingerprint == backbone.fingerprint:
-            return head
-        reason = f"the shipped head was trained for {head.fingerprint.describe()}, not {backbone.name}"
-    else:
-        reason = f"no trained head is shipped yet at {DEFAULT_HEAD}"
+    head, reason = shipped_module(ComprExITHead, backbone)
+    if head is not None:
+        return head
     saved = Path(untrained_dir) if untrained_dir is not None else None
     if saved is not None and saved.is_dir():
         head = ComprExITHead.from_pretrained(saved)
@@ -76,6 +73,18 @@ def load_head_or_untrained(backbone: Backbone, untrained_dir: str | os.PathLike[
     return head
 
 
+def shipped_module(module_class: type[CheckpointedModule], backbone: Backbone) -> tuple[Any, str]:
+    """The module shipped for ``backbone`` (``module_class.default_checkpoint``), or ``None`` and why not."""
+    directory = module_class.default_checkpoint
+    if not directory.is_dir():
+        return None, f"no trained {module_class.description} is shipped yet at {directory}"
+    module = module_class.from_pretrained(directory)
+    if module.fingerprint != backbone.fingerprint:
+        trained_for = module.fingerprint.describe()
+        return None, f"the shipped {module_class.description} was trained for {trained_for}, not {backbone.name}"
+    return module, ""
+
+
 def load_comi_compressor(backbone: Backbone, merger: str | os.PathLike[str] | COMIMerger | None) -> COMICompressor:
     """The COMI compressor over ``backbone``: of ``merger`` (a module or a directory), else the shipped one."""
     from ..methods.comi import COMICompressor, COMIMerger
@@ -84,20 +93,16 @@ def load_comi_compressor(backbone: Backbone, merger: str | os.PathLike[str] | CO
         merger = load_comi_merger_or_untrained(backbone)
     elif not isinstance(merger, COMIMerger):
         merger = COMIMerger.from_pretrained(merger)
-    return COMICompressor.from_pretrained(merger=merger, backbone=backbone)
+    return COMICompressor(backbone, merger)
 
 
 def load_comi_merger_or_untrained(backbone: Backbone) -> COMIMerger:
     """The shipped default COMI merger; an untrained one (WARNING) when none fits ``backbone``."""
-    from ..methods.comi import DEFAULT_MERGER, COMIMerger
+    from ..methods.comi import COMIMerger
 
-    if DEFAULT_MERGER.is_dir():
-        merger = COMIMerger.from_pretrained(DEFAULT_MERGER)
-        if merger.fingerprint == backbone.fingerprint:
-            return merger
-        reason = f"the shipped merger was trained for {merger.fingerprint.describe()}, not {backbone.name}"
-    else:
-        reason = f"no trained COMI merger is shipped yet at {DEFAULT_MERGER}"
+    merger, reason = shipped_module(COMIMerger, backbone)
+    if merger is not None:
+        return merger
     logger.warning("Using an UNTRAINED COMI merger (%s): COMI answers will be poor.", reason)
     return COMIMerger.for_backbone(backbone)
 

@@ -195,11 +195,11 @@ class RAGPipeline:
         directory: str | os.PathLike[str],
         *,
         backbone: str | os.PathLike[str] | Backbone | None = None,
+        embedder: str | os.PathLike[str] | SentenceTransformer | None = None,
+        device: str | torch.device | None = None,
         head: str | os.PathLike[str] | ComprExITHead | None = None,
         ratio: int | None = None,
-        embedder: str | os.PathLike[str] | SentenceTransformer | None = None,
         comi_merger: str | os.PathLike[str] | COMIMerger | None = None,
-        device: str | torch.device | None = None,
     ) -> RAGPipeline:
         """Open the pipeline saved in ``directory``.
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -33,12 +32,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..backbone import Backbone
-from ..checkpoint import check_fingerprint, fingerprint_from_metadata
+from ..checkpoint import (
+    check_fingerprint,
+    fingerprint_from_metadata,
+    load_safetensors,
+    read_json_object,
+    state_digest,
+)
 from ..durable import atomic_write, atomic_write_json
 from ..errors import AdapterMismatchError, CheckpointError, InvalidInputError
 
@@ -232,11 +236,7 @@ class ReaderAdapter:
         """A hash of the weights and config; compressor fingerprints include it. Call
         :meth:`refresh_digest` after changing the weights in place (training)."""
         if self._digest is None:
-            hasher = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
-            for key, value in sorted(self.state_dict().items()):
-                hasher.update(key.encode())
-                hasher.update(value.detach().float().cpu().numpy().tobytes())
-            self._digest = hasher.hexdigest()[:16]
+            self._digest = state_digest(asdict(self.config), self.state_dict())
         return self._digest
 
     def refresh_digest(self) -> None:
@@ -300,23 +300,12 @@ def _read_json(path: Path) -> dict[str, Any]:
             f"No {path.name} in {path.parent}: not a reader adapter directory (a head trained with a reader adapter "
             f"keeps it in {ADAPTER_DIR}/ beside its config.json)."
         )
-    try:
-        value = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}.")
-    return value
+    return read_json_object(path, "a reader adapter file", "re-save or re-download the adapter")
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
-    path = directory / PEFT_WEIGHTS_NAME
-    if not path.is_file():
-        raise CheckpointError(f"No {path.name} in {path.parent}; re-save or re-download the adapter.")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is truncated or corrupt ({error}); re-save or re-download it.") from error
+    missing = f"No {PEFT_WEIGHTS_NAME} in {directory}; re-save or re-download the adapter."
+    return load_safetensors(directory / PEFT_WEIGHTS_NAME, missing)
 
 
 def require_adapter(expected: str, adapter: ReaderAdapter | None, what: str) -> None:

@@ -130,9 +130,10 @@ class DenseRetriever:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._ids)
+            return self._index.ntotal  # one vector per indexed passage
 
     def __contains__(self, passage_id: object) -> bool:
+        """Whether a passage of this id is indexed."""
         with self._lock:
             return passage_id in self._position
 

@@ -80,19 +80,13 @@ def prompt_embeds(
     return embeds.to(device="cpu", dtype=dtype or embeds.dtype).contiguous()
 
 
-def to_embeds_prompt(
-    backbone: Backbone,
-    question: str,
-    slots: Slots,
-    *,
-    prompt: QAPrompt | None = None,
-    dtype: torch.dtype | None = None,
-) -> dict[str, torch.Tensor]:
+def to_embeds_prompt(backbone: Backbone, question: str, slots: Slots, **options: Any) -> dict[str, torch.Tensor]:
     """A vLLM ``EmbedsPrompt`` (``{"prompt_embeds": [T, H] tensor}``) for ``LLM.generate``.
 
-    The engine must be built with ``LLM(model, enable_prompt_embeds=True)``.
+    ``options``: those of :func:`prompt_embeds` (``prompt``, ``dtype``). The engine must be built
+    with ``LLM(model, enable_prompt_embeds=True)``.
     """
-    return {"prompt_embeds": prompt_embeds(backbone, question, slots, prompt=prompt, dtype=dtype)}
+    return {"prompt_embeds": prompt_embeds(backbone, question, slots, **options)}
 
 
 def encode_prompt_embeds(embeds: torch.Tensor) -> str:

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 import torch
 
 from ..validation import check_positive_int
+from .keyed import KeyedSlots
 
 __all__ = ["MemorySlotCache"]
 
 
-class MemorySlotCache:
+class MemorySlotCache(KeyedSlots):
     """A thread-safe LRU of slot tensors (float32, on the CPU) and token counts, keyed by slot key.
 
     The least recently used entry is dropped once ``max_entries`` are held.
@@ -29,14 +30,6 @@ class MemorySlotCache:
         self.max_entries = check_positive_int(max_entries, "max_entries")
         self._entries: OrderedDict[str, tuple[torch.Tensor, int]] = OrderedDict()
         self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._entries
 
     def lookup(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, int] | None]:
         """``(slots, token count)`` of each key, or ``None`` where absent (marks hits as recently used)."""

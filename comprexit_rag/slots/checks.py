@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..durable import TMP_SUFFIX
+from ..durable import TMP_SUFFIX, sha256_file
 from ..errors import CheckpointError
 from .journal import (
     DISK_DTYPE,
@@ -27,7 +27,6 @@ from .journal import (
     SHARD_SUFFIX,
     Entry,
     ShardRecord,
-    sha256_file,
     storage_error,
 )
 

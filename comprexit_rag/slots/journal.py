@@ -12,7 +12,6 @@ import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -52,14 +51,6 @@ class ShardRecord:
     sha256: str
     nbytes: int
     keys: tuple[str, ...]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 REPAIR_HINT = (

@@ -27,8 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
-from ..methods.base import resolve_ratio
-from ..validation import check_positive_int
+from ..validation import check_positive_int, resolve_ratio
 from .cache import MemorySlotCache
 from .keys import content_key, query_key, store_fingerprint
 from .store import SlotStore

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ from .journal import (
     split_chunks,
     storage_error,
 )
+from .keyed import KeyedSlots
 from .manifest import ManifestJournal
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DISK_DTYPE", "SlotStore"]
 
 
-class SlotStore(ManifestJournal, StoreChecks):
+class SlotStore(KeyedSlots, ManifestJournal, StoreChecks):
     """Persistent store of per-passage slot tensors for one compressor head.
 
     Args:
@@ -160,28 +161,11 @@ class SlotStore(ManifestJournal, StoreChecks):
 
     # ------------------------------------------------------------------ reading
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        with self._lock:
-            return iter(list(self._entries))
-
     @property
     def hidden_size(self) -> int | None:
         """Width H of the stored slots, or ``None`` while the store is empty."""
         with self._lock:
             return self._hidden_size
-
-    def missing(self, keys: Sequence[str]) -> list[str]:
-        """Return the keys not in the store, in input order, without duplicates."""
-        with self._lock:
-            return list(dict.fromkeys(k for k in keys if k not in self._entries))
 
     def token_count(self, key: str) -> int:
         """Return the passage token count recorded with ``key``; ``KeyError`` if absent."""

@@ -28,7 +28,7 @@ from ..methods import get_method
 from ..methods.slot_head import head_digest
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
-from ..reading.reader import IGNORE_INDEX, Reader, ReaderBatch
+from ..reading.reader import IGNORE_INDEX, Context, Reader, ReaderBatch
 from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import PretrainCorpus, QATrainingSet
@@ -92,14 +92,7 @@ def distilled_loss(
     tokenizer = reader.backbone.tokenizer
     texts = ["\n\n".join(tokenizer.decode(ids) for ids in example.passage_ids) for example in batch]
     with torch.no_grad():
-        inputs = reader.build_inputs(
-            [example.question for example in batch],
-            texts,
-            [example.target_ids for example in batch],
-            prompt=prompt,
-            padding_side="right",
-        )
-        teacher, teacher_labels = target_logits(reader, inputs)
+        teacher, teacher_labels = forced_logits(reader, batch, texts, prompt)
     if not torch.equal(teacher_labels, labels):
         raise RuntimeError("Teacher and student target positions differ; the prompts must end alike.")
     kl = F.kl_div(
@@ -115,7 +108,13 @@ def batch_logits(
     reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced logits [N, V] at the target positions and the targets [N]."""
-    contexts = encoder.encode(batch, ratio)
+    return forced_logits(reader, batch, encoder.encode(batch, ratio), prompt)
+
+
+def forced_logits(
+    reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's questions and targets read with ``contexts`` (slots, or text): :func:`target_logits`."""
     inputs = reader.build_inputs(
         [example.question for example in batch],
         contexts,

@@ -21,19 +21,18 @@ same budget. ``docs/COMI.md`` records how the default layer was chosen.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 
 import torch
 
 from ...backbone import Backbone
-from ...checkpoint import check_fingerprint
 from ...errors import InvalidInputError
 from ...soft_context import SoftContext
-from ...validation import check_texts, validate_ratio
+from ...validation import resolve_ratio
+from ..base import ModuleCompressor
 from ..segments import Segment, split_into_segments
-from .merger import COMIConfig, COMIMerger, encode_pairs, question_token_ids
+from .merger import COMIMerger, encode_pairs, question_token_ids
 
 
 def _check_fits(backbone: Backbone, segments: Sequence[Segment], question_ids: Sequence[Sequence[int]]) -> None:
@@ -77,10 +76,11 @@ def _check_queries(query: str | Sequence[str] | None, count: int) -> list[str]:
     return list(queries)
 
 
-class COMICompressor:
+class COMICompressor(ModuleCompressor):
     """Query-aware compression: passages + question -> soft slots (ceil(n / m) per 512-token segment).
 
-    Slots depend on the question, so they are computed per query and never stored.
+    Slots depend on the question (``compress(texts, query=...)`` requires it), so they are computed
+    per query and never stored.
 
     >>> compressor = COMICompressor.from_pretrained()
     >>> soft = compressor.compress(["Paris is the capital of France."], query="What is France's capital?")
@@ -88,14 +88,6 @@ class COMICompressor:
 
     kind = "comi"
     query_aware = True
-    reader_adapter = None  # the projector was trained for the frozen reader
-
-    def __init__(self, backbone: Backbone, merger: COMIMerger, batch_size: int = 8) -> None:
-        check_fingerprint(merger.fingerprint, backbone.fingerprint, "This COMI merger")
-        self.backbone = backbone
-        self.merger = merger.to(backbone.device).eval()
-        self.batch_size = batch_size
-        self._fingerprint: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -107,77 +99,33 @@ class COMICompressor:
         batch_size: int = 8,
     ) -> COMICompressor:
         """Defaults: the embedded SmolLM2 backbone and the COMI merger shipped for it."""
-        if not isinstance(backbone, Backbone):
-            backbone = Backbone.from_pretrained(backbone, device=device)
-        if not isinstance(merger, COMIMerger):
-            merger = COMIMerger.from_pretrained(merger)
-        return cls(backbone, merger, batch_size=batch_size)
+        merger = merger if isinstance(merger, COMIMerger) else COMIMerger.from_pretrained(merger)
+        return cls(Backbone.resolve(backbone, device), merger, batch_size=batch_size)
 
     @property
-    def config(self) -> COMIConfig:
-        return self.merger.config
+    def merger(self) -> COMIMerger:
+        return self.module
 
     @property
     def max_ratio(self) -> int:
         return self.config.max_ratio
 
-    @property
-    def default_ratio(self) -> int:
-        return self.config.ratio
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies backbone + merger weights (the slots also depend on the query)."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256(self.backbone.fingerprint.digest.encode())
-            digest.update(repr(sorted(self.config.to_dict().items())).encode())
-            for name, tensor in sorted(self.merger.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = f"{self.kind}-{digest.hexdigest()[:16]}"
-        return self._fingerprint
-
-    def compress(
-        self,
-        texts: str | Sequence[str],
-        *,
-        query: str | Sequence[str] | None = None,
-        ratio: int | None = None,
-        batch_size: int | None = None,
-        show_progress: bool | None = None,
-    ) -> SoftContext:
-        """Compress each passage given its question into ceil(n / m) slots per 512-token segment.
-
-        Args:
-            texts: one passage or a list of passages.
-            query: the question, one string for all passages or one per passage (required).
-            ratio: compression ratio m (default ``config.ratio``; 1 to ``config.max_ratio``).
-        """
-        texts = check_texts(texts)
-        queries = _check_queries(query, len(texts))
-        if not texts:
-            return SoftContext.empty(self.backbone.hidden_size)
-        return self.compress_token_ids(
-            self.backbone.tokenize(texts),
-            queries,
-            ratio=ratio,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
+    def check_queries(self, query: str | Sequence[str] | None, count: int) -> list[str]:
+        return _check_queries(query, count)
 
     @torch.no_grad()
     def compress_token_ids(
         self,
         token_ids: Sequence[Sequence[int]],
-        question: str | Sequence[str],
+        query: str | Sequence[str] | None = None,
         *,
         ratio: int | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> SoftContext:
         """Like :meth:`compress`, for passages already tokenised (no special tokens)."""
-        ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.max_ratio)
-        queries = _check_queries(question, len(token_ids))
+        ratio = resolve_ratio(self, ratio)
+        queries = _check_queries(query, len(token_ids))
         if not token_ids:
             return SoftContext.empty(self.backbone.hidden_size)
         question_ids = question_token_ids(self.backbone, queries)

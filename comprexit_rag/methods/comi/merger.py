@@ -143,9 +143,7 @@ class COMIMerger(CheckpointedModule):
     config: COMIConfig
 
     def __init__(self, config: COMIConfig, fingerprint: BackboneFingerprint) -> None:
-        super().__init__()
-        self.config = config
-        self.fingerprint = fingerprint
+        super().__init__(config, fingerprint)
         self.projector = SlotProjector(config.hidden_size)
 
     @classmethod

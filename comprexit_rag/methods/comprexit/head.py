@@ -40,9 +40,7 @@ class ComprExITHead(CheckpointedModule):
     config: ComprExITConfig
 
     def __init__(self, config: ComprExITConfig, fingerprint: BackboneFingerprint) -> None:
-        super().__init__()
-        self.config = config
-        self.fingerprint = fingerprint
+        super().__init__(config, fingerprint)
         self.depth = DepthTransmission(
             config.hidden_size,
             config.num_hidden_states,

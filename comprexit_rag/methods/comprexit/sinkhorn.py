@@ -9,6 +9,7 @@ kernels per round).
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 # The scaling form holds K = exp(-C / epsilon) and scalings u, v of up to about exp(max C / epsilon)
 # in float32 (largest exponent ~88); the backward pass of u = a / (K v) forms u / (K v), up to about
@@ -52,12 +53,8 @@ def sinkhorn(
 
 
 def scaling_sinkhorn(
-    cost: torch.Tensor,
-    source_mass: torch.Tensor,
-    target_mass: torch.Tensor,
-    epsilon: float = 0.1,
-    iterations: int = 30,
-) -> torch.Tensor:
+    cost: Tensor, source_mass: Tensor, target_mass: Tensor, epsilon: float = 0.1, iterations: int = 30
+) -> Tensor:
     """The iterations of :func:`log_sinkhorn` in the scaling domain: u = a / (K v), v = b / (K^T u).
 
     K = exp(-C / epsilon) must not underflow where it matters: use it for costs in
@@ -79,12 +76,8 @@ def scaling_sinkhorn(
 
 
 def log_sinkhorn(
-    cost: torch.Tensor,
-    source_mass: torch.Tensor,
-    target_mass: torch.Tensor,
-    epsilon: float = 0.1,
-    iterations: int = 30,
-) -> torch.Tensor:
+    cost: Tensor, source_mass: Tensor, target_mass: Tensor, epsilon: float = 0.1, iterations: int = 30
+) -> Tensor:
     """Transport plans P[b] minimising <P, C> - epsilon * H(P) with marginals (a, b).
 
     Args:

@@ -23,18 +23,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self
 from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.methods import get_method, method_names
-from comprexit_rag.methods.base import resolve_ratio
 from comprexit_rag.methods.comi import COMICompressor
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.slots import SlotService, SlotStore, store_fingerprint
 from comprexit_rag.slots.service import check_store_fingerprint
 from comprexit_rag.soft_context import SoftContext
-from comprexit_rag.validation import check_positive_int, validate_ratio
+from comprexit_rag.validation import check_positive_int, resolve_ratio, validate_ratio
 from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from langchain_comprexit._checks import check_documents, is_blank, typed_errors
+from langchain_comprexit._checks import TypedErrors, check_documents, is_blank
 
 if TYPE_CHECKING:
     from comprexit_rag.rag import RAGPipeline
@@ -65,7 +64,7 @@ class SlotLookup(NamedTuple):
     misses: int
 
 
-class ComprExITDocumentCompressor(BaseDocumentCompressor):
+class ComprExITDocumentCompressor(TypedErrors, BaseDocumentCompressor):
     """Compress LangChain documents into ComprExIT (or query-aware COMI) soft slots.
 
     Works on its own, as ``base_compressor`` of ``ContextualCompressionRetriever`` and as a
@@ -108,11 +107,6 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
 
     _services: dict[str, SlotService] = PrivateAttr(default_factory=dict)  # one per method, built on first use
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
-    def __init__(self, **kwargs: Any) -> None:
-        """Build the compressor; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
-        with typed_errors(type(self)):
-            super().__init__(**kwargs)
 
     @field_validator("batch_size", "cache_size", mode="before")
     @classmethod

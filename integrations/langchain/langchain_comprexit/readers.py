@@ -35,7 +35,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from langchain_comprexit._checks import check_documents, typed_errors
+from langchain_comprexit._checks import TypedErrors, check_documents
 from langchain_comprexit.document_compressors import ComprExITDocumentCompressor, SlotLookup
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ DOCUMENTS_KEY_ALIASES = ("context",)
 """Input keys read as the documents when ``documents_key`` is absent (``context`` is LangChain's usual key)."""
 
 
-class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]):
+class ComprExITReader(TypedErrors, RunnableSerializable[dict[str, Any], str | dict[str, Any]]):
     """Answer ``{"question", "documents"}`` from the documents' slots with the frozen reader LLM.
 
     Each document is read from the slots its ``metadata["comprexit"]`` record names (written
@@ -102,11 +102,6 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
 
     _last_stats: dict[str, Any] | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
-    def __init__(self, **kwargs: Any) -> None:
-        """Build the reader; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
-        with typed_errors(type(self)):
-            super().__init__(**kwargs)
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod

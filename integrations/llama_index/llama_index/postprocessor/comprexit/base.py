@@ -34,28 +34,14 @@ from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.rag.directory import UNTRAINED_HEAD_DIR
 from comprexit_rag.rag.loading import load_comi_merger_or_untrained, load_compressor
-from comprexit_rag.slots import MemorySlotCache, SlotService, SlotStore, store_fingerprint
+from comprexit_rag.slots import SlotService, SlotStore, store_fingerprint
 from comprexit_rag.slots.service import SlotBackend
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.validation import check_positive_int, check_text, validate_ratio
 
-from ._checks import check_known_arguments
+from ._checks import NamedComponent, check_known_arguments
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "FINGERPRINT_KEY",
-    "METADATA_KEYS",
-    "METHODS",
-    "METHOD_KEY",
-    "RATIO_KEY",
-    "SLOTS_KEY",
-    "SLOT_KEY",
-    "TOKENS_KEY",
-    "ComprExITNodePostprocessor",
-    "CompressedNodes",
-    "MemorySlotCache",
-]
 
 METHODS = method_names(pipeline=True, context="slots")
 """``comprexit``: query-independent slots, stored and reused; ``comi``: query-aware slots, per query."""
@@ -95,7 +81,7 @@ class CompressedNodes:
     method: str
 
 
-class ComprExITNodePostprocessor(BaseNodePostprocessor):
+class ComprExITNodePostprocessor(NamedComponent, BaseNodePostprocessor):
     """Compress retrieved nodes into ComprExIT soft slots, stored once and reused.
 
     Each node with text gets, on an annotated copy, the metadata :data:`SLOT_KEY` (its key in
@@ -187,10 +173,6 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
             self._service(STORED).adopt(store, self.ratio)
 
     # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ComprExITNodePostprocessor"
 
     @classmethod
     def from_defaults(

@@ -23,7 +23,7 @@ from comprexit_rag.rag.results import AnswerStats
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.validation import check_positive_int
 
-from ._checks import check_known_arguments
+from ._checks import NamedComponent, check_known_arguments
 from .base import CompressedNodes, ComprExITNodePostprocessor
 from .llm import ComprExITLLM
 
@@ -33,7 +33,7 @@ EMPTY_RESPONSE = "Empty Response"
 """The answer when the retriever returns no node with text (LlamaIndex's own wording)."""
 
 
-class ComprExITQueryEngine(CustomQueryEngine):
+class ComprExITQueryEngine(NamedComponent, CustomQueryEngine):
     """Answer from the ComprExIT slots of the retrieved nodes with :class:`comprexit_rag.Reader`.
 
     A query retrieves nodes, runs ``node_postprocessors`` (e.g. a reranker or a similarity
@@ -103,10 +103,6 @@ class ComprExITQueryEngine(CustomQueryEngine):
             )
         self._reader = reader if reader is not None else reader_for(backbone)
         self._llm = ComprExITLLM(self._reader, max_new_tokens=max_new_tokens, callback_manager=self.callback_manager)
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ComprExITQueryEngine"
 
     @property
     def reader(self) -> Reader:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from comprexit_rag.cli import build_parser, main
 from comprexit_rag.corpus import read_corpus, split_paragraphs
@@ -26,36 +25,28 @@ from comprexit_rag.errors import DefaultModelUnavailableError, InvalidInputError
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.slots import content_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random Llama (with the real SmolLM2 tokenizer) and a head for it, saved to disk."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from comprexit_rag.backbone import Backbone
     from comprexit_rag.default_model import default_backbone_dir
     from comprexit_rag.methods.comprexit.head import ComprExITHead
+    from comprexit_rag.testing import tiny_llama
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
     except DefaultModelUnavailableError as error:
         pytest.skip(f"default tokenizer unavailable: {error}")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-    )
-    model = LlamaForCausalLM(config)
+    backbone = tiny_llama(tokenizer, max_positions=2048, name="")
+    model = backbone.model
     root = tmp_path_factory.mktemp("models")
     model.save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
-    ComprExITHead.for_backbone(Backbone(model, tokenizer)).save_pretrained(root / "head")
+    ComprExITHead.for_backbone(backbone).save_pretrained(root / "head")
     return root / "backbone", root / "head"
 
 

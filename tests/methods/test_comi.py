@@ -27,6 +27,7 @@ from comprexit_rag.methods.comi import (
     num_groups,
 )
 from comprexit_rag.soft_context import SoftContext
+from comprexit_rag.testing import tiny_llama
 from comprexit_rag.training.encoders import COMIContextEncoder
 from comprexit_rag.training.examples import TrainExample
 
@@ -51,21 +52,7 @@ def tokenizer():
 
 
 def tiny_backbone(tokenizer, seed: int = 0, layers: int = 2) -> Backbone:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return Backbone(LlamaForCausalLM(config), tokenizer, name="tiny-llama")
+    return tiny_llama(tokenizer, seed=seed, layers=layers, max_positions=1024)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comprexit_rag.data import Passage, QAExample
-from comprexit_rag.evaluation import (
+from comprexit_rag.evaluation.metrics import (
     QAScores,
     answer_contained,
     exact_match,

@@ -20,7 +20,7 @@ from comprexit_rag.errors import CheckpointError
 from comprexit_rag.slots import SlotStore, content_key
 from comprexit_rag.slots.store import fingerprint_dirname
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = 16
 FP = "head-A:sha256=0123"
 
@@ -107,7 +107,7 @@ test_store._writer_main(sys.argv[3:])
 
 def run_writer(directory: Path, mode: str, batches: int) -> subprocess.Popen:
     code = WRITER_CODE
-    args = [sys.executable, "-c", code, str(ROOT), str(ROOT / "tests"), str(directory), mode, str(batches)]
+    args = [sys.executable, "-c", code, str(ROOT), str(Path(__file__).parent), str(directory), mode, str(batches)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -30,6 +30,7 @@ from comprexit_rag.rag.directory import HEAD_DIR, PIPELINE_FILE, UNTRAINED_HEAD_
 from comprexit_rag.rag.results import Answer
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import content_key
+from comprexit_rag.testing import tiny_llama
 
 PASSAGES = [
     {"id": "curie", "title": "Marie Curie", "text": "Marie Curie won Nobel Prizes in physics and in chemistry."},
@@ -59,18 +60,8 @@ def tokenizer():
 
 
 def tiny_backbone(tokenizer, seed: int = 0, layers: int = 2) -> Backbone:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-    )
-    return Backbone(LlamaForCausalLM(config), tokenizer)
+    """A tiny random Llama with no name: a pipeline built over it records no backbone to reload."""
+    return tiny_llama(tokenizer, seed=seed, layers=layers, max_positions=2048, name="")
 
 
 def fresh_head(backbone: Backbone, seed: int) -> ComprExITHead:
