@@ -11,7 +11,7 @@ Reported: the reconstruction loss and the teacher-forced token accuracy every 10
 mean norm of the vectors against the token embeddings'. Wikipedia windows from the pretraining
 corpus (``PretrainCorpus``), fixed seed. CPU, fp32, about 6 s per step for 4 passages of 128 tokens::
 
-    HF_HUB_OFFLINE=1 python benchmarks/soft_input_capacity.py --out benchmarks/results/soft_input_capacity.json
+    HF_HUB_OFFLINE=1 python research/soft_input_capacity.py --out research/results/soft_input_capacity.json
 """
 
 from __future__ import annotations

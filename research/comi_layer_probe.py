@@ -20,7 +20,7 @@ A ``chance`` row gives the expected values of the first three for a random ranki
 
 Run (about 2-4 minutes on 2 CPU cores)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/comi_layer_probe.py --examples 150
+    HF_HUB_OFFLINE=1 python research/comi_layer_probe.py --examples 150
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ normalisation), and the share of questions whose answer did not change at all.
 If the slots carried the passages, answers from the wrong ones would be wrong and different; if they
 only steer the reader (answer format, a topic prior), the scores and most answers stay the same. CPU::
 
-    HF_HUB_OFFLINE=1 python benchmarks/slot_content_probe.py --out benchmarks/results/slot_content_probe.json
+    HF_HUB_OFFLINE=1 python research/slot_content_probe.py --out research/results/slot_content_probe.json
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ compressor ran at 0.62x of the forward); they are in the library at commit 45fe0
 Run on a GPU, the arms side by side (one call)::
 
     for arm in raw standardised standardised-local standardised-sharp; do
-      python benchmarks/head_design_probe.py --arm $arm --steps 300 --out $arm.json &
+      python research/head_design_probe.py --arm $arm --steps 300 --out $arm.json &
     done; wait
 
 ``--head DIR`` evaluates a trained head instead (``--steps 0``), e.g. after ``comprexit-rag train --stage

@@ -12,7 +12,7 @@ For a few Wikipedia windows of 128 tokens, compressed at 4x (one transport windo
 Rows: the shipped head, fresh heads of each design in ``head_design_probe.ARMS``, then any trained heads given
 with ``--head NAME=DIR``::
 
-    HF_HUB_OFFLINE=1 python benchmarks/transport_diagnostics.py --out benchmarks/results/transport_diagnostics.json \
+    HF_HUB_OFFLINE=1 python research/transport_diagnostics.py --out research/results/transport_diagnostics.json \
         [--head round5-raw=runs/comprexit-raw/final ...]
 """
 
