@@ -19,8 +19,8 @@ Reading cost: outside training, an ``all``-scope adapter reads through merged we
 of the adapted layers' weights, made on first use and swapped in for the reading pass only), so a
 reading pass costs what the frozen reader's does; the LoRA path's two thin matmuls per layer cost
 about 1.4x on a CPU. :attr:`ReaderAdapter.merged_reading` turns the copy off (it holds as many
-parameters as the adapted layers: ~106M for SmolLM2-135M, so it is on by default only up to
-:data:`MERGED_READING_MAX_BYTES`).
+parameters as the adapted layers: ~106M for SmolLM2-135M, so it is on by default only for float32
+weights, where the merge is exact to rounding, and up to :data:`MERGED_READING_MAX_BYTES`).
 
 A saved adapter is a peft checkpoint (``adapter_config.json`` + ``adapter_model.safetensors``, keys
 as ``PeftModel.save_pretrained`` writes them) plus ``comprexit_adapter.json`` (scope and backbone
@@ -290,8 +290,10 @@ class ReaderAdapter:
             return False  # training needs the LoRA path's gradients; a slots-scope delta depends on position
         if self.merged_reading is not None:
             return self.merged_reading
-        copy_bytes = sum(layer.base_layer.weight.nbytes for layer in self._layers)
-        return copy_bytes <= MERGED_READING_MAX_BYTES
+        weights = [layer.base_layer.weight for layer in self._layers]
+        # Only in float32: rounding W + BA to bfloat16 would lose much of a small delta.
+        small = sum(w.nbytes for w in weights) <= MERGED_READING_MAX_BYTES
+        return small and all(w.dtype == torch.float32 for w in weights)
 
     @contextlib.contextmanager
     def _merged_weights(self) -> Iterator[None]:
