@@ -2,10 +2,10 @@
 
 Every row is re-scored from its predictions on the examples that *all* rows of a dataset
 answered, so rows measured in different runs (GPU grid, CPU subset) compare on equal terms.
-Gold answers are read from the data (the committed prediction files hold ids and predictions only).
+Gold answers are read from the data (prediction files hold ids and predictions only; the committed
+ones of rounds 2-6 are in git history, see benchmarks/results/README.md).
 
-    python benchmarks/summarize.py benchmarks/results/predictions_*.jsonl \
-        --table benchmarks/results/quality_table.md --plot benchmarks/results/f1_vs_ratio.png
+    python benchmarks/summarize.py runs/results/predictions.jsonl --table quality.md --plot f1_vs_ratio.png
 """
 
 from __future__ import annotations

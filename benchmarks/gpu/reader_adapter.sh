@@ -51,6 +51,11 @@ fi
 train --config "$RESULTS/pretrain.json" --piece-seconds "$PIECE_S" --output-dir "$RUNS/pretrain" \
   > "$RUNS/pretrain.log" 2>&1
 tail -n 2 "$RUNS/pretrain/log.jsonl"
+# The piece's state first, in 15 MiB parts: collect it before anything else (a machine given back
+# takes everything on it; the resumable state is what a long run cannot lose).
+mkdir -p "$RESULTS/piece"
+tar cf - -C "$RUNS" pretrain/checkpoint pretrain/log.jsonl | split -b 15m - "$RESULTS/piece/piece.tar.part-"
+echo PIECE READY
 python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
   --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
 rm -rf "$RUNS/sft"
@@ -61,12 +66,12 @@ python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batc
   --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
 grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
 
-# What comes back (8 files of <= 16 MiB a call): results + logs in one archive, the QA head and the
-# long run's resumable checkpoint in 15 MiB parts (collected over two calls).
+# What comes back (8 files of <= 16 MiB a call): results + logs in one archive and the QA head in
+# 15 MiB parts (the piece's state is in $RESULTS/piece, above).
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 ( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
 ( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state . )
-tar cf - -C "$RUNS" sft/final pretrain/checkpoint | split -b 15m - "$RESULTS/state/state.tar.part-"
+tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
 ls -la "$RESULTS/out" "$RESULTS/state"
 echo STATE READY
 # Last, so the results above can be collected while it runs.

@@ -15,6 +15,13 @@ Scopes:
     see the slots through attention. Closed-book and raw-text reading are then exactly the frozen
     reader's.
 
+Reading cost: outside training, an ``all``-scope adapter reads through merged weights (W + BA, one copy
+of the adapted layers' weights, made on first use and swapped in for the reading pass only), so a
+reading pass costs what the frozen reader's does; the LoRA path's two thin matmuls per layer cost
+about 1.4x on a CPU. :attr:`ReaderAdapter.merged_reading` turns the copy off (it holds as many
+parameters as the adapted layers: ~106M for SmolLM2-135M, so it is on by default only for float32
+weights, where the merge is exact to rounding, and up to :data:`MERGED_READING_MAX_BYTES`).
+
 A saved adapter is a peft checkpoint (``adapter_config.json`` + ``adapter_model.safetensors``, keys
 as ``PeftModel.save_pretrained`` writes them) plus ``comprexit_adapter.json`` (scope and backbone
 fingerprint).
@@ -56,6 +63,8 @@ PEFT_KEY_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts bef
 LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Recorded with slots whose head was trained for the frozen reader (no adapter).
 FROZEN_READER = "frozen"
+# Largest merged copy of the adapted weights made without being asked (``merged_reading=None``).
+MERGED_READING_MAX_BYTES = 1 << 30
 Scope = Literal["all", "slots"]
 SCOPES: tuple[str, ...] = ("all", "slots")
 
@@ -113,6 +122,9 @@ class ReaderAdapter:
         self.training = False  # trainable weights keep requires_grad outside reading() (peft clears it)
         self.paired_head: str | None = None  # digest of the head it was trained with (compressor.head_digest)
         self._slot_mask: torch.Tensor | None = None
+        # True / False: always / never read through merged weights; None: when the copy is small.
+        self.merged_reading: bool | None = None
+        self._merged: dict[nn.Module, nn.Parameter] | None = None
         self._digest: str | None = None
         self._layers = _inject(backbone, config, name)
         if config.scope == "slots":
@@ -138,6 +150,7 @@ class ReaderAdapter:
         for parameter in self.parameters():
             parameter.requires_grad_(mode)
         self._digest = None
+        self._merged = None
         return self
 
     def eval(self) -> ReaderAdapter:
@@ -204,6 +217,7 @@ class ReaderAdapter:
                 f"The reader adapter in {source} has keys this model lacks: {result.unexpected_keys[:3]}"
             )
         self._digest = None
+        self._merged = None
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load the weights of a saved adapter of the same shape (e.g. to resume training)."""
@@ -240,7 +254,9 @@ class ReaderAdapter:
         return self._digest
 
     def refresh_digest(self) -> None:
+        """Forget what was derived from the weights (digest, merged copy) after changing them in place."""
         self._digest = None
+        self._merged = None
 
     @contextlib.contextmanager
     def reading(self, slot_mask: torch.Tensor | None = None) -> Iterator[None]:
@@ -252,6 +268,10 @@ class ReaderAdapter:
         """
         if self.config.scope == "slots" and slot_mask is None:
             yield
+            return
+        if self._reads_merged():
+            with self._merged_weights():
+                yield
             return
         self._slot_mask = slot_mask[..., None] if slot_mask is not None else None
         for layer in self._layers:
@@ -266,6 +286,39 @@ class ReaderAdapter:
                 for parameter in self.parameters():
                     parameter.requires_grad_(True)
             self._slot_mask = None
+
+    def _reads_merged(self) -> bool:
+        if self.training or self.config.scope != "all":
+            return False  # training needs the LoRA path's gradients; a slots-scope delta depends on position
+        if self.merged_reading is not None:
+            return self.merged_reading
+        weights = [layer.base_layer.weight for layer in self._layers]
+        # Only in float32: rounding W + BA to bfloat16 would lose much of a small delta.
+        small = sum(w.nbytes for w in weights) <= MERGED_READING_MAX_BYTES
+        return small and all(w.dtype == torch.float32 for w in weights)
+
+    @contextlib.contextmanager
+    def _merged_weights(self) -> Iterator[None]:
+        """Swap each adapted layer's weight for W + BA (adapters stay off) for the passes inside."""
+        if self._merged is None:
+            with torch.no_grad():
+                self._merged = {
+                    layer: nn.Parameter(
+                        (layer.base_layer.weight.float() + layer.get_delta_weight(self.name).float()).to(
+                            layer.base_layer.weight.dtype
+                        ),
+                        requires_grad=False,
+                    )
+                    for layer in self._layers
+                }
+        frozen = {layer: layer.base_layer.weight for layer in self._layers}
+        for layer, merged in self._merged.items():
+            layer.base_layer.weight = merged
+        try:
+            yield
+        finally:
+            for layer, weight in frozen.items():
+                layer.base_layer.weight = weight
 
     def _mask_slot_positions(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         mask = self._slot_mask

@@ -76,6 +76,29 @@ def test_slot_scope_reads_text_and_closed_book_exactly_like_the_frozen_reader(fr
     assert adapted.generate("Who built it?", slots) != frozen.generate("Who built it?", slots)
 
 
+def test_merged_reading_equals_the_lora_path_and_leaves_the_frozen_weights_alone(fresh_tiny_backbone):
+    backbone = fresh_tiny_backbone
+    frozen = logits(backbone)
+    adapter = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4)))
+    frozen_weights = {name: p.clone() for name, p in backbone.model.named_parameters() if "lora" not in name}
+    adapter.merged_reading = False
+    lora_path = logits(backbone, adapter)
+    adapter.merged_reading = None  # the default: the tiny model's copy is small, so it merges
+    merged = logits(backbone, adapter)
+    torch.testing.assert_close(merged, lora_path, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(merged, frozen)
+    assert torch.equal(logits(backbone), frozen)
+    after = dict(backbone.model.named_parameters())
+    assert all(torch.equal(after[name], value) for name, value in frozen_weights.items())
+    # New weights (loaded or changed in place and refreshed) make a new merged copy.
+    randomised(adapter, seed=2)
+    adapter.merged_reading = False
+    changed = logits(backbone, adapter)
+    adapter.merged_reading = True
+    torch.testing.assert_close(logits(backbone, adapter), changed, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(changed, merged)
+
+
 def test_gradients_reach_the_adapter_through_a_reading_pass(fresh_tiny_backbone):
     backbone = fresh_tiny_backbone
     adapter = ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4)).train()
