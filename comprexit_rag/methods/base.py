@@ -7,6 +7,7 @@ fingerprint their slots are keyed by.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -63,11 +64,12 @@ class Compressor(Protocol):
         ...
 
 
-class ModuleCompressor:
+class ModuleCompressor(abc.ABC):
     """A frozen backbone and one trained module for it (a slot head, a COMI merger), as a :class:`Compressor`.
 
-    Subclasses set ``kind`` (the prefix of their fingerprints), ``query_aware`` and ``max_ratio``, and
-    implement ``compress_token_ids(token_ids, query=None, *, ratio, batch_size, show_progress, ...)``.
+    Subclasses set ``kind`` (the prefix of their fingerprints) and ``query_aware`` (then also override
+    :meth:`check_queries`), and implement ``max_ratio`` and
+    ``compress_token_ids(token_ids, query=None, *, ratio, batch_size, show_progress, ...)``.
     """
 
     kind: ClassVar[str]
@@ -86,8 +88,8 @@ class ModuleCompressor:
         return self.module.config
 
     @property
-    def max_ratio(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def max_ratio(self) -> int: ...
 
     @property
     def default_ratio(self) -> int:
@@ -128,8 +130,7 @@ class ModuleCompressor:
         if batch_size is not None:
             check_positive_int(batch_size, "batch_size")
         ratio = resolve_ratio(self, ratio)
-        if self.query_aware:
-            self.check_queries(query, len(texts))
+        self.check_queries(query, len(texts))
         if not texts:
             return SoftContext.empty(self.backbone.hidden_size)
         return self.compress_token_ids(
@@ -141,9 +142,12 @@ class ModuleCompressor:
             **options,
         )
 
-    def check_queries(self, query: str | Sequence[str] | None, count: int) -> list[str]:
-        """The question of each passage (query-aware compressors)."""
-        raise NotImplementedError
+    def check_queries(self, query: Query, count: int) -> list[str] | None:
+        """The question of each of ``count`` passages (``None``: a query-independent compressor ignores it)."""
+        return None
 
-    def compress_token_ids(self, token_ids: Sequence[Sequence[int]], query: Any = None, **options: Any) -> SoftContext:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def compress_token_ids(
+        self, token_ids: Sequence[Sequence[int]], query: Query = None, **options: Any
+    ) -> SoftContext:
+        """Like :meth:`compress`, for passages already tokenised (no special tokens)."""
