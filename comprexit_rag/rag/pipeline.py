@@ -44,7 +44,7 @@ from ..methods.comprexit.head import ComprExITHead
 from ..reading.reader import Reader
 from ..retrieval.dense import DenseRetriever
 from ..slots import SlotService, SlotStore
-from ..validation import check_positive_int, check_text, validate_ratio
+from ..validation import check_positive_int, check_text, resolve_ratio, validate_ratio
 from .answering import answer_question
 from .directory import (
     HEAD_DIR,
@@ -117,7 +117,7 @@ class RAGPipeline:
         self.directory = Path(directory)
         self.compressor = compressor
         self.retriever = retriever
-        self.ratio = validate_ratio(compressor.config.ratio if ratio is None else ratio, compressor.config.window)
+        self.ratio = resolve_ratio(compressor, ratio)
         # The head's reader adapter (if it has one) reads its slots and the raw text; COMI's projector
         # was trained for the frozen reader, so its slots are read without the adapter.
         self.reader = Reader(compressor.backbone, adapter=compressor.reader_adapter)
