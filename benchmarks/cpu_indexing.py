@@ -47,14 +47,14 @@ import torch
 from benchmark_environment import load_average, machine_environment
 from torch import nn
 
-import comprexit_rag.head as head_module
-import comprexit_rag.width as width_module
+import comprexit_rag.methods.comprexit.head as head_module
+import comprexit_rag.methods.comprexit.width as width_module
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import check_fingerprint
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.data import load_split
 from comprexit_rag.data.splits import sha1_hex
-from comprexit_rag.head import ComprExITHead
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.head import ComprExITHead
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "cpu_indexing.json"
 SECTIONS = ("tokenisation", "backbone", "depth", "width", "sinkhorn", "projector", "windows", "other")

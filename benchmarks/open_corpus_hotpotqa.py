@@ -44,9 +44,11 @@ from tqdm.auto import tqdm
 
 from comprexit_rag.data import Passage, QAExample, load_split
 from comprexit_rag.evaluation.metrics import answer_contained, compute_scores, exact_match, f1_score
-from comprexit_rag.pipeline import METHODS, PIPELINE_FILE, Answer, IndexReport, RAGPipeline
+from comprexit_rag.rag import METHODS, RAGPipeline
+from comprexit_rag.rag.directory import PIPELINE_FILE
+from comprexit_rag.rag.results import Answer, IndexReport
 from comprexit_rag.retrieval import DenseRetriever, default_embedder_path
-from comprexit_rag.store import content_key
+from comprexit_rag.slots import content_key
 
 logger = logging.getLogger("open_corpus_hotpotqa")
 

@@ -41,15 +41,15 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.cli import main as cli
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.corpus import read_corpus
 from comprexit_rag.default_model import default_backbone_dir
 from comprexit_rag.errors import ComprExITError
-from comprexit_rag.head import ComprExITHead
-from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.scale.vllm_inputs import decode_prompt_embeds
-from comprexit_rag.store import SlotStore
+from comprexit_rag.slots import SlotStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSAGES = [
@@ -168,7 +168,7 @@ WRITER = textwrap.dedent(
     from comprexit_rag.backbone import Backbone
     from comprexit_rag.default_model import default_backbone_dir
     from comprexit_rag.errors import IndexBusyError
-    from comprexit_rag.pipeline import RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
 
     directory, delay, passages = Path(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ logger = logging.getLogger("run_experiment")
 
 def check_training_options(experiment: Experiment, runs: Path) -> None:
     """Build every run's TrainConfig before anything trains: a wrong option fails here, not hours in."""
-    from comprexit_rag.training.trainer import TrainConfig
+    from comprexit_rag.training.config import TrainConfig
 
     for run in experiment.runs():
         try:

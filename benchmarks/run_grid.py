@@ -22,7 +22,7 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.data import load_split
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import build_method
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 
 
 def main() -> None:

@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.data import load_split
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, FullText, StoredSlots
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.data import tokenize_passages
 from comprexit_rag.training.trainer import target_logits
 

@@ -54,11 +54,11 @@ import torch
 from benchmark_environment import load_average, machine_environment
 from torch import nn
 
-from comprexit_rag.backbone import Backbone
+from comprexit_rag.backbone import Backbone, autocast_for
 from comprexit_rag.checkpoint import check_fingerprint
-from comprexit_rag.compressor import autocast_for, row_slots
-from comprexit_rag.depth import DepthTransmission
-from comprexit_rag.head import ComprExITHead, HeadOutput
+from comprexit_rag.methods.comprexit.depth import DepthTransmission
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.methods.slot_head import HeadOutput, row_slots
 
 THROUGHPUT_GOAL = 0.9  # compressor tokens/s over backbone tokens/s, at least
 MEMORY_GOAL = 0.5  # head's extra peak over the hidden states' memory, at most

@@ -25,7 +25,7 @@ import torch
 from benchmark_environment import machine_environment
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.trainer import (
     TrainConfig,
     answer_loss,

@@ -1,7 +1,12 @@
 """comprexit-rag: compress retrieved passages once into soft slots that the reader LLM reads directly.
 
-The public names are imported on first use, so ``comprexit-rag --help`` and the light modules
-(errors, corpus reading, data paths) do not pay for importing torch and transformers.
+The package follows the data: ``backbone`` (the frozen LLM) -> ``methods`` (ComprExIT and the
+baselines, each registered once) -> ``slots`` (keys, the store, the slot service) -> ``reading``
+(the reader and its adapter); ``retrieval`` and ``rag`` (the pipeline) put them together, and
+``training`` and ``evaluation`` train and score the methods.
+
+The public names are imported on first use, so ``import comprexit_rag``, ``comprexit-rag --help`` and
+the light modules (errors, corpus reading, data paths) do not pay for importing torch and transformers.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import threads
 from .errors import (
+    AdapterMismatchError,
     BackboneMismatchError,
     CheckpointError,
     ComprExITError,
@@ -22,11 +28,13 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .backbone import Backbone, BackboneFingerprint
-    from .compressor import ComprExITCompressor
-    from .config import ComprExITConfig
-    from .head import ComprExITHead
+    from .methods.comi import COMICompressor
+    from .methods.comprexit import ComprExITCompressor, ComprExITConfig, ComprExITHead
     from .prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt
-    from .reader import Reader
+    from .rag import Answer, RAGPipeline
+    from .reading import Reader, ReaderAdapter
+    from .retrieval import DenseRetriever
+    from .slots import SlotService, SlotStore
     from .soft_context import PassageDetails, SoftContext
 
 __version__ = "0.1.0"
@@ -35,16 +43,23 @@ __version__ = "0.1.0"
 threads.prefer_short_spin_wait()
 
 _LAZY = {
+    "Answer": ".rag",
     "Backbone": ".backbone",
     "BackboneFingerprint": ".backbone",
-    "ComprExITCompressor": ".compressor",
-    "ComprExITConfig": ".config",
-    "ComprExITHead": ".head",
+    "COMICompressor": ".methods.comi",
+    "ComprExITCompressor": ".methods.comprexit",
+    "ComprExITConfig": ".methods.comprexit",
+    "ComprExITHead": ".methods.comprexit",
     "ContinuationPrompt": ".prompts",
-    "QAPrompt": ".prompts",
-    "ReconstructionPrompt": ".prompts",
-    "Reader": ".reader",
+    "DenseRetriever": ".retrieval",
     "PassageDetails": ".soft_context",
+    "QAPrompt": ".prompts",
+    "RAGPipeline": ".rag",
+    "Reader": ".reading",
+    "ReaderAdapter": ".reading",
+    "ReconstructionPrompt": ".prompts",
+    "SlotService": ".slots",
+    "SlotStore": ".slots",
     "SoftContext": ".soft_context",
 }
 
@@ -63,9 +78,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AdapterMismatchError",
+    "Answer",
     "Backbone",
     "BackboneFingerprint",
     "BackboneMismatchError",
+    "COMICompressor",
     "CheckpointError",
     "ComprExITCompressor",
     "ComprExITConfig",
@@ -73,12 +91,17 @@ __all__ = [
     "ComprExITHead",
     "ContinuationPrompt",
     "DefaultModelUnavailableError",
+    "DenseRetriever",
     "IndexBusyError",
     "InvalidInputError",
     "PassageDetails",
     "QAPrompt",
+    "RAGPipeline",
     "Reader",
+    "ReaderAdapter",
     "ReconstructionPrompt",
+    "SlotService",
+    "SlotStore",
     "SoftContext",
     "StorageError",
 ]

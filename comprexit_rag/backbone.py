@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -111,6 +112,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def autocast_for(backbone: Backbone) -> contextlib.AbstractContextManager:
+    """Run trainable modules in the backbone's low precision where it has one."""
+    if backbone.dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device_type=backbone.device.type, dtype=backbone.dtype)
+    return contextlib.nullcontext()
+
+
 def encode_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of user-provided texts (passages, questions, contexts), without added special tokens.
 
@@ -195,6 +203,11 @@ class Backbone:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         logger.info("Loaded backbone %s on %s (%s)", name, device, dtype)
         return cls(model.to(device), tokenizer, name=name)
+
+    @classmethod
+    def resolve(cls, backbone: str | Path | Backbone | None, device: str | torch.device | None = None) -> Backbone:
+        """``backbone`` itself if it is loaded, else :meth:`from_pretrained` of it (``None``: the embedded default)."""
+        return backbone if isinstance(backbone, Backbone) else cls.from_pretrained(backbone, device=device)
 
     @property
     def device(self) -> torch.device:

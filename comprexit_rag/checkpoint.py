@@ -8,10 +8,10 @@ default checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -22,10 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import BackboneFingerprint
+from .durable import atomic_write
 from .errors import BackboneMismatchError, CheckpointError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"  # the checkpoints shipped with the package
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -59,6 +61,12 @@ class CheckpointedModule(nn.Module):
 
     config: CheckpointConfig
     fingerprint: BackboneFingerprint
+
+    def __init__(self, config: CheckpointConfig | None, fingerprint: BackboneFingerprint) -> None:
+        super().__init__()
+        if config is not None:  # a module whose config is read off its weights passes None
+            self.config = config
+        self.fingerprint = fingerprint
 
     @classmethod
     def from_config(cls, config: CheckpointConfig, fingerprint: BackboneFingerprint) -> Self:
@@ -123,8 +131,9 @@ def save_module(
         "backbone_fingerprint": fingerprint.to_dict(),
         **(extra or {}),
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"kind": kind}))
-    _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(metadata, indent=2)))
+    atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"kind": kind}))
+    # No final newline: the shipped config.json files are resaved byte for byte.
+    atomic_write(directory / CONFIG_NAME, json.dumps(metadata, indent=2).encode())
     return directory
 
 
@@ -134,15 +143,7 @@ def read_metadata(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"No {CONFIG_NAME} in {directory}: not a comprexit-rag checkpoint directory.")
-    try:
-        metadata = json.loads(config_path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_path} is not valid JSON ({error}); re-save or re-download it.") from error
-    if not isinstance(metadata, dict):
-        raise CheckpointError(
-            f"{config_path} holds a JSON {type(metadata).__name__}, not a checkpoint config (an object); "
-            "re-save or re-download it."
-        )
+    metadata = read_json_object(config_path, "a checkpoint config", "re-save or re-download it")
     if metadata.get("kind") != kind:
         raise CheckpointError(f"{directory} holds a {metadata.get('kind')!r} checkpoint, expected {kind!r}.")
     if metadata.get("format_version") != FORMAT_VERSION:
@@ -153,9 +154,24 @@ def read_metadata(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
 
 
 def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(directory) / WEIGHTS_NAME
+    return load_safetensors(Path(directory) / WEIGHTS_NAME, f"No {WEIGHTS_NAME} in {directory}.")
+
+
+def read_json_object(path: Path, what: str, remedy: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (an existing file); a CheckpointError naming ``what`` it should be and ``remedy``."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); {remedy}.") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not {what} (an object); {remedy}.")
+    return value
+
+
+def load_safetensors(path: Path, missing: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a CheckpointError (``missing`` when there is no file) otherwise."""
     if not path.is_file():
-        raise CheckpointError(f"No {WEIGHTS_NAME} in {directory}.")
+        raise CheckpointError(missing)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -179,6 +195,16 @@ def fingerprint_from_metadata(metadata: dict[str, Any]) -> BackboneFingerprint:
         raise CheckpointError(f"Checkpoint metadata has no valid backbone fingerprint: {error}") from error
 
 
+def state_digest(config: dict[str, Any], state: dict[str, torch.Tensor], salt: str = "") -> str:
+    """A short hash of a module's config and weights (``salt`` first): what its outputs are keyed by."""
+    digest = hashlib.sha256(salt.encode())
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def check_fingerprint(expected: BackboneFingerprint, actual: BackboneFingerprint, what: str) -> None:
     """Refuse to combine a module with a backbone it was not trained on."""
     if expected != actual:
@@ -187,14 +213,3 @@ def check_fingerprint(expected: BackboneFingerprint, actual: BackboneFingerprint
             f"{actual.describe()}. Load the backbone the head was trained on, or train a head for this one "
             "with `comprexit-rag train`."
         )
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

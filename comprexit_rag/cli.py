@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        command.add_parser(subparsers)
-    for subparser in subparsers.choices.values():
-        subparser.formatter_class = HelpFormatter
+        subparser = subparsers.add_parser(
+            command.NAME, help=command.HELP, description=command.DESCRIPTION, formatter_class=HelpFormatter
+        )
+        command.add_arguments(subparser)
+        subparser.set_defaults(run=command.run, parser=subparser)
     return parser
 
 

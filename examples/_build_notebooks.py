@@ -94,7 +94,7 @@ import tempfile
 import matplotlib.pyplot as plt
 
 from comprexit_rag.evaluation.metrics import exact_match, f1_score
-from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.rag import RAGPipeline
 
 QUESTIONS = 3  # HotpotQA dev questions; all their paragraphs are indexed together
 K = 3  # passages retrieved per question
@@ -269,7 +269,7 @@ from langchain_comprexit import (
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
 from comprexit_rag.evaluation.metrics import f1_score
-from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.rag import RAGPipeline
 
 QUESTIONS = 2
 K = 3  # documents retrieved per question

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.comi import (
+from comprexit_rag.data.records import QAExample
+from comprexit_rag.data.splits import load_split, sha1_hex
+from comprexit_rag.methods.comi import (
     group_index,
     group_mig,
     iter_query_batches,
@@ -44,8 +46,6 @@ from comprexit_rag.comi import (
     query_vectors,
     question_token_ids,
 )
-from comprexit_rag.data.records import QAExample
-from comprexit_rag.data.splits import load_split, sha1_hex
 
 logger = logging.getLogger("comi_layer_probe")
 

@@ -42,13 +42,13 @@ import torch
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.data import load_split
-from comprexit_rag.head import ComprExITHead
+from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
-from comprexit_rag.reader import Reader
-from comprexit_rag.training.data import PretrainCorpus, tokenize_passages
+from comprexit_rag.reading.reader import Reader
+from comprexit_rag.training.data import PretrainCorpus, calibration_passages, tokenize_passages
 from comprexit_rag.training.encoders import SlotHeadEncoder
 from comprexit_rag.training.examples import TrainExample
-from comprexit_rag.training.trainer import answer_loss, calibration_passages, target_logits
+from comprexit_rag.training.trainer import answer_loss, target_logits
 
 ARMS: dict[str, dict] = {
     "raw": {},

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.data import load_split
 from comprexit_rag.evaluation.metrics import compute_scores
-from comprexit_rag.head import ComprExITHead
-from comprexit_rag.reader import Reader
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.reading.reader import Reader
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.data import PretrainCorpus
 from comprexit_rag.training.trainer import target_logits
 

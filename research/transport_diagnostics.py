@@ -28,9 +28,8 @@ import torch
 from head_design_probe import ARMS
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.head import ComprExITHead
-from comprexit_rag.training.data import PretrainCorpus
-from comprexit_rag.training.trainer import calibration_passages
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.training.data import PretrainCorpus, calibration_passages
 
 
 def diagnose(head: ComprExITHead, states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> dict[str, float]:

@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from comprexit_rag.baselines.mean_pool import DEFAULT_MEAN_POOL, MeanPoolConfig, MeanPoolHead
-from comprexit_rag.baselines.soft_prompt import SoftPrompt
 from comprexit_rag.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from comprexit_rag.comi import DEFAULT_MERGER, COMIConfig, COMIMerger
-from comprexit_rag.config import ComprExITConfig
 from comprexit_rag.errors import CheckpointError
-from comprexit_rag.head import DEFAULT_HEAD, ComprExITHead
+from comprexit_rag.methods.comi import DEFAULT_MERGER, COMIConfig, COMIMerger
+from comprexit_rag.methods.comprexit.config import ComprExITConfig
+from comprexit_rag.methods.comprexit.head import DEFAULT_HEAD, ComprExITHead
+from comprexit_rag.methods.mean_pool import DEFAULT_MEAN_POOL, MeanPoolConfig, MeanPoolHead
+from comprexit_rag.methods.soft_prompt import SoftPrompt
 
 SHIPPED = [
     (ComprExITHead, DEFAULT_HEAD, "comprexit-head"),

@@ -20,9 +20,9 @@ from comprexit_rag import (
     Reader,
     SoftContext,
 )
+from comprexit_rag.methods.comprexit.sinkhorn import log_sinkhorn
+from comprexit_rag.methods.comprexit.width import WidthTransmission, split_windows
 from comprexit_rag.prompts import answer_end_token_id, stop_token_ids
-from comprexit_rag.sinkhorn import log_sinkhorn
-from comprexit_rag.width import WidthTransmission, split_windows
 
 PASSAGE = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "

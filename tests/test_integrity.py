@@ -21,22 +21,23 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import comprexit_rag.pipeline as pipeline_module
-import comprexit_rag.store as store_module
+import comprexit_rag.rag.pipeline as pipeline_module
+import comprexit_rag.slots.checks as store_checks
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.baselines.mean_pool import MeanPoolConfig
-from comprexit_rag.baselines.soft_prompt import SoftPromptConfig
 from comprexit_rag.cli import main as cli
-from comprexit_rag.comi import COMIConfig
-from comprexit_rag.compressor import ComprExITCompressor
-from comprexit_rag.config import ComprExITConfig
 from comprexit_rag.corpus import read_corpus
 from comprexit_rag.errors import BackboneMismatchError, CheckpointError, DefaultModelUnavailableError, InvalidInputError
-from comprexit_rag.head import ComprExITHead
-from comprexit_rag.pipeline import PIPELINE_FILE, RAGPipeline
+from comprexit_rag.methods.comi import COMIConfig
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.config import ComprExITConfig
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.methods.mean_pool import MeanPoolConfig
+from comprexit_rag.methods.soft_prompt import SoftPromptConfig
+from comprexit_rag.rag import RAGPipeline
+from comprexit_rag.rag.directory import PIPELINE_FILE
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.scale.vllm_inputs import decode_prompt_embeds
-from comprexit_rag.store import SlotStore
+from comprexit_rag.slots import SlotStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,7 @@ def test_a_build_racing_another_writer_loads_that_pipeline_instead_of_wiping_it(
             build(directory, tiny_backbone, embedder, head).index(FIRST)
         return tiny_backbone
 
-    monkeypatch.setattr(pipeline_module, "_load_backbone", slow_backbone_load)
+    monkeypatch.setattr(pipeline_module, "load_backbone", slow_backbone_load)
     late = RAGPipeline.open(directory, backbone="tiny", head=head, embedder=embedder)
     assert len(late) == len(FIRST)  # it loaded the other writer's pipeline instead of saving an empty one
     late.index(SECOND)
@@ -131,14 +132,14 @@ def test_a_racing_build_leaves_the_other_pipeline_and_its_head_untouched(
     directory = tmp_path / "rag"
     torch.manual_seed(2)
     other_head = ComprExITHead.for_backbone(tiny_backbone)
-    real_load = pipeline_module._load_backbone
+    real_load = pipeline_module.load_backbone
 
     def slow_backbone_load(backbone, recorded, device):
-        monkeypatch.setattr(pipeline_module, "_load_backbone", real_load)
+        monkeypatch.setattr(pipeline_module, "load_backbone", real_load)
         build(directory, tiny_backbone, embedder, head).index(FIRST)  # the other process, meanwhile
         return tiny_backbone
 
-    monkeypatch.setattr(pipeline_module, "_load_backbone", slow_backbone_load)
+    monkeypatch.setattr(pipeline_module, "load_backbone", slow_backbone_load)
     with pytest.raises(InvalidInputError, match="was built by another process meanwhile"):
         build(directory, tiny_backbone, embedder, other_head)
     reopened = load(directory, tiny_backbone, embedder)
@@ -151,12 +152,11 @@ WRITER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
 
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from comprexit_rag.backbone import Backbone
     from comprexit_rag.default_model import default_backbone_dir
-    from comprexit_rag.pipeline import RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
+    from comprexit_rag.testing import tiny_llama
 
     directory, role, passages = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
     flags = directory.parent
@@ -169,10 +169,7 @@ WRITER = textwrap.dedent(
             time.sleep(0.05)
 
     tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=49152)
-    backbone = Backbone(LlamaForCausalLM(config), tokenizer, name="tiny")
+    backbone = tiny_llama(tokenizer, max_positions=2048, name="tiny")
     if role == "b":
         wait("a-open")
     pipeline = RAGPipeline.open(directory, backbone=backbone)
@@ -263,14 +260,14 @@ def test_bit_rot_in_a_shard_is_an_error_and_index_verify_repairs_it(
 ):
     pipeline = build(tmp_path / "rag", tiny_backbone, embedder, head)
     pipeline.index(FIRST)
-    monkeypatch.setattr(store_module, "_VERIFIED_SHARDS", set(), raising=False)  # as in a new process
+    monkeypatch.setattr(store_checks, "_VERIFIED_SHARDS", set(), raising=False)  # as in a new process
     expected = pipeline.ask("Who discovered penicillin?", k=3, max_new_tokens=4).answer
     (shard,) = pipeline.store.path.glob("shard-*.safetensors")
     size = shard.stat().st_size
     rot(shard, size - 64 if where == "slots" else 10, b"\x7b" * 8)
     assert shard.stat().st_size == size
 
-    monkeypatch.setattr(store_module, "_VERIFIED_SHARDS", set(), raising=False)
+    monkeypatch.setattr(store_checks, "_VERIFIED_SHARDS", set(), raising=False)
     reopened = load(tmp_path / "rag", tiny_backbone, embedder)
     assert reopened.store.open_problems == []  # a size check cannot see it...
     with pytest.raises(CheckpointError, match=r"corrupted in place.*comprexit-rag index CORPUS --out DIR --verify"):
@@ -283,10 +280,10 @@ def test_bit_rot_in_a_shard_is_an_error_and_index_verify_repairs_it(
 def test_a_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
     store = SlotStore(tmp_path / "slots", "fingerprint")
     store.put_many(["a", "b"], [torch.ones(2, 4), torch.zeros(3, 4)], [5, 7])
-    monkeypatch.setattr(store_module, "_VERIFIED_SHARDS", set(), raising=False)
+    monkeypatch.setattr(store_checks, "_VERIFIED_SHARDS", set(), raising=False)
     hashed = []
-    real = store_module._sha256_file
-    monkeypatch.setattr(store_module, "_sha256_file", lambda path: hashed.append(path) or real(path))
+    real = store_checks.sha256_file
+    monkeypatch.setattr(store_checks, "sha256_file", lambda path: hashed.append(path) or real(path))
     for _ in range(3):
         SlotStore(tmp_path / "slots", "fingerprint").get_many(["a", "b"])
     assert len(hashed) == 1
@@ -336,9 +333,9 @@ def test_checkpoints_and_pipelines_saved_before_the_weights_hash_still_load(tmp_
 
 @pytest.mark.slow
 def test_shipped_checkpoints_record_the_default_backbones_weights(real_backbone):
-    from comprexit_rag.baselines.mean_pool import MeanPoolHead
-    from comprexit_rag.baselines.soft_prompt import SoftPrompt
-    from comprexit_rag.comi import COMIMerger
+    from comprexit_rag.methods.comi import COMIMerger
+    from comprexit_rag.methods.mean_pool import MeanPoolHead
+    from comprexit_rag.methods.soft_prompt import SoftPrompt
 
     for module_class in (ComprExITHead, MeanPoolHead, COMIMerger, SoftPrompt):
         fingerprint = module_class.from_pretrained().fingerprint

@@ -2,7 +2,7 @@
 
 ``log_sinkhorn``: marginals, zero mass where masked, permutation equivariance and padding
 invariance (zero-mass rows and columns: exact at any iteration). ``split_windows``: padding
-invariance. ``allocate_group_sizes``: the invariants of tests/test_comi.py (sizes >= 1, sum n,
+invariance. ``allocate_group_sizes``: the invariants of tests/methods/test_comi.py (sizes >= 1, sum n,
 G fixed, higher MIG never gets more tokens) under extreme scores and sizes, plus constant-score,
 shift and NaN behaviour (not duplicated from there).
 """
@@ -14,10 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comprexit_rag.comi import allocate_group_sizes, near_equal_sizes, num_groups
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.sinkhorn import log_sinkhorn
-from comprexit_rag.width import split_windows
+from comprexit_rag.methods.comi import allocate_group_sizes, near_equal_sizes, num_groups
+from comprexit_rag.methods.comprexit.sinkhorn import log_sinkhorn
+from comprexit_rag.methods.comprexit.width import split_windows
 
 PROPERTY = settings(max_examples=60, deadline=None, database=None)
 
@@ -182,7 +182,7 @@ def test_split_windows_is_invariant_to_padding(layouts):
 
 
 # ---------------------------------------------------------------------------------------------
-# allocate_group_sizes (the basic invariants are in tests/test_comi.py; these extend them)
+# allocate_group_sizes (the basic invariants are in tests/methods/test_comi.py; these extend them)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from comprexit_rag import ComprExITConfig, ComprExITHead
-from comprexit_rag.compressor import SlotCompressor
-from comprexit_rag.depth import DepthTransmission
-from comprexit_rag.sinkhorn import MAX_SCALING_EXPONENT, log_sinkhorn, scaling_sinkhorn, sinkhorn
-from comprexit_rag.width import WidthTransmission, Windows, join_windows, segment_means, split_windows
+from comprexit_rag.methods.comprexit.depth import DepthTransmission
+from comprexit_rag.methods.comprexit.sinkhorn import MAX_SCALING_EXPONENT, log_sinkhorn, scaling_sinkhorn, sinkhorn
+from comprexit_rag.methods.comprexit.width import WidthTransmission, Windows, join_windows, segment_means, split_windows
+from comprexit_rag.methods.slot_head import SlotCompressor
 
 # --------------------------------------------------------------------------------------------
 # Copies of the implementation before the speed-ups (the references of these tests).

@@ -1,4 +1,5 @@
-"""Sub-commands of the CLI. Each module exposes ``add_parser(subparsers)`` that sets ``run``."""
+"""Sub-commands of the CLI. Each module declares ``NAME``, ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)``
+and ``run(args)``; :func:`comprexit_rag.cli.build_parser` registers them."""
 
 from . import ask, demo, evaluate, index, train
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
 
 
 def positive_int(text: str) -> int:
@@ -14,3 +18,40 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One flag per field of ``config_class``, read off the field: its metadata holds the help text and the
+    flag's settings (``flag``, ``choices``, ``positive``, ``cli_default``), its type and default the rest."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        meta = field.metadata
+        kind = _without_none(hints[field.name])
+        options: dict[str, Any] = {"dest": field.name, "help": meta["help"], "default": _default(field)}
+        if kind is bool:
+            options["action"] = "store_true"
+        elif typing.get_origin(kind) is list:
+            options.update(nargs="+", type=typing.get_args(kind)[0])
+        elif "choices" in meta:
+            options["choices"] = meta["choices"]
+        else:
+            options["type"] = positive_int if meta.get("positive") else kind
+        parser.add_argument(meta.get("flag", "--" + field.name.replace("_", "-")), **options)
+
+
+def _without_none(kind: Any) -> Any:
+    """``X`` for ``X | None``; ``str`` for a ``Literal`` of strings (its choices are the metadata's)."""
+    if typing.get_origin(kind) is typing.Literal:
+        return str
+    if isinstance(kind, types.UnionType):
+        kept = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return kept[0] if len(kept) == 1 else kind
+    return kind
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if "cli_default" in field.metadata:
+        return field.metadata["cli_default"]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default

@@ -8,39 +8,23 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ..pipeline_methods import METHODS
+from ..methods import describe_methods, method_names
 from ._args import positive_int
 
 if TYPE_CHECKING:
-    from ..pipeline import Answer
+    from ..rag.results import Answer
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "ask",
-        help="answer a question from a directory built by `comprexit-rag index`",
-        description="Retrieve the --k passages closest to QUESTION in DIRECTORY (built by `comprexit-rag index`) "
-        "and answer from their stored slots; prints the answer, its sources and what was read.",
-    )
-    parser.add_argument("directory", help="pipeline directory built by `comprexit-rag index`")
-    parser.add_argument("question", help="the question, in quotes")
-    parser.add_argument(
-        "--method",
-        choices=METHODS,
-        default="comprexit",
-        help="comprexit: stored slots; comi: query-aware slots computed now; full: raw passages",
-    )
-    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve")
-    parser.add_argument("--ratio", type=int, help="compression ratio (default: the pipeline's)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
-    parser.add_argument("--comi-merger", help="COMI merger checkpoint for --method comi (default: the shipped one)")
-    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
-    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    parser.set_defaults(run=run)
+NAME = "ask"
+HELP = "answer a question from a directory built by `comprexit-rag index`"
+DESCRIPTION = """\
+Retrieve the --k passages closest to QUESTION in DIRECTORY (built by `comprexit-rag index`) and
+answer from their stored slots; prints the answer, its sources and what was read.
+"""
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import RAGPipeline
+    from ..rag.pipeline import RAGPipeline
 
     # With --json, stdout carries the JSON object and nothing else: stray prints go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
@@ -69,3 +53,20 @@ def describe_stats(answer: Answer) -> str:
         context += f", store hits {stats.store_hits}/{stats.store_hits + stats.store_misses}"
     times = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in answer.timings.items())
     return f"{context}; {times}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", help="pipeline directory built by `comprexit-rag index`")
+    parser.add_argument("question", help="the question, in quotes")
+    parser.add_argument(
+        "--method",
+        choices=method_names(pipeline=True),
+        default="comprexit",
+        help=describe_methods(method_names(pipeline=True)),
+    )
+    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve")
+    parser.add_argument("--ratio", type=int, help="compression ratio (default: the pipeline's)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
+    parser.add_argument("--comi-merger", help="COMI merger checkpoint for --method comi (default: the shipped one)")
+    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

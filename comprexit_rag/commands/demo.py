@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data import Passage, QAExample
-from ..pipeline_methods import METHODS
+from ..methods import method_names
 from ._args import positive_int
 
 if TYPE_CHECKING:
-    from ..pipeline import Answer
+    from ..rag.results import Answer
 from .ask import describe_stats
 
 DESCRIPTION = """\
@@ -94,39 +94,25 @@ BUILTIN_QUESTIONS: tuple[tuple[str, str, str], ...] = (
 BUILTIN_CORPUS_FILE = "builtin_corpus.jsonl"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="index a few HotpotQA dev questions' paragraphs (or a built-in corpus) and answer them",
-        description=DESCRIPTION,
-    )
-    parser.add_argument("--questions", type=positive_int, default=3, help="questions to index and answer")
-    parser.add_argument("--data", help="data directory (default: shared/data or $COMPREXIT_DATA) or a HotpotQA file")
-    parser.add_argument("--builtin", action="store_true", help="use the built-in corpus even when data is found")
-    parser.add_argument("--out", help="pipeline directory (default: a cache directory, reused across runs)")
-    parser.add_argument(
-        "--method",
-        action="append",
-        choices=(*METHODS, "all"),
-        help="how to read the passages (repeatable; default comprexit; all = every method)",
-    )
-    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
-    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
-    parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
-    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
-    parser.set_defaults(run=run)
+NAME = "demo"
+HELP = "index a few HotpotQA dev questions' paragraphs (or a built-in corpus) and answer them"
 
 
 def run(args: argparse.Namespace) -> int:
     from ..corpus import read_corpus
     from ..errors import InvalidInputError
     from ..evaluation.metrics import exact_match, f1_score
-    from ..pipeline import RAGPipeline
+    from ..rag.directory import UNTRAINED_HEAD_DIR
+    from ..rag.loading import DEFAULT
+    from ..rag.pipeline import RAGPipeline
 
     if args.questions < 1:
         raise InvalidInputError(f"--questions must be positive, got {args.questions}.")
-    methods = list(METHODS) if "all" in (args.method or []) else list(dict.fromkeys(args.method or ["comprexit"]))
+    methods = (
+        list(method_names(pipeline=True))
+        if "all" in (args.method or [])
+        else list(dict.fromkeys(args.method or ["comprexit"]))
+    )
     examples, origin = load_demo_examples(args.data, args.questions, builtin=args.builtin)
     directory = Path(args.out) if args.out else default_demo_dir(examples, args.backbone, args.head)
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         mean_em = sum(em for em, _ in values) / len(values)
         mean_f1 = sum(f1 for _, f1 in values) / len(values)
         print(f"{method}: EM {mean_em:.2f}, F1 {mean_f1:.2f} over {len(values)} questions")
-    if pipeline.record.get("head") == "default" and (directory / "untrained-head").is_dir():
+    if pipeline.record.head == DEFAULT and (directory / UNTRAINED_HEAD_DIR).is_dir():
         print("Note: no trained ComprExIT head is shipped yet, so slots come from an UNTRAINED head.", file=sys.stderr)
     return 0
 
@@ -214,3 +200,21 @@ def describe_sources(answer: Answer, gold_titles: set[str]) -> str:
         f"{'*' if source.title in gold_titles else ''}{source.title or source.id} ({source.score:.2f})"
         for source in answer.sources
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--questions", type=positive_int, default=3, help="questions to index and answer")
+    parser.add_argument("--data", help="data directory (default: shared/data or $COMPREXIT_DATA) or a HotpotQA file")
+    parser.add_argument("--builtin", action="store_true", help="use the built-in corpus even when data is found")
+    parser.add_argument("--out", help="pipeline directory (default: a cache directory, reused across runs)")
+    parser.add_argument(
+        "--method",
+        action="append",
+        choices=(*method_names(pipeline=True), "all"),
+        help="how to read the passages (repeatable; default comprexit; all = every method)",
+    )
+    parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
+    parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
+    parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
+    parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")

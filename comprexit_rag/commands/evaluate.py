@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ..names import EVAL_METHODS as METHODS
-from ..names import EVAL_RATIO_METHODS as RATIO_METHODS
+from ..methods import get_method, method_names
 from ._args import positive_int
 
 logger = logging.getLogger(__name__)
@@ -20,17 +19,116 @@ logger = logging.getLogger(__name__)
 FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad"}  # format -> split family
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a method (EM, F1, accuracy, cost) on a QA file",
-        description="Score one way of giving the reader the passages (--method) on a QA file: exact match, F1, "
-        "accuracy, and the context tokens/slots read.",
+NAME = "eval"
+HELP = "evaluate a method (EM, F1, accuracy, cost) on a QA file"
+DESCRIPTION = """\
+Score one way of giving the reader the passages (--method) on a QA file: exact match, F1, accuracy,
+and the context tokens/slots read.
+"""
+
+
+def load_examples(path: str, data_format: str, split: str, context: str, limit: int | None) -> list:
+    from ..data import QAExample, load_hotpotqa, load_nq_open, load_split, load_squad_mrqa
+    from ..data.paths import DataNotFoundError
+
+    loader = {"hotpotqa": load_hotpotqa, "nq-open": load_nq_open, "squad-mrqa": load_squad_mrqa}[data_format]
+    examples: list[QAExample] = read_qa_file(loader, path, data_format)
+    if split == "dev":
+        try:
+            dev_ids = {e.id for e in load_split(FORMATS[data_format], "dev")}
+        except DataNotFoundError:
+            dev_ids = set()
+        kept = [e for e in examples if e.id in dev_ids]
+        if kept:
+            examples = kept
+        else:
+            logger.warning("%s has no example of the project's dev split; evaluating all of it.", path)
+    if context == "gold":
+        examples = [
+            QAExample(e.id, e.question, e.answers, e.gold_passages(), tuple(range(len(e.gold_passages()))))
+            for e in examples
+        ]
+    return examples[:limit] if limit else examples
+
+
+def load_reader_adapter(path: str, backbone):
+    from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
+
+    directory = Path(path)
+    return ReaderAdapter.from_pretrained(
+        directory / ADAPTER_DIR if (directory / ADAPTER_DIR).is_dir() else directory, backbone
     )
+
+
+def read_qa_file(loader: Callable[[str], list], path: str, data_format: str) -> list:
+    """``loader(path)``, with every way the file can be wrong turned into one :class:`InvalidInputError`."""
+    source = Path(path)
+    if not source.exists():
+        raise InvalidInputError(f"--data {path}: no such file.")
+    if source.is_dir():
+        raise InvalidInputError(f"--data {path} is a directory; pass one QA file.")
+    try:
+        examples = loader(path)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError, zlib.error) as error:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, gzip.BadGzipFile an OSError of its own.
+        raise InvalidInputError(
+            f"--data {path} is not a {data_format} file ({type(error).__name__}: {error}). Check --format "
+            f"({', '.join(FORMATS)}) and that the file is complete."
+        ) from error
+    except gzip.BadGzipFile as error:
+        raise InvalidInputError(f"--data {path} is a corrupt gzip file ({error}).") from error
+    if not examples:
+        raise InvalidInputError(f"--data {path} holds no {data_format} example.")
+    return examples
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbone import Backbone
+    from ..evaluation.harness import evaluate
+    from ..evaluation.methods import build_method
+    from ..reading.reader import Reader
+    from ..validation import validate_ratio
+
+    ratio = validate_ratio(args.ratio, 128) if get_method(args.method).takes_ratio else None
+    examples = load_examples(args.data, args.format, args.split, args.context, args.limit)
+    backbone = Backbone.from_pretrained(args.backbone, device=args.device)
+    method = build_method(args.method, backbone, ratio or 4, args.checkpoint)
+    adapter = "attached"
+    if args.reader_adapter == "none":
+        adapter = None
+    elif args.reader_adapter:
+        adapter = load_reader_adapter(args.reader_adapter, backbone)
+    reader = Reader(backbone, max_new_tokens=args.max_new_tokens, adapter=adapter)
+    result = evaluate(
+        method,
+        reader,
+        examples,
+        ratio=ratio,
+        batch_size=args.batch_size,
+        show_progress=not args.json,
+        contexts_from=args.contexts_from,
+    )
+    if args.predictions:
+        with Path(args.predictions).open("w") as handle:
+            for example, prediction in zip(examples, result.predictions, strict=True):
+                record = {"id": example.id, "question": example.question, "answers": list(example.answers)}
+                handle.write(json.dumps({**record, "prediction": prediction}) + "\n")
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="QA file (HotpotQA json/jsonl, NQ-open jsonl[.gz], MRQA)")
     parser.add_argument("--format", choices=tuple(FORMATS), required=True, help="layout of the --data file")
-    parser.add_argument("--method", choices=METHODS, required=True, help="how the reader gets the passages")
-    parser.add_argument("--ratio", type=int, default=4, help="compression ratio for " + ", ".join(RATIO_METHODS))
+    parser.add_argument("--method", choices=method_names(), required=True, help="how the reader gets the passages")
+    parser.add_argument(
+        "--ratio", type=int, default=4, help="compression ratio for " + ", ".join(method_names(takes_ratio=True))
+    )
     parser.add_argument("--limit", type=positive_int, help="evaluate the first N examples")
     parser.add_argument(
         "--context",
@@ -64,99 +162,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
     parser.add_argument("--predictions", help="write one JSON line per example (id, question, answers, prediction)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    parser.set_defaults(run=run)
-
-
-def load_examples(path: str, data_format: str, split: str, context: str, limit: int | None) -> list:
-    from ..data import QAExample, load_hotpotqa, load_nq_open, load_split, load_squad_mrqa
-    from ..data.paths import DataNotFoundError
-
-    loader = {"hotpotqa": load_hotpotqa, "nq-open": load_nq_open, "squad-mrqa": load_squad_mrqa}[data_format]
-    examples: list[QAExample] = read_qa_file(loader, path, data_format)
-    if split == "dev":
-        try:
-            dev_ids = {e.id for e in load_split(FORMATS[data_format], "dev")}
-        except DataNotFoundError:
-            dev_ids = set()
-        kept = [e for e in examples if e.id in dev_ids]
-        if kept:
-            examples = kept
-        else:
-            logger.warning("%s has no example of the project's dev split; evaluating all of it.", path)
-    if context == "gold":
-        examples = [
-            QAExample(e.id, e.question, e.answers, e.gold_passages(), tuple(range(len(e.gold_passages()))))
-            for e in examples
-        ]
-    return examples[:limit] if limit else examples
-
-
-def load_reader_adapter(path: str, backbone):
-    from ..adapter import ADAPTER_DIR, ReaderAdapter
-
-    directory = Path(path)
-    return ReaderAdapter.from_pretrained(
-        directory / ADAPTER_DIR if (directory / ADAPTER_DIR).is_dir() else directory, backbone
-    )
-
-
-def read_qa_file(loader: Callable[[str], list], path: str, data_format: str) -> list:
-    """``loader(path)``, with every way the file can be wrong turned into one :class:`InvalidInputError`."""
-    source = Path(path)
-    if not source.exists():
-        raise InvalidInputError(f"--data {path}: no such file.")
-    if source.is_dir():
-        raise InvalidInputError(f"--data {path} is a directory; pass one QA file.")
-    try:
-        examples = loader(path)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError, zlib.error) as error:
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors, gzip.BadGzipFile an OSError of its own.
-        raise InvalidInputError(
-            f"--data {path} is not a {data_format} file ({type(error).__name__}: {error}). Check --format "
-            f"({', '.join(FORMATS)}) and that the file is complete."
-        ) from error
-    except gzip.BadGzipFile as error:
-        raise InvalidInputError(f"--data {path} is a corrupt gzip file ({error}).") from error
-    if not examples:
-        raise InvalidInputError(f"--data {path} holds no {data_format} example.")
-    return examples
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..backbone import Backbone
-    from ..config import validate_ratio
-    from ..evaluation.harness import evaluate
-    from ..evaluation.methods import build_method
-    from ..reader import Reader
-
-    ratio = validate_ratio(args.ratio, 128) if args.method in RATIO_METHODS else None
-    examples = load_examples(args.data, args.format, args.split, args.context, args.limit)
-    backbone = Backbone.from_pretrained(args.backbone, device=args.device)
-    method = build_method(args.method, backbone, ratio or 4, args.checkpoint)
-    adapter = "attached"
-    if args.reader_adapter == "none":
-        adapter = None
-    elif args.reader_adapter:
-        adapter = load_reader_adapter(args.reader_adapter, backbone)
-    reader = Reader(backbone, max_new_tokens=args.max_new_tokens, adapter=adapter)
-    result = evaluate(
-        method,
-        reader,
-        examples,
-        ratio=ratio,
-        batch_size=args.batch_size,
-        show_progress=not args.json,
-        contexts_from=args.contexts_from,
-    )
-    if args.predictions:
-        with Path(args.predictions).open("w") as handle:
-            for example, prediction in zip(examples, result.predictions, strict=True):
-                record = {"id": example.id, "question": example.question, "answers": list(example.answers)}
-                handle.write(json.dumps({**record, "prediction": prediction}) + "\n")
-    summary = result.summary()
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
-    return 0

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data import QAExample
 from ..errors import InvalidInputError
-from ..reader import Reader
+from ..reading.reader import Reader
 from .methods import EvalMethod
 from .metrics import compute_scores
 

@@ -1,24 +1,27 @@
 """The methods the harness compares: each turns QA examples into reader contexts.
 
 All of them use the same frozen backbone as reader, the same prompt and greedy decoding,
-so differences come from the context alone.
+so differences come from the context alone. Each registered method names its class here
+(``MethodSpec.evaluator``), built with ``build(spec, backbone, ratio, checkpoint)``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 import torch
 
 from ..backbone import Backbone
+from ..checkpoint import check_fingerprint
 from ..data import QAExample
-from ..errors import InvalidInputError
-from ..names import EVAL_METHODS as METHODS
-from ..names import EVAL_RATIO_METHODS as RATIO_METHODS  # noqa: F401 (re-exported: importers use it)
-from ..reader import Context
+from ..methods import MethodSpec, get_method
+from ..reading.reader import Context
 from ..soft_context import SoftContext
+from ..validation import check_positive_int
+
+Checkpoint = str | os.PathLike | None
 
 
 @dataclass
@@ -30,6 +33,9 @@ class PreparedContexts:
 class EvalMethod(Protocol):
     name: str
 
+    @classmethod
+    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self: ...
+
     def prepare(self, examples: list[QAExample]) -> PreparedContexts: ...
 
 
@@ -39,6 +45,10 @@ def passage_texts(example: QAExample) -> list[str]:
 
 class ClosedBook:
     name = "closed-book"
+
+    @classmethod
+    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
+        return cls()
 
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
         return PreparedContexts([None] * len(examples), [0] * len(examples))
@@ -51,6 +61,10 @@ class FullText:
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
+
+    @classmethod
+    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
+        return cls(backbone)
 
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
         contexts = [passage_texts(example) for example in examples]
@@ -65,7 +79,11 @@ class Truncate:
 
     def __init__(self, backbone: Backbone, ratio: int) -> None:
         self.backbone = backbone
-        self.ratio = ratio
+        self.ratio = check_positive_int(ratio, "ratio")
+
+    @classmethod
+    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
+        return cls(backbone, ratio)
 
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
         contexts, lengths = [], []
@@ -82,13 +100,14 @@ class FullTuned:
 
     name = "full-tuned"
 
-    def __init__(self, backbone: Backbone, checkpoint: str | os.PathLike | None) -> None:
-        from ..baselines.soft_prompt import SoftPrompt
-        from ..checkpoint import check_fingerprint
-
+    def __init__(self, backbone: Backbone, prompt) -> None:
+        check_fingerprint(prompt.fingerprint, backbone.fingerprint, "This soft prompt")
         self.backbone = backbone
-        self.prompt = SoftPrompt.from_pretrained(checkpoint).to(backbone.device)
-        check_fingerprint(self.prompt.fingerprint, backbone.fingerprint, "This soft prompt")
+        self.prompt = prompt.to(backbone.device)
+
+    @classmethod
+    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
+        return cls(backbone, spec.module_class().from_pretrained(checkpoint))
 
     @torch.no_grad()
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
@@ -99,10 +118,17 @@ class FullTuned:
 class StoredSlots:
     """A query-independent slot compressor (ComprExIT or mean-pool): every passage compressed alone."""
 
+    batch_size = 32  # passages per compressor batch
+
     def __init__(self, name: str, compressor, ratio: int) -> None:
         self.name = name
         self.compressor = compressor
         self.ratio = ratio
+
+    @classmethod
+    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
+        compressor = spec.compressor_class().from_pretrained(checkpoint, backbone, batch_size=cls.batch_size)
+        return cls(spec.name, compressor, ratio)
 
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
         texts = [text for example in examples for text in passage_texts(example)]
@@ -114,14 +140,10 @@ class StoredSlots:
         return PreparedContexts(contexts, [c.num_slots for c in contexts])
 
 
-class QueryAware:
-    """COMI: passages are encoded together with the question, so this runs per question."""
+class QueryAware(StoredSlots):
+    """A query-aware compressor (COMI): passages are compressed together with the question, per question."""
 
-    name = "comi"
-
-    def __init__(self, compressor, ratio: int) -> None:
-        self.compressor = compressor
-        self.ratio = ratio
+    batch_size = 8  # (passage segment, question) pairs per batch
 
     def prepare(self, examples: list[QAExample]) -> PreparedContexts:
         contexts: list[SoftContext] = [
@@ -131,28 +153,7 @@ class QueryAware:
         return PreparedContexts(contexts, [c.num_slots for c in contexts])
 
 
-def build_method(
-    name: str, backbone: Backbone, ratio: int = 4, checkpoint: str | os.PathLike | None = None
-) -> EvalMethod:
-    """Instantiate a method by name; ``checkpoint`` overrides the shipped trained module."""
-    if name == "closed-book":
-        return ClosedBook()
-    if name == "full":
-        return FullText(backbone)
-    if name == "truncate":
-        return Truncate(backbone, ratio)
-    if name == "full-tuned":
-        return FullTuned(backbone, checkpoint)
-    if name == "comprexit":
-        from ..compressor import ComprExITCompressor
-
-        return StoredSlots(name, ComprExITCompressor.from_pretrained(checkpoint, backbone, batch_size=32), ratio)
-    if name == "mean-pool":
-        from ..baselines.mean_pool import MeanPoolCompressor
-
-        return StoredSlots(name, MeanPoolCompressor.from_pretrained(checkpoint, backbone, batch_size=32), ratio)
-    if name == "comi":
-        from ..comi import COMICompressor
-
-        return QueryAware(COMICompressor.from_pretrained(checkpoint, backbone), ratio)
-    raise InvalidInputError(f"Unknown method {name!r}; choose one of {', '.join(METHODS)}.")
+def build_method(name: str, backbone: Backbone, ratio: int = 4, checkpoint: Checkpoint = None) -> EvalMethod:
+    """The registered method ``name``; ``checkpoint`` overrides the shipped trained module."""
+    spec = get_method(name)
+    return spec.evaluator_class().build(spec, backbone, ratio, checkpoint)

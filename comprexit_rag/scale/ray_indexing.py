@@ -3,13 +3,13 @@
 Design: a pool of Ray actors (one ``map_batches`` stage with a callable class) loads the
 backbone and the head once per actor and compresses batches of passages; each batch comes back
 as store keys, token counts and fp16 slots (numpy). The *driver* is the only writer: it
-commits the streamed batches to one :class:`~comprexit_rag.store.SlotStore` with ``put_many``
+commits the streamed batches to one :class:`~comprexit_rag.slots.SlotStore` with ``put_many``
 (one shard per ``shard_size`` passages). A single writer keeps the store free of duplicate
 keys and needs no shared file system between workers; the driver only copies fp16 bytes, so
 it keeps up with many GPU actors (about 45 KB per 150-token passage with SmolLM2 at ratio 4).
 
-The store is keyed exactly like :class:`~comprexit_rag.pipeline.RAGPipeline`'s: root
-``<pipeline>/slots``, fingerprint ``"<compressor fingerprint>/ratio=<ratio>"``, key
+The store is keyed exactly like :class:`~comprexit_rag.rag.pipeline.RAGPipeline`'s (:mod:`comprexit_rag.slots.keys`):
+root ``<pipeline>/slots``, fingerprint ``"<compressor fingerprint>/ratio=<ratio>"``, key
 ``content_key(text)`` of the *formatted* passage (``"title\\ntext"``, see
 :meth:`~comprexit_rag.data.Passage.formatted`). A pipeline opened on that directory with the
 same backbone and head therefore finds every slot and compresses nothing.
@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from ..errors import BackboneMismatchError, InvalidInputError
-from ..segments import check_positive_int, check_texts
-from ..store import SlotStore, content_key
+from ..slots import SlotStore, content_key
+from ..slots.keys import store_fingerprint as slot_store_fingerprint
+from ..validation import check_positive_int, check_texts
 
 if TYPE_CHECKING:
     import ray.data
@@ -57,11 +58,6 @@ def _import_ray() -> Any:
     return ray
 
 
-def slot_store_fingerprint(compressor_fingerprint: str, ratio: int) -> str:
-    """The SlotStore fingerprint under which :class:`RAGPipeline` keeps slots of one head and ratio."""
-    return f"{compressor_fingerprint}/ratio={ratio}"
-
-
 @dataclass(frozen=True)
 class RayIndexReport:
     """What one :func:`compress_corpus_with_ray` call did."""
@@ -82,14 +78,14 @@ class RayIndexReport:
 
 
 def _load_compressor(backbone: ModelSource, head: ModelSource, device: str | None, batch_size: int) -> Any:
-    from ..compressor import ComprExITCompressor
+    from ..methods.comprexit.compressor import ComprExITCompressor
 
     return ComprExITCompressor.from_pretrained(head, backbone, device=device, batch_size=batch_size)
 
 
 def _describe(backbone: ModelSource, head: ModelSource, ratio: int | None, device: str | None) -> tuple[str, int]:
     """(compressor fingerprint, resolved ratio), computed where the actors run (a Ray task)."""
-    from ..config import validate_ratio
+    from ..validation import validate_ratio
 
     compressor = _load_compressor(backbone, head, device, 1)
     resolved = validate_ratio(compressor.config.ratio if ratio is None else ratio, compressor.config.window)
@@ -162,7 +158,7 @@ def compress_corpus_with_ray(
             ``ray.data.Dataset`` with a ``text_column`` of such strings. A list is deduplicated
             and the passages already stored are skipped before anything is sent to Ray (cheap
             resume); a Dataset is read as is (stored keys are recompressed but not rewritten).
-        out_dir: SlotStore root; for a :class:`~comprexit_rag.pipeline.RAGPipeline` that is
+        out_dir: SlotStore root; for a :class:`~comprexit_rag.rag.pipeline.RAGPipeline` that is
             ``<pipeline directory>/slots``.
         backbone: Hugging Face name or local path every worker can load (``None``: the embedded
             default SmolLM2). Actors rebuild the models from it, so pass paths, not objects.

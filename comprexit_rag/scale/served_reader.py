@@ -23,9 +23,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..adapter import ReaderAdapter
 from ..backbone import Backbone
 from ..errors import InvalidInputError
+from ..reading.adapter import ReaderAdapter
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ vLLM accepts a prompt as input embeddings ``[T, H]`` instead of token ids, offli
 ``LLM(model, enable_prompt_embeds=True)`` and ``llm.generate({"prompt_embeds": tensor})``, and
 online with ``vllm serve MODEL --enable-prompt-embeds`` and a base64 ``torch.save`` payload in
 the ``prompt_embeds`` field of ``/v1/completions``. The embeddings built here are exactly the
-ones :class:`~comprexit_rag.reader.Reader` feeds the backbone: ``embed(prompt before) + slots +
+ones :class:`~comprexit_rag.reading.reader.Reader` feeds the backbone: ``embed(prompt before) + slots +
 embed(prompt after)`` with :class:`~comprexit_rag.prompts.QAPrompt`, so vLLM serving the same
 backbone answers as the reader does (greedy, up to kernel numerics).
 
@@ -30,7 +30,7 @@ import torch
 from ..backbone import Backbone
 from ..errors import InvalidInputError
 from ..prompts import QAPrompt
-from ..reader import Reader
+from ..reading.reader import Reader
 from ..soft_context import SoftContext
 
 __all__ = [
@@ -80,19 +80,13 @@ def prompt_embeds(
     return embeds.to(device="cpu", dtype=dtype or embeds.dtype).contiguous()
 
 
-def to_embeds_prompt(
-    backbone: Backbone,
-    question: str,
-    slots: Slots,
-    *,
-    prompt: QAPrompt | None = None,
-    dtype: torch.dtype | None = None,
-) -> dict[str, torch.Tensor]:
+def to_embeds_prompt(backbone: Backbone, question: str, slots: Slots, **options: Any) -> dict[str, torch.Tensor]:
     """A vLLM ``EmbedsPrompt`` (``{"prompt_embeds": [T, H] tensor}``) for ``LLM.generate``.
 
-    The engine must be built with ``LLM(model, enable_prompt_embeds=True)``.
+    ``options``: those of :func:`prompt_embeds` (``prompt``, ``dtype``). The engine must be built
+    with ``LLM(model, enable_prompt_embeds=True)``.
     """
-    return {"prompt_embeds": prompt_embeds(backbone, question, slots, prompt=prompt, dtype=dtype)}
+    return {"prompt_embeds": prompt_embeds(backbone, question, slots, **options)}
 
 
 def encode_prompt_embeds(embeds: torch.Tensor) -> str:

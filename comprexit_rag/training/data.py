@@ -13,21 +13,25 @@ import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..backbone import encode_text, tokenizer_sha256
+from ..backbone import Backbone, encode_text, tokenizer_sha256
 from ..data import Passage, QAExample
 from ..data.paths import data_root
 from ..data.splits import load_split, pretraining_passages
 from ..default_model import cache_dir
+from ..durable import atomic_write
 from ..prompts import answer_end_token_id
 from .examples import TrainExample
 
 logger = logging.getLogger(__name__)
 
+CALIBRATION_SEED = 10_002
+CALIBRATION_TOKENS = 400_000
 QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08}
 MAX_PASSAGE_TOKENS = 1024
 
@@ -102,9 +106,12 @@ class PretrainCorpus:
         tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
         tokens = tokens[:max_tokens] if max_tokens else tokens
         cached.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(temporary, tokens)
-        temporary.replace(cached)
+
+        def save(path: Path) -> None:
+            with path.open("wb") as handle:  # a file object: np.save would add ".npy" to a path
+                np.save(handle, tokens)
+
+        atomic_write(cached, save)
         logger.info("Pretraining corpus: %d tokens", len(tokens))
         return cls(tokens)
 
@@ -214,3 +221,9 @@ class QATrainingSet:
                 rng.shuffle(passages)
             batch.append(TrainExample(passages, item.question, item.target_ids))
         return batch
+
+
+def calibration_passages(backbone: Backbone, data_root: str | os.PathLike | None) -> list[list[int]]:
+    """Fixed Wikipedia windows (64 x 512 tokens, one seed) that calibrate a head's layer standardisation."""
+    corpus = PretrainCorpus.build(backbone.tokenizer, data_root, max_tokens=CALIBRATION_TOKENS)
+    return [example.passage_ids[0] for example in corpus.sample(random.Random(CALIBRATION_SEED), 64, 512, 0)]

@@ -1,15 +1,38 @@
-"""Differentiable context encoders for the trainer: slot heads and the soft prompt."""
+"""Differentiable context encoders for the trainer, one per trainable method (see the method registry).
+
+``Encoder.build(spec, config, backbone)`` loads the method's module from ``config.init_from`` or makes
+a fresh one for the backbone; ``encode(batch, ratio)`` turns a batch of examples into reader contexts
+with gradients flowing into that module only.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Self
 
 import torch
 from torch import nn
 
-from ..backbone import Backbone
-from ..baselines.soft_prompt import SoftPrompt
-from ..compressor import autocast_for, row_slots
-from ..segments import SegmentBatch, encode_segments
+from ..backbone import Backbone, autocast_for
+from ..checkpoint import check_fingerprint
+from ..methods.comi import COMIMerger, encode_pairs, question_token_ids
+from ..methods.segments import SegmentBatch, encode_segments, split_into_segments
+from ..methods.slot_head import row_slots
+from ..methods.soft_prompt import SoftPrompt
+from ..validation import validate_ratio
+from .config import TrainConfig, head_options
+from .data import calibration_passages
 from .examples import TrainExample
+
+if TYPE_CHECKING:
+    from ..methods import MethodSpec
+
+
+def load_or_create(spec: MethodSpec, config: TrainConfig, create: Callable[[type], nn.Module]) -> nn.Module:
+    """The method's module loaded from ``config.init_from``, else ``create(module_class)``."""
+    module_class = spec.module_class()
+    return module_class.from_pretrained(config.init_from) if config.init_from else create(module_class)
 
 
 class SlotHeadEncoder:
@@ -20,6 +43,10 @@ class SlotHeadEncoder:
         self.trainable = head
         self.name = name
         self.segment_batch_size = segment_batch_size
+
+    @classmethod
+    def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
+        return cls(backbone, load_or_create(spec, config, lambda head: head.for_backbone(backbone)), spec.name)
 
     def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
         def run(segments: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -39,6 +66,71 @@ class SlotHeadEncoder:
         return regroup(batch, [torch.cat(parts) for parts in per_passage])
 
 
+class ComprExITEncoder(SlotHeadEncoder):
+    """The ComprExIT head's encoder: a fresh head takes the run's first ratio (and, if asked, a layer
+    standardisation calibrated on Wikipedia); the run's head options apply to a loaded head too."""
+
+    @classmethod
+    def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
+        def create(head_class: type) -> nn.Module:
+            head = head_class.for_backbone(
+                backbone, ratio=config.ratios[0], standardize_layers=config.standardize_layers
+            )
+            if config.standardize_layers:
+                head.calibrate(backbone, calibration_passages(backbone, config.data_root))
+            return head
+
+        head = load_or_create(spec, config, create)
+        for name in head_options("override"):  # replace() validates them through the head's config
+            if getattr(config, name) is not None:
+                head.config = replace(head.config, **{name: getattr(config, name)})
+        head.config.trained_ratios = sorted(config.ratios)
+        return cls(backbone, head, spec.name)
+
+
+class COMIContextEncoder:
+    """COMI's encoder: only the projector trains.
+
+    Each example's passages are compressed with its question and their slots concatenated in
+    order. Examples with an empty question (next-token pretraining) use the mean of the context
+    states as the query vector.
+    """
+
+    name = "comi"
+
+    def __init__(self, backbone: Backbone, merger: COMIMerger, batch_size: int = 16) -> None:
+        check_fingerprint(merger.fingerprint, backbone.fingerprint, "This COMI merger")
+        self.backbone = backbone
+        self.trainable = merger
+        self.batch_size = batch_size
+
+    @classmethod
+    def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
+        return cls(backbone, load_or_create(spec, config, lambda merger: merger.for_backbone(backbone)))
+
+    def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
+        """One [n_i, H] float32 tensor per example, with gradients flowing into the projector."""
+        merger = self.trainable
+        ratio = validate_ratio(ratio, merger.config.max_ratio)
+        question_ids = question_token_ids(self.backbone, [example.question for example in batch])
+        contexts, questions, owners = [], [], []
+        for index, example in enumerate(batch):
+            for segment in split_into_segments(example.passage_ids, merger.config.segment_length):
+                contexts.append(segment.token_ids)
+                questions.append(question_ids[index])
+                owners.append(index)
+        slots = encode_pairs(self.backbone, merger, contexts, questions, ratio, self.batch_size)
+        per_example: list[list[torch.Tensor]] = [[] for _ in batch]
+        for owner, segment_slots in zip(owners, slots, strict=True):
+            per_example[owner].append(segment_slots)
+        hidden = merger.config.hidden_size
+        device = self.backbone.device
+        return [
+            torch.cat(parts) if parts else torch.zeros(0, hidden, device=device, dtype=torch.float32)
+            for parts in per_example
+        ]
+
+
 class SoftPromptEncoder:
     """Learned soft tokens followed by the raw (uncompressed) passages: the full-tuned baseline."""
 
@@ -48,6 +140,13 @@ class SoftPromptEncoder:
         self.backbone = backbone
         self.trainable = prompt
         self.separator = backbone.tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+
+    @classmethod
+    def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
+        def create(prompt_class: type) -> nn.Module:
+            return prompt_class.for_backbone(backbone, config.soft_prompt_tokens)
+
+        return cls(backbone, load_or_create(spec, config, create))
 
     def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
         contexts = []

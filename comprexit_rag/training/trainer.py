@@ -14,187 +14,42 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
-from ..backbone import Backbone
-from ..compressor import autocast_for, head_digest
+from ..backbone import Backbone, autocast_for
+from ..durable import atomic_write, atomic_write_json
 from ..errors import InvalidInputError
-from ..names import TRAIN_METHODS as METHODS
+from ..methods import get_method
+from ..methods.slot_head import head_digest
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
-from ..reader import IGNORE_INDEX, Reader, ReaderBatch
+from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
+from ..reading.reader import IGNORE_INDEX, Context, Reader, ReaderBatch
+from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import PretrainCorpus, QATrainingSet
 from .examples import TrainExample
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["comprexit", "mean-pool", "comi", "full-tuned"]
-Stage = Literal["pretrain", "sft"]
-SLOT_METHODS = ("comprexit", "mean-pool")
-ADAPTER_METHODS = ("comprexit", "mean-pool", "comi")
 REFIT_STEPS = (20, 100)
-# ComprExIT config fields a run may set on a loaded head: none of them changes the head's parameters.
-HEAD_OVERRIDES = ("window", "locality_weight", "max_slot_norm")
 # The first steps (allocator, kernel selection, data warm-up) are slow: step times count from here.
 PACE_FROM_STEP = 10
-CALIBRATION_SEED = 10_002
-CALIBRATION_TOKENS = 400_000
-
-
-@dataclass
-class TrainConfig:
-    method: Method
-    stage: Stage
-    output_dir: str
-    init_from: str | None = None  # checkpoint directory to start from (e.g. the pretrained head)
-    ratios: list[int] = field(default_factory=lambda: [4, 8, 16])  # one sampled per step
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_steps: int = 2000
-    time_budget_s: float | None = None  # stop early (and shorten the schedule) to fit a time budget
-    # End this piece of a long run after this many seconds, keeping the schedule: the checkpoint it
-    # saves resumes the same run (GPU time comes in pieces).
-    piece_seconds: float | None = None
-    seed: int = 0
-    context_length: int = 512  # pretraining: tokens compressed
-    continuation_length: int = 128  # pretraining: tokens predicted
-    # Pretraining: share of steps that regenerate the compressed text itself (autoencoding) instead of
-    # predicting what follows it. Reconstruction puts a loss on every compressed token, so the slots
-    # must carry the passage's content, not only its gist.
-    reconstruction_prob: float = 0.5
-    # Pretraining: share of steps that ask a question about the compressed window instead (span cloze,
-    # "what follows <phrase>?"; see PretrainCorpus.sample_reading_tasks), read with the QA prompt.
-    reading_task_prob: float = 0.0
-    # SFT: share of steps drawn from the pretraining text instead of QA (reconstruction, continuation and
-    # reading tasks as in pretraining), so QA tuning does not undo what the slots learned to carry.
-    text_share: float = 0.0
-    # ComprExIT: tokens per transport window (the head's parameters do not depend on it, so a trained
-    # head can continue with another window). None keeps the loaded head's window, 128 for a fresh one.
-    window: int | None = None
-    # ComprExIT departures from METHOD.md (ComprExITConfig; measured in BENCHMARKS.md). A fresh head only:
-    # standardise each layer's states, calibrated on Wikipedia windows.
-    standardize_layers: bool = False
-    # The locality term of the transport cost; None keeps a loaded head's (its weights do not depend on it).
-    locality_weight: float | None = None
-    # A smooth bound on each slot's norm; None keeps a loaded head's (none for a fresh head).
-    max_slot_norm: float | None = None
-    # Reader adapter (adapter.py): a LoRA on the reading pass, trained with the head. A loaded head
-    # that has one keeps training it; these shape a fresh one.
-    reader_adapter: bool = False
-    adapter_rank: int = 16
-    adapter_alpha: float = 32.0
-    adapter_scope: str = "all"  # "all" positions of the reading pass, or "slots" only
-    adapter_lr: float | None = None  # None: half the head's lr
-    max_grad_norm: float = 1.0
-    # Pretraining: tokens compressed per example, one length drawn per step (None: 128, 256, 384 and
-    # context_length).
-    context_lengths: list[int] | None = None
-    # Pretraining: Wikipedia shard globs under the data root (None: the AA shards and the 2Wiki corpus).
-    wikipedia: list[str] | None = None
-    distractor_prob: float = 0.5  # SFT: chance a one-passage example gets distractors
-    max_distractors: int = 9
-    soft_prompt_tokens: int = 16
-    # Distillation from the full-text reader: weight of KL(teacher || student) on the target tokens, the
-    # teacher being the same reader (adapter included) reading the raw passages instead of the slots.
-    distill_weight: float = 0.0
-    log_every: int = 10
-    save_every: int = 200
-    data_root: str | None = None
-    max_pretrain_tokens: int | None = None
-    limit_per_family: int | None = None  # SFT: cap examples per family (smoke runs)
-
-    def __post_init__(self) -> None:
-        check_method_and_stage(self.method, self.stage)
-        for name in HEAD_OVERRIDES:
-            if getattr(self, name) is not None and self.method != "comprexit":
-                raise InvalidInputError(f"{name} applies to the comprexit head, not to {self.method}.")
-        if self.standardize_layers and (self.method != "comprexit" or self.init_from):
-            raise InvalidInputError(
-                "standardize_layers shapes a fresh comprexit head; a loaded head keeps the standardisation it was "
-                "trained with (drop --init-from or the option)."
-            )
-        for name in ("reconstruction_prob", "reading_task_prob", "text_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InvalidInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
-        if self.reader_adapter and self.method not in ADAPTER_METHODS:
-            raise InvalidInputError(f"A reader adapter trains with {', '.join(ADAPTER_METHODS)}, not {self.method}.")
-        if self.context_lengths is None:
-            self.context_lengths = [128, 256, 384, self.context_length]
-        if not self.context_lengths or any(length <= 0 for length in self.context_lengths):
-            raise InvalidInputError(f"context_lengths must be positive token counts, got {self.context_lengths}.")
-        if self.distill_weight < 0:
-            raise InvalidInputError(f"distill_weight must be >= 0, got {self.distill_weight}.")
-        if self.distill_weight and self.method not in SLOT_METHODS:
-            raise InvalidInputError(f"Distillation from the full-text reader applies to {SLOT_METHODS}.")
-        if self.max_grad_norm <= 0:
-            raise InvalidInputError(f"max_grad_norm must be positive, got {self.max_grad_norm}.")
-
-
-def check_method_and_stage(method: str, stage: str) -> None:
-    """Refuse a combination the trainer cannot run, before any model or data is loaded."""
-    if method not in METHODS:
-        raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
-    if stage not in ("pretrain", "sft"):
-        raise InvalidInputError(f"Unknown stage {stage!r}; expected 'pretrain' or 'sft'.")
-    if stage == "pretrain" and method not in SLOT_METHODS:
-        raise InvalidInputError(f"Pretraining applies to {SLOT_METHODS}; train {method} with --stage sft.")
 
 
 def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
-    """The trainable module for ``config.method``, fresh or loaded from ``config.init_from``."""
-    from ..baselines.mean_pool import MeanPoolHead
-    from ..baselines.soft_prompt import SoftPrompt
+    """The training encoder of ``config.method`` (see the method registry), its module fresh or loaded
+    from ``config.init_from``, in training mode on the backbone's device."""
     from ..checkpoint import check_fingerprint
-    from ..head import ComprExITHead
-    from .encoders import SlotHeadEncoder, SoftPromptEncoder
 
     check_method_and_stage(config.method, config.stage)  # the config may have been changed since
-    if config.method == "comprexit":
-        if config.init_from:
-            head = ComprExITHead.from_pretrained(config.init_from)
-        else:
-            head = ComprExITHead.for_backbone(
-                backbone,
-                ratio=config.ratios[0],
-                standardize_layers=config.standardize_layers,
-            )
-            if config.standardize_layers:
-                head.calibrate(backbone, calibration_passages(backbone, config.data_root))
-        for name in HEAD_OVERRIDES:  # replace() validates them through the config
-            if getattr(config, name) is not None:
-                head.config = replace(head.config, **{name: getattr(config, name)})
-        head.config.trained_ratios = sorted(config.ratios)
-        module, encoder = head, SlotHeadEncoder(backbone, head, "comprexit")
-    elif config.method == "mean-pool":
-        if config.init_from:
-            head = MeanPoolHead.from_pretrained(config.init_from)
-        else:
-            head = MeanPoolHead.for_backbone(backbone)
-        module, encoder = head, SlotHeadEncoder(backbone, head, "mean-pool")
-    elif config.method == "comi":
-        from ..comi import COMIContextEncoder, COMIMerger
-
-        merger = COMIMerger.from_pretrained(config.init_from) if config.init_from else COMIMerger.for_backbone(backbone)
-        module, encoder = merger, COMIContextEncoder(backbone, merger)
-    elif config.method == "full-tuned":
-        prompt = (
-            SoftPrompt.from_pretrained(config.init_from)
-            if config.init_from
-            else SoftPrompt.for_backbone(backbone, config.soft_prompt_tokens)
-        )
-        module, encoder = prompt, SoftPromptEncoder(backbone, prompt)
-    else:
-        raise ValueError(f"Unknown method {config.method!r}.")
+    spec = get_method(config.method)
+    encoder = spec.encoder_class().build(spec, config, backbone)
+    module = encoder.trainable
     check_fingerprint(module.fingerprint, backbone.fingerprint, f"The {config.method} checkpoint")
     module.to(backbone.device).train()
     return encoder
@@ -217,12 +72,6 @@ def build_reader_adapter(config: TrainConfig, backbone: Backbone) -> ReaderAdapt
     return adapter.train()
 
 
-def calibration_passages(backbone: Backbone, data_root: str | None) -> list[list[int]]:
-    """Fixed Wikipedia windows (64 x 512 tokens, one seed) that calibrate a head's layer standardisation."""
-    corpus = PretrainCorpus.build(backbone.tokenizer, data_root, max_tokens=CALIBRATION_TOKENS)
-    return [example.passage_ids[0] for example in corpus.sample(random.Random(CALIBRATION_SEED), 64, 512, 0)]
-
-
 def answer_loss(
     reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
 ) -> torch.Tensor:
@@ -243,14 +92,7 @@ def distilled_loss(
     tokenizer = reader.backbone.tokenizer
     texts = ["\n\n".join(tokenizer.decode(ids) for ids in example.passage_ids) for example in batch]
     with torch.no_grad():
-        inputs = reader.build_inputs(
-            [example.question for example in batch],
-            texts,
-            [example.target_ids for example in batch],
-            prompt=prompt,
-            padding_side="right",
-        )
-        teacher, teacher_labels = target_logits(reader, inputs)
+        teacher, teacher_labels = forced_logits(reader, batch, texts, prompt)
     if not torch.equal(teacher_labels, labels):
         raise RuntimeError("Teacher and student target positions differ; the prompts must end alike.")
     kl = F.kl_div(
@@ -266,7 +108,13 @@ def batch_logits(
     reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced logits [N, V] at the target positions and the targets [N]."""
-    contexts = encoder.encode(batch, ratio)
+    return forced_logits(reader, batch, encoder.encode(batch, ratio), prompt)
+
+
+def forced_logits(
+    reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's questions and targets read with ``contexts`` (slots, or text): :func:`target_logits`."""
     inputs = reader.build_inputs(
         [example.question for example in batch],
         contexts,
@@ -459,7 +307,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
     if adapter is not None:
         summary["reader_adapter"] = {"parameters": adapter.num_parameters(), "scope": adapter.config.scope}
     save_module_and_adapter(output / "final", module, adapter, training=summary)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(output / "summary.json", summary)
     save_checkpoint(checkpoint, module, adapter, optimizer, state)
     return summary
 
@@ -482,10 +330,8 @@ def save_checkpoint(
     """Module, adapter, optimizer and loop state; the JSON state is written last, so it marks a complete checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
     save_module_and_adapter(directory / "module", module, adapter)
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt.tmp")
-    (directory / "optimizer.pt.tmp").replace(directory / "optimizer.pt")
-    (directory / "state.json.tmp").write_text(json.dumps(state))
-    (directory / "state.json.tmp").replace(directory / "state.json")
+    atomic_write(directory / "optimizer.pt", lambda path: torch.save(optimizer.state_dict(), path))
+    atomic_write_json(directory / "state.json", state, indent=None)
 
 
 def resume(

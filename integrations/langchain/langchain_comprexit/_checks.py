@@ -1,6 +1,6 @@
 """Input checks of the LangChain classes: LangChain objects in, comprexit-rag's typed errors out.
 
-Text checks are the core's (:func:`comprexit_rag.segments.check_text`); what is checked here is
+Text checks are the core's (:func:`comprexit_rag.validation.check_text`); what is checked here is
 only what LangChain adds: documents that are not :class:`Document` objects, and pydantic, which
 wraps the core's errors raised while a model is built in a ``ValidationError``.
 """
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from comprexit_rag.errors import ComprExITError, InvalidInputError
-from comprexit_rag.segments import check_text
+from comprexit_rag.validation import check_text
 from langchain_core.documents import Document
 from pydantic import ValidationError
 
-__all__ = ["check_documents", "is_blank", "typed_errors"]
+__all__ = ["TypedErrors", "check_documents", "is_blank", "typed_errors"]
 
 
 @contextmanager
@@ -42,6 +43,14 @@ def typed_errors(owner: type | None = None) -> Iterator[None]:
                 f"{owner.__name__} got unknown argument(s) {', '.join(unknown)}; it accepts: {fields}."
             ) from error
         raise
+
+
+class TypedErrors:
+    """Mixed into the pydantic classes: a bad argument raises the core's typed errors, not a ValidationError."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        with typed_errors(type(self)):
+            super().__init__(**kwargs)
 
 
 def check_documents(documents: object, what: str = "documents") -> list[Document]:

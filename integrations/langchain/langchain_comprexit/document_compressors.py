@@ -6,44 +6,48 @@ metadata and adds, under ``metadata["comprexit"]``, a JSON-safe record of its sl
     {"slot_key": "<sha256>", "slots": 12, "tokens": 47, "ratio": 4,
      "fingerprint": "comprexit-…/ratio=4", "method": "comprexit"}
 
-The slot tensors themselves never enter the metadata: they are kept in a
-:class:`~comprexit_rag.store.SlotStore` (``store=``, e.g. a pipeline's store, shared with
-:meth:`RAGPipeline.ask <comprexit_rag.pipeline.RAGPipeline.ask>`) or, without a store, in a
-bounded in-memory cache keyed by content hash and fingerprint. Passages already stored are
-not compressed again. :class:`~langchain_comprexit.readers.ComprExITReader` then reads the slots.
+The slot tensors themselves never enter the metadata: the core's slot service
+(:class:`~comprexit_rag.slots.SlotService`) keeps them in a :class:`~comprexit_rag.slots.SlotStore`
+(``store=``, e.g. a pipeline's store, shared with :meth:`RAGPipeline.ask
+<comprexit_rag.rag.pipeline.RAGPipeline.ask>`) or, without a store, in a bounded in-memory cache keyed by
+content hash and fingerprint. Passages already stored are not compressed again.
+:class:`~langchain_comprexit.readers.ComprExITReader` then reads the slots.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
-import torch
-from comprexit_rag.comi import COMICompressor
-from comprexit_rag.compressor import ComprExITCompressor
-from comprexit_rag.config import validate_ratio
 from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.methods import get_method, method_names
+from comprexit_rag.methods.comi import COMICompressor
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.slots import SlotService, SlotStore, store_fingerprint
+from comprexit_rag.slots.service import check_store_fingerprint
 from comprexit_rag.soft_context import SoftContext
-from comprexit_rag.store import SlotStore, content_key
+from comprexit_rag.validation import check_positive_int, resolve_ratio, validate_ratio
 from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from langchain_comprexit._checks import check_documents, is_blank, typed_errors
-from langchain_comprexit._slots import CacheSource, InMemorySlotCache, SlotSource, StoreSource
+from langchain_comprexit._checks import TypedErrors, check_documents, is_blank
 
 if TYPE_CHECKING:
-    from comprexit_rag.pipeline import RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
 
-__all__ = ["COMPRESS_EVENT", "SLOT_METADATA_KEY", "ComprExITDocumentCompressor", "Method", "SlotLookup"]
+__all__ = ["COMPRESS_EVENT", "METHODS", "SLOT_METADATA_KEY", "ComprExITDocumentCompressor", "Method", "SlotLookup"]
 
 SLOT_METADATA_KEY = "comprexit"
 """Default metadata key of the slot record added to each compressed document."""
 COMPRESS_EVENT = "comprexit_compress"
 """Name of the custom callback event dispatched by :meth:`ComprExITDocumentCompressor.compress_documents`."""
-Method = Literal["comprexit", "comi"]
+METHODS = method_names(pipeline=True, context="slots")
+"""The slot methods a compressor serves: ``comprexit`` (stored) and ``comi`` (query-aware)."""
+STORED = next(name for name in METHODS if get_method(name).storable)
+Method = str
 
 
 class SlotLookup(NamedTuple):
@@ -60,7 +64,7 @@ class SlotLookup(NamedTuple):
     misses: int
 
 
-class ComprExITDocumentCompressor(BaseDocumentCompressor):
+class ComprExITDocumentCompressor(TypedErrors, BaseDocumentCompressor):
     """Compress LangChain documents into ComprExIT (or query-aware COMI) soft slots.
 
     Works on its own, as ``base_compressor`` of ``ContextualCompressionRetriever`` and as a
@@ -101,12 +105,8 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
     batch_size: int = 8
     cache_size: int = 4096
 
-    _cache: InMemorySlotCache = PrivateAttr()
-
-    def __init__(self, **kwargs: Any) -> None:
-        """Build the compressor; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
-        with typed_errors(type(self)):
-            super().__init__(**kwargs)
+    _services: dict[str, SlotService] = PrivateAttr(default_factory=dict)  # one per method, built on first use
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @field_validator("batch_size", "cache_size", mode="before")
     @classmethod
@@ -116,9 +116,7 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
     @field_validator("method", mode="before")
     @classmethod
     def _known_method(cls, value: object) -> object:
-        if value not in ("comprexit", "comi"):
-            raise InvalidInputError(f"Unknown method {value!r}; expected 'comprexit' or 'comi'.")
-        return value
+        return get_method(value, pipeline=True, context="slots").name
 
     @field_validator("ratio", mode="before")
     @classmethod
@@ -129,24 +127,18 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.method == "comi" and self.comi is None:
-            raise InvalidInputError("method='comi' needs a COMICompressor: pass comi=COMICompressor(...).")
+        if get_method(self.method).query_aware and self.comi is None:
+            raise InvalidInputError(f"method={self.method!r} needs a COMICompressor: pass comi=COMICompressor(...).")
         if self.comi is not None and self.comi.backbone.fingerprint != self.compressor.backbone.fingerprint:
             raise BackboneMismatchError(
                 "comi and compressor must share one backbone: their slots are read by the same reader. "
                 "Build the COMICompressor over the compressor's backbone."
             )
-        for method in ("comprexit", "comi") if self.comi is not None else ("comprexit",):
+        for method in METHODS if self.comi is not None else (STORED,):
             self.ratio_for(method)  # raises InvalidInputError on a bad ratio
-        if self.store is not None and self.store.fingerprint != self.fingerprint("comprexit"):
-            raise InvalidInputError(
-                f"store holds slots of fingerprint {self.store.fingerprint!r}, not {self.fingerprint('comprexit')!r} "
-                "(this compressor's head and ratio); use pipeline.store_for(ratio) or a store with that fingerprint."
-            )
+        if self.store is not None:
+            check_store_fingerprint(self.store, self.fingerprint(STORED))
         return self
-
-    def model_post_init(self, context: Any, /) -> None:
-        self._cache = InMemorySlotCache(self.cache_size)
 
     @classmethod
     def from_pipeline(
@@ -154,7 +146,7 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
     ) -> ComprExITDocumentCompressor:
         """A compressor over ``pipeline``'s head and slot store (and its COMI compressor for ``"comi"``)."""
         ratio = pipeline.ratio if ratio is None else ratio
-        if method == "comi" and kwargs.get("comi") is None:
+        if get_method(method).query_aware and kwargs.get("comi") is None:
             kwargs["comi"] = pipeline.comi
         return cls(
             compressor=pipeline.compressor, store=pipeline.store_for(ratio), ratio=ratio, method=method, **kwargs
@@ -164,23 +156,16 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
 
     def ratio_for(self, method: Method | None = None) -> int:
         """The compression ratio used by ``method`` (default: this compressor's method)."""
-        if (method or self.method) == "comi":
-            comi = self._comi()
-            return validate_ratio(comi.config.ratio if self.ratio is None else self.ratio, comi.config.max_ratio)
-        config = self.compressor.config
-        return validate_ratio(config.ratio if self.ratio is None else self.ratio, config.window)
+        return resolve_ratio(self._compressor(method or self.method), self.ratio)
 
     def fingerprint(self, method: Method | None = None) -> str:
         """Names the slots of ``method``: compressor weights and backbone, then the ratio."""
         method = method or self.method
-        source = self._comi() if method == "comi" else self.compressor
-        return f"{source.fingerprint}/ratio={self.ratio_for(method)}"
+        return store_fingerprint(self._compressor(method).fingerprint, self.ratio_for(method))
 
     def slot_key(self, text: str, query: str | None = None, method: Method | None = None) -> str:
         """Key of the slots of ``text``: its content hash (for COMI, of the query and the text)."""
-        if (method or self.method) == "comi":
-            return content_key(f"{query or ''}\x00{text}")
-        return content_key(text)
+        return self._service(method or self.method).key(text, query)
 
     # ------------------------------------------------------------------ LangChain API
 
@@ -202,20 +187,20 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
             InvalidInputError: ``documents`` is not a list of Documents, a ``page_content`` is not
                 a string or not valid Unicode, or ``method="comi"`` gets no query or one too long
                 for the backbone.
-            CheckpointError: the slot store is corrupt (see :class:`~comprexit_rag.store.SlotStore`).
+            CheckpointError: the slot store is corrupt (see :class:`~comprexit_rag.slots.SlotStore`).
         """
         method = self.method
         documents = check_documents(documents)
         readable = [i for i, doc in enumerate(documents) if not is_blank(doc)]
         texts = [documents[i].page_content for i in readable]
-        keys, found, hits, misses = self._resolve(method, texts, query, load=False)
+        found = self._lookup(method, texts, query, load=False)
         fingerprint, ratio = self.fingerprint(method), self.ratio_for(method)
         out = list(documents)
-        for i, key, (slots, tokens) in zip(readable, keys, found, strict=True):
+        for i, key, slots, tokens in zip(readable, found.keys, found.slot_counts, found.token_counts, strict=True):
             record = {
                 "slot_key": key,
-                "slots": int(slots),
-                "tokens": int(tokens),
+                "slots": slots,
+                "tokens": tokens,
                 "ratio": ratio,
                 "fingerprint": fingerprint,
                 "method": method,
@@ -224,10 +209,10 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
         stats = {
             "method": method,
             "documents": len(texts),
-            "hits": hits,
-            "misses": misses,
-            "slots": sum(int(s) for s, _ in found),
-            "tokens": sum(int(t) for _, t in found),
+            "hits": found.hits,
+            "misses": found.misses,
+            "slots": sum(found.slot_counts),
+            "tokens": sum(found.token_counts),
         }
         _dispatch(callbacks, COMPRESS_EVENT, stats)
         return out
@@ -248,80 +233,61 @@ class ComprExITDocumentCompressor(BaseDocumentCompressor):
         if not docs:
             return SlotLookup(None, [], 0, 0)
         methods = [self._recorded_method(doc, question) or self.method for doc in docs]
-        slots: list[torch.Tensor | None] = [None] * len(docs)
+        slots: list[Any] = [None] * len(docs)
         counts = [0] * len(docs)
         hits = misses = 0
+        readers = set()  # the reader adapter each method's slots are made for
         for method in dict.fromkeys(methods):
             chosen = [i for i, m in enumerate(methods) if m == method]
-            _, found, method_hits, method_misses = self._resolve(
-                method, [docs[i].page_content for i in chosen], question, load=True
-            )
-            for i, (tensor, tokens) in zip(chosen, found, strict=True):
+            found = self._lookup(method, [docs[i].page_content for i in chosen], question, load=True)
+            for i, tensor, tokens in zip(chosen, found.slots, found.token_counts, strict=True):
                 slots[i], counts[i] = tensor, tokens
-            hits, misses = hits + method_hits, misses + method_misses
-        context = SoftContext.from_passages([s for s in slots if s is not None], counts)
+            hits, misses = hits + found.hits, misses + found.misses
+            readers.add(found.context.reader_adapter)
+        # Slots of one method carry its reader-adapter mark; a mix of methods is read as it is given.
+        reader_adapter = readers.pop() if len(readers) == 1 else None
+        context = SoftContext.from_passages(slots, counts, reader_adapter=reader_adapter)
         return SlotLookup(context, docs, hits, misses)
 
     # ------------------------------------------------------------------ internals
 
-    def _comi(self) -> COMICompressor:
+    def _compressor(self, method: Method) -> ComprExITCompressor | COMICompressor:
+        """The compressor of ``method``: the stored head's, or the query-aware ``comi``."""
+        if get_method(method).storable:
+            return self.compressor
         if self.comi is None:
-            raise InvalidInputError("method='comi' needs a COMICompressor: pass comi=COMICompressor(...).")
+            raise InvalidInputError(f"method={method!r} needs a COMICompressor: pass comi=COMICompressor(...).")
         return self.comi
 
-    def _source(self, method: Method) -> SlotSource:
-        if method == "comprexit" and self.store is not None:
-            return StoreSource(self.store)
-        return CacheSource(self._cache, self.fingerprint(method))
+    def _service(self, method: Method) -> SlotService:
+        """The slot service of ``method``: the given store (stored slots), else an in-memory cache."""
+        with self._lock:
+            service = self._services.get(method)
+            if service is None:
+                service = SlotService(self._compressor(method), cache_size=self.cache_size)
+                if self.store is not None and get_method(method).storable:
+                    service.adopt(self.store, self.ratio_for(method))
+                self._services[method] = service
+            return service
+
+    def _lookup(self, method: Method, texts: list[str], query: str | None, *, load: bool) -> Any:
+        return self._service(method).lookup(
+            texts, query=query, ratio=self.ratio_for(method), batch_size=self.batch_size, load=load
+        )
 
     def _recorded_method(self, doc: Document, question: str) -> Method | None:
         """The method of ``doc``'s slot record, when the record is valid for this compressor."""
         record = doc.metadata.get(self.metadata_key)
-        if not isinstance(record, dict) or record.get("method") not in ("comprexit", "comi"):
+        if not isinstance(record, dict) or record.get("method") not in METHODS:
             return None
         method: Method = record["method"]
-        if method == "comi" and self.comi is None:
+        if get_method(method).query_aware and self.comi is None:
             return None
         if record.get("fingerprint") != self.fingerprint(method):
             return None
         if record.get("slot_key") != self.slot_key(doc.page_content, question, method):
             return None
         return method
-
-    def _resolve(
-        self, method: Method, texts: list[str], query: str | None, *, load: bool
-    ) -> tuple[list[str], list[tuple[Any, int]], int, int]:
-        """Slot keys, then ``(tensor or slot count, tokens)`` per text; compress and keep the missing ones."""
-        if method == "comi" and not (isinstance(query, str) and query.strip()):
-            raise InvalidInputError("method='comi' is query-aware: it needs a non-empty query.")
-        source = self._source(method)
-        keys = [self.slot_key(text, query, method) for text in texts]
-        found: list[Any] = list(source.get(keys) if load else source.info(keys))
-        missing = {key: text for key, text, got in zip(keys, texts, found, strict=True) if got is None}
-        hits = sum(got is not None for got in found)
-        if missing:
-            ratio = self.ratio_for(method)
-            if method == "comi":
-                soft = self._comi().compress(
-                    list(missing.values()), query=query, ratio=ratio, batch_size=self.batch_size
-                )
-            else:
-                soft = self.compressor.compress(list(missing.values()), ratio=ratio, batch_size=self.batch_size)
-            tensors, tokens = soft.passages(), soft.token_counts.tolist()
-            source.put(list(missing), tensors, tokens)
-            if load:
-                # Read back what the source keeps (fp16 in a SlotStore), so an answer does not depend on
-                # whether its slots were a hit or a miss; the fresh slots if the cache evicted them already.
-                tensors = [
-                    kept[0] if kept is not None else tensor
-                    for kept, tensor in zip(source.get(list(missing)), tensors, strict=True)
-                ]
-            fresh = {
-                key: (tensor if load else int(tensor.shape[0]), count)
-                for key, tensor, count in zip(missing, tensors, tokens, strict=True)
-            }
-            found = [got if got is not None else fresh[key] for key, got in zip(keys, found, strict=True)]
-        return keys, found, hits, len(texts) - hits
 
 
 def _dispatch(callbacks: Callbacks | None, name: str, data: dict[str, Any]) -> None:

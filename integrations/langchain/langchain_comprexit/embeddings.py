@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from comprexit_rag.defaults import default_embedder
-from comprexit_rag.embedder import warn_if_truncated
+from comprexit_rag.retrieval.embedder import warn_if_truncated
 from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 

@@ -4,7 +4,7 @@ Input ``{"question": str, "documents": list[Document]}`` (``"context"``, the key
 examples use, is read too); output the answer (``str``), or with ``return_stats=True`` an
 ``AIMessage`` whose ``response_metadata["comprexit_stats"]`` holds the statistics (so a following
 ``StrOutputParser`` still works). The slots are spliced into the reader LLM's input as embeddings
-by :class:`comprexit_rag.reader.Reader`: the text prompt holds only the instruction and the
+by :class:`comprexit_rag.reading.reader.Reader`: the text prompt holds only the instruction and the
 question, never a passage or a slot value. That is why the reader is a Runnable over documents,
 not a language model: a ``PromptValue`` or a string cannot carry slots.
 
@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
-from comprexit_rag.pipeline import AnswerStats
-from comprexit_rag.reader import Reader
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.rag.results import AnswerStats
+from comprexit_rag.reading.reader import Reader
+from comprexit_rag.validation import check_positive_int
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.callbacks.manager import dispatch_custom_event
 from langchain_core.documents import Document
@@ -35,11 +35,11 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from langchain_comprexit._checks import check_documents, typed_errors
+from langchain_comprexit._checks import TypedErrors, check_documents
 from langchain_comprexit.document_compressors import ComprExITDocumentCompressor, SlotLookup
 
 if TYPE_CHECKING:
-    from comprexit_rag.pipeline import RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
 
 __all__ = ["DOCUMENTS_KEY_ALIASES", "EMPTY_RESPONSE", "GENERATION_OPTIONS", "STATS_EVENT", "ComprExITReader"]
 
@@ -56,7 +56,7 @@ DOCUMENTS_KEY_ALIASES = ("context",)
 """Input keys read as the documents when ``documents_key`` is absent (``context`` is LangChain's usual key)."""
 
 
-class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]):
+class ComprExITReader(TypedErrors, RunnableSerializable[dict[str, Any], str | dict[str, Any]]):
     """Answer ``{"question", "documents"}`` from the documents' slots with the frozen reader LLM.
 
     Each document is read from the slots its ``metadata["comprexit"]`` record names (written
@@ -81,7 +81,7 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
     Args:
         compressor: the document compressor whose store/cache holds the slots (default:
             ``ComprExITDocumentCompressor()``).
-        reader: the core reader (default: a :class:`~comprexit_rag.reader.Reader` over the
+        reader: the core reader (default: a :class:`~comprexit_rag.reading.reader.Reader` over the
             compressor's backbone; :func:`comprexit_rag.defaults.default_reader` for the default one).
         max_new_tokens: longest answer, in tokens (per call: ``reader.bind(max_new_tokens=5)`` or
             ``with_config(configurable={"max_new_tokens": 5})``).
@@ -102,11 +102,6 @@ class ComprExITReader(RunnableSerializable[dict[str, Any], str | dict[str, Any]]
 
     _last_stats: dict[str, Any] | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
-    def __init__(self, **kwargs: Any) -> None:
-        """Build the reader; bad arguments raise the typed errors of :mod:`comprexit_rag.errors`."""
-        with typed_errors(type(self)):
-            super().__init__(**kwargs)
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod

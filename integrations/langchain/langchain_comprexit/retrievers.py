@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from comprexit_rag.retrieval import DenseRetriever, RetrievedPassage
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.validation import check_positive_int
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, field_validator
 
-from langchain_comprexit._checks import typed_errors
+from langchain_comprexit._checks import TypedErrors
 
 if TYPE_CHECKING:
-    from comprexit_rag.pipeline import RAGPipeline
+    from comprexit_rag.rag import RAGPipeline
 
 __all__ = ["ComprExITRetriever"]
 
 
-class ComprExITRetriever(BaseRetriever):
+class ComprExITRetriever(TypedErrors, BaseRetriever):
     """Return the ``k`` passages of a :class:`~comprexit_rag.retrieval.DenseRetriever` closest to a query.
 
     Each :class:`~langchain_core.documents.Document` has the passage id as ``id``, the passage
@@ -37,11 +37,6 @@ class ComprExITRetriever(BaseRetriever):
 
     retriever: DenseRetriever
     k: int = 5
-
-    def __init__(self, **kwargs: Any) -> None:
-        """Build the retriever; a bad ``k`` raises :class:`~comprexit_rag.errors.InvalidInputError`."""
-        with typed_errors(type(self)):
-            super().__init__(**kwargs)
 
     @field_validator("k", mode="before")
     @classmethod

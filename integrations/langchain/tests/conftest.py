@@ -3,14 +3,13 @@
 Run from the repository root with ``python -m pytest integrations/langchain/tests``: the rootdir
 is the repository root and its pytest configuration (the ``slow`` marker) applies. The package
 is made importable by putting ``integrations/langchain`` on ``sys.path`` here, so no install is
-needed (``./scripts/install.sh`` installs it, with its dependencies). The repository's own
-fixtures (``default_tokenizer``, ``tiny_backbone``, ``real_backbone``) are loaded from
-``tests/conftest.py`` by path and re-exported.
+needed (``./scripts/install.sh`` installs it, with its dependencies). The backbone fixtures
+(``default_tokenizer``, ``tiny_backbone``, ``real_backbone``) are the core suite's, from
+:mod:`comprexit_rag.testing`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -18,37 +17,20 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-REPO_ROOT = Path(__file__).resolve().parents[3]
 if str(PACKAGE_ROOT) not in sys.path:
     sys.path.insert(0, str(PACKAGE_ROOT))
-
-
-def _load_repo_conftest():
-    """Import the repository's ``tests/conftest.py`` under a name of its own (it is not a package)."""
-    name = "comprexit_rag_repo_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_repo = _load_repo_conftest()
-default_tokenizer = _repo.default_tokenizer
-tiny_backbone = _repo.tiny_backbone
-real_backbone = _repo.real_backbone
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from comprexit_rag.backbone import Backbone  # noqa: E402
 from comprexit_rag.data import DataNotFoundError, QAExample, load_split  # noqa: E402
 from comprexit_rag.errors import DefaultModelUnavailableError  # noqa: E402
-from comprexit_rag.head import ComprExITHead  # noqa: E402
-from comprexit_rag.pipeline import RAGPipeline  # noqa: E402
+from comprexit_rag.methods.comprexit.head import ComprExITHead  # noqa: E402
+from comprexit_rag.rag import RAGPipeline  # noqa: E402
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever, default_embedder_path  # noqa: E402
+from comprexit_rag.testing import default_tokenizer, real_backbone, tiny_backbone  # noqa: E402
+
+__all__ = ["default_tokenizer", "real_backbone", "tiny_backbone"]
 
 QUESTIONS = 3  # HotpotQA dev questions whose ten passages each make up the test index
 

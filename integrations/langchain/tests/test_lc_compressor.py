@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from comprexit_rag.comi import COMICompressor, COMIMerger
-from comprexit_rag.compressor import ComprExITCompressor
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.store import SlotStore, content_key
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.slots import SlotStore, content_key
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline
 from langchain_core.callbacks import BaseCallbackHandler
@@ -92,7 +92,7 @@ def test_records_are_json_safe_and_match_the_core_compressor(compressor, documen
         assert json.loads(text) == json.loads(json.dumps(dumped))
         assert "tensor" not in text.lower() and "not_implemented" not in text
 
-        cached = compressor._source("comprexit").get([record["slot_key"]])[0]
+        cached = compressor._service("comprexit").backend(record["ratio"]).lookup([record["slot_key"]])[0]
         assert isinstance(cached[0], torch.Tensor) and cached[0].shape[0] == record["slots"]
 
 

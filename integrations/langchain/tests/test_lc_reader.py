@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.reader import Reader
+from comprexit_rag.reading.reader import Reader
+from comprexit_rag.slots import content_key
 from comprexit_rag.soft_context import SoftContext
-from comprexit_rag.store import content_key
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.load import dumps

@@ -1,7 +1,7 @@
 """Fixtures of the LlamaIndex integration tests.
 
-Reuses the backbone fixtures of the core suite (``tests/conftest.py`` at the repository root:
-``default_tokenizer``, ``tiny_backbone``, ``real_backbone``) and adds real llama-index-core
+Reuses the backbone fixtures of the core suite (:mod:`comprexit_rag.testing`: ``default_tokenizer``,
+``tiny_backbone``, ``real_backbone``) and adds real llama-index-core
 objects over HotpotQA dev paragraphs from ``shared/data`` (tests needing them skip when absent).
 """
 
@@ -11,14 +11,12 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 INTEGRATION_ROOT = Path(__file__).resolve().parents[1]
-CORE_CONFTEST = INTEGRATION_ROOT.parents[1] / "tests" / "conftest.py"
 INSTALL_HINT = "./scripts/install.sh   (from the repository root; see the README)"
 
 try:
@@ -36,30 +34,18 @@ if not Path(_integration.__file__).resolve().is_relative_to(INTEGRATION_ROOT):
     )
 
 
-def _load_core_conftest():
-    """Import the core suite's conftest under its own name (both files are called conftest.py)."""
-    if not CORE_CONFTEST.is_file():
-        pytest.exit(f"The core test fixtures {CORE_CONFTEST} are missing.", returncode=4)
-    spec = importlib.util.spec_from_file_location("comprexit_rag_core_conftest", CORE_CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_core = _load_core_conftest()
-default_tokenizer = _core.default_tokenizer
-tiny_backbone = _core.tiny_backbone
-real_backbone = _core.real_backbone
-
 from llama_index.core import VectorStoreIndex  # noqa: E402
 from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.postprocessor.comprexit import ComprExITEmbedding  # noqa: E402
 
-from comprexit_rag.comi import COMICompressor, COMIMerger  # noqa: E402
-from comprexit_rag.compressor import ComprExITCompressor  # noqa: E402
 from comprexit_rag.data import DataNotFoundError, QAExample, load_split  # noqa: E402
 from comprexit_rag.errors import DefaultModelUnavailableError  # noqa: E402
-from comprexit_rag.head import ComprExITHead  # noqa: E402
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger  # noqa: E402
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor  # noqa: E402
+from comprexit_rag.methods.comprexit.head import ComprExITHead  # noqa: E402
+from comprexit_rag.testing import default_tokenizer, real_backbone, tiny_backbone  # noqa: E402
+
+__all__ = ["default_tokenizer", "real_backbone", "tiny_backbone"]
 
 HOTPOT_QUESTIONS = 5  # their 10 paragraphs each (gold + distractors) make the index: 50 nodes
 

@@ -23,9 +23,9 @@ from llama_index.postprocessor.comprexit import (
 )
 
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.pipeline import RAGPipeline
+from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
-from comprexit_rag.store import SlotStore, content_key
+from comprexit_rag.slots import SlotStore, content_key
 
 
 @pytest.fixture

@@ -23,12 +23,13 @@ from llama_index.postprocessor.comprexit.base import (
     TOKENS_KEY,
     CompressedNodes,
     ComprExITNodePostprocessor,
-    MemorySlotCache,
 )
 from llama_index.postprocessor.comprexit.embedding import ComprExITEmbedding
 from llama_index.postprocessor.comprexit.llm import ComprExITLLM
 from llama_index.postprocessor.comprexit.query_engine import EMPTY_RESPONSE, ComprExITQueryEngine, build_query_engine
 from llama_index.postprocessor.comprexit.synthesizer import ComprExITSynthesizer
+
+from comprexit_rag.slots import MemorySlotCache
 
 __all__ = [
     "EMPTY_RESPONSE",

@@ -7,7 +7,7 @@ from typing import Any
 
 from comprexit_rag.errors import InvalidInputError
 
-__all__ = ["check_known_arguments"]
+__all__ = ["NamedComponent", "check_known_arguments"]
 
 
 def check_known_arguments(owner: type, kwargs: Mapping[str, Any], *also: str) -> None:
@@ -22,3 +22,11 @@ def check_known_arguments(owner: type, kwargs: Mapping[str, Any], *also: str) ->
         raise InvalidInputError(
             f"{owner.__name__} got unknown argument(s) {', '.join(unknown)}; it accepts: {', '.join(sorted(known))}."
         )
+
+
+class NamedComponent:
+    """Mixed into the LlamaIndex components: their serialised ``class_name`` is their Python class name."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return cls.__name__

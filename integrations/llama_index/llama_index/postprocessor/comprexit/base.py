@@ -2,7 +2,7 @@
 
 The postprocessor compresses each retrieved node once into soft slots (``[S, H]`` tensors in
 the reader LLM's input-embedding space) with :class:`comprexit_rag.ComprExITCompressor`, keeps
-them in a :class:`comprexit_rag.store.SlotStore` (or an in-memory cache) and attaches to the node
+them in a :class:`comprexit_rag.slots.SlotStore` (or an in-memory cache) and attaches to the node
 only the store key and a few statistics. Tensors never enter node metadata, so nodes stay
 hashable, serialisable and cheap to copy; the keys it adds are excluded from the LLM and
 embedding views of the node.
@@ -11,15 +11,13 @@ embedding views of the node.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -27,42 +25,27 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.comi import COMICompressor, COMIMerger
-from comprexit_rag.compressor import ComprExITCompressor
-from comprexit_rag.config import validate_ratio
 from comprexit_rag.defaults import default_compressor
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.head import ComprExITHead
-from comprexit_rag.pipeline import (
-    UNTRAINED_HEAD_DIR,
-    RAGPipeline,
-    load_comi_merger_or_untrained,
-    load_head_or_untrained,
-)
-from comprexit_rag.segments import check_positive_int, check_text
+from comprexit_rag.methods import get_method, method_names
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.rag import RAGPipeline
+from comprexit_rag.rag.directory import UNTRAINED_HEAD_DIR
+from comprexit_rag.rag.loading import load_comi_merger_or_untrained, load_compressor
+from comprexit_rag.slots import SlotService, SlotStore, store_fingerprint
+from comprexit_rag.slots.service import SlotBackend
 from comprexit_rag.soft_context import SoftContext
-from comprexit_rag.store import SlotStore, content_key
+from comprexit_rag.validation import check_positive_int, check_text, validate_ratio
 
-from ._checks import check_known_arguments
+from ._checks import NamedComponent, check_known_arguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FINGERPRINT_KEY",
-    "METADATA_KEYS",
-    "METHODS",
-    "METHOD_KEY",
-    "RATIO_KEY",
-    "SLOTS_KEY",
-    "SLOT_KEY",
-    "TOKENS_KEY",
-    "ComprExITNodePostprocessor",
-    "CompressedNodes",
-    "MemorySlotCache",
-]
-
-METHODS = ("comprexit", "comi")
+METHODS = method_names(pipeline=True, context="slots")
 """``comprexit``: query-independent slots, stored and reused; ``comi``: query-aware slots, per query."""
+STORED = next(name for name in METHODS if get_method(name).storable)
 
 SLOT_KEY = "comprexit_slot_key"
 """Metadata key of the node's key in the slot store (the sha256 of the compressed text)."""
@@ -78,65 +61,6 @@ METHOD_KEY = "comprexit_method"
 """Metadata key of the method that made the slots (``comprexit`` or ``comi``)."""
 METADATA_KEYS = (SLOT_KEY, SLOTS_KEY, TOKENS_KEY, RATIO_KEY, FINGERPRINT_KEY, METHOD_KEY)
 """Every metadata key the postprocessor adds; all are hidden from the LLM and the embedder."""
-
-
-class MemorySlotCache:
-    """A bounded, thread-safe, in-memory stand-in for a :class:`SlotStore` of one fingerprint.
-
-    Entries are keyed by content hash within the fingerprint; the least recently used entry is
-    dropped once ``max_entries`` are held. Slots are kept on the CPU.
-    """
-
-    def __init__(self, fingerprint: str, max_entries: int = 4096) -> None:
-        if max_entries < 1:
-            raise InvalidInputError(f"max_entries must be >= 1, got {max_entries}.")
-        self.fingerprint = fingerprint
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[torch.Tensor, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def lookup(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, int] | None]:
-        """``(slots, token count)`` of each key, or ``None`` where absent (marks hits as recently used)."""
-        with self._lock:
-            found = []
-            for key in keys:
-                entry = self._entries.get(key)
-                if entry is not None:
-                    self._entries.move_to_end(key)
-                found.append(entry)
-            return found
-
-    def get(self, key: str) -> torch.Tensor | None:
-        """The slots of ``key``, or ``None`` (the :meth:`SlotStore.get` signature)."""
-        entry = self.lookup([key])[0]
-        return None if entry is None else entry[0]
-
-    def put_many(self, keys: Sequence[str], slots: Sequence[torch.Tensor], token_counts: Sequence[int]) -> list[str]:
-        """Keep the slots of several passages (the :meth:`SlotStore.put_many` signature)."""
-        written = []
-        with self._lock:
-            for key, tensor, tokens in zip(keys, slots, token_counts, strict=True):
-                if key in self._entries:
-                    continue
-                self._entries[key] = (tensor.detach().to("cpu"), int(tokens))
-                written.append(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return written
-
-    def __repr__(self) -> str:
-        return f"MemorySlotCache(fingerprint={self.fingerprint!r}, entries={len(self)}/{self.max_entries})"
-
-
-SlotBackend = SlotStore | MemorySlotCache
 
 
 @dataclass(frozen=True)
@@ -157,16 +81,16 @@ class CompressedNodes:
     method: str
 
 
-class ComprExITNodePostprocessor(BaseNodePostprocessor):
+class ComprExITNodePostprocessor(NamedComponent, BaseNodePostprocessor):
     """Compress retrieved nodes into ComprExIT soft slots, stored once and reused.
 
     Each node with text gets, on an annotated copy, the metadata :data:`SLOT_KEY` (its key in
     :attr:`store`) and the stats :data:`SLOTS_KEY`, :data:`TOKENS_KEY`, :data:`RATIO_KEY`,
     :data:`FINGERPRINT_KEY` and :data:`METHOD_KEY`; all are added to the node's
     ``excluded_llm_metadata_keys`` and ``excluded_embed_metadata_keys``. The text compressed is
-    ``node.get_content(metadata_mode)``, and the key is :func:`comprexit_rag.store.content_key` of
+    ``node.get_content(metadata_mode)``, and the key is :func:`comprexit_rag.slots.content_key` of
     that text: with ``metadata_mode=MetadataMode.NONE`` and node text ``"title\\ntext"``, keys are
-    those of a :class:`~comprexit_rag.pipeline.RAGPipeline` store (see :meth:`from_pipeline`).
+    those of a :class:`~comprexit_rag.rag.pipeline.RAGPipeline` store (see :meth:`from_pipeline`).
 
     With no arguments it compresses with the embedded defaults (SmolLM2 and the shipped head at its
     ratio), shared with every other default component of the process (:mod:`comprexit_rag.defaults`),
@@ -196,7 +120,7 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
     >>> nodes[0].metadata["comprexit_slots"]
     """
 
-    method: Literal["comprexit", "comi"] = Field(default="comprexit", description="comprexit (stored) or comi.")
+    method: str = Field(default=STORED, description="comprexit (stored) or comi (query-aware).")
     ratio: int = Field(description="Compression ratio: source tokens per soft slot.")
     metadata_mode: MetadataMode = Field(default=MetadataMode.LLM, description="View of the node that is compressed.")
     store_dir: str | None = Field(default=None, description="SlotStore directory; None: in-memory cache.")
@@ -205,7 +129,7 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
 
     _compressor: ComprExITCompressor = PrivateAttr()
     _comi: COMICompressor | Callable[[], COMICompressor] | None = PrivateAttr(default=None)
-    _backends: dict[str, SlotBackend] = PrivateAttr(default_factory=dict)
+    _services: dict[str, SlotService] = PrivateAttr(default_factory=dict)  # one per method, built on first use
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
     _slot_reader: bool = PrivateAttr(default=False)  # a ComprExITSynthesizer reads this postprocessor's slots
     _warned_text_llm: bool = PrivateAttr(default=False)
@@ -214,7 +138,7 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         self,
         compressor: ComprExITCompressor | None = None,
         *,
-        method: Literal["comprexit", "comi"] = "comprexit",
+        method: str = STORED,
         ratio: int | None = None,
         store: SlotStore | str | os.PathLike[str] | None = None,
         comi: COMICompressor | Callable[[], COMICompressor] | None = None,
@@ -229,8 +153,7 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
             compressor = default_compressor()
         if not isinstance(compressor, ComprExITCompressor):
             raise InvalidInputError(f"compressor must be a ComprExITCompressor, got {type(compressor).__name__}.")
-        if method not in METHODS:
-            raise InvalidInputError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
+        get_method(method, pipeline=True, context="slots")  # InvalidInputError naming the choices
         ratio = validate_ratio(compressor.config.ratio if ratio is None else ratio, compressor.config.window)
         check_positive_int(batch_size, "batch_size")
         check_positive_int(cache_size, "cache_size")
@@ -247,20 +170,9 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         self._compressor = compressor
         self._comi = comi
         if isinstance(store, SlotStore):
-            expected = self._fingerprint_for("comprexit")
-            if store.fingerprint != expected:
-                raise InvalidInputError(
-                    f"The SlotStore holds slots of fingerprint {store.fingerprint!r}, but this postprocessor "
-                    f"writes {expected!r} (another head, backbone or ratio); open the store with that fingerprint "
-                    "or pass its directory instead."
-                )
-            self._backends[expected] = store
+            self._service(STORED).adopt(store, self.ratio)
 
     # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ComprExITNodePostprocessor"
 
     @classmethod
     def from_defaults(
@@ -280,8 +192,9 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
                 embedded SmolLM2-135M-Instruct.
             head: a :class:`ComprExITHead`, a checkpoint directory, or ``None`` for the shipped
                 head (an untrained one, with a WARNING, while none ships: see
-                :func:`comprexit_rag.pipeline.load_head_or_untrained`; it is saved under
-                ``store_dir`` so stored slots stay valid across runs).
+                :func:`comprexit_rag.rag.loading.load_head_or_untrained`; it is saved under
+                ``store_dir`` so stored slots stay valid across runs). A head directory's reader
+                adapter is attached, as :func:`comprexit_rag.rag.loading.load_compressor` does.
             store_dir: where to keep the slots (a :class:`SlotStore`); ``None``: in memory.
             comi_merger: COMI merger for ``method="comi"`` (a module or a directory).
             device: where to load the backbone when it is loaded here.
@@ -289,18 +202,13 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         """
         if not isinstance(backbone, Backbone):
             backbone = Backbone.from_pretrained(backbone, device=device)
-        if isinstance(head, ComprExITHead):
-            module = head
-        elif head is None:
-            untrained_dir = Path(store_dir) / UNTRAINED_HEAD_DIR if store_dir is not None else None
-            module = load_head_or_untrained(backbone, untrained_dir)
-        else:
-            module = ComprExITHead.from_pretrained(head)
+        untrained_dir = Path(store_dir) / UNTRAINED_HEAD_DIR if store_dir is not None else None
+        compressor = load_compressor(backbone, head, untrained_dir=untrained_dir)
         comi = None
         if comi_merger is not None:
             merger = comi_merger if isinstance(comi_merger, COMIMerger) else COMIMerger.from_pretrained(comi_merger)
             comi = COMICompressor(backbone, merger)
-        return cls(ComprExITCompressor(backbone, module), store=store_dir, comi=comi, **kwargs)
+        return cls(compressor, store=store_dir, comi=comi, **kwargs)
 
     @classmethod
     def from_pipeline(cls, pipeline: RAGPipeline, **kwargs: Any) -> ComprExITNodePostprocessor:
@@ -353,21 +261,24 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         A :class:`SlotStore` under :attr:`store_dir` for ``comprexit`` when one is set; otherwise
         (and always for ``comi``, whose slots depend on the question) a :class:`MemorySlotCache`.
         """
-        fingerprint = self.fingerprint
-        with self._lock:
-            backend = self._backends.get(fingerprint)
-            if backend is None:
-                if self.method == "comprexit" and self.store_dir is not None:
-                    backend = SlotStore(self.store_dir, fingerprint)
-                else:
-                    backend = MemorySlotCache(fingerprint, self.cache_size)
-                self._backends[fingerprint] = backend
-            return backend
+        return self._service(self.method).backend(self.ratio)
 
     def _fingerprint_for(self, method: str) -> str:
         # The format of RAGPipeline.store_for, so that a pipeline's store directory can be shared.
-        source = self._compressor if method == "comprexit" else self.comi
-        return f"{source.fingerprint}/ratio={self.ratio}"
+        return store_fingerprint(self._compressor_for(method).fingerprint, self.ratio)
+
+    def _compressor_for(self, method: str) -> ComprExITCompressor | COMICompressor:
+        return self._compressor if get_method(method).storable else self.comi
+
+    def _service(self, method: str) -> SlotService:
+        """The slot service of ``method``: stored slots under :attr:`store_dir`, else an in-memory cache."""
+        with self._lock:
+            service = self._services.get(method)
+            if service is None:
+                root = self.store_dir if get_method(method).storable else None
+                service = SlotService(self._compressor_for(method), root, cache_size=self.cache_size)
+                self._services[method] = service
+            return service
 
     # ------------------------------------------------------------------ compressing
 
@@ -382,14 +293,13 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
             InvalidInputError: ``nodes`` is not a list of ``NodeWithScore``, a node's content is not
                 a string or not valid Unicode, or ``method="comi"`` has no query bundle (COMI
                 compresses every passage together with the question) or one too long for the backbone.
-            CheckpointError: the slot store is corrupt (see :class:`~comprexit_rag.store.SlotStore`).
+            CheckpointError: the slot store is corrupt (see :class:`~comprexit_rag.slots.SlotStore`).
         """
         annotated = _check_nodes(nodes)
         query = self._query(query_bundle)
-        method, fingerprint, store = self.method, self.fingerprint, self.store
+        method, fingerprint = self.method, self.fingerprint
         positions: list[int] = []
-        keys: list[str] = []
-        texts: dict[str, str] = {}
+        texts: list[str] = []
         for position, item in enumerate(annotated):
             node = _hide_keys(item.node)
             text = node.get_content(metadata_mode=self.metadata_mode)
@@ -397,48 +307,26 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
                 logger.debug("Node %s has no text to compress; passed through without slots.", node.node_id)
                 continue
             check_text(text, f"The content of node {position} ({node.node_id})")  # a string of valid Unicode
-            key = content_key(text) if method == "comprexit" else content_key(json.dumps([query, text]))
             annotated[position] = NodeWithScore(node=node, score=item.score)
             positions.append(position)
-            keys.append(key)
-            texts.setdefault(key, text)
+            texts.append(text)
 
-        found = dict(zip(keys, _lookup(store, keys), strict=True))
-        absent = [key for key, entry in found.items() if entry is None]
-        if absent:
-            fresh = self._compress([texts[key] for key in absent], query)
-            slots, counts = fresh.passages(), fresh.token_counts.tolist()
-            store.put_many(absent, slots, counts)
-            # Read back what the store keeps (fp16 in a SlotStore), so an answer does not depend on
-            # whether its slots were a hit or a miss; fall back to the fresh slots if evicted already.
-            stored = _lookup(store, absent)
-            for key, tensor, count, entry in zip(absent, slots, counts, stored, strict=True):
-                found[key] = entry if entry is not None else (tensor, count)
-        missed = set(absent)
-        misses = sum(1 for key in keys if key in missed)
-
-        passages: list[torch.Tensor] = []
-        token_counts: list[int] = []
-        for position, key in zip(positions, keys, strict=True):
-            tensor, tokens = found[key]  # type: ignore[misc]
-            num_slots = int(tensor.shape[0])
+        found = self._service(method).lookup(texts, query=query, ratio=self.ratio, batch_size=self.batch_size)
+        for position, key, slots, tokens in zip(
+            positions, found.keys, found.slot_counts, found.token_counts, strict=True
+        ):
             annotated[position].node.metadata.update(
                 {
                     SLOT_KEY: key,
-                    SLOTS_KEY: num_slots,
-                    TOKENS_KEY: int(tokens),
-                    RATIO_KEY: tokens / max(num_slots, 1),
+                    SLOTS_KEY: slots,
+                    TOKENS_KEY: tokens,
+                    RATIO_KEY: tokens / max(slots, 1),
                     FINGERPRINT_KEY: fingerprint,
                     METHOD_KEY: method,
                 }
             )
-            passages.append(tensor.to("cpu"))
-            token_counts.append(int(tokens))
-        if passages:
-            context = SoftContext.from_passages(passages, token_counts)
-        else:
-            context = SoftContext.empty(self._compressor.backbone.hidden_size)
-        return CompressedNodes(annotated, context, len(keys) - misses, misses, fingerprint, method)
+        context = found.context if texts else SoftContext.empty(self._compressor.backbone.hidden_size)
+        return CompressedNodes(annotated, context, found.hits, found.misses, fingerprint, method)
 
     async def acompress_nodes(
         self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -471,23 +359,16 @@ class ComprExITNodePostprocessor(BaseNodePostprocessor):
         )
 
     def _query(self, query_bundle: QueryBundle | None) -> str | None:
-        if self.method != "comi":
+        if not get_method(self.method).query_aware:
             return None
         query = query_bundle.query_str if query_bundle is not None else None
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError(
-                "method='comi' compresses each passage together with the question, so it needs the query: "
+                f"method={self.method!r} compresses each passage together with the question, so it needs the query: "
                 "call postprocess_nodes(nodes, query_bundle=QueryBundle(question)) or "
                 "postprocess_nodes(nodes, query_str=question) (a query engine passes it for you)."
             )
         return query
-
-    def _compress(self, texts: list[str], query: str | None) -> SoftContext:
-        if self.method == "comi":
-            return self.comi.compress(
-                texts, query=query, ratio=self.ratio, batch_size=self.batch_size, show_progress=False
-            )
-        return self._compressor.compress(texts, ratio=self.ratio, batch_size=self.batch_size, show_progress=False)
 
 
 def _check_nodes(nodes: object) -> list[NodeWithScore]:
@@ -518,13 +399,3 @@ def _hide_keys(node: BaseNode) -> BaseNode:
             "excluded_embed_metadata_keys": hidden(node.excluded_embed_metadata_keys),
         }
     )
-
-
-def _lookup(store: SlotBackend, keys: Sequence[str]) -> list[tuple[torch.Tensor, int] | None]:
-    """``(slots, token count)`` per key from either kind of store; ``None`` where absent."""
-    if isinstance(store, MemorySlotCache):
-        return store.lookup(keys)
-    found = store.get_many(keys)
-    return [
-        None if tensor is None else (tensor, store.token_count(key)) for key, tensor in zip(keys, found, strict=True)
-    ]

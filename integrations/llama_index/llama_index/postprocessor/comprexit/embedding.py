@@ -20,15 +20,17 @@ from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 from sentence_transformers import SentenceTransformer
 
 from comprexit_rag.defaults import default_embedder
-from comprexit_rag.embedder import warn_if_truncated
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
+from comprexit_rag.retrieval.embedder import warn_if_truncated
+
+from ._checks import NamedComponent
 
 __all__ = ["ComprExITEmbedding"]
 
 logger = logging.getLogger(__name__)
 
 
-class ComprExITEmbedding(BaseEmbedding):
+class ComprExITEmbedding(NamedComponent, BaseEmbedding):
     """A sentence-transformers model (default the embedded all-MiniLM-L6-v2) for LlamaIndex.
 
     Texts longer than the model's window (256 tokens for MiniLM) are embedded from their beginning
@@ -75,10 +77,6 @@ class ComprExITEmbedding(BaseEmbedding):
     def from_retriever(cls, retriever: DenseRetriever, **kwargs: Any) -> ComprExITEmbedding:
         """Share the already loaded embedder of a :class:`DenseRetriever` (or a RAGPipeline's)."""
         return cls(retriever.embedder_name or "sentence-transformers", model=retriever.embedder, **kwargs)
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ComprExITEmbedding"
 
     @property
     def model(self) -> SentenceTransformer:

@@ -21,11 +21,11 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.settings import Settings
 
 from comprexit_rag.defaults import default_reader
-from comprexit_rag.reader import Reader
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.soft_context import SoftContext
+from comprexit_rag.validation import check_positive_int
 
-from ._checks import check_known_arguments
+from ._checks import NamedComponent, check_known_arguments
 
 __all__ = ["ComprExITLLM"]
 
@@ -33,7 +33,7 @@ __all__ = ["ComprExITLLM"]
 _SLOTS: ContextVar[SoftContext | None] = ContextVar("comprexit_slots", default=None)
 
 
-class ComprExITLLM(CustomLLM):
+class ComprExITLLM(NamedComponent, CustomLLM):
     """The frozen reader LLM (default: the embedded SmolLM2, shared per process) for LlamaIndex.
 
     Args:
@@ -54,10 +54,6 @@ class ComprExITLLM(CustomLLM):
         kwargs.setdefault("callback_manager", Settings.callback_manager)  # handlers set globally see the reads
         super().__init__(max_new_tokens=max_new_tokens, **kwargs)
         self._reader = reader if reader is not None else default_reader()
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ComprExITLLM"
 
     @property
     def reader(self) -> Reader:

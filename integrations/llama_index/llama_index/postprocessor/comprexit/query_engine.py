@@ -19,11 +19,11 @@ from llama_index.core.settings import Settings
 
 from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
-from comprexit_rag.pipeline import AnswerStats
-from comprexit_rag.reader import Reader
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.rag.results import AnswerStats
+from comprexit_rag.reading.reader import Reader
+from comprexit_rag.validation import check_positive_int
 
-from ._checks import check_known_arguments
+from ._checks import NamedComponent, check_known_arguments
 from .base import CompressedNodes, ComprExITNodePostprocessor
 from .llm import ComprExITLLM
 
@@ -33,14 +33,14 @@ EMPTY_RESPONSE = "Empty Response"
 """The answer when the retriever returns no node with text (LlamaIndex's own wording)."""
 
 
-class ComprExITQueryEngine(CustomQueryEngine):
+class ComprExITQueryEngine(NamedComponent, CustomQueryEngine):
     """Answer from the ComprExIT slots of the retrieved nodes with :class:`comprexit_rag.Reader`.
 
     A query retrieves nodes, runs ``node_postprocessors`` (e.g. a reranker or a similarity
     cutoff), then reads the slots that ``postprocessor`` attached, compressing and storing those
     it does not hold yet (a miss). The :class:`Response` carries the annotated source nodes and,
     in ``metadata``, the method, the slot fingerprint, the fields of
-    :class:`comprexit_rag.pipeline.AnswerStats` (``context_tokens``, ``slots``, ``store_hits``,
+    :class:`comprexit_rag.rag.results.AnswerStats` (``context_tokens``, ``slots``, ``store_hits``,
     ``store_misses``; ``achieved_ratio``, tokens per slot read, for its ``ratio``) and
     ``timings`` in seconds (``retrieve``, ``compress``, ``read``, ``total``; no ``read`` when
     streaming). The read is one call of :class:`ComprExITLLM`: callback handlers and the
@@ -103,10 +103,6 @@ class ComprExITQueryEngine(CustomQueryEngine):
             )
         self._reader = reader if reader is not None else reader_for(backbone)
         self._llm = ComprExITLLM(self._reader, max_new_tokens=max_new_tokens, callback_manager=self.callback_manager)
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ComprExITQueryEngine"
 
     @property
     def reader(self) -> Reader:

@@ -35,13 +35,15 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType
 
 from comprexit_rag.defaults import reader_for
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
-from comprexit_rag.segments import check_positive_int
+from comprexit_rag.validation import check_positive_int
 
 from .base import ComprExITNodePostprocessor
 from .llm import ComprExITLLM
 from .query_engine import EMPTY_RESPONSE, _in_threads, response_metadata
 
 __all__ = ["ComprExITSynthesizer"]
+
+Nodes = Sequence[NodeWithScore]
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -111,11 +113,7 @@ class ComprExITSynthesizer(BaseSynthesizer):
 
     @dispatcher.span
     def synthesize(
-        self,
-        query: QueryType,
-        nodes: list[NodeWithScore],
-        additional_source_nodes: Sequence[NodeWithScore] | None = None,
-        **response_kwargs: Any,
+        self, query: QueryType, nodes: Nodes, additional_source_nodes: Nodes | None = None, **response_kwargs: Any
     ) -> RESPONSE_TYPE:
         """Read the slots of ``nodes`` (compressing any the store lacks) and answer ``query``."""
         bundle = _bundle(query)
@@ -125,11 +123,7 @@ class ComprExITSynthesizer(BaseSynthesizer):
 
     @dispatcher.span
     async def asynthesize(
-        self,
-        query: QueryType,
-        nodes: list[NodeWithScore],
-        additional_source_nodes: Sequence[NodeWithScore] | None = None,
-        **response_kwargs: Any,
+        self, query: QueryType, nodes: Nodes, additional_source_nodes: Nodes | None = None, **response_kwargs: Any
     ) -> RESPONSE_TYPE:
         """:meth:`synthesize` with compression and generation in worker threads."""
         bundle = _bundle(query)

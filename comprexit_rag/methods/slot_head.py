@@ -1,0 +1,206 @@
+"""Query-independent compression with a slot head (ComprExIT, mean-pool): texts -> frozen backbone -> slots.
+
+A slot head maps the backbone's hidden states of a passage to slots, never seeing the question, so
+slots are computed once per passage and stored. :class:`SlotCompressor` holds what every slot head
+shares: loading (with a reader adapter, when the checkpoint has one), segmenting long passages,
+batching, the fingerprint stores key on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..backbone import Backbone, autocast_for
+from ..checkpoint import check_fingerprint, state_digest
+from ..errors import AdapterMismatchError, InvalidInputError
+from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
+from ..soft_context import PassageDetails, SoftContext
+from ..validation import resolve_ratio
+from .base import ModuleCompressor
+from .segments import SegmentBatch, encode_segments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadOutput:
+    """Slots of a batch of sequences, plus what the head decided, for inspection."""
+
+    slots: torch.Tensor  # [B, S, H] float32, in the reader's input-embedding space
+    slot_mask: torch.Tensor  # [B, S] bool
+    # Inspection fields; heads without layer attention or transport (baselines) leave them None.
+    layer_weights: torch.Tensor | None = None  # [B, T, L+1] depth-wise attention over layers
+    transport_plans: torch.Tensor | None = None  # [num_windows, W, K]
+    window_owner: torch.Tensor | None = None  # [num_windows] sequence index of each window
+    window_mask: torch.Tensor | None = None  # [num_windows, W] real tokens of each window
+
+
+class SlotCompressor(ModuleCompressor):
+    """Query-independent compression: a frozen backbone plus a head mapping hidden states to slots.
+
+    The head is any module with ``config`` (ratio, window, segment_length), ``fingerprint`` and
+    ``forward(hidden_states, anchor_mask, ratio) -> HeadOutput``. Because the question is never
+    seen (``compress`` ignores ``query``), slots can be computed once at indexing time and stored.
+    ``compress(..., return_details=True)`` also returns what a ComprExIT head decided per passage.
+    """
+
+    kind = "slots"
+
+    head_class: type[nn.Module]  # set by subclasses; loads with ``head_class.from_pretrained(path)``
+    # (``head_class.returns_details``: its output carries layer weights and transport plans)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        head: str | os.PathLike | nn.Module | None = None,
+        backbone: str | os.PathLike | Backbone | None = None,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+    ) -> SlotCompressor:
+        """Defaults: the embedded SmolLM2 backbone and the head shipped for it.
+
+        A head directory holding a ``reader_adapter/`` (a head trained with a reader LoRA) attaches
+        that adapter to the backbone; :class:`~comprexit_rag.reading.reader.Reader` then reads through it.
+        """
+        backbone = Backbone.resolve(backbone, device)
+        if isinstance(head, cls.head_class):
+            return cls(backbone, head, batch_size=batch_size)
+        directory = Path(head) if head is not None else cls.head_class.default_checkpoint
+        head = cls.head_class.from_pretrained(head)
+        reader_adapter = None
+        if (directory / ADAPTER_DIR).is_dir():
+            check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
+            reader_adapter = ReaderAdapter.from_pretrained(directory / ADAPTER_DIR, backbone)
+        return cls(backbone, head, batch_size=batch_size, reader_adapter=reader_adapter)
+
+    def __init__(
+        self, backbone: Backbone, head: nn.Module, batch_size: int = 8, reader_adapter: ReaderAdapter | None = None
+    ) -> None:
+        super().__init__(backbone, head, batch_size)
+        if reader_adapter is not None:
+            if reader_adapter.backbone is not backbone:
+                raise InvalidInputError("The reader adapter is attached to another backbone object; use one backbone.")
+            paired = reader_adapter.paired_head
+            if paired is not None and paired != head_digest(head):
+                raise AdapterMismatchError(
+                    f"The reader adapter was trained with head {paired}, not with this head ({head_digest(head)}). "
+                    "Load the head and the adapter from the same checkpoint directory."
+                )
+        self.reader_adapter = reader_adapter
+
+    @property
+    def head(self) -> nn.Module:
+        return self.module
+
+    @property
+    def max_ratio(self) -> int:
+        """The largest ratio: one slot per transport window."""
+        return self.config.window
+
+    def slot_digest(self) -> str:
+        """The head's (see :meth:`ModuleCompressor.slot_digest`) and the reader adapter's: slots are only
+        meaningful read through the adapter they were trained with."""
+        digest = super().slot_digest()
+        if self.reader_adapter is None:
+            return digest
+        return hashlib.sha256(f"{digest}/reader-adapter:{self.reader_adapter.digest}".encode()).hexdigest()[:16]
+
+    @torch.no_grad()
+    def compress_token_ids(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        query: object = None,
+        *,
+        ratio: int | None = None,
+        batch_size: int | None = None,
+        return_details: bool = False,
+        show_progress: bool | None = None,
+    ) -> SoftContext:
+        """Like :meth:`compress`, for passages that are already tokenised (no special tokens)."""
+        ratio = resolve_ratio(self, ratio)
+        if return_details and not self.head_class.returns_details:
+            raise InvalidInputError("return_details=True needs a ComprExIT head (layer weights and transport plans).")
+
+        def encode(batch: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[SegmentSlots]:
+            with autocast_for(self.backbone):
+                output = self.head(hidden_states, batch.anchor_mask, ratio=ratio)
+            return [
+                SegmentSlots(
+                    slots=slots,
+                    details=_segment_details(output, row, batch.anchor_mask[row], ids) if return_details else None,
+                )
+                for row, (ids, slots) in enumerate(
+                    zip((s.token_ids for s in batch.segments), row_slots(output), strict=True)
+                )
+            ]
+
+        per_passage = encode_segments(
+            self.backbone,
+            token_ids,
+            encode,
+            segment_length=self.config.segment_length,
+            batch_size=batch_size or self.batch_size,
+            show_progress=show_progress,
+        )
+        passages = [torch.cat([part.slots for part in parts]) for parts in per_passage]
+        details = None
+        if return_details:
+            details = [_merge_details([part.details for part in parts]) for parts in per_passage]
+        return self.soft_context(passages, [len(ids) for ids in token_ids], details=details)
+
+    def soft_context(
+        self,
+        passages: Sequence[torch.Tensor],
+        token_counts: Sequence[int],
+        details: list[PassageDetails] | None = None,
+    ) -> SoftContext:
+        """A SoftContext of slots this compressor made (e.g. read back from a store), marked with the reader
+        adapter they are read through (:data:`~comprexit_rag.reading.adapter.FROZEN_READER` for a head without one)."""
+        adapter = self.reader_adapter.digest if self.reader_adapter is not None else FROZEN_READER
+        return SoftContext.from_passages(passages, token_counts, details=details, reader_adapter=adapter)
+
+
+def head_digest(head: nn.Module, salt: str = "") -> str:
+    """A hash of a head's config and weights (``salt`` first): what stores and reader adapters pair with."""
+    return state_digest(head.config.to_dict(), head.state_dict(), salt)
+
+
+def row_slots(output: HeadOutput) -> list[torch.Tensor]:
+    """Each row's slots in float32. They are a prefix of the padded row, so one read of the counts
+    serves the whole batch (boolean indexing would wait for the device once per row)."""
+    counts = output.slot_mask.sum(dim=1).tolist()
+    return [output.slots[row, :count].float() for row, count in enumerate(counts)]
+
+
+@dataclass
+class SegmentSlots:
+    slots: torch.Tensor
+    details: PassageDetails | None
+
+
+def _segment_details(output, row: int, anchor_mask: torch.Tensor, token_ids: Sequence[int]) -> PassageDetails:
+    windows = (output.window_owner == row).nonzero().flatten().tolist()
+    plans = []
+    for window in windows:
+        tokens = int(output.window_mask[window].sum())
+        plan = output.transport_plans[window, :tokens]
+        plans.append(plan[:, plan.sum(dim=0) > 0].cpu())
+    layer_weights = output.layer_weights[row, anchor_mask.to(output.layer_weights.device)].cpu()
+    return PassageDetails(list(token_ids), layer_weights, plans)
+
+
+def _merge_details(parts: list[PassageDetails]) -> PassageDetails:
+    return PassageDetails(
+        token_ids=[t for part in parts for t in part.token_ids],
+        layer_weights=torch.cat([part.layer_weights for part in parts]),
+        transport_plans=[plan for part in parts for plan in part.transport_plans],
+    )

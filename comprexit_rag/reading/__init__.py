@@ -1,0 +1,15 @@
+"""Reading: the frozen LLM answering from slots, text or nothing, optionally through a reader adapter."""
+
+from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter, ReaderAdapterConfig, require_adapter
+from .reader import Context, Reader, ReaderBatch
+
+__all__ = [
+    "ADAPTER_DIR",
+    "FROZEN_READER",
+    "Context",
+    "Reader",
+    "ReaderAdapter",
+    "ReaderAdapterConfig",
+    "ReaderBatch",
+    "require_adapter",
+]

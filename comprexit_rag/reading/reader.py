@@ -1,0 +1,379 @@
+"""Reader: the frozen LLM answering a question from soft slots, raw text, or nothing at all."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..backbone import Backbone, cache_keyword, returned_cache
+from ..errors import InvalidInputError
+from ..prompts import QAPrompt, stop_token_ids
+from ..soft_context import SoftContext
+from ..validation import check_positive_int, check_text
+from .adapter import ReaderAdapter, require_adapter
+
+logger = logging.getLogger(__name__)
+
+# A context is compressed slots, raw text (one string or several passages), ready-made
+# embeddings [n, H] (e.g. learned soft tokens + text), or None for closed-book reading.
+Context = SoftContext | str | Sequence[str] | torch.Tensor | None
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ReaderBatch:
+    """Left-padded reader inputs; ``labels`` is set when targets were given (teacher forcing)."""
+
+    inputs_embeds: torch.Tensor  # [B, T, H]
+    attention_mask: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T]
+    labels: torch.Tensor | None = None  # [B, T], IGNORE_INDEX outside the targets
+    context_lengths: list[int] | None = None  # context vectors per example (slots or text tokens)
+    slot_mask: torch.Tensor | None = None  # [B, T] bool, true where the context was given as vectors (slots)
+    prompt_prefix: list[int] | None = None  # token ids every row starts with (the prompt before the context)
+
+
+class Reader:
+    """Greedy (by default) generation through ``inputs_embeds`` with a KV cache.
+
+    >>> reader = Reader(backbone)
+    >>> reader.generate("Who wrote Hamlet?", soft_context)        # from slots
+    >>> reader.generate("Who wrote Hamlet?", ["passage one", "passage two"])  # from raw text
+
+    Length policy: prompt + question + context + ``max_new_tokens`` must fit the backbone's
+    ``max_position_embeddings``; nothing is truncated silently (a cut question or context changes
+    the answer unnoticed). A question that does not fit raises :class:`InvalidInputError` saying
+    how many positions each part takes; :meth:`context_budget` tells beforehand how much context
+    fits with a question.
+
+    Reader adapter: slots of a head trained with a reader LoRA are read through that adapter
+    (:class:`~comprexit_rag.reading.adapter.ReaderAdapter`). By default the reader uses the adapter attached
+    to its backbone (loading such a head attaches it), ``adapter=None`` reads with the frozen
+    weights, and slots made for another adapter raise :class:`AdapterMismatchError`.
+
+    Thread safety: :meth:`generate` and :meth:`stream` may be called from several threads at
+    once; every forward pass and tokenizer call holds the backbone's lock (see
+    :class:`~comprexit_rag.backbone.Backbone`), so answers equal those of sequential calls.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        prompt: QAPrompt | None = None,
+        max_new_tokens: int = 20,
+        adapter: ReaderAdapter | Literal["attached"] | None = "attached",
+    ) -> None:
+        self.backbone = backbone
+        self.adapter = attached_adapter(backbone) if adapter == "attached" else adapter
+        if self.adapter is not None and self.adapter.backbone is not backbone:
+            raise InvalidInputError(
+                "The reader adapter is attached to another backbone object; use one backbone for both."
+            )
+        self.prompt = prompt or QAPrompt()
+        self.max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
+        self.stop_token_ids = stop_token_ids(backbone.tokenizer, backbone.model.generation_config.eos_token_id)
+        # KV cache of the prompt before the context (system prompt, "Context:"), the same for every question.
+        self._prefix_cache: tuple[tuple, Cache] | None = None
+        # Greedy decoding reads the logits of the last position only: the prefill need not project every
+        # position onto the vocabulary (on a CPU that is a quarter of a 700-token prefill).
+        forward = inspect.signature(backbone.model.forward).parameters
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
+        self._cache_keyword = cache_keyword(backbone.model)
+
+    def context_embeddings(self, context: Context) -> torch.Tensor:
+        """The context as input embeddings [n, H] in the model's dtype."""
+        backbone = self.backbone
+        if context is None:
+            return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
+        if isinstance(context, SoftContext):
+            if context.reader_adapter is not None:
+                require_adapter(context.reader_adapter, self.adapter, "These slots")
+            context = context.embeddings()
+        if isinstance(context, torch.Tensor):
+            if context.dim() != 2 or context.shape[-1] != backbone.hidden_size:
+                raise InvalidInputError(
+                    f"Context embeddings must be [n, {backbone.hidden_size}] for this backbone (hidden size "
+                    f"{backbone.hidden_size}), got {tuple(context.shape)}; were the slots made for another backbone?"
+                )
+            if not context.is_floating_point():
+                raise InvalidInputError(f"Context embeddings must be a float tensor, got {context.dtype}.")
+            if not torch.isfinite(context).all():
+                raise InvalidInputError("Context embeddings contain NaN or inf; recompress the passages.")
+            # Any float dtype and any device are accepted: converted to the model's. No detach:
+            # training backpropagates through these embeddings into the head.
+            converted = context.to(device=backbone.device, dtype=backbone.dtype)
+            if not torch.isfinite(converted).all():
+                raise InvalidInputError(
+                    f"Context embeddings overflow the model's dtype {backbone.dtype}; recompress the passages."
+                )
+            return converted
+        if isinstance(context, str):
+            text = check_text(context, "The context") if context.strip() else context  # "" reads as no context
+        else:
+            text = "\n\n".join(_check_strings(context, "context passage"))
+        ids = torch.tensor(backbone.tokenize([text])[0], dtype=torch.long)  # special-token strings read as text
+        return backbone.embed(ids)
+
+    def build_inputs(
+        self,
+        questions: Sequence[str],
+        contexts: Sequence[Context],
+        targets: Sequence[Sequence[int]] | None = None,
+        prompt: QAPrompt | None = None,
+        padding_side: str = "left",
+    ) -> ReaderBatch:
+        """Embed ``prompt-before + context + prompt-after (+ target)`` per example.
+
+        Generation needs left padding. Training uses right padding: a left-padded row's first
+        positions attend to nothing, and in bf16 attention kernels those fully masked rows turn
+        into NaNs that reach every gradient in the backward pass (NaN * 0 is NaN).
+        """
+        if len(questions) != len(contexts):
+            raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} contexts.")
+        prompt = prompt or self.prompt
+        embed = self.backbone.embed
+        device = self.backbone.device
+        rows, label_rows, context_lengths, prefixes, slot_spans = [], [], [], set(), []
+        for index, (question, context) in enumerate(zip(questions, contexts, strict=True)):
+            before, after = prompt.pieces(self.backbone.tokenizer, question)
+            prefixes.add(tuple(before))
+            target = list(targets[index]) if targets is not None else []
+            context_embeds = self.context_embeddings(context)
+            context_lengths.append(context_embeds.shape[0])
+            tail = torch.tensor(after + target, dtype=torch.long, device=device)
+            head = torch.tensor(before, dtype=torch.long, device=device)
+            rows.append(torch.cat([embed(head), context_embeds.to(self.backbone.dtype), embed(tail)]))
+            is_vectors = isinstance(context, SoftContext | torch.Tensor)
+            slot_spans.append((len(before), len(before) + context_embeds.shape[0] if is_vectors else len(before)))
+            labels = torch.full((rows[-1].shape[0],), IGNORE_INDEX, dtype=torch.long, device=device)
+            if target:
+                labels[-len(target) :] = torch.tensor(target, device=device)
+            label_rows.append(labels)
+
+        length = max(row.shape[0] for row in rows)
+        hidden = self.backbone.hidden_size
+        inputs = torch.zeros(len(rows), length, hidden, dtype=rows[0].dtype, device=device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+        slot_mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+        for row, (values, row_labels) in enumerate(zip(rows, label_rows, strict=True)):
+            offset = length - values.shape[0] if padding_side == "left" else 0
+            span = slice(offset, offset + values.shape[0])
+            inputs[row, span] = values
+            mask[row, span] = 1
+            labels[row, span] = row_labels
+            slot_mask[row, offset + slot_spans[row][0] : offset + slot_spans[row][1]] = True
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        prefix = list(prefixes.pop()) if len(prefixes) == 1 else None
+        return ReaderBatch(
+            inputs,
+            mask,
+            positions,
+            labels if targets is not None else None,
+            context_lengths=context_lengths,
+            prompt_prefix=prefix,
+            slot_mask=slot_mask,
+        )
+
+    def reading(self, slot_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
+        """The reader adapter switched on (if any) for the forward passes inside; hold the backbone's lock."""
+        return self.adapter.reading(slot_mask) if self.adapter is not None else contextlib.nullcontext()
+
+    def generate(
+        self,
+        question: str | Sequence[str],
+        context: Context | Sequence[Context] = None,
+        *,
+        max_new_tokens: int | None = None,
+        batch_size: int = 8,
+    ) -> str | list[str]:
+        """Answer one question (returns a str) or a list of questions with one context each."""
+        max_new_tokens = self._max_new_tokens(max_new_tokens)
+        check_positive_int(batch_size, "batch_size")
+        if isinstance(question, str):
+            return self.generate([question], [context], max_new_tokens=max_new_tokens)[0]
+        questions = _check_strings(question, "question")
+        if context is None:
+            contexts: list[Context] = [None] * len(questions)
+        elif isinstance(context, str | SoftContext | torch.Tensor) or not isinstance(context, Sequence):
+            raise InvalidInputError(
+                f"With a list of questions, pass a list holding one context per question, not a "
+                f"{type(context).__name__}."
+            )
+        else:
+            contexts = list(context)
+        if len(contexts) != len(questions):
+            raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} contexts; pass one per question.")
+        answers: list[str] = []
+        for start in range(0, len(questions), batch_size):
+            with self.backbone.lock:
+                batch = self.build_inputs(questions[start : start + batch_size], contexts[start : start + batch_size])
+            self._check_fits(batch, max_new_tokens, first=start)
+            tokens = [step for step in self._greedy(batch, max_new_tokens)]
+            generated = torch.stack(tokens, dim=1) if tokens else torch.zeros(len(batch.inputs_embeds), 0)
+            answers.extend(self._decode(row) for row in generated.tolist())
+        return answers
+
+    def stream(self, question: str, context: Context = None, *, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Yield the answer to one question piece by piece as it is generated."""
+        max_new_tokens = self._max_new_tokens(max_new_tokens)
+        with self.backbone.lock:
+            batch = self.build_inputs(_check_strings([question], "question"), [context])
+        self._check_fits(batch, max_new_tokens)
+        produced: list[int] = []
+        text = ""
+        for step in self._greedy(batch, max_new_tokens):
+            produced.append(int(step[0]))
+            new_text = self._decode(produced)
+            if new_text.startswith(text) and len(new_text) > len(text):
+                yield new_text[len(text) :]
+                text = new_text
+
+    def context_budget(self, question: str, max_new_tokens: int | None = None) -> int | None:
+        """How many context vectors (slots or text tokens) fit with ``question`` and the answer budget.
+
+        ``None`` when the backbone declares no maximum length.
+
+        Raises:
+            InvalidInputError: the question is not a non-empty string, or the prompt, the question
+                and ``max_new_tokens`` alone exceed the backbone's maximum length.
+        """
+        max_new_tokens = self._max_new_tokens(max_new_tokens)
+        question = _check_strings([question], "question")[0]
+        limit = self.backbone.max_positions
+        if limit is None:
+            return None
+        with self.backbone.lock:
+            before, after = self.prompt.pieces(self.backbone.tokenizer, question)
+        prompt = len(before) + len(after)
+        if prompt + max_new_tokens > limit:
+            raise InvalidInputError(self._too_long(0, prompt, 0, max_new_tokens, limit))
+        return limit - prompt - max_new_tokens
+
+    def _max_new_tokens(self, value: int | None) -> int:
+        return self.max_new_tokens if value is None else check_positive_int(value, "max_new_tokens")
+
+    def _check_fits(self, batch: ReaderBatch, max_new_tokens: int, first: int = 0) -> None:
+        """Refuse rows whose prompt + context + answer budget exceed the backbone's positions."""
+        limit = self.backbone.max_positions
+        if limit is None:
+            return
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        contexts = batch.context_lengths or [0] * len(lengths)
+        for row, (length, context) in enumerate(zip(lengths, contexts, strict=True)):
+            if length + max_new_tokens > limit:
+                raise InvalidInputError(self._too_long(first + row, length - context, context, max_new_tokens, limit))
+
+    def _too_long(self, index: int, prompt: int, context: int, max_new_tokens: int, limit: int) -> str:
+        return (
+            f"Question {index} does not fit the reader: prompt and question take {prompt} tokens, the context "
+            f"{context} and the answer up to {max_new_tokens}, {prompt + context + max_new_tokens} positions in all, "
+            f"but {self.backbone.name} reads at most {limit}. Shorten the question, give less context (smaller k, "
+            "higher ratio) or lower max_new_tokens."
+        )
+
+    @torch.no_grad()
+    def _greedy(self, batch: ReaderBatch, max_new_tokens: int) -> Iterator[torch.Tensor]:
+        """Yield the next token of every sequence until all have stopped (each forward holds the lock)."""
+        model = self.backbone.model
+        lock = self.backbone.lock
+        mask, positions = batch.attention_mask, batch.position_ids
+        with lock:
+            output = self._prefill(batch)
+        finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+        stop = torch.tensor(sorted(self.stop_token_ids), device=mask.device)
+        for _ in range(max_new_tokens):
+            next_tokens = output.logits[:, -1].argmax(dim=-1)
+            next_tokens = next_tokens.masked_fill(finished, int(stop[0]))
+            yield next_tokens
+            finished |= torch.isin(next_tokens, stop)
+            if finished.all():
+                return
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            with lock, self.reading():
+                output = model(
+                    input_ids=next_tokens.unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{self._cache_keyword: returned_cache(output)},
+                )
+
+    def _prefill(self, batch: ReaderBatch) -> CausalLMOutputWithPast:
+        """The first forward pass over the whole prompt.
+
+        An unpadded row (one question at a time, as a RAG pipeline asks) starts from a copy of the
+        cached KV of the prompt prefix, so only the context, the question and the cue are computed:
+        on a CPU that saves the prefix's share of the prefill (about 27 of 140 positions for 84 slots).
+        """
+        model = self.backbone.model
+        prefix = batch.prompt_prefix
+        if not prefix or batch.inputs_embeds.shape[0] != 1 or not bool(batch.attention_mask.all()):
+            with self.reading(batch.slot_mask):
+                return model(
+                    inputs_embeds=batch.inputs_embeds,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=True,
+                    **self._last_logits,
+                )
+        # The prefix is text: its KV depends on the adapter only where the adapter covers text positions.
+        adapter_key = (self.adapter.name, self.adapter.digest) if self.adapter is not None else None
+        key = (tuple(prefix), str(self.backbone.device), self.backbone.dtype, adapter_key)
+        if self._prefix_cache is None or self._prefix_cache[0] != key:
+            ids = torch.tensor([prefix], device=self.backbone.device)
+            with self.reading():  # the base model only: the prefix's logits are never read
+                self._prefix_cache = (key, returned_cache(model.base_model(input_ids=ids, use_cache=True)))
+        start = len(prefix)
+        slot_mask = batch.slot_mask[:, start:] if batch.slot_mask is not None else None
+        with self.reading(slot_mask):
+            return model(
+                inputs_embeds=batch.inputs_embeds[:, start:],
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids[:, start:],
+                use_cache=True,
+                **{self._cache_keyword: copy.deepcopy(self._prefix_cache[1])},  # decoding appends to it
+                **self._last_logits,
+            )
+
+    def _decode(self, token_ids: list[int]) -> str:
+        kept = []
+        for token in token_ids:
+            if token in self.stop_token_ids:
+                break
+            kept.append(token)
+        with self.backbone.lock:
+            return self.backbone.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+
+def attached_adapter(backbone: Backbone) -> ReaderAdapter | None:
+    """The one reader adapter attached to ``backbone``, or None; several must be chosen explicitly."""
+    adapters = list(backbone.reader_adapters.values())
+    if len(adapters) > 1:
+        names = ", ".join(adapter.name for adapter in adapters)
+        raise InvalidInputError(
+            f"The backbone holds several reader adapters ({names}); pass the one to read with: "
+            "Reader(backbone, adapter=...)."
+        )
+    return adapters[0] if adapters else None
+
+
+def _check_strings(values: Sequence[str], what: str) -> list[str]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise InvalidInputError(f"Expected a list of strings for the {what}s, got {type(values).__name__}.")
+    for index, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInputError(f"{what.capitalize()} {index} must be a non-empty string, got {value!r:.80}.")
+        check_text(value, f"{what.capitalize()} {index}")
+    return list(values)

@@ -1,0 +1,171 @@
+"""The pipeline: bad inputs, corrupt files, a head for another backbone, eight threads asking at once."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from comprexit_rag import (
+    Backbone,
+    BackboneMismatchError,
+    CheckpointError,
+    ComprExITHead,
+    InvalidInputError,
+    Reader,
+)
+from comprexit_rag.rag import RAGPipeline
+from comprexit_rag.rag.directory import PIPELINE_FILE
+from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
+from comprexit_rag.slots import SlotStore
+from comprexit_rag.testing import run_concurrently
+
+PASSAGES = [
+    {"id": "curie", "title": "Marie Curie", "text": "Marie Curie won Nobel Prizes in physics and in chemistry."},
+    {"id": "eiffel", "title": "Eiffel Tower", "text": "The Eiffel Tower in Paris was built from 1887 to 1889."},
+    {"id": "fleming", "title": "Penicillin", "text": "Penicillin was discovered in 1928 by Alexander Fleming."},
+    {"id": "baikal", "title": "Lake Baikal", "text": "Lake Baikal in Siberia is the deepest lake in the world."},
+    {"id": "apollo", "title": "Apollo 11", "text": "Apollo 11 landed Neil Armstrong on the Moon in July 1969."},
+    {"id": "bonn", "title": "Beethoven", "text": "Ludwig van Beethoven was born in Bonn in 1770."},
+    {"id": "python", "title": "Python", "text": "Guido van Rossum created the Python programming language."},
+]
+
+
+QUESTIONS = [
+    "Who discovered penicillin?",
+    "Where was Beethoven born?",
+    "What is the deepest lake?",
+    "When did Apollo 11 land?",
+    "Who created Python?",
+    "When was the Eiffel Tower built?",
+    "What did Marie Curie win?",
+    "Which lake is in Siberia?",
+]
+
+
+CONTROL = "Bell\x07 esc\x1b[31mred\x1b[0m nul\x00 del\x7f zero\u200bwidth rtl\u202e form\x0cfeed <|im_end|> 🙂"
+
+
+LONE_SURROGATE = "bytes decoded with surrogateescape: \udcff"
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_backbone: Backbone) -> Reader:
+    return Reader(tiny_backbone, max_new_tokens=4)
+
+
+def build(directory: Path, backbone: Backbone, embedder, seed: int = 1) -> RAGPipeline:
+    torch.manual_seed(seed)
+    head = ComprExITHead.for_backbone(backbone)
+    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
+    return RAGPipeline.build(directory, backbone=backbone, head=head, retriever=retriever)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_backbone, embedder) -> RAGPipeline:
+    pipeline = build(tmp_path_factory.mktemp("hardening") / "rag", tiny_backbone, embedder)
+    pipeline.index(PASSAGES, batch_size=4)
+    return pipeline
+
+
+def manifest_keys(store: SlotStore) -> list[str]:
+    keys = []
+    if store.manifest_path.exists():
+        for line in store.manifest_path.read_bytes().split(b"\n")[:-1]:
+            record = json.loads(line)
+            if record["op"] == "shard":
+                keys.extend(entry["key"] for entry in record["entries"])
+    return keys
+
+
+def test_head_for_another_backbone_is_refused_by_the_pipeline(tmp_path, tiny_backbone, indexed, embedder):
+    head = ComprExITHead.for_backbone(tiny_backbone)
+    other = dataclasses.replace(head.fingerprint, num_hidden_layers=head.fingerprint.num_hidden_layers + 1)
+    foreign = ComprExITHead(head.config, other).save_pretrained(tmp_path / "foreign-head")
+    with pytest.raises(BackboneMismatchError, match="trained for backbone"):
+        RAGPipeline.load(indexed.directory, backbone=tiny_backbone, embedder=embedder, head=foreign)
+    assert indexed.ask(QUESTIONS[0], k=1, max_new_tokens=1).answer is not None  # the pipeline is untouched
+
+
+def test_pipeline_bad_inputs(indexed, monkeypatch):
+    for passages, message in [
+        (None, "list of passages"),
+        (42, "list of passages"),
+        ("one string", "list of passages"),
+        ({"text": "one dict"}, "list of passages"),
+        ([None], "Passage 0 is a NoneType"),
+        (["fine", "  "], "Passage 1 has empty text"),
+        ([{"text": 3}], "Passage 0 needs a string 'text'"),
+        ([LONE_SURROGATE], "not valid Unicode"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            indexed.index(passages)
+    for name, value in [("batch_size", 0), ("batch_size", 2.5), ("chunk_size", 0), ("chunk_size", -3)]:
+        with pytest.raises(InvalidInputError, match=name):
+            indexed.index(["fine"], **{name: value})
+    assert indexed.index([]).added == 0
+
+    for question in ("", "   ", None, 3, LONE_SURROGATE):
+        with pytest.raises(InvalidInputError):
+            indexed.ask(question)  # type: ignore[arg-type]
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(InvalidInputError, match="k must be"):
+            indexed.ask("Who?", k=k)  # type: ignore[arg-type]
+    for method in ("comprexit", "full"):
+        for ratio in (0, -2, 2.5, True):
+            with pytest.raises(InvalidInputError, match="ratio"):
+                indexed.ask("Who?", method=method, ratio=ratio)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="max_new_tokens"):
+            indexed.ask("Who?", method=method, max_new_tokens=0)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a question that cannot fit must be refused before retrieval")
+
+    monkeypatch.setattr(indexed.retriever, "search", no_search)
+    with pytest.raises(InvalidInputError, match="does not fit the reader"):
+        indexed.ask("Why " + "very " * 5000 + "long?")
+    monkeypatch.undo()
+    answer = indexed.ask(CONTROL, k=100, max_new_tokens=2)  # control characters; k beyond the corpus
+    assert len(answer.sources) == len(PASSAGES)
+
+
+def test_pipeline_corrupt_files_are_checkpoint_errors(tmp_path, indexed, tiny_backbone, embedder):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(indexed.directory, copy)
+    (copy / "retriever" / "retriever.json").write_text("{", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        RAGPipeline.load(copy, backbone=tiny_backbone, embedder=embedder)
+    (copy / PIPELINE_FILE).write_text('{"format": "comprexit', encoding="utf-8")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        RAGPipeline.load(copy, backbone=tiny_backbone, embedder=embedder)
+
+
+def test_pipeline_ask_from_8_threads_equals_sequential(indexed):
+    jobs = [(question, "comprexit" if i % 3 else "full", None) for i, question in enumerate(QUESTIONS[:5])]
+    expected = [indexed.ask(q, method=m, ratio=r, k=2, max_new_tokens=4) for q, m, r in jobs]
+    # Ratio 16 has no stored slots yet: concurrent misses compress and store (some of) the same passages.
+    fresh = [(question, "comprexit", 16) for question in (QUESTIONS[5], QUESTIONS[6], QUESTIONS[6])]
+    assert len(indexed.store_for(16)) == 0
+
+    def ask(job):
+        question, method, ratio = job
+        return indexed.ask(question, method=method, ratio=ratio, k=2, max_new_tokens=4)
+
+    results = run_concurrently(jobs + fresh, ask)
+    assert [(a.answer, a.sources) for a in results[: len(jobs)]] == [(a.answer, a.sources) for a in expected]
+    store = indexed.store_for(16)
+    keys = manifest_keys(store)
+    assert len(keys) == len(set(keys)) == len(store)  # concurrent misses stored each passage once
+    assert store.verify() == []
+    hits = [ask(job) for job in fresh]  # now served from the store: same answers as the misses
+    assert all(answer.stats.store_misses == 0 for answer in hits)
+    assert [(a.answer, a.sources) for a in hits] == [(a.answer, a.sources) for a in results[len(jobs) :]]

@@ -1,0 +1,712 @@
+"""Tests of the training loop (``comprexit_rag.training.trainer``) and ``comprexit-rag train``.
+
+Runs are a few steps on CPU with the tiny random Llama of ``conftest.py`` and a tiny data
+directory written in the layouts the split loaders read, so every stage runs in seconds. The
+point is the plumbing: gradients reach the trainable module (a ``.detach()`` in the reader once
+broke every stage unnoticed), the backbone stays frozen, checkpoints resume exactly, bad steps
+are skipped and the time budget is honoured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import random
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from comprexit_rag.backbone import Backbone
+from comprexit_rag.checkpoint import load_state_dict
+from comprexit_rag.cli import main
+from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
+from comprexit_rag.reading.reader import IGNORE_INDEX, Reader
+from comprexit_rag.training import trainer
+from comprexit_rag.training.examples import TrainExample
+from comprexit_rag.training.trainer import TrainConfig, answer_loss, build_encoder, make_sampler, train
+
+# Every method/stage combination the trainer accepts.
+LEGAL = [
+    ("comprexit", "pretrain"),
+    ("comprexit", "sft"),
+    ("mean-pool", "pretrain"),
+    ("mean-pool", "sft"),
+    ("comi", "sft"),
+    ("full-tuned", "sft"),
+]
+SQUAD_CONTEXTS = 304  # the squad split sends the first 300 contexts (by hash) to dev
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny data directory in the real layouts.
+# ---------------------------------------------------------------------------------------------
+
+
+def town(index: int) -> dict[str, str]:
+    """A made-up fact with a question and a short answer."""
+    return {
+        "title": f"Town {index}",
+        "text": f"Town {index} lies on the river Rell{index} and was founded in {1500 + index} by Ada{index}.",
+        "question": f"Who founded Town {index}?",
+        "answer": f"Ada{index}",
+    }
+
+
+def article(index: int) -> str:
+    """A few hundred tokens of plain prose for the pretraining stream."""
+    sentences = [
+        f"Town {index * 10 + k} lies on the river Rell{k}, trades in wool and grain, and holds a fair "
+        f"every spring that draws merchants from {k + 2} neighbouring valleys."
+        for k in range(8)
+    ]
+    return " ".join(sentences)
+
+
+def write_gzip(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value), encoding="utf-8")
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def write_tiny_data(root: Path) -> Path:
+    """Every file ``load_split`` and ``pretraining_passages`` read, with a handful of rows each."""
+    facts = [town(i) for i in range(SQUAD_CONTEXTS + 40)]
+    hotpot_dev = [
+        {
+            "question_id": f"hp-dev-{i}",
+            "question_text": facts[i]["question"],
+            "answers_objects": [{"spans": [facts[i]["answer"]]}],
+            "contexts": [
+                {"title": facts[i]["title"], "paragraph_text": facts[i]["text"], "is_supporting": True},
+                {"title": facts[i + 1]["title"], "paragraph_text": facts[i + 1]["text"], "is_supporting": False},
+            ],
+        }
+        for i in range(0, 4, 2)
+    ]
+    (root / "hotpotqa").mkdir(parents=True)
+    (root / "hotpotqa" / "dev_distractor_350.jsonl").write_text(jsonl(hotpot_dev), encoding="utf-8")
+    hotpot_train = [
+        {
+            "_id": f"hp-train-{i}",
+            "question": facts[i]["question"],
+            "answer": facts[i]["answer"],
+            "context": [[facts[i]["title"], [facts[i]["text"]]], [facts[i + 1]["title"], [facts[i + 1]["text"]]]],
+            "supporting_facts": [[facts[i]["title"], 0]],
+        }
+        for i in range(4, 10, 2)
+    ]
+    write_json(root / "hotpotqa" / "train_distractor_100.json", hotpot_train)
+    oracle = [
+        {"question": facts[i]["question"], "answers": [facts[i]["answer"]], "ctxs": [{**facts[i], "isgold": True}]}
+        for i in range(10, 13)
+    ]
+    write_gzip(root / "nq" / "nq_open_oracle_2155.jsonl.gz", jsonl(oracle))
+    qed = [
+        {
+            "example_id": 1000 + i,
+            "paragraph_text": facts[i]["text"],
+            "question_text": facts[i]["question"],
+            "title_text": facts[i]["title"],
+            "answer_text": [facts[i]["answer"]],
+        }
+        for i in range(13, 17)
+    ]
+    write_gzip(root / "nq" / "qed" / "nq-train-00-qed.jsonl.gz", jsonl(qed))
+    squad = [{"header": {"dataset": "SQuAD", "split": "dev"}}] + [
+        {
+            "id": f"ctx-{i}",
+            "context": facts[i]["text"],
+            "qas": [{"id": f"sq-{i}", "question": facts[i]["question"], "answers": [facts[i]["answer"]]}],
+        }
+        for i in range(20, 20 + SQUAD_CONTEXTS)
+    ]
+    write_gzip(root / "squad" / "squad_v1.1_dev.mrqa.jsonl.gz", jsonl(squad))
+    musique = [
+        {
+            "id": f"mq-{i}",
+            "question": facts[i]["question"],
+            "answer": facts[i]["answer"],
+            "answer_aliases": [],
+            "paragraphs": [
+                {"idx": 0, "title": facts[i]["title"], "paragraph_text": facts[i]["text"], "is_supporting": True},
+                {
+                    "idx": 1,
+                    "title": facts[i + 1]["title"],
+                    "paragraph_text": facts[i + 1]["text"],
+                    "is_supporting": False,
+                },
+            ],
+        }
+        for i in range(330, 336, 2)
+    ]
+    write_json(root / "musique" / "train_100.json", musique)
+    docs = "".join(
+        f'<doc id="{i}" url="u{i}" title="Valley {i}">\nValley {i}\n\n{article(i)}\n</doc>\n' for i in range(4)
+    )
+    write_gzip(root / "wiki" / "enwiki_2015_AA_shard0.txt.gz", docs)
+    write_gzip(root / "2wiki" / "corpus.json.gz", json.dumps([{"title": "Valley 9", "text": article(9)}]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def tiny_config(output: Path, data: Path, method: str = "comprexit", stage: str = "sft", **overrides) -> TrainConfig:
+    """A 3-step run of batch 2 on short contexts; no weight decay, so only gradients move weights."""
+    settings = {
+        "ratios": [4, 8],
+        "batch_size": 2,
+        "lr": 1e-2,
+        "weight_decay": 0.0,
+        "warmup_steps": 1,
+        "max_steps": 3,
+        "context_length": 128,
+        "continuation_length": 16,
+        "max_distractors": 2,
+        "soft_prompt_tokens": 4,
+        "log_every": 1,
+        "save_every": 1000,
+        "limit_per_family": 4,
+        **overrides,
+    }
+    return TrainConfig(method=method, stage=stage, output_dir=str(output), data_root=str(data), **settings)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def initial_weights(config: TrainConfig, backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The weights ``train`` starts from (it seeds torch with ``config.seed`` before building)."""
+    torch.manual_seed(config.seed)
+    return snapshot(build_encoder(config, backbone).trainable)
+
+
+def final_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    return load_state_dict(Path(config.output_dir) / "final")
+
+
+def cheap_loss(reader: Reader, encoder, batch: list[TrainExample], ratio: int, prompt) -> torch.Tensor:
+    """A loss over the trainable weights only, for tests about the loop rather than the model."""
+    return torch.stack([p.float().sum() for p in encoder.trainable.parameters()]).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every stage trains its module and only its module.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "stage"), LEGAL)
+def test_every_stage_trains_its_module_and_not_the_backbone(tiny_backbone, data, tmp_path, method, stage):
+    config = tiny_config(tmp_path / "run", data, method, stage)
+    before = initial_weights(config, tiny_backbone)
+    backbone_before = snapshot(tiny_backbone.model)
+
+    summary = train(config, tiny_backbone)
+
+    output = Path(config.output_dir)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    assert summary["method"] == method and summary["stage"] == stage
+    assert json.loads((output / "summary.json").read_text()) == summary
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [1, 2, 3]
+    assert all(math.isfinite(record["loss"]) for record in records)
+    assert json.loads((output / "final" / "config.json").read_text())["training"] == summary
+    after = final_weights(config)
+    assert after.keys() == before.keys()
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert not unchanged, f"{method}/{stage}: no gradient reached {unchanged}"
+    assert all(torch.isfinite(tensor).all() for tensor in after.values())
+    for name, tensor in tiny_backbone.model.state_dict().items():
+        assert torch.equal(tensor, backbone_before[name]), f"the frozen backbone's {name} changed"
+
+
+def test_sft_continues_from_the_pretrain_stage(tiny_backbone, data, tmp_path):
+    pretrain = tiny_config(tmp_path / "pretrain", data, "comprexit", "pretrain", max_steps=1)
+    train(pretrain, tiny_backbone)
+    sft = tiny_config(tmp_path / "sft", data, "comprexit", "sft", max_steps=1, init_from=f"{pretrain.output_dir}/final")
+    start = initial_weights(sft, tiny_backbone)
+    for name, tensor in final_weights(pretrain).items():
+        assert torch.equal(start[name], tensor)
+    train(sft, tiny_backbone)
+    assert any(not torch.equal(start[name], tensor) for name, tensor in final_weights(sft).items())
+
+
+def test_a_fresh_head_trains_standardised_and_local_and_keeps_its_statistics(tiny_backbone, data, tmp_path):
+    pretrain = tiny_config(
+        tmp_path / "pretrain", data, "comprexit", "pretrain", max_steps=1, standardize_layers=True, locality_weight=0.25
+    )
+    train(pretrain, tiny_backbone)
+    head = ComprExITHead.from_pretrained(Path(pretrain.output_dir) / "final")
+    assert head.config.standardize_layers and head.config.locality_weight == 0.25
+    assert not torch.equal(head.depth.layer_scale, torch.ones_like(head.depth.layer_scale))  # calibrated on the data
+    # QA fine-tuning goes on with another locality weight; the calibrated statistics are never trained.
+    sft = tiny_config(tmp_path / "sft", data, "comprexit", "sft", max_steps=1, init_from=f"{pretrain.output_dir}/final")
+    sft.locality_weight, sft.max_slot_norm = 0.0, 8.0
+    train(sft, tiny_backbone)
+    tuned = ComprExITHead.from_pretrained(Path(sft.output_dir) / "final")
+    assert tuned.config.standardize_layers and tuned.config.locality_weight == 0.0
+    assert tuned.config.max_slot_norm == 8.0 and head.config.max_slot_norm is None
+    assert torch.equal(tuned.depth.layer_shift, head.depth.layer_shift)
+    assert torch.equal(tuned.depth.layer_scale, head.depth.layer_scale)
+
+
+@pytest.mark.parametrize(("probability", "objective"), [(1.0, ReconstructionPrompt), (0.0, ContinuationPrompt)])
+def test_pretraining_reconstructs_or_continues_the_compressed_text(
+    tiny_backbone, data, tmp_path, probability, objective
+):
+    config = tiny_config(tmp_path, data, "comprexit", "pretrain", reconstruction_prob=probability)
+    sample, _ = make_sampler(config, tiny_backbone)
+    for seed in range(4):
+        batch, prompt = sample(random.Random(seed))
+        assert isinstance(prompt, objective) and len(batch) == config.batch_size
+        for example in batch:
+            (context,) = example.passage_ids
+            assert len(context) in (128, 256, 384)
+            if objective is ReconstructionPrompt:  # the target is the compressed text itself, then stop
+                assert example.target_ids == [*context, answer_end_token_id(tiny_backbone.tokenizer)]
+            else:
+                assert len(example.target_ids) == config.continuation_length
+    summary = train(config, tiny_backbone)
+    records = [json.loads(line) for line in (Path(config.output_dir) / "log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 3 and {record["objective"] for record in records} == {objective.__name__}
+
+
+def test_reconstruction_prompt_asks_for_the_context_inside_the_chat_frame(default_tokenizer):
+    before, after = ReconstructionPrompt().pieces(default_tokenizer)
+    qa_before, _ = QAPrompt().pieces(default_tokenizer, "Who?")
+    assert before == qa_before  # the same frame up to the context: what the reader learns carries over to QA
+    text = default_tokenizer.decode(after)
+    assert "Repeat the context word for word." in text and text.rstrip().endswith("assistant")
+
+
+@pytest.mark.parametrize("probability", [-0.1, 1.5])
+def test_reconstruction_probability_outside_0_1_is_refused(tmp_path, probability):
+    with pytest.raises(InvalidInputError, match="reconstruction_prob"):
+        TrainConfig(method="comprexit", stage="pretrain", output_dir=str(tmp_path), reconstruction_prob=probability)
+
+
+@pytest.mark.parametrize(("method", "stage"), [("comi", "pretrain"), ("full-tuned", "pretrain"), ("nope", "sft")])
+def test_illegal_method_and_stage_are_refused(tmp_path, method, stage):
+    with pytest.raises(InvalidInputError, match=r"--stage sft|Unknown method"):
+        TrainConfig(method=method, stage=stage, output_dir=str(tmp_path))
+
+
+def test_gradients_reach_the_head_through_build_inputs(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path, data, "comprexit", "sft")
+    torch.manual_seed(0)
+    encoder = build_encoder(config, tiny_backbone)
+    reader = Reader(tiny_backbone)
+    ids = tiny_backbone.tokenize([town(1)["text"], town(2)["text"]])
+    batch = [TrainExample([ids[0]], "Who founded Town 1?", [5, 6]), TrainExample([ids[1]], "Where?", [7])]
+    contexts = encoder.encode(batch, 4)
+    assert all(context.requires_grad for context in contexts)
+
+    inputs = reader.build_inputs([e.question for e in batch], contexts, [e.target_ids for e in batch])
+    assert inputs.inputs_embeds.requires_grad  # a detach() in context_embeddings would cut here
+    inputs.inputs_embeds.float().pow(2).sum().backward()
+    for name, parameter in encoder.trainable.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+    # A bare tensor context too: its gradient is exactly the one of its rows in the batch.
+    context = torch.randn(3, tiny_backbone.hidden_size, requires_grad=True)
+    inputs = reader.build_inputs(["Who?"], [context], padding_side="right")
+    before, _ = QAPrompt().pieces(tiny_backbone.tokenizer, "Who?")
+    weights = torch.randn_like(inputs.inputs_embeds)
+    (inputs.inputs_embeds * weights).sum().backward()
+    torch.testing.assert_close(context.grad, weights[0, len(before) : len(before) + 3])
+
+
+def test_right_and_left_padding_give_the_same_answer_loss(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path, data, "comprexit", "sft")
+    torch.manual_seed(0)
+    encoder = build_encoder(config, tiny_backbone)
+    encoder.trainable.eval()
+    reader = Reader(tiny_backbone)
+    ids = tiny_backbone.tokenize([town(3)["text"], article(1)])
+    batch = [  # very different lengths, so one row is mostly padding
+        TrainExample([ids[0]], "Who founded Town 3?", [11, 12, 13]),
+        TrainExample([ids[1]], "Which river?", [14]),
+    ]
+
+    def loss(examples: list[TrainExample], padding: str) -> torch.Tensor:
+        build = Reader.build_inputs
+        reader.build_inputs = lambda *args, **kwargs: build(reader, *args, **{**kwargs, "padding_side": padding})
+        try:
+            with torch.no_grad():
+                return answer_loss(reader, encoder, examples, 4, QAPrompt())
+        finally:
+            del reader.build_inputs
+
+    right, left = loss(batch, "right"), loss(batch, "left")
+    torch.testing.assert_close(right, left)
+    # Padding leaks nothing: the batch loss is the token-weighted mean of the unpadded rows' losses.
+    alone = [loss([example], "right") for example in batch]
+    counts = [len(example.target_ids) for example in batch]
+    torch.testing.assert_close(right, sum(c * value for c, value in zip(counts, alone, strict=True)) / sum(counts))
+
+
+def test_batch_rows_are_right_padded_with_ignored_labels(tiny_backbone):
+    reader = Reader(tiny_backbone)
+    contexts = [torch.zeros(2, tiny_backbone.hidden_size), torch.zeros(9, tiny_backbone.hidden_size)]
+    inputs = reader.build_inputs(["Who?", "Who?"], contexts, [[5], [6]], padding_side="right")
+    assert inputs.attention_mask[0, 0] == 1 and inputs.attention_mask[0, -1] == 0
+    assert (inputs.labels[inputs.attention_mask == 0] == IGNORE_INDEX).all()
+    assert inputs.position_ids[0, : int(inputs.attention_mask[0].sum())].tolist() == list(
+        range(int(inputs.attention_mask[0].sum()))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume, bad steps, time budget.
+# ---------------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Stands in for a killed run."""
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_backbone, data, tmp_path, monkeypatch):
+    straight = tiny_config(tmp_path / "straight", data, max_steps=4, save_every=1)
+    train(straight, tiny_backbone)
+
+    resumed = tiny_config(tmp_path / "resumed", data, max_steps=4, save_every=1)
+    real_loss, calls = trainer.answer_loss, []
+
+    def dies_on_step_three(*args, **kwargs) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "answer_loss", dies_on_step_three)
+    with pytest.raises(Interrupted):
+        train(resumed, tiny_backbone)
+    checkpoint = Path(resumed.output_dir) / "checkpoint"
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 2
+    assert not (Path(resumed.output_dir) / "final").exists()
+    monkeypatch.setattr(trainer, "answer_loss", real_loss)
+    summary = train(resumed, tiny_backbone)
+
+    assert summary["steps"] == 4
+    expected = json.loads((Path(straight.output_dir) / "summary.json").read_text())
+    for key in ("examples_seen", "target_tokens_seen", "skipped_steps"):
+        assert summary[key] == expected[key]
+    want = final_weights(straight)
+    for name, tensor in final_weights(resumed).items():
+        assert torch.equal(tensor, want[name]), name
+    losses = [json.loads(line)["loss"] for line in (Path(resumed.output_dir) / "log.jsonl").read_text().splitlines()]
+    straight_log = (Path(straight.output_dir) / "log.jsonl").read_text().splitlines()
+    assert losses == [json.loads(line)["loss"] for line in straight_log]
+
+
+def nan_on(steps: set[int]) -> Callable[..., torch.Tensor]:
+    """The real loss, turned NaN on the given (0-based) calls."""
+    calls = iter(range(10**6))
+
+    def loss(*args, **kwargs) -> torch.Tensor:
+        value = answer_loss(*args, **kwargs)
+        return value * float("nan") if next(calls) in steps else value
+
+    return loss
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tiny_backbone, data, tmp_path, monkeypatch):
+    config = tiny_config(tmp_path / "one-bad", data)
+    before = initial_weights(config, tiny_backbone)
+    monkeypatch.setattr(trainer, "answer_loss", nan_on({1}))
+    summary = train(config, tiny_backbone)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 1
+    assert json.loads((Path(config.output_dir) / "summary.json").read_text())["skipped_steps"] == 1
+    after = final_weights(config)
+    assert all(torch.isfinite(tensor).all() for tensor in after.values())
+    assert any(not torch.equal(before[name], tensor) for name, tensor in after.items())
+
+    # Nothing but bad steps: the weights are exactly the initial ones.
+    config = tiny_config(tmp_path / "all-bad", data, max_steps=2)
+    monkeypatch.setattr(trainer, "answer_loss", nan_on({0, 1}))
+    assert train(config, tiny_backbone)["skipped_steps"] == 2
+    for name, tensor in final_weights(config).items():
+        assert torch.equal(before[name], tensor), name
+
+
+def fake_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: Callable[[int], float]) -> None:
+    """Replace the trainer's clock: ``perf_counter`` is read once at the start and once per step."""
+
+    def ticks() -> Iterator[float]:
+        now, step = 0.0, 0
+        while True:
+            yield now
+            step += 1
+            now += seconds_per_step(step)
+
+    clock = ticks()
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+
+
+@pytest.mark.parametrize(
+    ("budget", "seconds_per_step", "steps", "schedules"),
+    [
+        # Slow first steps (allocator, kernel selection) do not set the pace: steps 11-20 do.
+        (100.0, lambda step: 5.0 if step <= 10 else 1.0, 60, [1000, 60]),
+        # Refit at step 20 to the 5 affordable steps left.
+        (25.0, lambda step: 1.0, 25, [1000, 25]),
+        # Nothing affordable at the refit: still one more step (total_steps >= step + 1), then stop.
+        (20.5, lambda step: 1.0, 21, [1000, 21]),
+        # Slower after the refit: the budget is a hard limit all the same.
+        (30.0, lambda step: 1.0 if step <= 20 else 3.0, 24, [1000, 30, 24]),
+        # Slower from step 21: the refit at step 100 shortens the schedule again, at the new pace.
+        (300.0, lambda step: 1.0 if step <= 20 else 2.0, 160, [1000, 300, 160]),
+        # Faster from step 21 (another run on the GPU finished): the refit at step 100 lengthens it.
+        (300.0, lambda step: 3.0 if step <= 20 else 1.0, 260, [1000, 100, 260]),
+    ],
+)
+def test_time_budget_refits_the_schedule_and_stops(
+    tiny_backbone, data, tmp_path, monkeypatch, budget, seconds_per_step, steps, schedules
+):
+    monkeypatch.setattr(trainer, "answer_loss", cheap_loss)
+    seen: list[tuple[int, int]] = []
+    real_lr_at = trainer.lr_at
+
+    def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+        seen.append((step, total_steps))
+        return real_lr_at(step, total_steps, config)
+
+    monkeypatch.setattr(trainer, "lr_at", lr_at)
+    fake_clock(monkeypatch, seconds_per_step)
+    # The soft prompt is one tensor: up to 160 optimizer steps stay cheap.
+    config = tiny_config(tmp_path / "budget", data, "full-tuned", max_steps=1000, time_budget_s=budget, log_every=1000)
+    summary = train(config, tiny_backbone)
+
+    assert summary["steps"] == steps and summary["wall_time_s"] >= budget
+    assert all(total >= step + 1 for step, total in seen)  # the schedule never ends before the step
+    assert list(dict.fromkeys(total for _, total in seen)) == schedules
+    assert max(step for step, _ in seen) == steps - 1
+    records = [json.loads(line) for line in (Path(config.output_dir) / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [steps]  # the last step is always logged
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tiny_backbone, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("backbone")
+    tiny_backbone.model.save_pretrained(directory)
+    tiny_backbone.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_cli_train_sft_smoke(backbone_dir, data, tmp_path, capsys):
+    output = tmp_path / "cli"
+    argv = ["train", "--stage", "sft", "--method", "comprexit", "--output-dir", output, "--backbone", backbone_dir]
+    argv += ["--device", "cpu", "--data", data, "--ratios", "4", "--batch-size", "2", "--max-steps", "2"]
+    argv += ["--warmup-steps", "1", "--max-distractors", "2", "--limit-per-family", "4"]
+    assert main([str(arg) for arg in argv]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["method"] == "comprexit" and printed["stage"] == "sft" and printed["steps"] == 2
+    assert {"final", "checkpoint", "summary.json", "log.jsonl"} <= {path.name for path in output.iterdir()}
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["config"]["ratios"] == [4] and summary["config"]["limit_per_family"] == 4
+
+
+def test_cli_refuses_to_pretrain_comi_before_loading_anything(tmp_path, capsys):
+    argv = ["train", "--stage", "pretrain", "--method", "comi", "--output-dir", str(tmp_path / "x")]
+    argv += ["--backbone", str(tmp_path / "no-such-backbone")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "comprexit-rag train: error:" in error and "--stage sft" in error
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real default backbone.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_one_sft_step_on_the_real_backbone_moves_the_head(real_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "real", data, "comprexit", "sft", max_steps=1, lr=1e-3)
+    before = initial_weights(config, real_backbone)
+    summary = train(config, real_backbone)
+    assert summary["steps"] == 1 and summary["skipped_steps"] == 0
+    after = final_weights(config)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed == list(before), f"unchanged: {sorted(set(before) - set(changed))}"
+
+
+def test_window_override_trains_and_saves_a_head_with_that_window(tiny_backbone, data, tmp_path):
+    first = train(tiny_config(tmp_path / "w128", data, max_steps=1), tiny_backbone)
+    assert first["config"]["window"] is None
+    config = tiny_config(tmp_path / "w64", data, window=64, init_from=str(tmp_path / "w128" / "final"))
+    train(config, tiny_backbone)
+    head = ComprExITHead.from_pretrained(tmp_path / "w64" / "final")
+    assert head.config.window == 64
+    assert ComprExITHead.from_pretrained(tmp_path / "w128" / "final").config.window == 128
+
+
+@pytest.mark.parametrize(("method", "window"), [("comprexit", 100), ("mean-pool", 64)])
+def test_invalid_window_is_refused(tiny_backbone, data, tmp_path, method, window):
+    with pytest.raises(InvalidInputError, match=r"window|segment_length"):
+        config = tiny_config(tmp_path, data, method, window=window)
+        build_encoder(config, tiny_backbone)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reader adapter, trained with the head.
+# ---------------------------------------------------------------------------------------------
+
+
+def adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "reader_adapter" / "adapter_model.safetensors"))
+
+
+def test_a_reader_adapter_trains_with_the_head_and_ships_with_it(make_tiny_backbone, data, tmp_path):
+    backbone = make_tiny_backbone()
+    frozen = {name: p.clone() for name, p in backbone.model.named_parameters()}
+    config = tiny_config(tmp_path / "run", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+    summary = train(config, backbone)
+    assert summary["reader_adapter"]["scope"] == "all"
+    final = Path(config.output_dir) / "final"
+    lora_b = [t for name, t in adapter_weights(final).items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: it moved
+    base = {name: p for name, p in backbone.model.named_parameters() if "lora_" not in name}
+    assert all(torch.equal(p, frozen[name.replace(".base_layer", "")]) for name, p in base.items())
+
+    # QA fine-tuning continues the same adapter (no new one is attached).
+    sft = tiny_config(tmp_path / "sft", data, "comprexit", "sft", init_from=str(final), max_steps=1)
+    train(sft, make_tiny_backbone())
+    assert (Path(sft.output_dir) / "final" / "reader_adapter").is_dir()
+
+
+def test_a_run_in_pieces_equals_an_uninterrupted_one(make_tiny_backbone, data, tmp_path):
+    options = {"reader_adapter": True, "adapter_rank": 4, "max_steps": 3}
+    straight = tiny_config(tmp_path / "straight", data, "comprexit", "pretrain", **options)
+    train(straight, make_tiny_backbone())
+    # A zero-second piece ends after one step; each rerun (a new process in practice) continues.
+    pieces = tiny_config(tmp_path / "pieces", data, "comprexit", "pretrain", piece_seconds=0.0, **options)
+    steps = [train(pieces, make_tiny_backbone())["steps"] for _ in range(3)]
+    assert steps == [1, 2, 3]
+    assert final_weights(pieces).keys() == final_weights(straight).keys()
+    for name, tensor in final_weights(pieces).items():
+        assert torch.equal(tensor, final_weights(straight)[name]), name
+    want = adapter_weights(Path(straight.output_dir) / "final")
+    for name, tensor in adapter_weights(Path(pieces.output_dir) / "final").items():
+        assert torch.equal(tensor, want[name]), name
+
+
+def test_resuming_on_other_data_or_without_the_adapter_is_refused(make_tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "run", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+    train(replace(config, piece_seconds=0.0), make_tiny_backbone())
+    with pytest.raises(InvalidInputError, match="trained on data"):
+        train(replace(config, max_pretrain_tokens=300), make_tiny_backbone())
+    with pytest.raises(InvalidInputError, match="with a reader adapter"):
+        train(replace(config, reader_adapter=False), make_tiny_backbone())
+
+
+def test_cli_train_reads_an_experiment_file_and_flags_override_it(backbone_dir, data, tmp_path, capsys):
+    experiment = tmp_path / "experiment.json"
+    experiment.write_text(
+        json.dumps(
+            {
+                "method": "comprexit",
+                "stage": "sft",
+                "ratios": [4],
+                "batch_size": 2,
+                "max_steps": 3,
+                "limit_per_family": 4,
+            }
+        )
+    )
+    code = main(
+        [
+            "train",
+            "--config",
+            str(experiment),
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--backbone",
+            str(backbone_dir),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["config"]["ratios"] == [4] and summary["config"]["batch_size"] == 2
+    experiment.write_text(json.dumps({"stage": "sft", "learning_rate": 1}))
+    assert main(["train", "--config", str(experiment), "--output-dir", str(tmp_path / "x")]) != 0
+    assert "unknown training options ['learning_rate']" in capsys.readouterr().err
+
+
+def test_distillation_adds_the_kl_to_the_full_text_reader(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "d", data, "comprexit", "pretrain", reconstruction_prob=1.0, distill_weight=0.5)
+    encoder = build_encoder(config, tiny_backbone)
+    sample, _ = make_sampler(config, tiny_backbone)
+    batch, prompt = sample(random.Random(0))
+    reader = Reader(tiny_backbone, adapter=None)
+    plain = answer_loss(reader, encoder, batch, 4, prompt)
+    distilled = trainer.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
+    assert distilled.item() > plain.item()  # an untrained head's slots are not the text: KL > 0
+    distilled.backward()
+    assert all(p.grad is not None for p in encoder.trainable.parameters() if p.requires_grad)
+    summary = train(config, tiny_backbone)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    with pytest.raises(InvalidInputError, match="Distillation"):
+        tiny_config(tmp_path / "x", data, "full-tuned", "sft", distill_weight=1.0)
+
+
+def contains(sequence: list[int], part: list[int]) -> bool:
+    return any(sequence[i : i + len(part)] == part for i in range(len(sequence) - len(part) + 1))
+
+
+def test_reading_tasks_ask_what_only_the_compressed_window_holds(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "r", data, "comprexit", "pretrain", reading_task_prob=1.0, batch_size=16)
+    sample, _ = make_sampler(config, tiny_backbone)
+    stop = answer_end_token_id(tiny_backbone.tokenizer)
+    kinds = set()
+    for seed in range(3):
+        batch, prompt = sample(random.Random(seed))
+        assert isinstance(prompt, QAPrompt) and len(batch) == 16
+        for example in batch:
+            (window,) = example.passage_ids
+            answer = example.target_ids[:-1]
+            assert example.target_ids[-1] == stop and 3 <= len(answer) <= 16
+            assert contains(window, answer)  # the answer is in the window the compressor reads
+            kinds.add(example.question.split()[0])
+            assert tiny_backbone.tokenizer.decode(answer).strip() not in ("", example.question)
+    assert kinds == {"Fill", "In"}  # both tasks occur
+
+
+def test_qa_tuning_can_keep_a_share_of_pretraining_steps(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "s", data, "comprexit", "sft", text_share=0.5, reconstruction_prob=1.0)
+    sample, identity = make_sampler(config, tiny_backbone)
+    prompts = [type(sample(random.Random(seed))[1]) for seed in range(40)]
+    assert {QAPrompt, ReconstructionPrompt} == set(prompts)
+    assert 10 <= prompts.count(ReconstructionPrompt) <= 30 and "text" in identity
