@@ -5,7 +5,8 @@ frozen). Read through the LoRA path, every adapted linear layer adds two thin ma
 reads through a merged copy of the adapted weights, swapped in for the reading pass only
 (``ReaderAdapter.merged_reading``). This times both against the frozen reader, answering from slots
 (prefill + greedy decoding) as the pipeline does, one question at a time, in interleaved rounds.
-The answers differ (the adapter changes them), so each side decodes a fixed number of tokens (no early stop) and the times compare equal work.
+The answers differ (the adapter changes them), so each side decodes a fixed number of tokens (no
+early stop) and the times compare equal work.
 
     HF_HUB_OFFLINE=1 python benchmarks/adapter_read_cost.py --out benchmarks/results/adapter_read_cost.json
 """
