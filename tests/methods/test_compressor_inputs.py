@@ -20,12 +20,7 @@ from comprexit_rag import (
     InvalidInputError,
 )
 from comprexit_rag.methods.comi import COMIMerger
-from comprexit_rag.testing import long_document
-
-CONTROL = "Bell\x07 esc\x1b[31mred\x1b[0m nul\x00 del\x7f zero\u200bwidth rtl\u202e form\x0cfeed <|im_end|> 🙂"
-
-
-LONE_SURROGATE = "bytes decoded with surrogateescape: \udcff"
+from comprexit_rag.testing import CONTROL, LONE_SURROGATE, long_document
 
 
 @pytest.fixture(scope="module")

@@ -30,17 +30,7 @@ from comprexit_rag.rag.directory import HEAD_DIR, PIPELINE_FILE, UNTRAINED_HEAD_
 from comprexit_rag.rag.results import Answer
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import content_key
-from comprexit_rag.testing import tiny_llama
-
-PASSAGES = [
-    {"id": "curie", "title": "Marie Curie", "text": "Marie Curie won Nobel Prizes in physics and in chemistry."},
-    {"id": "eiffel", "title": "Eiffel Tower", "text": "The Eiffel Tower in Paris was built from 1887 to 1889."},
-    {"id": "fleming", "title": "Penicillin", "text": "Penicillin was discovered in 1928 by Alexander Fleming."},
-    {"id": "baikal", "title": "Lake Baikal", "text": "Lake Baikal in Siberia is the deepest lake in the world."},
-    {"id": "apollo", "title": "Apollo 11", "text": "Apollo 11 landed Neil Armstrong on the Moon in July 1969."},
-    {"id": "bonn", "title": "Beethoven", "text": "Ludwig van Beethoven was born in Bonn in 1770."},
-    {"id": "python", "title": "Python", "text": "Guido van Rossum created the Python programming language."},
-]
+from comprexit_rag.testing import PASSAGES, tiny_llama
 
 
 def formatted(record: dict) -> str:

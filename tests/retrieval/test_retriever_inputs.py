@@ -18,23 +18,7 @@ from comprexit_rag import (
 )
 from comprexit_rag.errors import StorageError
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
-from comprexit_rag.testing import long_document
-
-PASSAGES = [
-    {"id": "curie", "title": "Marie Curie", "text": "Marie Curie won Nobel Prizes in physics and in chemistry."},
-    {"id": "eiffel", "title": "Eiffel Tower", "text": "The Eiffel Tower in Paris was built from 1887 to 1889."},
-    {"id": "fleming", "title": "Penicillin", "text": "Penicillin was discovered in 1928 by Alexander Fleming."},
-    {"id": "baikal", "title": "Lake Baikal", "text": "Lake Baikal in Siberia is the deepest lake in the world."},
-    {"id": "apollo", "title": "Apollo 11", "text": "Apollo 11 landed Neil Armstrong on the Moon in July 1969."},
-    {"id": "bonn", "title": "Beethoven", "text": "Ludwig van Beethoven was born in Bonn in 1770."},
-    {"id": "python", "title": "Python", "text": "Guido van Rossum created the Python programming language."},
-]
-
-
-CONTROL = "Bell\x07 esc\x1b[31mred\x1b[0m nul\x00 del\x7f zero\u200bwidth rtl\u202e form\x0cfeed <|im_end|> 🙂"
-
-
-LONE_SURROGATE = "bytes decoded with surrogateescape: \udcff"
+from comprexit_rag.testing import CONTROL, LONE_SURROGATE, PASSAGES, long_document
 
 
 def formatted(record: dict) -> str:

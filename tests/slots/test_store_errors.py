@@ -14,8 +14,7 @@ from comprexit_rag import (
     InvalidInputError,
 )
 from comprexit_rag.slots import SlotStore, content_key
-
-LONE_SURROGATE = "bytes decoded with surrogateescape: \udcff"
+from comprexit_rag.testing import LONE_SURROGATE
 
 
 def test_store_key_and_fingerprint_file_errors(tmp_path):
