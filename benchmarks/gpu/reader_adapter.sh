@@ -3,7 +3,7 @@
 #   1. COMPARE=1: short equal-time arms of experiments/reader_adapter/compare-*.json, each scored on
 #      held-out reconstruction (benchmarks/slot_quality.py --recon only); the arm with the lowest NQ
 #      own-slot loss gives its design to the long run (settled in session 7: all positions, 128 tokens).
-#   2. The long run (experiments/reader_adapter/pretrain-4x.json + the winning design), one piece of
+#   2. The long run ($PRETRAIN_CONFIG, default pretrain-4x.json, + the winning design), one piece of
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
 #   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds), then the held-out
 #      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
@@ -17,14 +17,16 @@ export COMPREXIT_DATA=${COMPREXIT_DATA:-/tmp/data} PYTORCH_CUDA_ALLOC_CONF=expan
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results}
 COMPARE=${COMPARE:-0} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-420}
 THROUGHPUT=${THROUGHPUT:-1} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
-EXP=experiments/reader_adapter
+EXP=experiments/reader_adapter PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-experiments/reader_adapter/pretrain-4x.json}
+# PRETRAIN_INIT: a head + adapter directory a new long run starts from (a resumed run reads its checkpoint).
+PRETRAIN_INIT=${PRETRAIN_INIT:-}
 mkdir -p "$RUNS" "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$RESULTS/device.txt"
 python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
   | tee -a "$RESULTS/device.txt"
 train() { python3 -m comprexit_rag.cli -v train "$@"; }
 
-cp "$EXP/pretrain-4x.json" "$RESULTS/pretrain.json"
+cp "$PRETRAIN_CONFIG" "$RESULTS/pretrain.json"
 if [ "$COMPARE" = 1 ]; then
   for config in "$EXP"/compare-*.json; do
     arm=$(basename "$config" .json)
@@ -41,14 +43,14 @@ scores = {p.stem: json.loads(p.read_text())["reconstruction_nq"]["own_nats"] for
 winner = min(scores, key=scores.get)
 design = json.loads((exp / f"{winner}.json").read_text())
 keys = ("adapter_scope", "reconstruction_prob", "continuation_length", "context_lengths", "batch_size")
-config = json.loads((exp / "pretrain-4x.json").read_text()) | {k: design[k] for k in keys if k in design}
+config = json.loads((results / "pretrain.json").read_text()) | {k: design[k] for k in keys if k in design}
 (results / "pretrain.json").write_text(json.dumps(config, indent=1) + "\n")
 (results / "compare.json").write_text(json.dumps({"own_nats": scores, "winner": winner}, indent=1) + "\n")
 print("winner", winner, scores)
 EOF
 fi
 
-train --config "$RESULTS/pretrain.json" --piece-seconds "$PIECE_S" --output-dir "$RUNS/pretrain" \
+train --config "$RESULTS/pretrain.json" ${PRETRAIN_INIT:+--init-from "$PRETRAIN_INIT"} --piece-seconds "$PIECE_S" --output-dir "$RUNS/pretrain" \
   > "$RUNS/pretrain.log" 2>&1
 tail -n 2 "$RUNS/pretrain/log.jsonl"
 # The piece's state first, in 15 MiB parts: collect it before anything else (a machine given back

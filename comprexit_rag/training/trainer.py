@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,11 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
     check_fingerprint(module.fingerprint, backbone.fingerprint, f"The {config.method} checkpoint")
     module.to(backbone.device).train()
     return encoder
+
+
+def resumed_module(config: TrainConfig, checkpoint: Path) -> TrainConfig:
+    """``config`` with the module loaded from ``checkpoint`` (the adapter and the rest load in :func:`resume`)."""
+    return replace(config, init_from=str(checkpoint / "module"), standardize_layers=False)
 
 
 def build_reader_adapter(config: TrainConfig, backbone: Backbone) -> ReaderAdapter | None:
@@ -191,7 +196,11 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    encoder = build_encoder(config, backbone)
+    checkpoint = output / "checkpoint"
+    resuming = (checkpoint / "state.json").is_file()
+    # A resumed run rebuilds its module from the checkpoint, whatever first made it (a fresh head with a
+    # calibrated standardisation, or --init-from): a fresh module may not have the same buffers.
+    encoder = build_encoder(resumed_module(config, checkpoint) if resuming else config, backbone)
     module = encoder.trainable
     adapter = build_reader_adapter(config, backbone)
     reader = Reader(backbone, adapter=adapter)
@@ -213,8 +222,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
         "refit_step": 0,
         "refit_elapsed_s": 0.0,
     }
-    checkpoint = output / "checkpoint"
-    if (checkpoint / "state.json").is_file():
+    if resuming:
         state |= resume(checkpoint, module, adapter, optimizer)
         if state.get("data", data_identity) != data_identity:
             raise InvalidInputError(

@@ -617,6 +617,20 @@ def test_a_run_in_pieces_equals_an_uninterrupted_one(make_tiny_backbone, data, t
         assert torch.equal(tensor, want[name]), name
 
 
+def test_a_resumed_run_rebuilds_its_module_from_the_checkpoint(make_tiny_backbone, data, tmp_path):
+    # The first piece starts from a calibrated head (its standardisation buffers are not in a fresh
+    # head); the next pieces need not repeat --init-from: the checkpoint is the whole state.
+    options = {"reader_adapter": True, "adapter_rank": 4, "max_steps": 3}
+    calibrated = tiny_config(tmp_path / "calibrated", data, "comprexit", "pretrain", standardize_layers=True, **options)
+    train(replace(calibrated, max_steps=1), make_tiny_backbone())
+    start = str(Path(calibrated.output_dir) / "final")
+    config = tiny_config(tmp_path / "pieces", data, "comprexit", "pretrain", piece_seconds=0.0, **options)
+    steps = [train(replace(config, init_from=start), make_tiny_backbone())["steps"]]
+    steps += [train(config, make_tiny_backbone())["steps"] for _ in range(2)]
+    assert steps == [1, 2, 3]
+    assert "depth.layer_scale" in final_weights(config)
+
+
 def test_resuming_on_other_data_or_without_the_adapter_is_refused(make_tiny_backbone, data, tmp_path):
     config = tiny_config(tmp_path / "run", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
     train(replace(config, piece_seconds=0.0), make_tiny_backbone())
