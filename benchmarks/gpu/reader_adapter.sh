@@ -72,7 +72,7 @@ grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v ex
 # 15 MiB parts (the piece's state is in $RESULTS/piece, above).
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 ( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
-( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state . )
+( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state --exclude=piece . )
 tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
 ls -la "$RESULTS/out" "$RESULTS/state"
 echo STATE READY
