@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 
 from comprexit_rag import ComprExITHead, Reader, SoftContext
+from comprexit_rag.backbone import autocast_for
 from comprexit_rag.errors import AdapterMismatchError, BackboneMismatchError, CheckpointError, InvalidInputError
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.methods.slot_head import head_digest
@@ -110,6 +111,29 @@ def test_gradients_reach_the_adapter_through_a_reading_pass(fresh_tiny_backbone)
     assert not any(
         p.requires_grad for p in backbone.model.parameters() if all(p is not q for q in adapter.parameters())
     )
+
+
+def test_under_autocast_lora_layers_read_their_low_precision_input_uncast(fresh_tiny_backbone):
+    # peft casts a LoRA layer's input to its float32 weights; under autocast that cast only copies the
+    # activations (the matmul runs in bfloat16 anyway). Outside autocast the cast is needed and kept.
+    backbone = fresh_tiny_backbone
+    backbone.model.to(torch.bfloat16)
+    adapter = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4))).train()
+    seen: list[torch.dtype] = []
+    lora_a = next(module for name, module in backbone.model.named_modules() if name.endswith(f"lora_A.{adapter.name}"))
+    lora_a.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+
+    def loss() -> torch.Tensor:
+        with backbone.lock, adapter.reading():
+            return backbone.model(input_ids=IDS).logits.float().square().mean()
+
+    with autocast_for(backbone):
+        autocast_loss = loss()
+    eager_loss = loss()
+    assert seen == [torch.bfloat16, torch.float32]
+    autocast_loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapter.parameters())
+    assert torch.allclose(autocast_loss, eager_loss, rtol=0.05)
 
 
 def named_lora(adapter: ReaderAdapter) -> list[tuple[str, torch.nn.Parameter]]:
