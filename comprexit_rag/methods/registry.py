@@ -13,7 +13,7 @@ first use, so reading the registry (the CLI parser does) imports neither torch n
 >>> get_method("comi").query_aware
 True
 >>> method_names(trainable=True)
-('comprexit', 'mean-pool', 'comi', 'full-tuned')
+('comprexit', 'mean-pool', 'comi', 'full-tuned', 'full-lora')
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class MethodSpec:
             checkpoint)``.
         stages: the training stages the method runs (none: not trainable).
         reader_adapter: its module may train, and ship, a reader adapter (a LoRA on the reading pass).
+        adapter_only: the reader adapter is all it trains (its module has no weights), so a run needs one.
         distill: its training may distil from the full-text reader (the context is slots of the passages).
         pipeline: :meth:`RAGPipeline.ask <comprexit_rag.rag.pipeline.RAGPipeline.ask>` and the
             integrations serve it.
@@ -68,6 +69,7 @@ class MethodSpec:
     evaluator: Ref = None
     stages: tuple[Stage, ...] = ()
     reader_adapter: bool = False
+    adapter_only: bool = False
     distill: bool = False
     pipeline: bool = False
 
@@ -81,6 +83,8 @@ class MethodSpec:
             raise InvalidInputError(f"Method {self.name!r}: unknown training stages {sorted(unknown)}.")
         if self.stages and (self.module is None or self.encoder is None):
             raise InvalidInputError(f"Method {self.name!r}: a trainable method needs a module and an encoder.")
+        if self.adapter_only and not (self.reader_adapter and self.stages):
+            raise InvalidInputError(f"Method {self.name!r}: an adapter-only method trains a reader adapter.")
 
     @property
     def storable(self) -> bool:

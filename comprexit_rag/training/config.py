@@ -89,7 +89,9 @@ class TrainConfig:
         head="override",
     )
     reader_adapter: bool = option(
-        False, "train a LoRA on the reader (peft) with the head; the pass that feeds the head stays frozen"
+        False,
+        "train a LoRA on the reader (peft) with the head; the pass that feeds the head stays frozen "
+        "(full-lora: the adapter is all it trains)",
     )
     adapter_rank: int = option(16, "reader adapter: LoRA rank")
     adapter_alpha: float = option(32.0, "reader adapter: LoRA alpha")
@@ -137,6 +139,14 @@ class TrainConfig:
         if self.reader_adapter and not spec.reader_adapter:
             with_adapter = ", ".join(method_names(reader_adapter=True))
             raise InvalidInputError(f"A reader adapter trains with {with_adapter}, not {self.method}.")
+        if spec.adapter_only and not self.reader_adapter:
+            raise InvalidInputError(
+                f"{self.method} trains a reader adapter and nothing else: set reader_adapter (--reader-adapter)."
+            )
+        if self.reader_adapter and self.adapter_scope == "slots" and spec.context != "slots":
+            raise InvalidInputError(
+                f"{self.method} gives the reader {spec.context}, no slots: its adapter needs adapter_scope 'all'."
+            )
         if self.context_lengths is None:
             self.context_lengths = [128, 256, 384, self.context_length]
         if not self.context_lengths or any(length <= 0 for length in self.context_lengths):
