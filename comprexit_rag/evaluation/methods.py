@@ -1,8 +1,10 @@
 """The methods the harness compares: each turns QA examples into reader contexts.
 
-All of them use the same frozen backbone as reader, the same prompt and greedy decoding,
-so differences come from the context alone. Each registered method names its class here
-(``MethodSpec.evaluator``), built with ``build(spec, backbone, ratio, checkpoint)``.
+All of them use the same backbone as reader, the same prompt and greedy decoding, so differences
+come from the context (and, for a method trained with one, its reader adapter) alone. Each
+registered method names its class here (``MethodSpec.evaluator``), built with
+``build(spec, backbone, ratio, checkpoint)``; ``reader_adapter`` is the adapter its checkpoint
+brought, the one to build the reader with (``Reader(backbone, adapter=method.reader_adapter)``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..backbone import Backbone
 from ..checkpoint import check_fingerprint
 from ..data import QAExample
 from ..methods import MethodSpec, get_method
+from ..reading.adapter import ReaderAdapter
 from ..reading.reader import Context
 from ..soft_context import SoftContext
 from ..validation import check_positive_int
@@ -31,7 +34,11 @@ class PreparedContexts:
 
 
 class EvalMethod(Protocol):
+    """``reader_adapter``: the adapter the method was trained to be read through, from its checkpoint (None:
+    it brings none; slots still carry the adapter they need, see ``SoftContext.reader_adapter``)."""
+
     name: str
+    reader_adapter: ReaderAdapter | None
 
     @classmethod
     def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self: ...
@@ -45,6 +52,7 @@ def passage_texts(example: QAExample) -> list[str]:
 
 class ClosedBook:
     name = "closed-book"
+    reader_adapter: ReaderAdapter | None = None
 
     @classmethod
     def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
@@ -58,6 +66,7 @@ class FullText:
     """The raw passages, joined with blank lines."""
 
     name = "full"
+    reader_adapter: ReaderAdapter | None = None
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
@@ -76,6 +85,7 @@ class Truncate:
     """The first 1/ratio of the context tokens, as text embeddings."""
 
     name = "truncate"
+    reader_adapter: ReaderAdapter | None = None
 
     def __init__(self, backbone: Backbone, ratio: int) -> None:
         self.backbone = backbone
@@ -99,6 +109,7 @@ class FullTuned:
     """Learned soft prompt before the raw passages (prompt tuning on the uncompressed context)."""
 
     name = "full-tuned"
+    reader_adapter: ReaderAdapter | None = None
 
     def __init__(self, backbone: Backbone, prompt) -> None:
         check_fingerprint(prompt.fingerprint, backbone.fingerprint, "This soft prompt")
@@ -115,6 +126,20 @@ class FullTuned:
         return PreparedContexts(contexts, [c.shape[0] for c in contexts])
 
 
+class FullLoRA(FullText):
+    """The raw passages read through the reader adapter of a full-lora checkpoint (nothing else was trained)."""
+
+    name = "full-lora"
+
+    def __init__(self, backbone: Backbone, reader_adapter: ReaderAdapter) -> None:
+        super().__init__(backbone)
+        self.reader_adapter = reader_adapter
+
+    @classmethod
+    def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:
+        return cls(backbone, spec.module_class().load_reader_adapter(checkpoint, backbone))
+
+
 class StoredSlots:
     """A query-independent slot compressor (ComprExIT or mean-pool): every passage compressed alone."""
 
@@ -124,6 +149,10 @@ class StoredSlots:
         self.name = name
         self.compressor = compressor
         self.ratio = ratio
+
+    @property
+    def reader_adapter(self) -> ReaderAdapter | None:
+        return self.compressor.reader_adapter
 
     @classmethod
     def build(cls, spec: MethodSpec, backbone: Backbone, ratio: int, checkpoint: Checkpoint) -> Self:

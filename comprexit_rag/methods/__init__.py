@@ -72,6 +72,19 @@ register_method(
 )
 register_method(
     MethodSpec(
+        name="full-lora",
+        summary="the raw passages, read through a reader adapter trained for them (the heads' adapter budget)",
+        context="text",
+        module="comprexit_rag.methods.full_lora:FullLoRA",
+        encoder=f"{_ENCODERS}:FullTextEncoder",
+        evaluator=f"{_EVALUATION}:FullLoRA",
+        stages=("sft",),
+        reader_adapter=True,
+        adapter_only=True,
+    )
+)
+register_method(
+    MethodSpec(
         name="full",
         summary="raw passages",
         context="text",

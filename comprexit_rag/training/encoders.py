@@ -131,15 +131,40 @@ class COMIContextEncoder:
         ]
 
 
-class SoftPromptEncoder:
+class FullTextEncoder:
+    """The raw (uncompressed) passages, joined by a blank line, as the reader's input embeddings.
+
+    The full-lora baseline's encoder: its module has no weights, so the reader adapter trained with it
+    is all that learns.
+    """
+
+    name = "full-lora"
+
+    def __init__(self, backbone: Backbone, module: nn.Module) -> None:
+        self.backbone = backbone
+        self.trainable = module
+        self.separator: list[int] = backbone.tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+
+    @classmethod
+    def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
+        return cls(backbone, load_or_create(spec, config, lambda module: module.for_backbone(backbone)))
+
+    def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
+        return [self.passage_embeddings(example) for example in batch]
+
+    def passage_embeddings(self, example: TrainExample) -> torch.Tensor:
+        """One example's passages as text embeddings [n, H] (no gradient: the embeddings are frozen)."""
+        ids: list[int] = []
+        for index, passage in enumerate(example.passage_ids):
+            ids += (self.separator if index else []) + list(passage)
+        return self.backbone.embed(torch.tensor(ids, dtype=torch.long))
+
+
+class SoftPromptEncoder(FullTextEncoder):
     """Learned soft tokens followed by the raw (uncompressed) passages: the full-tuned baseline."""
 
     name = "full-tuned"
-
-    def __init__(self, backbone: Backbone, prompt: SoftPrompt) -> None:
-        self.backbone = backbone
-        self.trainable = prompt
-        self.separator = backbone.tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    trainable: SoftPrompt
 
     @classmethod
     def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
@@ -151,10 +176,7 @@ class SoftPromptEncoder:
     def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
         contexts = []
         for example in batch:
-            ids: list[int] = []
-            for index, passage in enumerate(example.passage_ids):
-                ids += (self.separator if index else []) + list(passage)
-            text = self.backbone.embed(torch.tensor(ids, dtype=torch.long))
+            text = self.passage_embeddings(example)
             contexts.append(torch.cat([self.trainable.embeddings.to(text.dtype), text]))
         return contexts
 

@@ -3,7 +3,7 @@
 A method added with ``register_method`` gets these tests for free: its evaluation builds and reads
 a QA example; a bad ratio and an empty text are typed errors; its trained module refuses another
 backbone; and it saves and loads back exactly (config, weights, and the fingerprint its slots are
-stored under).
+stored under). A method that trains only a reader adapter (``adapter_only``) is checkpointed with one.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from comprexit_rag.data import Passage, QAExample
 from comprexit_rag.errors import BackboneMismatchError, InvalidInputError
 from comprexit_rag.evaluation.methods import build_method
 from comprexit_rag.methods import MethodSpec, registered_methods
+from comprexit_rag.reading.adapter import ReaderAdapter, ReaderAdapterConfig
 from comprexit_rag.testing import tiny_llama
 from comprexit_rag.training.config import TrainConfig
-from comprexit_rag.training.trainer import build_encoder
+from comprexit_rag.training.trainer import build_encoder, save_module_and_adapter
 
 METHODS = registered_methods()
 EXAMPLE = QAExample(
@@ -32,9 +33,16 @@ def by_name(spec: MethodSpec) -> str:
     return spec.name
 
 
+def train_config(spec: MethodSpec, output, **options) -> TrainConfig:
+    """The smallest valid training config of the method (with the reader adapter it cannot train without)."""
+    return TrainConfig(
+        method=spec.name, stage=spec.stages[-1], output_dir=str(output), reader_adapter=spec.adapter_only, **options
+    )
+
+
 def fresh_module(spec: MethodSpec, backbone, tmp_path) -> torch.nn.Module:
     """The method's module as a run would start it (through its registered training encoder)."""
-    config = TrainConfig(method=spec.name, stage=spec.stages[-1], output_dir=str(tmp_path / "run"))
+    config = train_config(spec, tmp_path / "run")
     torch.manual_seed(0)
     return build_encoder(config, backbone).trainable.eval()
 
@@ -46,15 +54,20 @@ def compressor_of(spec: MethodSpec, backbone, tmp_path):
 
 
 @pytest.mark.parametrize("spec", METHODS, ids=by_name)
-def test_its_evaluation_builds_and_reads_an_example(spec, tiny_backbone, tmp_path):
+def test_its_evaluation_builds_and_reads_an_example(spec, tiny_backbone, make_tiny_backbone, tmp_path):
+    backbone = make_tiny_backbone() if spec.adapter_only else tiny_backbone  # the shared one gets no adapter
     checkpoint = None
     if spec.module is not None:
         checkpoint = tmp_path / "module"
-        fresh_module(spec, tiny_backbone, tmp_path).save_pretrained(checkpoint)
-    method = build_method(spec.name, tiny_backbone, 4, checkpoint)
+        adapter = None
+        if spec.adapter_only:  # made on a copy of the backbone, as a training run would
+            adapter = ReaderAdapter.create(make_tiny_backbone(), ReaderAdapterConfig(rank=2))
+        save_module_and_adapter(checkpoint, fresh_module(spec, backbone, tmp_path), adapter)
+    method = build_method(spec.name, backbone, 4, checkpoint)
     prepared = method.prepare([EXAMPLE])
     assert method.name == spec.name and len(prepared.contexts) == len(prepared.context_vectors) == 1
     assert (prepared.context_vectors[0] == 0) == (spec.context == "none")
+    assert (method.reader_adapter is not None) == spec.adapter_only
 
 
 @pytest.mark.parametrize("spec", METHODS, ids=by_name)
@@ -78,7 +91,7 @@ def test_its_module_refuses_another_backbone(spec, tiny_backbone, default_tokeni
     saved = tmp_path / "module"
     fresh_module(spec, tiny_backbone, tmp_path).save_pretrained(saved)
     other = tiny_llama(default_tokenizer, layers=3)
-    config = TrainConfig(method=spec.name, stage=spec.stages[-1], output_dir=str(tmp_path / "o"), init_from=str(saved))
+    config = train_config(spec, tmp_path / "o", init_from=str(saved))
     with pytest.raises(BackboneMismatchError, match="trained for backbone"):
         build_encoder(config, other)
     if spec.compressor is not None:

@@ -27,7 +27,9 @@ def test_every_registered_class_resolves(spec: MethodSpec):
 
 
 def test_the_methods_each_caller_reads():
-    assert method_names(trainable=True) == ("comprexit", "mean-pool", "comi", "full-tuned")
+    assert method_names(trainable=True) == ("comprexit", "mean-pool", "comi", "full-tuned", "full-lora")
+    assert method_names(reader_adapter=True) == ("comprexit", "mean-pool", "comi", "full-lora")
+    assert method_names(adapter_only=True) == ("full-lora",)
     assert method_names(pipeline=True) == ("comprexit", "comi", "full")
     assert method_names(pipeline=True, context="slots") == ("comprexit", "comi")
     assert set(method_names(takes_ratio=True)) == {"comprexit", "mean-pool", "comi", "truncate"}
@@ -44,6 +46,10 @@ def test_unknown_and_duplicate_methods_are_refused():
         MethodSpec(name="x", summary="x", context="text", query_aware=True)
     with pytest.raises(InvalidInputError, match="needs a module and an encoder"):
         MethodSpec(name="x", summary="x", context="slots", stages=("sft",))
+    with pytest.raises(InvalidInputError, match="adapter-only method trains a reader adapter"):
+        MethodSpec(
+            name="x", summary="x", context="text", module="m:M", encoder="e:E", stages=("sft",), adapter_only=True
+        )
 
 
 def test_compressors_satisfy_the_protocol(tiny_backbone):
