@@ -10,7 +10,8 @@ class BackboneMismatchError(ComprExITError, ValueError):
 
 
 class AdapterMismatchError(ComprExITError, ValueError):
-    """Slots are read through another reader adapter than the one their head was trained with (or none)."""
+    """Slots (or a full-lora method's text) are read through another reader adapter than the one trained for them
+    (or none)."""
 
 
 class CheckpointError(ComprExITError, ValueError):

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     examples = load_examples(args.data, args.format, args.split, args.context, args.limit)
     backbone = Backbone.from_pretrained(args.backbone, device=args.device)
     method = build_method(args.method, backbone, ratio or 4, args.checkpoint)
-    adapter = "attached"
+    adapter = method.reader_adapter  # the one its checkpoint brought, if any
     if args.reader_adapter == "none":
         adapter = None
     elif args.reader_adapter:

@@ -9,7 +9,7 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from ..data import QAExample
-from ..errors import InvalidInputError
+from ..errors import AdapterMismatchError, InvalidInputError
 from ..reading.reader import Reader
 from .methods import EvalMethod
 from .metrics import compute_scores
@@ -56,6 +56,7 @@ def evaluate(
     """
     if contexts_from not in CONTEXT_SOURCES:
         raise InvalidInputError(f"contexts_from must be one of {CONTEXT_SOURCES}, got {contexts_from!r}.")
+    check_reader(method, reader)
     if contexts_from == "other":
         examples = [
             replace(example, passages=other.passages, supporting=other.supporting)
@@ -87,4 +88,21 @@ def evaluate(
         seconds_per_question=elapsed / count,
         predictions=predictions,
         contexts_from=contexts_from,
+    )
+
+
+def check_reader(method: EvalMethod, reader: Reader) -> None:
+    """Refuse a reader without the adapter ``method`` was trained to be read through (``method.reader_adapter``).
+
+    Slots check theirs as they are read; text (a full-lora method's) carries no such mark, so without
+    this an evaluation could score the frozen reader under the method's name.
+    """
+    needed, actual = method.reader_adapter, reader.adapter
+    if needed is None or actual is needed or (actual is not None and actual.digest == needed.digest):
+        return
+    reading = f"adapter {actual.name}" if actual is not None else "the frozen weights"
+    raise AdapterMismatchError(
+        f"{method.name} was trained to be read through reader adapter {needed.name}, but this reader reads through "
+        f"{reading}. Build the reader with Reader(backbone, adapter=method.reader_adapter) (comprexit-rag eval: leave "
+        "out --reader-adapter)."
     )
