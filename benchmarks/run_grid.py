@@ -1,10 +1,10 @@
 """Evaluate an experiment's grid (dataset x method x ratio) on the held-out dev splits in one process.
 
-Every row equals one ``comprexit-rag eval`` call; loading the backbone once makes the grid cheap
-enough for one GPU session. The rows come from the ``grid`` list of an experiment file
-(``experiments/*.json``, see ``benchmarks/run_experiment.py``, which calls this after training);
-a row's checkpoint ``run:NAME`` is ``CHECKPOINTS/NAME/final``. Rows are appended to a JSON-lines file
-as they finish.
+Every row equals one ``comprexit-rag eval`` call (read through the reader adapter of the row's
+checkpoint, if it has one); loading the backbone once makes the grid cheap enough for one GPU
+session. The rows come from the ``grid`` list of an experiment file (``experiments/*.json``, see
+``benchmarks/run_experiment.py``, which calls this after training); a row's checkpoint ``run:NAME``
+is ``CHECKPOINTS/NAME/final``. Rows are appended to a JSON-lines file as they finish.
 
     python benchmarks/run_grid.py experiments/round4.json --checkpoints RUNS_DIR --out grid.jsonl [--device cuda]
 """
@@ -42,7 +42,6 @@ def main() -> None:
 
     rows = grid_rows(load_experiment(args.experiment), Path(args.checkpoints))
     backbone = Backbone.from_pretrained(device=args.device)
-    reader = Reader(backbone)
     examples = {name: load_split(name, "dev")[: args.limit] for name in args.datasets}
     for row in rows:
         if args.only and row.label not in args.only:
@@ -55,6 +54,7 @@ def main() -> None:
             started = time.perf_counter()
             try:
                 method = build_method(row.method, backbone, row.ratio or 4, row.checkpoint)
+                reader = Reader(backbone, adapter=method.reader_adapter)
                 result = evaluate(
                     method, reader, examples[dataset], ratio=row.ratio, batch_size=args.batch_size, show_progress=False
                 )

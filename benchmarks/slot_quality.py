@@ -9,9 +9,14 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
   the question's own slots, from another question's slots (the content gap), closed-book, and the
   raw text, all through the same reader (so closed-book and raw text include the adapter's effect).
 
+``--method`` scores another stored-slot head (``mean-pool``) or a trained text baseline (``full-lora``:
+``--head`` is its checkpoint, read through its adapter): the same table, where "own" is the method's own
+context (for ``full-lora`` the raw text, so its ``raw_text`` row is its ``own`` row).
+
 GPU::
 
     python benchmarks/slot_quality.py --head runs/sft/final --device cuda --out results.json
+    python benchmarks/slot_quality.py --method full-lora --head runs/full-lora/final --device cuda --out fl.json
 
 CPU (a smaller sample)::
 
@@ -32,28 +37,46 @@ import torch.nn.functional as F
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.data import load_split
 from comprexit_rag.evaluation.harness import evaluate
-from comprexit_rag.evaluation.methods import ClosedBook, FullText, StoredSlots
-from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
+from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
-from comprexit_rag.reading.reader import Reader
+from comprexit_rag.reading.reader import Context, Reader
 from comprexit_rag.training.data import tokenize_passages
 from comprexit_rag.training.trainer import target_logits
 
 WINDOW = 128
+# Stored-slot heads, and the trained methods that give the reader text through their own adapter.
+METHODS = (*method_names(storable=True), *method_names(context="text", adapter_only=True))
+
+
+def build(spec: MethodSpec, backbone: Backbone, checkpoint: str | None, ratio: int, batch_size: int) -> EvalMethod:
+    """The method of ``checkpoint`` (None: the shipped one), with its reader adapter if it brings one."""
+    if spec.storable:  # compressing --batch-size passages at a time, as the committed tables did
+        compressor = spec.compressor_class().from_pretrained(checkpoint, backbone, batch_size=batch_size)
+        return StoredSlots(spec.name, compressor, ratio)
+    return build_method(spec.name, backbone, ratio, checkpoint)
+
+
+def window_contexts(method: EvalMethod, windows: list[list[int]], texts: list[str], ratio: int) -> list[Context]:
+    """Each window as ``method`` gives it to the reader: its slots, or (a text method) its text."""
+    if isinstance(method, StoredSlots):
+        slots = method.compressor.compress_token_ids(windows, ratio=ratio)
+        return [slots.select([i]) for i in range(len(windows))]
+    return list(texts)
 
 
 @torch.no_grad()
-def reconstruction(compressor: ComprExITCompressor, reader: Reader, count: int, ratio: int) -> dict:
-    backbone = compressor.backbone
+def reconstruction(method: EvalMethod, reader: Reader, count: int, ratio: int) -> dict:
+    backbone = reader.backbone
     stop = answer_end_token_id(backbone.tokenizer)
     passages = [example.passages[0] for example in load_split("nq", "dev")]
     windows = [ids[:WINDOW] for ids in tokenize_passages(backbone.tokenizer, passages) if len(ids) >= WINDOW // 2]
     windows = windows[:count]
-    own = compressor.compress_token_ids(windows, ratio=ratio)
     texts = [backbone.tokenizer.decode(ids) for ids in windows]
+    own = window_contexts(method, windows, texts, ratio)
     conditions = {
-        "own": [own.select([i]) for i in range(len(windows))],
-        "other": [own.select([(i + 1) % len(windows)]) for i in range(len(windows))],
+        "own": own,
+        "other": own[1:] + own[:1],
         "none": [None] * len(windows),
         "raw_text": texts,
     }
@@ -78,30 +101,30 @@ def reconstruction(compressor: ComprExITCompressor, reader: Reader, count: int, 
     return result
 
 
-def qa(compressor: ComprExITCompressor, reader: Reader, dataset: str, count: int, ratio: int, batch: int) -> dict:
+def qa(method: EvalMethod, reader: Reader, dataset: str, count: int, ratio: int, batch: int) -> dict:
     examples = load_split(dataset, "dev")[:count]
-    slots = StoredSlots("comprexit", compressor, ratio)
-    runs = {
-        "own": (slots, "own"),
-        "other": (slots, "other"),
-        "closed_book": (ClosedBook(), "own"),
-        "raw_text": (FullText(compressor.backbone), "own"),
-    }
+    runs = {"own": (method, "own"), "other": (method, "other"), "closed_book": (ClosedBook(), "own")}
+    if not isinstance(method, FullText):  # a text method's own context is the raw text: its raw_text row is "own"
+        runs["raw_text"] = (FullText(reader.backbone), "own")
     result: dict = {"n": len(examples)}
-    for name, (method, source) in runs.items():
-        scored = evaluate(method, reader, examples, ratio=ratio, batch_size=batch, contexts_from=source)
+    for name, (context, source) in runs.items():
+        scored = evaluate(context, reader, examples, ratio=ratio, batch_size=batch, contexts_from=source)
         result[name] = {key: round(getattr(scored, key), 4) for key in ("em", "f1", "accuracy")}
         result[name]["examples"] = [
             {"question": e.question, "gold": list(e.answers), "prediction": p}
             for e, p in zip(examples[:5], scored.predictions[:5], strict=False)
         ]
+    result.setdefault("raw_text", result["own"])
     result["content_gap_f1"] = round(result["own"]["f1"] - result["other"]["f1"], 4)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--head", help="head checkpoint directory (default: the shipped head)")
+    parser.add_argument("--method", choices=METHODS, default="comprexit", help="what --head holds (default: comprexit)")
+    parser.add_argument(
+        "--head", help="checkpoint directory of the method (default: the shipped one; full-lora ships none)"
+    )
     parser.add_argument("--ratio", type=int, default=4)
     parser.add_argument("--recon", type=int, default=64, help="NQ dev windows for reconstruction (0: skip)")
     parser.add_argument("--nq", type=int, default=400, help="NQ dev questions (0: skip)")
@@ -113,28 +136,28 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
 
+    spec = get_method(args.method)
     backbone = Backbone.from_pretrained(device=args.device)
-    compressor = ComprExITCompressor.from_pretrained(args.head, backbone, batch_size=args.batch_size)
-    reader = Reader(backbone)
+    method = build(spec, backbone, args.head, args.ratio, args.batch_size)
+    adapter = method.reader_adapter
+    reader = Reader(backbone, adapter=adapter)
     report: dict = {
+        "method": args.method,
         "head": args.head or "shipped",
         "ratio": args.ratio,
         "reader_adapter": None
-        if compressor.reader_adapter is None
-        else {
-            "scope": compressor.reader_adapter.config.scope,
-            "parameters": compressor.reader_adapter.num_parameters(),
-        },
+        if adapter is None
+        else {"scope": adapter.config.scope, "parameters": adapter.num_parameters()},
         "device": str(backbone.device),
         "command": "python benchmarks/slot_quality.py "
         + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if value is not None),
     }
     if args.recon:
-        report["reconstruction_nq"] = reconstruction(compressor, reader, args.recon, args.ratio)
+        report["reconstruction_nq"] = reconstruction(method, reader, args.recon, args.ratio)
         logging.info("reconstruction: %s", report["reconstruction_nq"])
     for dataset, count in (("nq", args.nq), ("hotpotqa", args.hotpotqa)):
         if count:
-            report[f"qa_{dataset}"] = qa(compressor, reader, dataset, count, args.ratio, args.batch_size)
+            report[f"qa_{dataset}"] = qa(method, reader, dataset, count, args.ratio, args.batch_size)
             scores = {k: v["f1"] for k, v in report[f"qa_{dataset}"].items() if isinstance(v, dict)}
             logging.info("%s F1: %s", dataset, scores)
     report["seconds"] = round(time.perf_counter() - started, 1)
