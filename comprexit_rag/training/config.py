@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ..errors import InvalidInputError
 from ..methods import get_method, method_names, registered_methods
 from ..methods.registry import STAGES
+from ..validation import check_positive_int
 
 __all__ = ["TrainConfig", "check_method_and_stage", "head_options"]
 
@@ -49,6 +50,11 @@ class TrainConfig:
     ratios: list[int] = option(help="one is sampled per step", factory=lambda: [4, 8, 16])
     batch_size: int = option(32, "examples per optimiser micro-batch", positive=True)
     grad_accum: int = option(1, "micro-batches per optimiser step", positive=True)
+    max_pass_tokens: int | None = option(
+        help="read each micro-batch in passes of at most N padded tokens (rows x longest passages + target); the "
+        "batch and its gradient stay the same, only peak memory falls (full text at batch 32)",
+        positive=True,
+    )
     lr: float = option(1e-3, "peak learning rate (AdamW, cosine decay)")
     weight_decay: float = option(0.01, "AdamW weight decay")
     warmup_steps: int = option(50, "linear warm-up steps")
@@ -155,6 +161,8 @@ class TrainConfig:
             raise InvalidInputError(f"distill_weight must be >= 0, got {self.distill_weight}.")
         if self.distill_weight and not spec.distill:
             raise InvalidInputError(f"Distillation from the full-text reader applies to {method_names(distill=True)}.")
+        if self.max_pass_tokens is not None:
+            check_positive_int(self.max_pass_tokens, "max_pass_tokens")
         if self.max_grad_norm <= 0:
             raise InvalidInputError(f"max_grad_norm must be positive, got {self.max_grad_norm}.")
 

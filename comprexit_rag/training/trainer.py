@@ -183,6 +183,23 @@ def pretrain_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, 
     return sample_pretrain, corpus.identity
 
 
+def reading_passes(batch: list[TrainExample], max_tokens: int | None) -> list[list[TrainExample]]:
+    """``batch`` cut, in order, into runs read in one pass each: as many examples as keep rows x longest row
+    (passage and target tokens) within ``max_tokens``, at least one. ``None``: the whole batch at once."""
+    if max_tokens is None:
+        return [batch]
+    passes: list[list[TrainExample]] = [[]]
+    longest = 0
+    for example in batch:
+        size = sum(len(ids) for ids in example.passage_ids) + len(example.target_ids)
+        if passes[-1] and max(longest, size) * (len(passes[-1]) + 1) > max_tokens:
+            passes.append([])
+            longest = 0
+        passes[-1].append(example)
+        longest = max(longest, size)
+    return passes
+
+
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < config.warmup_steps:
@@ -245,14 +262,19 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
             rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
             ratio = rng.choice(config.ratios)
             batch, prompt = sample(rng)
-            if config.distill_weight:
-                loss = distilled_loss(reader, encoder, batch, ratio, prompt, config.distill_weight)
-            else:
-                loss = answer_loss(reader, encoder, batch, ratio, prompt)
-            (loss / config.grad_accum).backward()
-            total_loss += loss.item() / config.grad_accum
+            targets = sum(len(example.target_ids) for example in batch)
+            for part in reading_passes(batch, config.max_pass_tokens):
+                # Both losses are means over target tokens: weighting each pass by its share of them gives the
+                # whole batch's loss and gradient.
+                share = sum(len(example.target_ids) for example in part) / targets / config.grad_accum
+                if config.distill_weight:
+                    loss = distilled_loss(reader, encoder, part, ratio, prompt, config.distill_weight)
+                else:
+                    loss = answer_loss(reader, encoder, part, ratio, prompt)
+                (loss * share).backward()
+                total_loss += loss.item() * share
             state["examples"] += len(batch)
-            state["target_tokens"] += sum(len(example.target_ids) for example in batch)
+            state["target_tokens"] += targets
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         if torch.isfinite(grad_norm):
             optimizer.step()
