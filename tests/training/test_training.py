@@ -24,13 +24,25 @@ import torch
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import load_state_dict
 from comprexit_rag.cli import main
-from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.commands.evaluate import load_examples
+from comprexit_rag.errors import AdapterMismatchError, CheckpointError, InvalidInputError
+from comprexit_rag.evaluation.harness import evaluate
+from comprexit_rag.evaluation.methods import EvalMethod, FullText, build_method
 from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.methods.full_lora import FullLoRA
 from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
+from comprexit_rag.reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from comprexit_rag.reading.reader import IGNORE_INDEX, Reader
 from comprexit_rag.training import trainer
 from comprexit_rag.training.examples import TrainExample
-from comprexit_rag.training.trainer import TrainConfig, answer_loss, build_encoder, make_sampler, train
+from comprexit_rag.training.trainer import (
+    TrainConfig,
+    answer_loss,
+    build_encoder,
+    make_sampler,
+    save_module_and_adapter,
+    train,
+)
 
 # Every method/stage combination the trainer accepts.
 LEGAL = [
@@ -42,6 +54,8 @@ LEGAL = [
     ("full-tuned", "sft"),
 ]
 SQUAD_CONTEXTS = 304  # the squad split sends the first 300 contexts (by hash) to dev
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "reader_adapter"
+SHIPPED_ADAPTER = Path(__file__).resolve().parents[2] / "comprexit_rag" / "pretrained" / "comprexit-smollm2-135m"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,12 +615,13 @@ def test_a_reader_adapter_trains_with_the_head_and_ships_with_it(make_tiny_backb
     assert (Path(sft.output_dir) / "final" / "reader_adapter").is_dir()
 
 
-def test_a_run_in_pieces_equals_an_uninterrupted_one(make_tiny_backbone, data, tmp_path):
+@pytest.mark.parametrize(("method", "stage"), [("comprexit", "pretrain"), ("full-lora", "sft")])
+def test_a_run_in_pieces_equals_an_uninterrupted_one(make_tiny_backbone, data, tmp_path, method, stage):
     options = {"reader_adapter": True, "adapter_rank": 4, "max_steps": 3}
-    straight = tiny_config(tmp_path / "straight", data, "comprexit", "pretrain", **options)
+    straight = tiny_config(tmp_path / "straight", data, method, stage, **options)
     train(straight, make_tiny_backbone())
     # A zero-second piece ends after one step; each rerun (a new process in practice) continues.
-    pieces = tiny_config(tmp_path / "pieces", data, "comprexit", "pretrain", piece_seconds=0.0, **options)
+    pieces = tiny_config(tmp_path / "pieces", data, method, stage, piece_seconds=0.0, **options)
     steps = [train(pieces, make_tiny_backbone())["steps"] for _ in range(3)]
     assert steps == [1, 2, 3]
     assert final_weights(pieces).keys() == final_weights(straight).keys()
@@ -638,6 +653,197 @@ def test_resuming_on_other_data_or_without_the_adapter_is_refused(make_tiny_back
         train(replace(config, max_pretrain_tokens=300), make_tiny_backbone())
     with pytest.raises(InvalidInputError, match="with a reader adapter"):
         train(replace(config, reader_adapter=False), make_tiny_backbone())
+
+
+# ---------------------------------------------------------------------------------------------
+# The full-lora baseline: the raw passages through a reader adapter, and nothing else trained.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_full_lora_trains_its_reader_adapter_and_nothing_else(make_tiny_backbone, data, tmp_path):
+    backbone = make_tiny_backbone()
+    frozen = {name: p.clone() for name, p in backbone.model.named_parameters()}
+    config = tiny_config(tmp_path / "run", data, "full-lora", "sft", reader_adapter=True, adapter_rank=4)
+    batch, _ = make_sampler(config, backbone)[0](random.Random(0))
+    (context, *_) = build_encoder(config, backbone).encode(batch, 4)
+    assert context.shape[0] >= sum(len(ids) for ids in batch[0].passage_ids)  # the raw passages, nothing else
+
+    summary = train(config, backbone)
+
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    assert summary["reader_adapter"]["scope"] == "all" and summary["reader_adapter"]["parameters"] > 0
+    final = Path(config.output_dir) / "final"
+    assert json.loads((final / "config.json").read_text())["kind"] == "full-lora"
+    assert final_weights(config) == {}  # its module has no weights: the adapter is what trained
+    saved = adapter_weights(final)
+    assert all(t.abs().sum() > 0 for name, t in saved.items() if "lora_B" in name)  # B starts at zero: it moved
+    base = {name: p for name, p in backbone.model.named_parameters() if "lora_" not in name}
+    assert all(torch.equal(p, frozen[name.replace(".base_layer", "")]) for name, p in base.items())
+    loaded = FullLoRA.load_reader_adapter(final, make_tiny_backbone())
+    assert loaded.state_dict().keys() == saved.keys()
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in loaded.state_dict().items())
+
+
+def test_full_lora_options_are_checked_before_anything_loads(data, tmp_path, capsys):
+    with pytest.raises(InvalidInputError, match="trains a reader adapter and nothing else"):
+        tiny_config(tmp_path, data, "full-lora", "sft")
+    with pytest.raises(InvalidInputError, match="no slots: its adapter needs adapter_scope 'all'"):
+        tiny_config(tmp_path, data, "full-lora", "sft", reader_adapter=True, adapter_scope="slots")
+    with pytest.raises(InvalidInputError, match="Distillation"):
+        tiny_config(tmp_path, data, "full-lora", "sft", reader_adapter=True, distill_weight=0.5)
+    with pytest.raises(InvalidInputError, match="train full-lora with --stage sft"):
+        tiny_config(tmp_path, data, "full-lora", "pretrain", reader_adapter=True)
+    argv = ["train", "--method", "full-lora", "--stage", "sft", "--output-dir", str(tmp_path / "x"), "--device", "cpu"]
+    assert main(argv) == 2
+    assert "set reader_adapter (--reader-adapter)" in capsys.readouterr().err
+
+
+def test_reading_passes_keep_the_batch_in_order_within_the_token_budget():
+    def example(passage: int, target: int = 2) -> TrainExample:
+        return TrainExample(question="q", passage_ids=[[7] * passage], target_ids=[8] * target)
+
+    batch = [example(8), example(8), example(28), example(3), example(3), example(3)]
+    assert trainer.reading_passes(batch, None) == [batch]
+    passes = trainer.reading_passes(batch, 30)
+    assert [len(part) for part in passes] == [2, 1, 3] and [e for part in passes for e in part] == batch
+    assert all(len(part) * max(len(e.passage_ids[0]) + 2 for e in part) <= 30 for part in passes)
+    assert [len(part) for part in trainer.reading_passes(batch, 1)] == [1] * 6  # one example at least
+
+
+@pytest.mark.parametrize(("method", "options"), [("full-lora", {}), ("comprexit", {"distill_weight": 0.5})])
+def test_reading_a_batch_in_passes_gives_the_loss_and_gradient_of_reading_it_at_once(
+    make_tiny_backbone, data, tmp_path, monkeypatch, method, options
+):
+    clip = torch.nn.utils.clip_grad_norm_
+    gradients: list[list[torch.Tensor]] = []
+
+    def recording_clip(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        gradients.append([p.grad.clone() for p in parameters])
+        return clip(parameters, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    options = {**options, "reader_adapter": True, "adapter_rank": 4, "batch_size": 4, "max_steps": 2}
+    losses = []
+    for name, max_pass_tokens in (("whole", None), ("passes", 1)):  # 1 token: one example per pass
+        config = tiny_config(tmp_path / name, data, method, "sft", max_pass_tokens=max_pass_tokens, **options)
+        train(config, make_tiny_backbone())
+        log = (Path(config.output_dir) / "log.jsonl").read_text().splitlines()
+        losses.append([json.loads(line)["loss"] for line in log])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    # The first step's gradients (the second starts from weights that differ by rounding), equal up to the
+    # float32 summation order.
+    whole, passes = (torch.cat([g.flatten() for g in gradients[run]]) for run in (0, 2))
+    assert whole.norm() > 0 and (passes - whole).norm() <= 1e-5 * whole.norm()
+    with pytest.raises(InvalidInputError, match="max_pass_tokens must be a positive integer"):
+        replace(config, max_pass_tokens=0)
+
+
+def test_a_full_lora_checkpoint_is_read_through_its_adapter(make_tiny_backbone, backbone_dir, data, tmp_path, capsys):
+    # A checkpoint whose adapter changes the answers (a trained one starts from B = 0).
+    trained_on = make_tiny_backbone()
+    adapter = ReaderAdapter.create(trained_on, ReaderAdapterConfig(rank=4))
+    generator = torch.Generator().manual_seed(0)
+    adapter.load_state_dict(
+        {
+            name: torch.randn(t.shape, generator=generator) * 0.5 if "lora_B" in name else t
+            for name, t in adapter.state_dict().items()
+        }
+    )
+    final = tmp_path / "final"
+    save_module_and_adapter(final, FullLoRA.for_backbone(trained_on), adapter)
+    qa_file = str(data / "hotpotqa" / "dev_distractor_350.jsonl")
+    examples = load_examples(qa_file, "hotpotqa", "all", "distractor", None)
+
+    backbone = make_tiny_backbone()
+    method = build_method("full-lora", backbone, 4, final)
+    assert method.reader_adapter is not None and method.reader_adapter.backbone is backbone
+
+    def answers(method: EvalMethod, adapter: ReaderAdapter | None) -> list[str]:
+        reader = Reader(backbone, max_new_tokens=6, adapter=adapter)
+        return evaluate(method, reader, examples, show_progress=False).predictions
+
+    adapted = answers(method, method.reader_adapter)
+    assert adapted != answers(FullText(backbone), None)  # the frozen reader on the same text answers otherwise
+    assert adapted == answers(FullText(backbone), method.reader_adapter)  # the text, read through the adapter
+    with pytest.raises(AdapterMismatchError, match="full-lora was trained to be read through reader adapter"):
+        answers(method, None)
+
+    # `comprexit-rag eval` reads through the checkpoint's adapter, and refuses to read without it.
+    predictions = tmp_path / "predictions.jsonl"
+    argv = ["eval", "--data", qa_file, "--format", "hotpotqa", "--split", "all", "--method", "full-lora"]
+    argv += ["--checkpoint", str(final), "--backbone", str(backbone_dir), "--device", "cpu", "--max-new-tokens", "6"]
+    assert main([*argv, "--json", "--predictions", str(predictions)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "full-lora"
+    assert [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()] == adapted
+    assert main([*argv, "--reader-adapter", "none"]) == 2
+    assert "leave out --reader-adapter" in capsys.readouterr().err
+
+
+def test_a_full_lora_checkpoint_without_its_own_adapter_is_refused(make_tiny_backbone, tmp_path):
+    backbone = make_tiny_backbone()
+    module = FullLoRA.for_backbone(backbone)
+    module.save_pretrained(tmp_path / "module-only")
+    with pytest.raises(CheckpointError, match="has no reader_adapter/"):
+        build_method("full-lora", backbone, 4, tmp_path / "module-only")
+    with pytest.raises(CheckpointError, match="No default full-lora checkpoint is shipped"):
+        build_method("full-lora", backbone)
+    # A head's adapter copied in beside the module (it was trained with that head, not for the raw text).
+    adapter = ReaderAdapter.create(make_tiny_backbone(), ReaderAdapterConfig(rank=2))
+    adapter.paired_head = "0123456789abcdef"
+    module.save_pretrained(tmp_path / "head-adapter")
+    adapter.save_pretrained(tmp_path / "head-adapter" / ADAPTER_DIR)
+    with pytest.raises(AdapterMismatchError, match="was trained with module 0123456789abcdef"):
+        build_method("full-lora", backbone, 4, tmp_path / "head-adapter")
+
+
+@pytest.mark.slow
+def test_full_lora_trains_on_the_real_backbone_and_answers_through_eval(data, tmp_path, capsys):
+    # The committed experiment file, cut to 2 steps of batch 2 on the tiny data directory; the CLI loads
+    # its own copy of the default backbone (the shared test copy must keep its one adapter).
+    output = tmp_path / "full-lora"
+    argv = ["train", "--config", str(EXPERIMENTS / "baseline-full-lora-sft.json"), "--output-dir", str(output)]
+    argv += ["--max-steps", "2", "--batch-size", "2", "--limit-per-family", "4", "--max-distractors", "2"]
+    argv += ["--wikipedia", "wiki/enwiki_2015_AA_shard*.txt.gz", "--data", str(data), "--device", "cpu"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (printed["method"], printed["stage"], printed["steps"]) == ("full-lora", "sft", 2)
+    assert all(math.isfinite(json.loads(line)["loss"]) for line in (output / "log.jsonl").read_text().splitlines())
+    final = output / "final"
+
+    # The same adapter budget as the shipped ComprExIT head's: LoRA r16 on every linear layer.
+    def budget(directory: Path) -> tuple[int, float, list[str], int]:
+        lora = json.loads((directory / ADAPTER_DIR / "adapter_config.json").read_text())
+        weights = float_adapter_weights(directory)
+        return lora["r"], lora["lora_alpha"], sorted(lora["target_modules"]), sum(t.numel() for t in weights.values())
+
+    assert budget(final) == budget(SHIPPED_ADAPTER)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["reader_adapter"] == {"parameters": budget(final)[3], "scope": "all"}
+
+    # The checkpoint reloads with its adapter onto a fresh copy of the backbone and answers through it.
+    backbone = Backbone.from_pretrained(device="cpu")
+    method = build_method("full-lora", backbone, 4, final)
+    saved = float_adapter_weights(final)
+    assert all(torch.equal(t, saved[name]) for name, t in method.reader_adapter.state_dict().items())
+    qa_file = str(data / "hotpotqa" / "dev_distractor_350.jsonl")
+    examples = load_examples(qa_file, "hotpotqa", "all", "distractor", None)
+    reader = Reader(backbone, max_new_tokens=8, adapter=method.reader_adapter)
+    result = evaluate(method, reader, examples, show_progress=False)
+    assert result.n == 2 and any(prediction.strip() for prediction in result.predictions)
+
+    # `comprexit-rag eval` (its own backbone, the adapter from the checkpoint) answers the same.
+    predictions = tmp_path / "predictions.jsonl"
+    argv = ["eval", "--data", qa_file, "--format", "hotpotqa", "--split", "all", "--method", "full-lora"]
+    argv += ["--checkpoint", str(final), "--device", "cpu", "--max-new-tokens", "8", "--json"]
+    assert main([*argv, "--predictions", str(predictions)]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["method"] == "full-lora" and scores["n"] == 2
+    assert [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()] == result.predictions
+
+
+def float_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The reader adapter weights of a checkpoint directory in float32 (a shipped adapter may be saved in bfloat16)."""
+    return {name: tensor.float() for name, tensor in adapter_weights(directory).items()}
 
 
 def test_cli_train_reads_an_experiment_file_and_flags_override_it(backbone_dir, data, tmp_path, capsys):
