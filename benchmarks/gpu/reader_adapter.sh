@@ -7,7 +7,8 @@
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
 #   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds), then the held-out
 #      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
-#   4. THROUGHPUT=1 (after the results are packed): training throughput by context length and batch (benchmarks/train_throughput.py)
+#   4. BASELINES="baseline-full-lora-sft ...": same-budget baselines, trained and scored after the head's results.
+#   5. THROUGHPUT=1 (after the results are packed): training throughput by context length and batch (benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps.
 # Everything lands in $RESULTS; "ALL DONE" ends its log.
 set -uo pipefail
@@ -16,7 +17,7 @@ set +e
 export COMPREXIT_DATA=${COMPREXIT_DATA:-/tmp/data} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results}
 COMPARE=${COMPARE:-0} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-420}
-THROUGHPUT=${THROUGHPUT:-1} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
+THROUGHPUT=${THROUGHPUT:-1} BASELINES=${BASELINES:-} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
 EXP=experiments/reader_adapter PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-experiments/reader_adapter/pretrain-4x.json}
 # PRETRAIN_INIT: a head + adapter directory a new long run starts from (a resumed run reads its checkpoint).
 PRETRAIN_INIT=${PRETRAIN_INIT:-}
@@ -76,9 +77,22 @@ mkdir -p "$RESULTS/out" "$RESULTS/state"
 tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
 ls -la "$RESULTS/out" "$RESULTS/state"
 echo STATE READY
+# BASELINES: experiment files of $EXP (names without .json) trained after the head's results are packed,
+# each then scored by slot_quality.py --method <its method>; results in out/baselines.tgz.
+for name in $BASELINES; do
+  method=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['method'])" "$EXP/$name.json")
+  train --config "$EXP/$name.json" --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
+    --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
+  grep -a "F1" "$RUNS/$name-quality.log" | tail -2
+done
+if [ -n "$BASELINES" ]; then
+  ( cd "$RESULTS" && tar czf out/baselines.tgz *-quality.json -C "$RUNS" $(for n in $BASELINES; do echo "$n/log.jsonl $n/summary.json $n.log"; done) )
+  echo BASELINES READY
+fi
 # Last, so the results above can be collected while it runs.
 if [ "$THROUGHPUT" = 1 ]; then
-  python3 benchmarks/train_throughput.py --config "$EXP/pretrain-4x.json" --shapes 512x16 512x64 128x64 128x256 \
+  python3 benchmarks/train_throughput.py --config "$EXP/throughput-4x.json" --shapes 512x16 512x64 128x64 128x256 \
     --profile --out "$RESULTS/throughput.json" > "$RUNS/throughput.log" 2>&1
   grep -o '"sequences_per_s": [0-9.]*' "$RESULTS/throughput.json"
   tar czf "$RESULTS/out/throughput.tgz" -C "$RESULTS" throughput.json throughput.profile.txt -C "$RUNS" throughput.log
