@@ -141,6 +141,9 @@ def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, to
             use_cache=False,
         ).last_hidden_state
     # Only positions that predict a target token go through the (large-vocabulary) LM head.
+    if inputs.target_positions is not None:  # known from the host-side layout: no read of the device
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.target_positions)
+        return model.get_output_embeddings()(selected), inputs.target_ids
     labels = inputs.labels[:, 1:]
     selected = labels != IGNORE_INDEX
     return model.get_output_embeddings()(hidden[:, :-1][selected]), labels[selected]

@@ -1,0 +1,171 @@
+"""The host-side speed-ups of a training step leave its results unchanged: each batched path is
+checked against a copy of the per-example code it replaced (the references below)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comprexit_rag.prompts import QAPrompt, ReconstructionPrompt
+from comprexit_rag.reading.reader import IGNORE_INDEX, Reader, ReaderBatch
+from comprexit_rag.soft_context import SoftContext
+from comprexit_rag.training.trainer import target_logits
+
+# --------------------------------------------------------------------------------------------
+# Copies of the per-example implementation (the references of these tests).
+
+
+def old_context_embeddings(reader: Reader, context) -> torch.Tensor:
+    backbone = reader.backbone
+    if context is None:
+        return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
+    if isinstance(context, SoftContext):
+        context = context.embeddings()
+    if isinstance(context, torch.Tensor):
+        return context.to(device=backbone.device, dtype=backbone.dtype)
+    text = context if isinstance(context, str) else "\n\n".join(context)
+    ids = torch.tensor(backbone.tokenize([text])[0], dtype=torch.long)
+    return backbone.embed(ids)
+
+
+def old_build_inputs(reader: Reader, questions, contexts, targets=None, prompt=None, padding_side="left"):
+    prompt = prompt or reader.prompt
+    embed = reader.backbone.embed
+    device = reader.backbone.device
+    rows, label_rows, context_lengths, prefixes, slot_spans = [], [], [], set(), []
+    for index, (question, context) in enumerate(zip(questions, contexts, strict=True)):
+        before, after = prompt.pieces(reader.backbone.tokenizer, question)
+        prefixes.add(tuple(before))
+        target = list(targets[index]) if targets is not None else []
+        context_embeds = old_context_embeddings(reader, context)
+        context_lengths.append(context_embeds.shape[0])
+        tail = torch.tensor(after + target, dtype=torch.long, device=device)
+        head = torch.tensor(before, dtype=torch.long, device=device)
+        rows.append(torch.cat([embed(head), context_embeds.to(reader.backbone.dtype), embed(tail)]))
+        is_vectors = isinstance(context, SoftContext | torch.Tensor)
+        slot_spans.append((len(before), len(before) + context_embeds.shape[0] if is_vectors else len(before)))
+        labels = torch.full((rows[-1].shape[0],), IGNORE_INDEX, dtype=torch.long, device=device)
+        if target:
+            labels[-len(target) :] = torch.tensor(target, device=device)
+        label_rows.append(labels)
+
+    length = max(row.shape[0] for row in rows)
+    hidden = reader.backbone.hidden_size
+    inputs = torch.zeros(len(rows), length, hidden, dtype=rows[0].dtype, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+    slot_mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+    for row, (values, row_labels) in enumerate(zip(rows, label_rows, strict=True)):
+        offset = length - values.shape[0] if padding_side == "left" else 0
+        span = slice(offset, offset + values.shape[0])
+        inputs[row, span] = values
+        mask[row, span] = 1
+        labels[row, span] = row_labels
+        slot_mask[row, offset + slot_spans[row][0] : offset + slot_spans[row][1]] = True
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    prefix = list(prefixes.pop()) if len(prefixes) == 1 else None
+    return ReaderBatch(
+        inputs,
+        mask,
+        positions,
+        labels if targets is not None else None,
+        context_lengths=context_lengths,
+        prompt_prefix=prefix,
+        slot_mask=slot_mask,
+    )
+
+
+def old_target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """target_logits before: selection by a boolean mask of the device labels."""
+    model = reader.backbone.model
+    with reader.reading(inputs.slot_mask):
+        hidden = model.base_model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+    labels = inputs.labels[:, 1:]
+    selected = labels != IGNORE_INDEX
+    return model.get_output_embeddings()(hidden[:, :-1][selected]), labels[selected]
+
+
+# --------------------------------------------------------------------------------------------
+# Reader inputs
+
+
+def mixed_contexts(hidden: int, generator: torch.Generator) -> tuple[list, list[torch.Tensor]]:
+    """Every kind of context the reader takes, with vectors that require gradients."""
+    vectors = [torch.randn(n, hidden, generator=generator, requires_grad=True) for n in (3, 0, 7)]
+    soft = SoftContext.from_passages([torch.randn(2, hidden, generator=generator)], [8])
+    return [
+        vectors[0],
+        "Paris is the capital of France.",
+        None,
+        vectors[1],
+        ["First passage.", "Second passage, longer than the first one."],
+        "",
+        "   ",
+        vectors[2].double(),
+        soft,
+        vectors[2].half(),
+    ], vectors
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("with_targets", [True, False])
+def test_batched_build_inputs_equals_the_per_example_one(tiny_backbone, padding_side, with_targets):
+    reader = Reader(tiny_backbone)
+    generator = torch.Generator().manual_seed(0)
+    contexts, vectors = mixed_contexts(tiny_backbone.hidden_size, generator)
+    questions = [f"Question {index}?" if index % 3 else "Same question?" for index in range(len(contexts))]
+    targets = [[5 + index] * (index % 4 + (index == 0)) for index in range(len(contexts))] if with_targets else None
+
+    new = reader.build_inputs(questions, contexts, targets, padding_side=padding_side)
+    old = old_build_inputs(reader, questions, contexts, targets, padding_side=padding_side)
+    assert torch.equal(new.inputs_embeds, old.inputs_embeds)
+    for name in ("attention_mask", "position_ids", "labels", "slot_mask"):
+        new_value, old_value = getattr(new, name), getattr(old, name)
+        assert (new_value is None) == (old_value is None), name
+        if old_value is not None:
+            assert new_value.dtype == old_value.dtype and torch.equal(new_value, old_value), name
+    assert new.context_lengths == old.context_lengths
+    assert new.prompt_prefix == old.prompt_prefix
+
+    # Gradients reach each context's vectors exactly as before.
+    weights = torch.randn(new.inputs_embeds.shape, generator=generator)
+    grads = []
+    for batch in (new, old):
+        grads.append(torch.autograd.grad((batch.inputs_embeds * weights).sum(), vectors))
+    for new_grad, old_grad in zip(*grads, strict=True):
+        assert torch.equal(new_grad, old_grad)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_target_logits_from_the_layout_equal_the_masked_selection(tiny_backbone, padding_side):
+    reader = Reader(tiny_backbone)
+    generator = torch.Generator().manual_seed(1)
+    hidden = tiny_backbone.hidden_size
+    contexts = [torch.randn(n, hidden, generator=generator) for n in (4, 9, 1)]
+    targets = [[11, 12, 13], [14], list(range(20, 40))]
+    for prompt in (QAPrompt(), ReconstructionPrompt()):
+        inputs = reader.build_inputs(["Who?", "Where?", "When?"], contexts, targets, prompt, padding_side)
+        with torch.no_grad():
+            logits, labels = target_logits(reader, inputs)
+            old_logits, old_labels = old_target_logits(reader, inputs)
+        assert torch.equal(labels, old_labels)
+        assert labels.tolist() == [token for target in targets for token in target]
+        torch.testing.assert_close(logits, old_logits, rtol=0, atol=0)
+
+
+def test_a_target_in_a_rows_first_column_is_predicted_by_nothing(tiny_backbone):
+    """As with the boolean selection (``labels[:, 1:]``): no position before the first one predicts it."""
+
+    class Empty:
+        def pieces(self, tokenizer, question):
+            return [], []
+
+    reader = Reader(tiny_backbone)
+    inputs = reader.build_inputs(["a?", "b?"], [None, None], [[5, 6], [7]], Empty(), "right")
+    labels = inputs.labels[:, 1:]
+    assert inputs.target_ids.tolist() == labels[labels != IGNORE_INDEX].tolist() == [6]
