@@ -119,20 +119,6 @@ def autocast_for(backbone: Backbone) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` on ``device``; a host tensor is sent to a GPU without waiting for its queue.
-
-    A plain copy from pageable host memory blocks until the GPU has run everything queued before it;
-    from pinned memory the copy is queued on the stream like a kernel, so the host keeps going.
-    """
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
-        # torch.compile cannot trace pin_memory; there the plain copy is used.
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
 def encode_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of user-provided texts (passages, questions, contexts), without added special tokens.
 

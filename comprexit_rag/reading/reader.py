@@ -15,8 +15,9 @@ import torch
 from transformers import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..backbone import Backbone, cache_keyword, returned_cache, to_device
+from ..backbone import Backbone, cache_keyword, returned_cache
 from ..errors import InvalidInputError
+from ..layout import concatenated_ranges, to_device
 from ..prompts import QAPrompt, stop_token_ids
 from ..soft_context import SoftContext
 from ..validation import check_positive_int, check_text
@@ -438,16 +439,16 @@ class BatchLayout:
 
         planes = np.zeros((6, rows, width), dtype=np.int64)
         token_ids, mask, positions, labels, slot_mask, text_mask = planes  # views
-        real = _ranges(row_starts, lengths)
+        real = concatenated_ranges(row_starts, lengths)
         token_ids.flat[real] = self.tokens
         mask.flat[real] = 1
         positions[:] = np.maximum(mask.cumsum(axis=1) - 1, 0)
         befores = np.asarray([len(before) for before in self.befores], dtype=np.int64)
-        vector_index = _ranges(row_starts + befores, np.asarray(self.vector_counts, dtype=np.int64))
+        vector_index = concatenated_ranges(row_starts + befores, np.asarray(self.vector_counts, dtype=np.int64))
         slot_mask.flat[vector_index] = 1
         text_mask[:] = mask & (1 - slot_mask)
         target_counts = np.asarray(self.target_counts, dtype=np.int64)
-        targets = _ranges(row_starts + lengths - target_counts, target_counts)
+        targets = concatenated_ranges(row_starts + lengths - target_counts, target_counts)
         labels.fill(IGNORE_INDEX)
         labels.flat[targets] = self.target_tokens
         # The logits at position p predict the token at p + 1 (a target in a row's first column has none).
@@ -472,12 +473,6 @@ class BatchLayout:
             target_positions=positions_out,
             target_ids=ids_out,
         )
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenation of ``range(start, start + length)`` for each pair, as one array."""
-    firsts = np.cumsum(lengths) - lengths  # where each range begins in the result
-    return np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def attached_adapter(backbone: Backbone) -> ReaderAdapter | None:

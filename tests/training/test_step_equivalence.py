@@ -6,9 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comprexit_rag import ComprExITHead
+from comprexit_rag.backbone import autocast_for
+from comprexit_rag.methods.mean_pool import MeanPoolHead
+from comprexit_rag.methods.segments import encode_segments
+from comprexit_rag.methods.slot_head import HeadOutput
 from comprexit_rag.prompts import QAPrompt, ReconstructionPrompt
 from comprexit_rag.reading.reader import IGNORE_INDEX, Reader, ReaderBatch
 from comprexit_rag.soft_context import SoftContext
+from comprexit_rag.training.encoders import SlotHeadEncoder
+from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.trainer import target_logits
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +95,92 @@ def old_target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor
     labels = inputs.labels[:, 1:]
     selected = labels != IGNORE_INDEX
     return model.get_output_embeddings()(hidden[:, :-1][selected]), labels[selected]
+
+
+def old_row_slots(output: HeadOutput) -> list[torch.Tensor]:
+    counts = output.slot_mask.sum(dim=1).tolist()
+    return [output.slots[row, :count].float() for row, count in enumerate(counts)]
+
+
+def old_encode(encoder: SlotHeadEncoder, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
+    """SlotHeadEncoder.encode before: each row sliced, then concatenated per passage and per example."""
+
+    def run(segments, hidden_states):
+        with autocast_for(encoder.backbone):
+            output = encoder.trainable(hidden_states, segments.anchor_mask, ratio=ratio)
+        return old_row_slots(output)
+
+    passages = [ids for example in batch for ids in example.passage_ids]
+    per_passage = encode_segments(
+        encoder.backbone,
+        passages,
+        run,
+        segment_length=encoder.trainable.config.segment_length,
+        batch_size=encoder.segment_batch_size,
+        show_progress=False,
+    )
+    passage_vectors = [torch.cat(parts) for parts in per_passage]
+    contexts, start = [], 0
+    for example in batch:
+        count = len(example.passage_ids)
+        contexts.append(torch.cat(passage_vectors[start : start + count]))
+        start += count
+    return contexts
+
+
+# --------------------------------------------------------------------------------------------
+# The slot head's training encoder
+
+
+def training_batch() -> list[TrainExample]:
+    """Examples of one and several passages, passages of one and several segments, lengths that
+    sort out of order, and a passage of one token."""
+    passage = [list(range(100, 100 + n)) for n in (40, 5, 130, 64, 1, 23)]
+    return [
+        TrainExample([passage[0]], "", [1]),
+        TrainExample([passage[1], passage[2]], "q", [2]),
+        TrainExample([passage[3]], "", [3]),
+        TrainExample([passage[4], passage[5], passage[0]], "q", [4]),
+    ]
+
+
+@pytest.mark.parametrize("head_class", [ComprExITHead, MeanPoolHead])
+@pytest.mark.parametrize("segment_batch_size", [1, 3, 64])
+def test_packed_encoder_equals_per_row_slices(tiny_backbone, head_class, segment_batch_size):
+    torch.manual_seed(0)
+    head = head_class.for_backbone(tiny_backbone, window=16, segment_length=64).train()
+    encoder = SlotHeadEncoder(tiny_backbone, head, "test", segment_batch_size=segment_batch_size)
+    batch = training_batch()
+    new, old = encoder.encode(batch, 3), old_encode(encoder, batch, 3)
+    assert [tuple(context.shape) for context in new] == [tuple(context.shape) for context in old]
+    for new_context, old_context in zip(new, old, strict=True):
+        assert new_context.dtype == torch.float32
+        assert torch.equal(new_context, old_context)
+
+    # The same gradients reach the head.
+    weights = [torch.randn_like(context) for context in old]
+    parameters = [parameter for parameter in head.parameters() if parameter.requires_grad]
+    grads = []
+    for contexts in (new, old):
+        loss = sum((context * weight).sum() for context, weight in zip(contexts, weights, strict=True))
+        grads.append(torch.autograd.grad(loss, parameters, allow_unused=True))
+    for new_grad, old_grad in zip(*grads, strict=True):
+        assert (new_grad is None) == (old_grad is None)
+        if old_grad is not None:
+            torch.testing.assert_close(new_grad, old_grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("head_class", [ComprExITHead, MeanPoolHead])
+def test_heads_report_their_slot_counts_on_the_host(tiny_backbone, head_class):
+    head = head_class.for_backbone(tiny_backbone, window=16, segment_length=64)
+    states = [torch.randn(3, 40, tiny_backbone.hidden_size) for _ in range(tiny_backbone.num_hidden_states)]
+    anchor_mask = torch.zeros(3, 40, dtype=torch.bool)
+    for row, count in enumerate((39, 17, 0)):
+        anchor_mask[row, 1 : 1 + count] = True
+    with torch.no_grad():
+        output = head(states, anchor_mask, ratio=4)
+    # Windows of 16 tokens: 39 = 16 + 16 + 7 and 17 = 16 + 1, one slot per 4 tokens (rounded up) in each.
+    assert output.slot_counts == output.slot_mask.sum(dim=1).tolist() == [4 + 4 + 2, 4 + 1, 0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from ...backbone import to_device
+from ...layout import to_device
 from .sinkhorn import sinkhorn
 
 # Beyond this many segments, a token is equally far from every slot: the locality term stays bounded,
@@ -70,6 +70,14 @@ def split_windows(anchors: torch.Tensor, mask: torch.Tensor, window: int) -> Win
         owners=owners,
         lengths=lengths,
     )
+
+
+def row_slot_counts(owners: Sequence[int], slot_counts: Sequence[int], batch_size: int) -> list[int]:
+    """Slots of each sequence (the sum over its windows), from host-side window owners and counts."""
+    sizes = [0] * batch_size
+    for row, count in zip(owners, slot_counts, strict=True):
+        sizes[row] += count
+    return sizes
 
 
 def join_windows(
