@@ -36,14 +36,28 @@ def load_or_create(spec: MethodSpec, config: TrainConfig, create: Callable[[type
     return module_class.from_pretrained(config.init_from) if config.init_from else create(module_class)
 
 
+# Tokens per backbone pass of the training encoder: 256 x 128 or 64 x 512 in one pass. Each pass costs
+# the host the same few thousand operations whatever its size, and the head keeps every pass's states
+# for the backward pass anyway, so only one pass's hidden states are added to the peak memory.
+TRAIN_SEGMENT_TOKENS = 1 << 16
+
+
 class SlotHeadEncoder:
     """Passages -> frozen backbone -> a slot head (ComprExIT or mean-pool), with gradients in the head."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, name: str, segment_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        name: str,
+        segment_batch_size: int = 1024,
+        segment_tokens: int | None = TRAIN_SEGMENT_TOKENS,
+    ) -> None:
         self.backbone = backbone
         self.trainable = head
         self.name = name
-        self.segment_batch_size = segment_batch_size
+        self.segment_batch_size = segment_batch_size  # segments per backbone pass, at most
+        self.segment_tokens = segment_tokens  # padded tokens per backbone pass, at most
 
     @classmethod
     def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
@@ -77,6 +91,7 @@ class SlotHeadEncoder:
             run,
             segment_length=self.trainable.config.segment_length,
             batch_size=self.segment_batch_size,
+            max_tokens=self.segment_tokens,
             show_progress=False,
         )
         if not chunks:  # no passages at all

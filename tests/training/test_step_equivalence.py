@@ -9,7 +9,7 @@ import torch
 from comprexit_rag import ComprExITHead
 from comprexit_rag.backbone import autocast_for
 from comprexit_rag.methods.mean_pool import MeanPoolHead
-from comprexit_rag.methods.segments import encode_segments
+from comprexit_rag.methods.segments import SegmentBatch, encode_segments, iter_batches, split_into_segments
 from comprexit_rag.methods.slot_head import HeadOutput
 from comprexit_rag.prompts import QAPrompt, ReconstructionPrompt
 from comprexit_rag.reading.reader import IGNORE_INDEX, Reader, ReaderBatch
@@ -117,6 +117,7 @@ def old_encode(encoder: SlotHeadEncoder, batch: list[TrainExample], ratio: int) 
         run,
         segment_length=encoder.trainable.config.segment_length,
         batch_size=encoder.segment_batch_size,
+        max_tokens=encoder.segment_tokens,
         show_progress=False,
     )
     passage_vectors = [torch.cat(parts) for parts in per_passage]
@@ -126,6 +127,52 @@ def old_encode(encoder: SlotHeadEncoder, batch: list[TrainExample], ratio: int) 
         contexts.append(torch.cat(passage_vectors[start : start + count]))
         start += count
     return contexts
+
+
+def old_iter_batches(segments, batch_size: int, bos_token_id: int | None):
+    order = sorted(range(len(segments)), key=lambda i: len(segments[i].token_ids), reverse=True)
+    prefix = [bos_token_id] if bos_token_id is not None else []
+    for start in range(0, len(order), batch_size):
+        chosen = [segments[i] for i in order[start : start + batch_size]]
+        length = len(prefix) + max(len(s.token_ids) for s in chosen)
+        input_ids = torch.zeros(len(chosen), length, dtype=torch.long)
+        attention_mask = torch.zeros(len(chosen), length, dtype=torch.long)
+        anchor_mask = torch.zeros(len(chosen), length, dtype=torch.bool)
+        for row, segment in enumerate(chosen):
+            ids = prefix + list(segment.token_ids)
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            anchor_mask[row, len(prefix) : len(ids)] = True
+        yield SegmentBatch(chosen, input_ids, attention_mask, anchor_mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Segment batches
+
+
+@pytest.mark.parametrize("bos", [1, None])
+def test_segment_batches_equal_the_per_row_ones(bos):
+    segments = split_into_segments([list(range(7, 7 + n)) for n in (40, 5, 130, 64, 1, 0, 23)], 64)
+    for batch_size in (1, 3, 100):
+        new, old = list(iter_batches(segments, batch_size, bos)), list(old_iter_batches(segments, batch_size, bos))
+        assert len(new) == len(old)
+        for new_batch, old_batch in zip(new, old, strict=True):
+            assert new_batch.segments == old_batch.segments
+            for name in ("input_ids", "attention_mask", "anchor_mask"):
+                new_value, old_value = getattr(new_batch, name), getattr(old_batch, name)
+                assert new_value.dtype == old_value.dtype and torch.equal(new_value, old_value), name
+
+
+def test_a_token_budget_groups_segments_longest_first():
+    segments = split_into_segments([list(range(n)) for n in (40, 5, 130, 64, 1, 23)], 64)
+    batches = list(iter_batches(segments, 100, bos_token_id=1, max_tokens=130))
+    lengths = [[len(segment.token_ids) for segment in batch.segments] for batch in batches]
+    # Sorted 64, 64, 64, 40, 23, 5, 2, 1 (130 is cut into 64 + 64 + 2); with BOS, 2 rows of 65 fit in 130 tokens.
+    assert lengths == [[64, 64], [64, 40], [23, 5, 2, 1]]
+    for batch in batches:
+        assert batch.input_ids.numel() <= 130
+    (alone,) = iter_batches(segments[:1], 100, bos_token_id=1, max_tokens=10)  # at least one row
+    assert alone.input_ids.shape == (1, 41)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +196,7 @@ def training_batch() -> list[TrainExample]:
 def test_packed_encoder_equals_per_row_slices(tiny_backbone, head_class, segment_batch_size):
     torch.manual_seed(0)
     head = head_class.for_backbone(tiny_backbone, window=16, segment_length=64).train()
-    encoder = SlotHeadEncoder(tiny_backbone, head, "test", segment_batch_size=segment_batch_size)
+    encoder = SlotHeadEncoder(tiny_backbone, head, "test", segment_batch_size=segment_batch_size, segment_tokens=None)
     batch = training_batch()
     new, old = encoder.encode(batch, 3), old_encode(encoder, batch, 3)
     assert [tuple(context.shape) for context in new] == [tuple(context.shape) for context in old]
@@ -168,6 +215,46 @@ def test_packed_encoder_equals_per_row_slices(tiny_backbone, head_class, segment
         assert (new_grad is None) == (old_grad is None)
         if old_grad is not None:
             torch.testing.assert_close(new_grad, old_grad, rtol=1e-6, atol=1e-7)
+
+
+def encode_counting_passes(encoder: SlotHeadEncoder, batch: list[TrainExample], monkeypatch) -> tuple[list, int]:
+    """The encoder's contexts, and how many backbone passes made them."""
+    backbone, calls = encoder.backbone, []
+    original = backbone.hidden_states
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backbone, "hidden_states", counted)
+        return encoder.encode(batch, 4), len(calls)
+
+
+def test_one_backbone_pass_per_token_budget_gives_the_per_64_segment_slots(tiny_backbone, monkeypatch):
+    """The training encoder now runs up to 65,536 tokens per backbone pass (was 64 segments): the same
+    slots, up to the rounding of matrix products of another size."""
+    torch.manual_seed(0)
+    head = ComprExITHead.for_backbone(tiny_backbone, window=16, segment_length=64)
+    batch = [TrainExample([list(range(200 + 3 * row, 264 + 3 * row))], "", [1]) for row in range(150)]
+    batch += training_batch()
+    new, new_passes = encode_counting_passes(SlotHeadEncoder(tiny_backbone, head, "test"), batch, monkeypatch)
+    per_64 = SlotHeadEncoder(tiny_backbone, head, "test", segment_batch_size=64, segment_tokens=None)
+    old, old_passes = encode_counting_passes(per_64, batch, monkeypatch)
+    assert (new_passes, old_passes) == (1, 3)
+    for new_context, old_context in zip(new, old, strict=True):
+        torch.testing.assert_close(new_context, old_context, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unpadded_host_mask_is_not_sent(tiny_backbone):
+    """Without padding the backbone pass gets no mask (the model would read it on the device to drop it)."""
+    input_ids = torch.randint(5, 1000, (3, 17))
+    ones = torch.ones_like(input_ids)
+    with torch.no_grad():
+        unsent = tiny_backbone.hidden_states(input_ids, ones)
+        sent = tiny_backbone.model.base_model(input_ids=input_ids, attention_mask=ones, output_hidden_states=True)
+    for new_state, old_state in zip(unsent, sent.hidden_states, strict=True):
+        assert torch.equal(new_state, old_state)
 
 
 @pytest.mark.parametrize("head_class", [ComprExITHead, MeanPoolHead])
@@ -249,6 +336,19 @@ def test_target_logits_from_the_layout_equal_the_masked_selection(tiny_backbone,
         assert torch.equal(labels, old_labels)
         assert labels.tolist() == [token for target in targets for token in target]
         torch.testing.assert_close(logits, old_logits, rtol=0, atol=0)
+
+
+def test_an_unpadded_reader_batch_is_read_without_its_mask(tiny_backbone):
+    reader = Reader(tiny_backbone)
+    contexts = [torch.randn(5, tiny_backbone.hidden_size) for _ in range(3)]
+    inputs = reader.build_inputs(["Who?"] * 3, contexts, [[7, 8]] * 3, ReconstructionPrompt(), "right")
+    assert inputs.padded is False and inputs.attention_mask_to_pass() is None and not inputs.is_padded()
+    with torch.no_grad():
+        logits, labels = target_logits(reader, inputs)
+        old_logits, old_labels = old_target_logits(reader, inputs)
+    assert torch.equal(labels, old_labels) and torch.equal(logits, old_logits)
+    padded = reader.build_inputs(["Who?", "Where?"], contexts[:2], [[7], [8, 9]], padding_side="right")
+    assert padded.padded is True and padded.attention_mask_to_pass() is padded.attention_mask
 
 
 def test_a_target_in_a_rows_first_column_is_predicted_by_nothing(tiny_backbone):
