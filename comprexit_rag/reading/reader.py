@@ -137,11 +137,12 @@ class Reader:
             return check_text(context, "The context") if context.strip() else context  # "" reads as no context
         return "\n\n".join(_check_strings(context, "context passage"))
 
-    def _context_vectors(self, contexts: list[torch.Tensor]) -> torch.Tensor:
+    def _context_vectors(self, contexts: list[torch.Tensor], check_values: bool = True) -> torch.Tensor:
         """Context vectors of a batch, concatenated [sum n_i, H] in the model's dtype and on its device.
 
         Any float dtype and any device are accepted. No detach: training backpropagates through these
-        vectors into the head. Their values are checked once for the whole batch (one read of the device).
+        vectors into the head. With ``check_values`` their values are checked once for the whole batch
+        (one read of the device).
         """
         backbone = self.backbone
         if not contexts:
@@ -150,7 +151,7 @@ class Reader:
         # Mixed float dtypes promote to the widest, exactly, so the conversion below rounds each value once.
         joined = on_device[0] if len(on_device) == 1 else torch.cat(on_device)
         converted = joined.to(backbone.dtype)
-        if not bool(torch.isfinite(converted).all()):
+        if check_values and not bool(torch.isfinite(converted).all()):
             if not bool(torch.isfinite(joined).all()):
                 raise InvalidInputError("Context embeddings contain NaN or inf; recompress the passages.")
             raise InvalidInputError(
@@ -165,6 +166,7 @@ class Reader:
         targets: Sequence[Sequence[int]] | None = None,
         prompt: QAPrompt | None = None,
         padding_side: str = "left",
+        check_values: bool = True,
     ) -> ReaderBatch:
         """Embed ``prompt-before + context + prompt-after (+ target)`` per example.
 
@@ -176,6 +178,9 @@ class Reader:
         to the device in one copy and embedded in one call; the context vectors of all examples are
         then written into their positions in one operation. Nothing is done on the device per example:
         at training batch sizes that per-example work was most of a step's host time.
+
+        ``check_values``: refuse context vectors with NaN or inf, or that overflow the model's dtype
+        (one read of the device for the batch).
         """
         if len(questions) != len(contexts):
             raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} contexts.")
@@ -203,7 +208,8 @@ class Reader:
         # Padding and vector positions read zeros; the vectors are then written into theirs.
         embeds = backbone.embed(placed.token_ids).masked_fill(~placed.text_mask.unsqueeze(-1), 0)
         if vectors:
-            flat = embeds.view(-1, embeds.shape[-1]).index_copy(0, placed.vector_index, self._context_vectors(vectors))
+            values = self._context_vectors(vectors, check_values)
+            flat = embeds.view(-1, embeds.shape[-1]).index_copy(0, placed.vector_index, values)
             embeds = flat.view(embeds.shape)
         with_targets = targets is not None
         return ReaderBatch(

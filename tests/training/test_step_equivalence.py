@@ -8,6 +8,7 @@ import torch
 
 from comprexit_rag import ComprExITHead
 from comprexit_rag.backbone import autocast_for
+from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.methods.mean_pool import MeanPoolHead
 from comprexit_rag.methods.segments import SegmentBatch, encode_segments, iter_batches, split_into_segments
 from comprexit_rag.methods.slot_head import HeadOutput
@@ -362,3 +363,14 @@ def test_a_target_in_a_rows_first_column_is_predicted_by_nothing(tiny_backbone):
     inputs = reader.build_inputs(["a?", "b?"], [None, None], [[5, 6], [7]], Empty(), "right")
     labels = inputs.labels[:, 1:]
     assert inputs.target_ids.tolist() == labels[labels != IGNORE_INDEX].tolist() == [6]
+
+
+def test_the_trainer_may_skip_the_check_of_context_values(tiny_backbone):
+    """Checked by default (one read of the device); the trainer skips the check, since a non-finite
+    context makes a non-finite gradient norm and the step is skipped."""
+    reader = Reader(tiny_backbone)
+    bad = [torch.full((2, tiny_backbone.hidden_size), float("nan"))]
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
+        reader.build_inputs(["Who?"], bad, [[5]])
+    inputs = reader.build_inputs(["Who?"], bad, [[5]], check_values=False)
+    assert inputs.inputs_embeds[inputs.slot_mask].isnan().all()
