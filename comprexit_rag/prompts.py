@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -66,13 +67,21 @@ def _render_around_context(tokenizer: PreTrainedTokenizerBase, body: str, cue: s
     own. Without a chat template: ``BOS body \n cue``.
     """
     if tokenizer.chat_template:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
-        )
+        rendered = _render_chat(tokenizer, tokenizer.chat_template, repr(tokenizer.special_tokens_map), body)
     else:
         rendered = f"{tokenizer.bos_token or ''}{body}\n{cue}"
     before, after = rendered.split(_MARKER, 1)
     return before, after
+
+
+@functools.lru_cache(maxsize=64)
+def _render_chat(tokenizer: PreTrainedTokenizerBase, template: str, special_tokens: str, body: str) -> str:
+    """``body`` as a user turn in the tokenizer's chat template. The template and the special tokens it may
+    print are part of the key, so a changed tokenizer renders anew. The prompt bodies hold placeholders,
+    not the question: the template (Jinja) is rendered once per prompt, not once per question."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def answer_end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -169,7 +178,7 @@ def _split(text: str, added: list[Any]) -> list[tuple[str, Any]]:
     by_content = {token.content: token for token in added if token.content}
     if not by_content:
         return [(text, None)]
-    pattern = re.compile("|".join(re.escape(content) for content in sorted(by_content, key=len, reverse=True)))
+    pattern = _alternatives(tuple(by_content))
     parts: list[tuple[str, Any]] = []
     start = 0
     for match in pattern.finditer(text):
@@ -178,6 +187,12 @@ def _split(text: str, added: list[Any]) -> list[tuple[str, Any]]:
         start = match.end()
     parts.append((text[start:], None))
     return parts
+
+
+@functools.lru_cache(maxsize=16)
+def _alternatives(contents: tuple[str, ...]) -> re.Pattern[str]:
+    """A pattern matching any of ``contents``, longest first (built once per set of added tokens)."""
+    return re.compile("|".join(re.escape(content) for content in sorted(contents, key=len, reverse=True)))
 
 
 # Any layout the reader and the trainer accept: each gives the token ids before and after the context.

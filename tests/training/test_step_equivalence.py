@@ -3,6 +3,8 @@ checked against a copy of the per-example code it replaced (the references below
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -374,3 +376,13 @@ def test_the_trainer_may_skip_the_check_of_context_values(tiny_backbone):
         reader.build_inputs(["Who?"], bad, [[5]])
     inputs = reader.build_inputs(["Who?"], bad, [[5]], check_values=False)
     assert inputs.inputs_embeds[inputs.slot_mask].isnan().all()
+
+
+def test_prompt_rendering_is_reused_only_for_the_same_template(default_tokenizer):
+    tokenizer = copy.deepcopy(default_tokenizer)
+    before, after = QAPrompt().pieces(tokenizer, "Who?")
+    assert QAPrompt().pieces(tokenizer, "Who?") == (before, after)
+    tokenizer.chat_template = tokenizer.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    changed, _ = QAPrompt().pieces(tokenizer, "Who?")
+    assert changed != before
+    assert tokenizer.decode(changed).replace("<|im_start|> ", "<|im_start|>") == tokenizer.decode(before)
