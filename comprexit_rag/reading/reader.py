@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..backbone import Backbone, cache_keyword, returned_cache
 from ..errors import InvalidInputError
 from ..layout import concatenated_ranges, to_device
-from ..prompts import QAPrompt, stop_token_ids
+from ..prompts import QAPrompt, prompt_pieces, stop_token_ids
 from ..soft_context import SoftContext
 from ..validation import check_positive_int, check_text
 from .adapter import ReaderAdapter, require_adapter
@@ -147,7 +147,8 @@ class Reader:
         backbone = self.backbone
         if not contexts:
             return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
-        on_device = [context.to(backbone.device) for context in contexts]
+        device = backbone.device  # a property that walks the model's parameters: read it once
+        on_device = [context.to(device) for context in contexts]
         # Mixed float dtypes promote to the widest, exactly, so the conversion below rounds each value once.
         joined = on_device[0] if len(on_device) == 1 else torch.cat(on_device)
         converted = joined.to(backbone.dtype)
@@ -188,18 +189,14 @@ class Reader:
             raise InvalidInputError(f"{len(questions)} questions but {len(targets)} targets.")
         prompt = prompt or self.prompt
         backbone = self.backbone
-        pieces: dict[str, tuple[list[int], list[int]]] = {}  # one tokenisation per distinct question
-        for question in questions:
-            if question not in pieces:
-                pieces[question] = prompt.pieces(backbone.tokenizer, question)
+        pieces = prompt_pieces(prompt, backbone.tokenizer, questions)
         parts = [self._context_part(context) for context in contexts]
         texts = [part for part in parts if isinstance(part, str) and part]
         text_ids = iter(backbone.tokenize(texts) if texts else [])  # one tokenizer call for all text contexts
         vectors = [part for part in parts if isinstance(part, torch.Tensor)]
 
         layout = BatchLayout()
-        for index, (question, part) in enumerate(zip(questions, parts, strict=True)):
-            before, after = pieces[question]
+        for index, ((before, after), part) in enumerate(zip(pieces, parts, strict=True)):
             target = targets[index] if targets is not None else []
             context = part.shape[0] if isinstance(part, torch.Tensor) else next(text_ids) if part else []
             layout.add(before, context, after, target)
