@@ -253,16 +253,13 @@ class Backbone:
             return encode_text(self.tokenizer, texts)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """All L+1 hidden states, each [batch, length, hidden], for right-padded inputs.
-
-        Host tensors are sent without waiting for the device. A host-side mask without padding is not
-        passed: the model would read it on the device to find that causal attention alone does the same.
-        """
-        unpadded = attention_mask.device.type == "cpu" and bool(attention_mask.all())
+        """All L+1 hidden states, each [batch, length, hidden], for right-padded inputs (host tensors are
+        sent without waiting for the device)."""
         with self.lock:
+            device = self.device
             outputs = self.model.base_model(
-                input_ids=to_device(input_ids, self.device),
-                attention_mask=None if unpadded else to_device(attention_mask, self.device),
+                input_ids=to_device(input_ids, device),
+                attention_mask=to_device(attention_mask, device),
                 output_hidden_states=True,
                 use_cache=False,
             )

@@ -47,16 +47,6 @@ class ReaderBatch:
     # token, row by row, and those tokens. Selecting with them needs no read of the device.
     target_positions: torch.Tensor | None = None  # [N]
     target_ids: torch.Tensor | None = None  # [N]
-    padded: bool | None = None  # whether any row is shorter than the batch, known on the host (None: unknown)
-
-    def is_padded(self) -> bool:
-        """Whether any row is shorter than the batch (when not known, read from the mask: a wait on the device)."""
-        return self.padded if self.padded is not None else not bool(self.attention_mask.all())
-
-    def attention_mask_to_pass(self) -> torch.Tensor | None:
-        """The attention mask for a forward pass over the whole batch, or None where no row is padded: the
-        model would read the mask on the device (a wait) to find that causal attention alone does the same."""
-        return None if self.padded is False else self.attention_mask
 
 
 class Reader:
@@ -219,7 +209,6 @@ class Reader:
             prompt_prefix=layout.prompt_prefix(),
             target_positions=placed.target_positions if with_targets else None,
             target_ids=placed.target_ids if with_targets else None,
-            padded=layout.padded,
         )
 
     def reading(self, slot_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
@@ -356,7 +345,7 @@ class Reader:
         """
         model = self.backbone.model
         prefix = batch.prompt_prefix
-        if not prefix or batch.inputs_embeds.shape[0] != 1 or batch.is_padded():
+        if not prefix or batch.inputs_embeds.shape[0] != 1 or not bool(batch.attention_mask.all()):
             with self.reading(batch.slot_mask):
                 return model(
                     inputs_embeds=batch.inputs_embeds,
@@ -438,11 +427,6 @@ class BatchLayout:
         self.target_counts.append(len(target))
         self.target_tokens.extend(target)
         self.context_lengths.append(len(context_ids))
-
-    @property
-    def padded(self) -> bool:
-        """Whether any row is shorter than the longest."""
-        return len(set(self.lengths)) > 1
 
     def prompt_prefix(self) -> list[int] | None:
         """The prompt before the context when every row has the same one."""

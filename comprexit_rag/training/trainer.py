@@ -139,7 +139,7 @@ def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, to
     with autocast_for(reader.backbone), reader.reading(inputs.slot_mask):
         hidden = model.base_model(
             inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask_to_pass(),
+            attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids,
             use_cache=False,
         ).last_hidden_state

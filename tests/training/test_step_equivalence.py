@@ -249,17 +249,6 @@ def test_one_backbone_pass_per_token_budget_gives_the_per_64_segment_slots(tiny_
         torch.testing.assert_close(new_context, old_context, rtol=1e-5, atol=1e-5)
 
 
-def test_an_unpadded_host_mask_is_not_sent(tiny_backbone):
-    """Without padding the backbone pass gets no mask (the model would read it on the device to drop it)."""
-    input_ids = torch.randint(5, 1000, (3, 17))
-    ones = torch.ones_like(input_ids)
-    with torch.no_grad():
-        unsent = tiny_backbone.hidden_states(input_ids, ones)
-        sent = tiny_backbone.model.base_model(input_ids=input_ids, attention_mask=ones, output_hidden_states=True)
-    for new_state, old_state in zip(unsent, sent.hidden_states, strict=True):
-        assert torch.equal(new_state, old_state)
-
-
 @pytest.mark.parametrize("head_class", [ComprExITHead, MeanPoolHead])
 def test_heads_report_their_slot_counts_on_the_host(tiny_backbone, head_class):
     head = head_class.for_backbone(tiny_backbone, window=16, segment_length=64)
@@ -339,19 +328,6 @@ def test_target_logits_from_the_layout_equal_the_masked_selection(tiny_backbone,
         assert torch.equal(labels, old_labels)
         assert labels.tolist() == [token for target in targets for token in target]
         torch.testing.assert_close(logits, old_logits, rtol=0, atol=0)
-
-
-def test_an_unpadded_reader_batch_is_read_without_its_mask(tiny_backbone):
-    reader = Reader(tiny_backbone)
-    contexts = [torch.randn(5, tiny_backbone.hidden_size) for _ in range(3)]
-    inputs = reader.build_inputs(["Who?"] * 3, contexts, [[7, 8]] * 3, ReconstructionPrompt(), "right")
-    assert inputs.padded is False and inputs.attention_mask_to_pass() is None and not inputs.is_padded()
-    with torch.no_grad():
-        logits, labels = target_logits(reader, inputs)
-        old_logits, old_labels = old_target_logits(reader, inputs)
-    assert torch.equal(labels, old_labels) and torch.equal(logits, old_logits)
-    padded = reader.build_inputs(["Who?", "Where?"], contexts[:2], [[7], [8, 9]], padding_side="right")
-    assert padded.padded is True and padded.attention_mask_to_pass() is padded.attention_mask
 
 
 def test_a_target_in_a_rows_first_column_is_predicted_by_nothing(tiny_backbone):
