@@ -122,6 +122,7 @@ class ReaderAdapter:
         self.training = False  # whether the weights are trainable (requires_grad), in reading passes and out
         self.paired_head: str | None = None  # digest of the head it was trained with (compressor.head_digest)
         self._slot_mask: torch.Tensor | None = None
+        self._slot_mask_as: dict[torch.dtype, torch.Tensor] = {}  # the mask in each dtype a layer computes in
         # True / False: always / never read through merged weights; None: when the copy is small.
         self.merged_reading: bool | None = None
         self._merged: dict[nn.Module, nn.Parameter] | None = None
@@ -274,6 +275,7 @@ class ReaderAdapter:
                 yield
             return
         self._slot_mask = slot_mask[..., None] if slot_mask is not None else None
+        self._slot_mask_as = {}
         # Under autocast the LoRA matmuls run in the low dtype whatever their input's: peft's cast of each
         # layer's input to the float32 adapter weights (what peft.helpers.disable_input_dtype_casting
         # switches) would only copy the activations there and back, a quarter of a GPU training step.
@@ -295,6 +297,7 @@ class ReaderAdapter:
             for layer in self._layers:
                 _enable(layer, False)
             self._slot_mask = None
+            self._slot_mask_as = {}
 
     def _reads_merged(self) -> bool:
         if self.training or self.config.scope != "all":
@@ -338,7 +341,10 @@ class ReaderAdapter:
                 f"The slot mask covers {tuple(mask.shape[:2])} positions but the pass computes "
                 f"{tuple(output.shape[:2])}."
             )
-        return output * mask.to(output.dtype)
+        cast = self._slot_mask_as.get(output.dtype)
+        if cast is None:  # converted once per pass, not once per adapted layer
+            cast = self._slot_mask_as[output.dtype] = mask.to(output.dtype)
+        return output * cast
 
 
 def _inject(backbone: Backbone, config: ReaderAdapterConfig, name: str) -> list[nn.Module]:

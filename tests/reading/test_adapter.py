@@ -133,7 +133,7 @@ def test_switching_two_adapters_keeps_requires_grad_and_equals_peft_switching(fr
             with torch.no_grad():
                 return backbone.model(input_ids=IDS).logits
         finally:
-            adapter._slot_mask = None
+            adapter._slot_mask, adapter._slot_mask_as = None, {}
             for layer in adapter._layers:
                 layer.enable_adapters(False)
 
