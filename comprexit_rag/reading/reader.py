@@ -459,22 +459,20 @@ class BatchLayout:
         target_positions = targets[predicted] - 1
         target_ids = np.asarray(self.target_tokens, dtype=np.int64)[predicted]
 
-        host = torch.from_numpy(np.concatenate([planes.ravel(), vector_index, target_positions, target_ids]))
-        on_device = to_device(host, device)
-        planes_on_device = on_device[: planes.size].view(planes.shape)
-        index, positions_out, ids_out = on_device[planes.size :].split(
-            [len(vector_index), len(target_positions), len(target_ids)]
-        )
+        indices = [vector_index, target_positions, target_ids]
+        sent = to_device(torch.from_numpy(np.concatenate([planes.ravel(), *indices])), device)  # one copy
+        sent_planes = sent[: planes.size].view(planes.shape)
+        sent_indices = sent[planes.size :].split([len(index) for index in indices])
         return PlacedBatch(
-            token_ids=planes_on_device[0],
-            attention_mask=planes_on_device[1],
-            position_ids=planes_on_device[2],
-            labels=planes_on_device[3],
-            slot_mask=planes_on_device[4].bool(),
-            text_mask=planes_on_device[5].bool(),
-            vector_index=index,
-            target_positions=positions_out,
-            target_ids=ids_out,
+            token_ids=sent_planes[0],
+            attention_mask=sent_planes[1],
+            position_ids=sent_planes[2],
+            labels=sent_planes[3],
+            slot_mask=sent_planes[4].bool(),
+            text_mask=sent_planes[5].bool(),
+            vector_index=sent_indices[0],
+            target_positions=sent_indices[1],
+            target_ids=sent_indices[2],
         )
 
 
