@@ -13,24 +13,29 @@ step is bound by the GPU's arithmetic or by launching many small kernels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import random
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from benchmark_environment import machine_environment
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.trainer import (
     TrainConfig,
-    answer_loss,
     build_encoder,
     build_reader_adapter,
+    forced_logits,
     make_sampler,
     train,
 )
@@ -43,12 +48,12 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(length), int(batch)
 
 
-def timed_run(config: TrainConfig, device: str, warmup: int, steps: int) -> dict:
+def timed_run(config: TrainConfig, device: str, warmup: int, steps: int, backbone: str | None = None) -> dict:
     """Sequences per second over the steps after ``warmup``, from the trainer's per-step log."""
-    backbone = fresh_backbone(device)
+    model = fresh_backbone(device, backbone)
     with tempfile.TemporaryDirectory() as directory:
         run = replace(config, output_dir=directory, max_steps=warmup + steps, log_every=1, save_every=10**9)
-        train(run, backbone)
+        train(run, model)
         records = [json.loads(line) for line in (Path(directory) / "log.jsonl").read_text().splitlines()]
     by_step = {record["step"]: record for record in records}
     seconds = by_step[warmup + steps]["elapsed_s"] - by_step[warmup]["elapsed_s"]
@@ -62,46 +67,61 @@ def timed_run(config: TrainConfig, device: str, warmup: int, steps: int) -> dict
     }
 
 
-def fresh_backbone(device: str) -> Backbone:
-    """A backbone with no reader adapter attached yet (each run attaches its own)."""
+def fresh_backbone(device: str, name: str | None = None) -> Backbone:
+    """A backbone with no reader adapter attached yet (each run attaches its own); ``None``: the default."""
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return Backbone.from_pretrained(device=device)
+    return Backbone.from_pretrained(name, device=device)
 
 
-def profile_steps(config: TrainConfig, device: str, steps: int, out: Path) -> dict:
-    """Profile ``steps`` training steps (after two untimed ones); the operator tables go to ``out``.
+class TrainerParts:
+    """The trainer's pieces (sampler, encoder, reader adapter, AdamW) driven step by step, since the
+    trainer's loop has no profiler hook. ``step(index)`` is one optimiser step of batch ``index``."""
 
-    The steps are the trainer's own pieces (sampler, encoder, reader adapter, loss, clipping, AdamW)
-    driven here, since the trainer's loop has no profiler hook.
-    """
+    def __init__(self, config: TrainConfig, device: str, backbone: str | None = None) -> None:
+        self.config = config
+        self.backbone = fresh_backbone(device, backbone)
+        self.encoder = build_encoder(config, self.backbone)
+        adapter = build_reader_adapter(config, self.backbone)
+        self.reader = Reader(self.backbone, adapter=adapter)
+        self.parameters = [p for p in self.encoder.trainable.parameters() if p.requires_grad]
+        self.parameters += adapter.parameters() if adapter is not None else []
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr)
+        self.sample, _ = make_sampler(config, self.backbone)
+
+    def step(self, index: int, phase: Callable[[str], AbstractContextManager] = contextlib.nullcontext) -> None:
+        """One step; ``phase(name)`` is entered around each of its parts."""
+        config = self.config
+        with phase("sample"):
+            batch, prompt = self.sample(random.Random(index))
+        with phase("encode"):
+            contexts = self.encoder.encode(batch, config.ratios[0])
+        with phase("read"):  # reader inputs, the reader's pass, the LM head at the target positions
+            logits, labels = forced_logits(self.reader, batch, contexts, prompt)
+        with phase("loss"):
+            loss = F.cross_entropy(logits.float(), labels)
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            torch.nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def profile_steps(config: TrainConfig, device: str, steps: int, out: Path, backbone: str | None = None) -> dict:
+    """Profile ``steps`` training steps (after two untimed ones); the operator tables go to ``out``."""
     from torch.profiler import ProfilerActivity, profile
 
-    backbone = fresh_backbone(device)
-    encoder = build_encoder(config, backbone)
-    adapter = build_reader_adapter(config, backbone)
-    reader = Reader(backbone, adapter=adapter)
-    parameters = [p for p in encoder.trainable.parameters() if p.requires_grad]
-    parameters += adapter.parameters() if adapter is not None else []
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr)
-    sample, _ = make_sampler(config, backbone)
-
-    def step(index: int) -> None:
-        batch, prompt = sample(random.Random(index))
-        answer_loss(reader, encoder, batch, config.ratios[0], prompt).backward()
-        torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if backbone.device.type == "cuda" else [])
+    parts = TrainerParts(config, device, backbone)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if parts.backbone.device.type == "cuda" else [])
     for index in range(2):  # allocator, kernel selection and data warm-up stay out of the profile
-        step(index)
+        parts.step(index)
     with profile(activities=activities) as profiler:
         for index in range(2, 2 + steps):
-            step(index)
-        if backbone.device.type == "cuda":
+            parts.step(index)
+        if parts.backbone.device.type == "cuda":
             torch.cuda.synchronize()
     averages = profiler.key_averages()
-    device_key = "self_device_time_total" if backbone.device.type == "cuda" else "self_cpu_time_total"
+    device_key = "self_device_time_total" if parts.backbone.device.type == "cuda" else "self_cpu_time_total"
     out.write_text(
         "\n\n".join(averages.table(sort_by=key, row_limit=30) for key in (device_key, "self_cpu_time_total"))
     )
@@ -115,6 +135,42 @@ def profile_steps(config: TrainConfig, device: str, steps: int, out: Path) -> di
     }
 
 
+class OperatorCount(TorchDispatchMode):
+    """Counts the aten operators dispatched inside it (views included), and the reads of a tensor's value
+    by the host (``_local_scalar_dense``: ``.item()``, ``bool(tensor)``; on a GPU each waits for the device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operators = 0
+        self.scalar_reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.operators += 1
+        self.scalar_reads += func.overloadpacket is torch.ops.aten._local_scalar_dense
+        return func(*args, **(kwargs or {}))
+
+
+def count_operators(config: TrainConfig, device: str, backbone: str | None = None) -> dict:
+    """Operators dispatched by one training step (after one untimed step), in all and by part of the step."""
+    parts = TrainerParts(config, device, backbone)
+    parts.step(0)
+    counts: dict[str, dict[str, int]] = {}
+
+    @contextlib.contextmanager
+    def phase(name: str) -> Iterator[None]:
+        with OperatorCount() as count:
+            yield
+        counts[name] = {"operators": count.operators, "scalar_reads": count.scalar_reads}
+
+    parts.step(1, phase)
+    return {
+        "shape": f"{config.context_lengths[0]}x{config.batch_size}",
+        "operators_per_step": sum(count["operators"] for count in counts.values()),
+        "scalar_reads_per_step": sum(count["scalar_reads"] for count in counts.values()),
+        "by_part": counts,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="an experiment file (TrainConfig fields)")
@@ -122,29 +178,42 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backbone", help="a causal LM (name or path); default: the embedded SmolLM2")
     parser.add_argument("--profile", action="store_true", help="also profile 5 steps of the first shape")
+    parser.add_argument("--ops", action="store_true", help="also count the operators of one step of every shape")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     base = TrainConfig(**json.loads(args.config.read_text()) | {"output_dir": "unused", "piece_seconds": None})
-    results = []
+    shapes = []
     for shape in args.shapes:
         length, batch = parse_shape(shape)
-        config = replace(base, context_lengths=[length], batch_size=batch, grad_accum=1)
-        results.append(timed_run(config, args.device, args.warmup, args.steps))
-        logging.warning("%s: %s", shape, results[-1])
+        shapes.append(replace(base, context_lengths=[length], batch_size=batch, grad_accum=1))
+    results = []
+    for config in shapes:
+        results.append(timed_run(config, args.device, args.warmup, args.steps, args.backbone))
+        logging.warning("%s: %s", args.shapes[len(results) - 1], results[-1])
     record = {
         "command": "python " + " ".join(sys.argv),
         "config": str(args.config),
+        "backbone": args.backbone or "embedded default",
         "environment": machine_environment(torch.device(args.device)),
         "goal_sequences_per_s_at_512": GOAL_SEQUENCES_PER_S,
         "results": results,
     }
+    if args.ops:
+        record["operators"] = [count_operators(config, args.device, args.backbone) for config in shapes]
+        for count in record["operators"]:
+            logging.warning(
+                "%s: %d operators, %d scalar reads per step",
+                count["shape"],
+                count["operators_per_step"],
+                count["scalar_reads_per_step"],
+            )
     if args.profile:
-        length, batch = parse_shape(args.shapes[0])
-        config = replace(base, context_lengths=[length], batch_size=batch, grad_accum=1)
-        record["profile"] = profile_steps(config, args.device, 5, args.out.with_suffix(".profile.txt"))
+        out = args.out.with_suffix(".profile.txt")
+        record["profile"] = profile_steps(shapes[0], args.device, 5, out, args.backbone)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 

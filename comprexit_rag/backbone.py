@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedM
 from transformers.utils import ModelOutput
 
 from .default_model import DEFAULT_BACKBONE_NAME, default_backbone_dir
+from .layout import to_device
 from .threads import apply_thread_policy
 
 logger = logging.getLogger(__name__)
@@ -252,11 +253,13 @@ class Backbone:
             return encode_text(self.tokenizer, texts)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """All L+1 hidden states, each [batch, length, hidden], for right-padded inputs."""
+        """All L+1 hidden states, each [batch, length, hidden], for right-padded inputs (host tensors are
+        sent without waiting for the device)."""
         with self.lock:
+            device = self.device
             outputs = self.model.base_model(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
+                input_ids=to_device(input_ids, device),
+                attention_mask=to_device(attention_mask, device),
                 output_hidden_states=True,
                 use_cache=False,
             )

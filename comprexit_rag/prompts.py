@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +31,17 @@ class QAPrompt:
     instruction: str = "Answer with a short phrase."
 
     def pieces(self, tokenizer: PreTrainedTokenizerBase, question: str) -> tuple[list[int], list[int]]:
+        return self.pieces_many(tokenizer, [question])[0]
+
+    def pieces_many(
+        self, tokenizer: PreTrainedTokenizerBase, questions: Sequence[str]
+    ) -> list[tuple[list[int], list[int]]]:
+        """:meth:`pieces` of each question; the prompt is rendered once and the questions are tokenised
+        in one tokenizer call (a call per question was most of a QA batch's host time)."""
         body = f"Context:\n{_MARKER}\n\nQuestion: {_QUESTION}\n{self.instruction}"
         before, after = _render_around_context(tokenizer, body, "Answer:")
-        fill = {_QUESTION: question.strip()}
-        return encode_prompt(tokenizer, before, fill), encode_prompt(tokenizer, after, fill)
+        fills = [{_QUESTION: question.strip()} for question in questions]
+        return list(zip(encode_prompts(tokenizer, before, fills), encode_prompts(tokenizer, after, fills), strict=True))
 
 
 @dataclass(frozen=True)
@@ -66,13 +75,21 @@ def _render_around_context(tokenizer: PreTrainedTokenizerBase, body: str, cue: s
     own. Without a chat template: ``BOS body \n cue``.
     """
     if tokenizer.chat_template:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
-        )
+        rendered = _render_chat(tokenizer, tokenizer.chat_template, repr(tokenizer.special_tokens_map), body)
     else:
         rendered = f"{tokenizer.bos_token or ''}{body}\n{cue}"
     before, after = rendered.split(_MARKER, 1)
     return before, after
+
+
+@functools.lru_cache(maxsize=64)
+def _render_chat(tokenizer: PreTrainedTokenizerBase, template: str, special_tokens: str, body: str) -> str:
+    """``body`` as a user turn in the tokenizer's chat template. The template and the special tokens it may
+    print are part of the key, so a changed tokenizer renders anew. The prompt bodies hold placeholders,
+    not the question: the template (Jinja) is rendered once per prompt, not once per question."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def answer_end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -132,18 +149,44 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: str, fill: dict[
     Otherwise the filled-in text is cut at the template's own special tokens, as the tokenizer
     itself cuts at added tokens, and each piece is encoded with ``split_special_tokens=True``.
     """
-    pattern = re.compile("|".join(re.escape(placeholder) for placeholder in fill)) if fill else None
+    return encode_prompts(tokenizer, template, [fill])[0]
 
-    def filled(text: str) -> str:
-        return pattern.sub(lambda match: fill[match.group(0)], text) if pattern is not None else text
 
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, template: str, fills: Sequence[dict[str, str]]
+) -> list[list[int]]:
+    """:func:`encode_prompt` of ``template`` with each of ``fills``; the ordinary texts (no added-token
+    string in the user text) in one tokenizer call, each distinct text once."""
     added = list(tokenizer.added_tokens_decoder.values())
-    whole = filled(template)
-    if not any(token.content in value for value in fill.values() for token in added) and _tokens_of(
-        whole, added
-    ) == _tokens_of(template, added):
-        return tokenizer(whole, add_special_tokens=False)["input_ids"]
-    parts = [(filled(piece) if token is None else piece, token) for piece, token in _split(template, added)]
+    template_tokens = _tokens_of(template, added)
+    wholes: list[str | None] = []  # the filled-in text where one tokenizer call encodes it, else None
+    for fill in fills:
+        whole = _filled(template, fill)
+        ordinary = not any(token.content in value for value in fill.values() for token in added)
+        wholes.append(whole if ordinary and _tokens_of(whole, added) == template_tokens else None)
+    distinct = list(dict.fromkeys(whole for whole in wholes if whole is not None))
+    encoded: dict[str, list[int]] = {}
+    if distinct:
+        encoded = dict(zip(distinct, tokenizer(distinct, add_special_tokens=False)["input_ids"], strict=True))
+    return [
+        list(encoded[whole]) if whole is not None else _encode_split(tokenizer, template, fill, added)
+        for whole, fill in zip(wholes, fills, strict=True)
+    ]
+
+
+def _filled(text: str, fill: dict[str, str]) -> str:
+    """``text`` with each placeholder of ``fill`` replaced by its value."""
+    if not fill:
+        return text
+    return _alternatives(tuple(fill)).sub(lambda match: fill[match.group(0)], text)
+
+
+def _encode_split(
+    tokenizer: PreTrainedTokenizerBase, template: str, fill: dict[str, str], added: list[Any]
+) -> list[int]:
+    """The filled-in template cut at its own special tokens, each text piece encoded with its special-token
+    strings read as text."""
+    parts = [(_filled(piece, fill) if token is None else piece, token) for piece, token in _split(template, added)]
     ids: list[int] = []
     for index, (piece, token) in enumerate(parts):
         if token is not None:
@@ -169,7 +212,7 @@ def _split(text: str, added: list[Any]) -> list[tuple[str, Any]]:
     by_content = {token.content: token for token in added if token.content}
     if not by_content:
         return [(text, None)]
-    pattern = re.compile("|".join(re.escape(content) for content in sorted(by_content, key=len, reverse=True)))
+    pattern = _alternatives(tuple(by_content))
     parts: list[tuple[str, Any]] = []
     start = 0
     for match in pattern.finditer(text):
@@ -180,5 +223,23 @@ def _split(text: str, added: list[Any]) -> list[tuple[str, Any]]:
     return parts
 
 
+@functools.lru_cache(maxsize=16)
+def _alternatives(contents: tuple[str, ...]) -> re.Pattern[str]:
+    """A pattern matching any of ``contents``, longest first (built once per set of strings)."""
+    return re.compile("|".join(re.escape(content) for content in sorted(contents, key=len, reverse=True)))
+
+
 # Any layout the reader and the trainer accept: each gives the token ids before and after the context.
 Prompt = QAPrompt | ContinuationPrompt | ReconstructionPrompt
+
+
+def prompt_pieces(
+    prompt: Prompt, tokenizer: PreTrainedTokenizerBase, questions: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
+    """``prompt.pieces`` of each question: each distinct question once, and all of them in one tokenizer
+    call where the prompt offers ``pieces_many`` (:meth:`QAPrompt.pieces_many`)."""
+    distinct = list(dict.fromkeys(questions))
+    many = getattr(prompt, "pieces_many", None)
+    pieces = many(tokenizer, distinct) if many is not None else [prompt.pieces(tokenizer, q) for q in distinct]
+    by_question = dict(zip(distinct, pieces, strict=True))
+    return [by_question[question] for question in questions]

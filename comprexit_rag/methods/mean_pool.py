@@ -17,7 +17,7 @@ from ..backbone import Backbone, BackboneFingerprint
 from ..checkpoint import PRETRAINED_DIR, CheckpointConfig, CheckpointedModule
 from ..errors import InvalidInputError
 from ..validation import check_int_field, validate_ratio
-from .comprexit.width import join_windows, segment_means, split_windows
+from .comprexit.width import join_windows, row_slot_counts, segment_means, split_windows
 from .projector import SlotProjector
 from .slot_head import HeadOutput, SlotCompressor
 
@@ -68,11 +68,14 @@ class MeanPoolHead(CheckpointedModule):
     ) -> HeadOutput:
         ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.window)
         layer_mean = sum(state.float() for state in hidden_states) / len(hidden_states)
-        windows = split_windows(layer_mean, anchor_mask.to(layer_mean.device), self.config.window)
+        # A host-side mask lays the windows and slots out on the host (no read of the device).
+        windows = split_windows(layer_mean, anchor_mask, self.config.window)
         means, slot_mask = segment_means(windows, ratio)
         slots = self.projector(self.norm(means)) * slot_mask.unsqueeze(-1)
-        padded, mask = join_windows(slots, slot_mask, windows.owner, layer_mean.shape[0])
-        return HeadOutput(slots=padded, slot_mask=mask)
+        counts = windows.slot_counts(ratio)
+        batch = layer_mean.shape[0]
+        padded, mask = join_windows(slots, slot_mask, windows.owners, batch, slot_counts=counts)
+        return HeadOutput(slots=padded, slot_mask=mask, slot_counts=row_slot_counts(windows.owners, counts, batch))
 
 
 class MeanPoolCompressor(SlotCompressor):

@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..backbone import Backbone, autocast_for
 from ..checkpoint import check_fingerprint, state_digest
 from ..errors import AdapterMismatchError, InvalidInputError
+from ..layout import concatenated_ranges, to_device
 from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from ..soft_context import PassageDetails, SoftContext
 from ..validation import resolve_ratio
@@ -41,6 +43,8 @@ class HeadOutput:
     transport_plans: torch.Tensor | None = None  # [num_windows, W, K]
     window_owner: torch.Tensor | None = None  # [num_windows] sequence index of each window
     window_mask: torch.Tensor | None = None  # [num_windows, W] real tokens of each window
+    # Slots of each row as host ints, when the head laid them out on the host (else read from slot_mask).
+    slot_counts: list[int] | None = None
 
 
 class SlotCompressor(ModuleCompressor):
@@ -174,11 +178,28 @@ def head_digest(head: nn.Module, salt: str = "") -> str:
     return state_digest(head.config.to_dict(), head.state_dict(), salt)
 
 
+def slot_counts(output: HeadOutput) -> list[int]:
+    """Slots of each row: the head's host-side counts, else one read of ``slot_mask`` for the whole batch."""
+    return output.slot_counts if output.slot_counts is not None else output.slot_mask.sum(dim=1).tolist()
+
+
 def row_slots(output: HeadOutput) -> list[torch.Tensor]:
-    """Each row's slots in float32. They are a prefix of the padded row, so one read of the counts
-    serves the whole batch (boolean indexing would wait for the device once per row)."""
-    counts = output.slot_mask.sum(dim=1).tolist()
-    return [output.slots[row, :count].float() for row, count in enumerate(counts)]
+    """Each row's slots in float32. They are a prefix of the padded row, so the counts serve the whole
+    batch (boolean indexing would wait for the device once per row)."""
+    return [output.slots[row, :count].float() for row, count in enumerate(slot_counts(output))]
+
+
+def packed_slots(output: HeadOutput) -> tuple[torch.Tensor, list[int]]:
+    """All rows' slots in float32, rows concatenated [sum S_i, H], and each row's count.
+
+    One gather with a host-built index, so its backward is one scatter too (per-row slices would each
+    add a zero-filled copy of the whole padded batch to the gradient).
+    """
+    counts = slot_counts(output)
+    slots = output.slots
+    rows = concatenated_ranges(np.arange(len(counts)) * slots.shape[1], counts)
+    index = to_device(torch.from_numpy(rows), slots.device)
+    return slots.reshape(-1, slots.shape[-1]).index_select(0, index).float(), counts
 
 
 @dataclass

@@ -10,13 +10,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from transformers import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..backbone import Backbone, cache_keyword, returned_cache
 from ..errors import InvalidInputError
-from ..prompts import QAPrompt, stop_token_ids
+from ..layout import concatenated_ranges, to_device
+from ..prompts import QAPrompt, prompt_pieces, stop_token_ids
 from ..soft_context import SoftContext
 from ..validation import check_positive_int, check_text
 from .adapter import ReaderAdapter, require_adapter
@@ -41,6 +43,10 @@ class ReaderBatch:
     context_lengths: list[int] | None = None  # context vectors per example (slots or text tokens)
     slot_mask: torch.Tensor | None = None  # [B, T] bool, true where the context was given as vectors (slots)
     prompt_prefix: list[int] | None = None  # token ids every row starts with (the prompt before the context)
+    # Teacher forcing, from the host-side layout: the flat positions (into [B * T]) that predict a target
+    # token, row by row, and those tokens. Selecting with them needs no read of the device.
+    target_positions: torch.Tensor | None = None  # [N]
+    target_ids: torch.Tensor | None = None  # [N]
 
 
 class Reader:
@@ -92,9 +98,18 @@ class Reader:
 
     def context_embeddings(self, context: Context) -> torch.Tensor:
         """The context as input embeddings [n, H] in the model's dtype."""
+        part = self._context_part(context)
+        if isinstance(part, torch.Tensor):
+            return self._context_vectors([part])
+        ids = self.backbone.tokenize([part])[0] if part else []  # special-token strings read as text
+        return self.backbone.embed(torch.tensor(ids, dtype=torch.long))
+
+    def _context_part(self, context: Context) -> str | torch.Tensor:
+        """The context as text to tokenise ("" for none) or as vectors [n, H] (shape and dtype checked;
+        their values are checked by :meth:`_context_vectors`, once per batch)."""
         backbone = self.backbone
         if context is None:
-            return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
+            return ""
         if isinstance(context, SoftContext):
             if context.reader_adapter is not None:
                 require_adapter(context.reader_adapter, self.adapter, "These slots")
@@ -107,22 +122,33 @@ class Reader:
                 )
             if not context.is_floating_point():
                 raise InvalidInputError(f"Context embeddings must be a float tensor, got {context.dtype}.")
-            if not torch.isfinite(context).all():
-                raise InvalidInputError("Context embeddings contain NaN or inf; recompress the passages.")
-            # Any float dtype and any device are accepted: converted to the model's. No detach:
-            # training backpropagates through these embeddings into the head.
-            converted = context.to(device=backbone.device, dtype=backbone.dtype)
-            if not torch.isfinite(converted).all():
-                raise InvalidInputError(
-                    f"Context embeddings overflow the model's dtype {backbone.dtype}; recompress the passages."
-                )
-            return converted
+            return context
         if isinstance(context, str):
-            text = check_text(context, "The context") if context.strip() else context  # "" reads as no context
-        else:
-            text = "\n\n".join(_check_strings(context, "context passage"))
-        ids = torch.tensor(backbone.tokenize([text])[0], dtype=torch.long)  # special-token strings read as text
-        return backbone.embed(ids)
+            return check_text(context, "The context") if context.strip() else context  # "" reads as no context
+        return "\n\n".join(_check_strings(context, "context passage"))
+
+    def _context_vectors(self, contexts: list[torch.Tensor], check_values: bool = True) -> torch.Tensor:
+        """Context vectors of a batch, concatenated [sum n_i, H] in the model's dtype and on its device.
+
+        Any float dtype and any device are accepted. No detach: training backpropagates through these
+        vectors into the head. With ``check_values`` their values are checked once for the whole batch
+        (one read of the device).
+        """
+        backbone = self.backbone
+        if not contexts:
+            return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
+        device = backbone.device  # a property that walks the model's parameters: read it once
+        on_device = [context.to(device) for context in contexts]
+        # Mixed float dtypes promote to the widest, exactly, so the conversion below rounds each value once.
+        joined = on_device[0] if len(on_device) == 1 else torch.cat(on_device)
+        converted = joined.to(backbone.dtype)
+        if check_values and not bool(torch.isfinite(converted).all()):
+            if not bool(torch.isfinite(joined).all()):
+                raise InvalidInputError("Context embeddings contain NaN or inf; recompress the passages.")
+            raise InvalidInputError(
+                f"Context embeddings overflow the model's dtype {backbone.dtype}; recompress the passages."
+            )
+        return converted
 
     def build_inputs(
         self,
@@ -131,58 +157,58 @@ class Reader:
         targets: Sequence[Sequence[int]] | None = None,
         prompt: QAPrompt | None = None,
         padding_side: str = "left",
+        check_values: bool = True,
     ) -> ReaderBatch:
         """Embed ``prompt-before + context + prompt-after (+ target)`` per example.
 
         Generation needs left padding. Training uses right padding: a left-padded row's first
         positions attend to nothing, and in bf16 attention kernels those fully masked rows turn
         into NaNs that reach every gradient in the backward pass (NaN * 0 is NaN).
+
+        The whole batch is laid out on the host (token ids, masks, labels, where the vectors go), sent
+        to the device in one copy and embedded in one call; the context vectors of all examples are
+        then written into their positions in one operation. Nothing is done on the device per example:
+        at training batch sizes that per-example work was most of a step's host time.
+
+        ``check_values``: refuse context vectors with NaN or inf, or that overflow the model's dtype
+        (one read of the device for the batch).
         """
         if len(questions) != len(contexts):
             raise InvalidInputError(f"{len(questions)} questions but {len(contexts)} contexts.")
+        if targets is not None and len(targets) != len(questions):
+            raise InvalidInputError(f"{len(questions)} questions but {len(targets)} targets.")
         prompt = prompt or self.prompt
-        embed = self.backbone.embed
-        device = self.backbone.device
-        rows, label_rows, context_lengths, prefixes, slot_spans = [], [], [], set(), []
-        for index, (question, context) in enumerate(zip(questions, contexts, strict=True)):
-            before, after = prompt.pieces(self.backbone.tokenizer, question)
-            prefixes.add(tuple(before))
-            target = list(targets[index]) if targets is not None else []
-            context_embeds = self.context_embeddings(context)
-            context_lengths.append(context_embeds.shape[0])
-            tail = torch.tensor(after + target, dtype=torch.long, device=device)
-            head = torch.tensor(before, dtype=torch.long, device=device)
-            rows.append(torch.cat([embed(head), context_embeds.to(self.backbone.dtype), embed(tail)]))
-            is_vectors = isinstance(context, SoftContext | torch.Tensor)
-            slot_spans.append((len(before), len(before) + context_embeds.shape[0] if is_vectors else len(before)))
-            labels = torch.full((rows[-1].shape[0],), IGNORE_INDEX, dtype=torch.long, device=device)
-            if target:
-                labels[-len(target) :] = torch.tensor(target, device=device)
-            label_rows.append(labels)
+        backbone = self.backbone
+        pieces = prompt_pieces(prompt, backbone.tokenizer, questions)
+        parts = [self._context_part(context) for context in contexts]
+        texts = [part for part in parts if isinstance(part, str) and part]
+        text_ids = iter(backbone.tokenize(texts) if texts else [])  # one tokenizer call for all text contexts
+        vectors = [part for part in parts if isinstance(part, torch.Tensor)]
 
-        length = max(row.shape[0] for row in rows)
-        hidden = self.backbone.hidden_size
-        inputs = torch.zeros(len(rows), length, hidden, dtype=rows[0].dtype, device=device)
-        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
-        slot_mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
-        for row, (values, row_labels) in enumerate(zip(rows, label_rows, strict=True)):
-            offset = length - values.shape[0] if padding_side == "left" else 0
-            span = slice(offset, offset + values.shape[0])
-            inputs[row, span] = values
-            mask[row, span] = 1
-            labels[row, span] = row_labels
-            slot_mask[row, offset + slot_spans[row][0] : offset + slot_spans[row][1]] = True
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        prefix = list(prefixes.pop()) if len(prefixes) == 1 else None
+        layout = BatchLayout()
+        for index, ((before, after), part) in enumerate(zip(pieces, parts, strict=True)):
+            target = targets[index] if targets is not None else []
+            context = part.shape[0] if isinstance(part, torch.Tensor) else next(text_ids) if part else []
+            layout.add(before, context, after, target)
+        placed = layout.place(padding_side, backbone.device)
+
+        # Padding and vector positions read zeros; the vectors are then written into theirs.
+        embeds = backbone.embed(placed.token_ids).masked_fill(~placed.text_mask.unsqueeze(-1), 0)
+        if vectors:
+            values = self._context_vectors(vectors, check_values)
+            flat = embeds.view(-1, embeds.shape[-1]).index_copy(0, placed.vector_index, values)
+            embeds = flat.view(embeds.shape)
+        with_targets = targets is not None
         return ReaderBatch(
-            inputs,
-            mask,
-            positions,
-            labels if targets is not None else None,
-            context_lengths=context_lengths,
-            prompt_prefix=prefix,
-            slot_mask=slot_mask,
+            embeds,
+            placed.attention_mask,
+            placed.position_ids,
+            placed.labels if with_targets else None,
+            context_lengths=layout.context_lengths,
+            slot_mask=placed.slot_mask,
+            prompt_prefix=layout.prompt_prefix(),
+            target_positions=placed.target_positions if with_targets else None,
+            target_ids=placed.target_ids if with_targets else None,
         )
 
     def reading(self, slot_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
@@ -355,6 +381,99 @@ class Reader:
             kept.append(token)
         with self.backbone.lock:
             return self.backbone.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+
+@dataclass
+class PlacedBatch:
+    """A batch's layout on the device (see :class:`BatchLayout`)."""
+
+    token_ids: torch.Tensor  # [B, T] text token ids, 0 elsewhere
+    attention_mask: torch.Tensor  # [B, T] long
+    position_ids: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T] IGNORE_INDEX outside the targets
+    slot_mask: torch.Tensor  # [B, T] bool, the context vectors' positions
+    text_mask: torch.Tensor  # [B, T] bool, the text tokens' positions
+    vector_index: torch.Tensor  # [V] flat positions of the context vectors, in order
+    target_positions: torch.Tensor  # [N] flat positions that predict a target token
+    target_ids: torch.Tensor  # [N]
+
+
+class BatchLayout:
+    """Where each piece of each row goes in a padded reader batch, computed on the host with numpy.
+
+    A row is ``before + context + after + target``; the context is text (token ids) or a number of
+    vectors (slots, soft tokens) written in later. :meth:`place` sends the whole layout to the device
+    in one copy.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []  # every row's token ids, rows concatenated (0 at vector positions)
+        self.lengths: list[int] = []
+        self.befores: list[list[int]] = []
+        self.vector_counts: list[int] = []  # context vectors per row (0 for text)
+        self.target_counts: list[int] = []
+        self.target_tokens: list[int] = []
+        self.context_lengths: list[int] = []  # context vectors or text tokens per row
+
+    def add(self, before: list[int], context: Sequence[int] | int, after: list[int], target: Sequence[int]) -> None:
+        """One row; ``context`` is text token ids, or the number of context vectors."""
+        vectors = context if isinstance(context, int) else 0
+        context_ids = [0] * vectors if isinstance(context, int) else list(context)
+        for piece in (before, context_ids, after, target):
+            self.tokens.extend(piece)
+        self.lengths.append(len(before) + len(context_ids) + len(after) + len(target))
+        self.befores.append(before)
+        self.vector_counts.append(vectors)
+        self.target_counts.append(len(target))
+        self.target_tokens.extend(target)
+        self.context_lengths.append(len(context_ids))
+
+    def prompt_prefix(self) -> list[int] | None:
+        """The prompt before the context when every row has the same one."""
+        prefixes = {tuple(before) for before in self.befores}
+        return list(prefixes.pop()) if len(prefixes) == 1 else None
+
+    def place(self, padding_side: str, device: torch.device) -> PlacedBatch:
+        """The padded batch's token ids, masks, labels and positions, on ``device``."""
+        lengths = np.asarray(self.lengths, dtype=np.int64)
+        rows, width = len(lengths), int(lengths.max(initial=0))
+        offsets = width - lengths if padding_side == "left" else np.zeros_like(lengths)
+        row_starts = np.arange(rows, dtype=np.int64) * width + offsets  # flat position of each row's first token
+
+        planes = np.zeros((6, rows, width), dtype=np.int64)
+        token_ids, mask, positions, labels, slot_mask, text_mask = planes  # views
+        real = concatenated_ranges(row_starts, lengths)
+        token_ids.flat[real] = self.tokens
+        mask.flat[real] = 1
+        positions[:] = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        befores = np.asarray([len(before) for before in self.befores], dtype=np.int64)
+        vector_index = concatenated_ranges(row_starts + befores, np.asarray(self.vector_counts, dtype=np.int64))
+        slot_mask.flat[vector_index] = 1
+        text_mask[:] = mask & (1 - slot_mask)
+        target_counts = np.asarray(self.target_counts, dtype=np.int64)
+        targets = concatenated_ranges(row_starts + lengths - target_counts, target_counts)
+        labels.fill(IGNORE_INDEX)
+        labels.flat[targets] = self.target_tokens
+        # The logits at position p predict the token at p + 1 (a target in a row's first column has none).
+        predicted = targets % max(width, 1) > 0
+        target_positions = targets[predicted] - 1
+        target_ids = np.asarray(self.target_tokens, dtype=np.int64)[predicted]
+
+        indices = [vector_index, target_positions, target_ids]
+        sent = to_device(torch.from_numpy(np.concatenate([planes.ravel(), *indices])), device)  # one copy
+        sent_planes = sent[: planes.size].view(planes.shape)
+        sent_indices = sent[planes.size :].split([len(index) for index in indices])
+        return PlacedBatch(
+            token_ids=sent_planes[0],
+            attention_mask=sent_planes[1],
+            position_ids=sent_planes[2],
+            labels=sent_planes[3],
+            slot_mask=sent_planes[4].bool(),
+            text_mask=sent_planes[5].bool(),
+            vector_index=sent_indices[0],
+            target_positions=sent_indices[1],
+            target_ids=sent_indices[2],
+        )
 
 
 def attached_adapter(backbone: Backbone) -> ReaderAdapter | None:

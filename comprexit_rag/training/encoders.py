@@ -16,9 +16,10 @@ from torch import nn
 
 from ..backbone import Backbone, autocast_for
 from ..checkpoint import check_fingerprint
+from ..layout import to_device
 from ..methods.comi import COMIMerger, encode_pairs, question_token_ids
 from ..methods.segments import SegmentBatch, encode_segments, split_into_segments
-from ..methods.slot_head import row_slots
+from ..methods.slot_head import packed_slots
 from ..methods.soft_prompt import SoftPrompt
 from ..validation import validate_ratio
 from .config import TrainConfig, head_options
@@ -35,24 +36,54 @@ def load_or_create(spec: MethodSpec, config: TrainConfig, create: Callable[[type
     return module_class.from_pretrained(config.init_from) if config.init_from else create(module_class)
 
 
+# Tokens per backbone pass of the training encoder: 256 x 128 or 64 x 512 in one pass (it was 64 segments,
+# four passes at 256 x 128). Each pass costs the host the same few thousand operations whatever its size.
+# The head keeps what it needs of every pass for the backward pass anyway: a larger pass adds only its own
+# hidden states to the peak memory (2.3 GB for 65,536 tokens of SmolLM2 in bfloat16).
+TRAIN_SEGMENT_TOKENS = 1 << 16
+
+
 class SlotHeadEncoder:
     """Passages -> frozen backbone -> a slot head (ComprExIT or mean-pool), with gradients in the head."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, name: str, segment_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        name: str,
+        segment_batch_size: int = 1024,
+        segment_tokens: int | None = TRAIN_SEGMENT_TOKENS,
+    ) -> None:
         self.backbone = backbone
         self.trainable = head
         self.name = name
-        self.segment_batch_size = segment_batch_size
+        self.segment_batch_size = segment_batch_size  # segments per backbone pass, at most
+        self.segment_tokens = segment_tokens  # padded tokens per backbone pass, at most
 
     @classmethod
     def build(cls, spec: MethodSpec, config: TrainConfig, backbone: Backbone) -> Self:
         return cls(backbone, load_or_create(spec, config, lambda head: head.for_backbone(backbone)), spec.name)
 
     def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
-        def run(segments: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """One [n_i, H] float32 tensor per example: views into one tensor of all the batch's slots.
+
+        Each backbone batch's slots are gathered at once (:func:`packed_slots`) and put in example
+        order with one more gather, so the forward and backward passes cost no operation per example.
+        """
+        chunks: list[torch.Tensor] = []  # each backbone batch's slots, rows concatenated
+        packed = 0  # slots gathered so far
+
+        def run(segments: SegmentBatch, hidden_states: tuple[torch.Tensor, ...]) -> list[range]:
+            nonlocal packed
             with autocast_for(self.backbone):
                 output = self.trainable(hidden_states, segments.anchor_mask, ratio=ratio)
-            return row_slots(output)
+            vectors, counts = packed_slots(output)
+            chunks.append(vectors)
+            spans = []
+            for count in counts:  # where each segment's slots lie among all gathered so far
+                spans.append(range(packed, packed + count))
+                packed += count
+            return spans
 
         passages = [ids for example in batch for ids in example.passage_ids]
         per_passage = encode_segments(
@@ -61,9 +92,19 @@ class SlotHeadEncoder:
             run,
             segment_length=self.trainable.config.segment_length,
             batch_size=self.segment_batch_size,
+            max_tokens=self.segment_tokens,
             show_progress=False,
         )
-        return regroup(batch, [torch.cat(parts) for parts in per_passage])
+        if not chunks:  # no passages at all
+            hidden = self.backbone.hidden_size
+            return [torch.zeros(0, hidden, device=self.backbone.device) for _ in batch]
+        vectors = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        # Example order: each example's passages, each passage's segments in order.
+        order = [index for spans in per_passage for span in spans for index in span]
+        if order != list(range(len(order))):
+            vectors = vectors.index_select(0, to_device(torch.tensor(order, dtype=torch.long), vectors.device))
+        passage_sizes = [sum(len(span) for span in spans) for spans in per_passage]
+        return list(vectors.split(example_sizes(batch, passage_sizes)))
 
 
 class ComprExITEncoder(SlotHeadEncoder):
@@ -181,11 +222,11 @@ class SoftPromptEncoder(FullTextEncoder):
         return contexts
 
 
-def regroup(batch: list[TrainExample], passage_vectors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Concatenate consecutive passages' vectors back into one context per example."""
-    contexts, start = [], 0
+def example_sizes(batch: list[TrainExample], passage_sizes: list[int]) -> list[int]:
+    """Vectors of each example: the sum over its passages (``passage_sizes`` in order, all examples')."""
+    sizes, start = [], 0
     for example in batch:
         count = len(example.passage_ids)
-        contexts.append(torch.cat(passage_vectors[start : start + count]))
+        sizes.append(sum(passage_sizes[start : start + count]))
         start += count
-    return contexts
+    return sizes

@@ -120,12 +120,15 @@ def forced_logits(
     reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's questions and targets read with ``contexts`` (slots, or text): :func:`target_logits`."""
+    # Not check_values: a non-finite context makes a non-finite loss and gradient norm, and the trainer
+    # skips that step; the check would make the host wait for the encoder before building the inputs.
     inputs = reader.build_inputs(
         [example.question for example in batch],
         contexts,
         [example.target_ids for example in batch],
         prompt=prompt,
         padding_side="right",
+        check_values=False,
     )
     return target_logits(reader, inputs)
 
@@ -141,6 +144,9 @@ def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, to
             use_cache=False,
         ).last_hidden_state
     # Only positions that predict a target token go through the (large-vocabulary) LM head.
+    if inputs.target_positions is not None:  # known from the host-side layout: no read of the device
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.target_positions)
+        return model.get_output_embeddings()(selected), inputs.target_ids
     labels = inputs.labels[:, 1:]
     selected = labels != IGNORE_INDEX
     return model.get_output_embeddings()(hidden[:, :-1][selected]), labels[selected]
@@ -257,7 +263,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
         step = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, state["total_steps"], config) * group["lr_scale"]
-        total_loss = 0.0
+        losses = []  # read from the device only when logged: a read waits for the whole step
         for micro in range(config.grad_accum):
             rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
             ratio = rng.choice(config.ratios)
@@ -272,7 +278,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
                 else:
                     loss = answer_loss(reader, encoder, part, ratio, prompt)
                 (loss * share).backward()
-                total_loss += loss.item() * share
+                losses.append(loss.detach() * share)
             state["examples"] += len(batch)
             state["target_tokens"] += targets
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -301,6 +307,7 @@ def train(config: TrainConfig, backbone: Backbone) -> dict:
             state["total_steps"] = state["step"]  # the budget is a hard limit, even if steps got slower
         progress.update(1)
         if state["step"] % config.log_every == 0 or state["step"] == state["total_steps"]:
+            total_loss = torch.stack(losses).sum().item()  # each already weighted by its share of the step
             record = {
                 "step": state["step"],
                 "loss": round(total_loss, 4),

@@ -113,6 +113,41 @@ def test_gradients_reach_the_adapter_through_a_reading_pass(fresh_tiny_backbone)
     )
 
 
+@pytest.mark.parametrize("scope", ["all", "slots"])
+def test_switching_two_adapters_keeps_requires_grad_and_equals_peft_switching(fresh_tiny_backbone, scope):
+    """reading() sets only the flag peft's forward reads (peft's enable_adapters also walks every weight
+    to set requires_grad): the same passes as switching with peft, each adapter's own, in any order."""
+    backbone = fresh_tiny_backbone
+    first = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4, scope=scope), "first"), 1)
+    second = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4, scope=scope), "second"), 2)
+    first.train()
+    slots = torch.ones_like(IDS, dtype=torch.bool)
+    slots[0, :2] = False
+
+    def peft_switched(adapter: ReaderAdapter) -> torch.Tensor:
+        for layer in adapter._layers:
+            layer.set_adapter(adapter.name)
+            layer.enable_adapters(True)
+        adapter._slot_mask = slots[..., None]
+        try:
+            with torch.no_grad():
+                return backbone.model(input_ids=IDS).logits
+        finally:
+            adapter._slot_mask, adapter._slot_mask_as = None, {}
+            for layer in adapter._layers:
+                layer.enable_adapters(False)
+
+    expected = {adapter.name: peft_switched(adapter) for adapter in (first, second)}
+    first.train(), second.eval()
+    second.merged_reading = False  # the LoRA path, as above (merged weights differ by rounding)
+    for adapter in (first, second, second, first):
+        assert torch.equal(logits(backbone, adapter, slots), expected[adapter.name])
+        assert all(layer.disable_adapters for layer in adapter._layers)  # off again, as peft sees it
+        assert all(p.requires_grad for p in first.parameters())
+        assert not any(p.requires_grad for p in second.parameters())
+    assert torch.equal(logits(backbone), backbone.model(input_ids=IDS).logits)
+
+
 def test_under_autocast_lora_layers_read_their_low_precision_input_uncast(fresh_tiny_backbone):
     # peft casts a LoRA layer's input to its float32 weights; under autocast that cast only copies the
     # activations (the matmul runs in bfloat16 anyway). Outside autocast the cast is needed and kept.

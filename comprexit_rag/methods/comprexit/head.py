@@ -16,7 +16,7 @@ from ..segments import iter_batches, split_into_segments
 from ..slot_head import HeadOutput
 from .config import ComprExITConfig
 from .depth import DepthTransmission
-from .width import WidthTransmission, join_windows, split_windows
+from .width import WidthTransmission, join_windows, row_slot_counts, split_windows
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,8 @@ class ComprExITHead(CheckpointedModule):
         window_slots, slot_mask, plans = self.width(windows, ratio, self.config.locality_weight)
         slots = bound_norm(self.projector(window_slots), self.config.max_slot_norm)
 
-        padded, mask = join_windows(
-            slots, slot_mask, windows.owners, anchors.shape[0], slot_counts=windows.slot_counts(ratio)
-        )
+        counts = windows.slot_counts(ratio)
+        padded, mask = join_windows(slots, slot_mask, windows.owners, anchors.shape[0], slot_counts=counts)
         return HeadOutput(
             slots=padded,
             slot_mask=mask,
@@ -116,4 +115,5 @@ class ComprExITHead(CheckpointedModule):
             transport_plans=plans,
             window_owner=windows.owner,
             window_mask=windows.mask,
+            slot_counts=row_slot_counts(windows.owners, counts, anchors.shape[0]) if counts is not None else None,
         )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from ...layout import to_device
 from .sinkhorn import sinkhorn
 
 # Beyond this many segments, a token is equally far from every slot: the locality term stays bounded,
@@ -46,7 +47,7 @@ def split_windows(anchors: torch.Tensor, mask: torch.Tensor, window: int) -> Win
     batch, length, hidden = anchors.shape
     device = anchors.device
     counts = mask.sum(dim=1).tolist()  # the only value that decides shapes (host-side if mask is)
-    mask = _to_device(mask, device)
+    mask = to_device(mask, device)
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     packed = anchors.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden))
     num_windows = -(-length // window)
@@ -58,9 +59,9 @@ def split_windows(anchors: torch.Tensor, mask: torch.Tensor, window: int) -> Win
             owners.append(row)
             lengths.append(min(window, count - index * window))
             used.append(row * num_windows + index)
-    used_index = _to_device(torch.tensor(used, dtype=torch.long), device)
-    owner = _to_device(torch.tensor(owners, dtype=torch.long), device)
-    window_lengths = _to_device(torch.tensor(lengths, dtype=torch.long), device)
+    used_index = to_device(torch.tensor(used, dtype=torch.long), device)
+    owner = to_device(torch.tensor(owners, dtype=torch.long), device)
+    window_lengths = to_device(torch.tensor(lengths, dtype=torch.long), device)
     window_mask = torch.arange(window, device=device).unsqueeze(0) < window_lengths.unsqueeze(1)
     return Windows(
         anchors=packed.index_select(0, used_index),
@@ -69,6 +70,14 @@ def split_windows(anchors: torch.Tensor, mask: torch.Tensor, window: int) -> Win
         owners=owners,
         lengths=lengths,
     )
+
+
+def row_slot_counts(owners: Sequence[int], slot_counts: Sequence[int], batch_size: int) -> list[int]:
+    """Slots of each sequence (the sum over its windows), from host-side window owners and counts."""
+    sizes = [0] * batch_size
+    for row, count in zip(owners, slot_counts, strict=True):
+        sizes[row] += count
+    return sizes
 
 
 def join_windows(
@@ -106,22 +115,11 @@ def join_windows(
     target = (torch.tensor(owners, dtype=torch.long) * width + torch.tensor(starts, dtype=torch.long)).unsqueeze(1)
     index = torch.zeros(batch_size * width, dtype=torch.long)
     index[(target + slot)[taken]] = torch.arange(num_windows * per_window).view(num_windows, per_window)[taken]
-    index = _to_device(index, slots.device)
-    mask = torch.arange(width, device=slots.device) < _to_device(torch.tensor(sizes), slots.device).unsqueeze(1)
+    index = to_device(index, slots.device)
+    mask = torch.arange(width, device=slots.device) < to_device(torch.tensor(sizes), slots.device).unsqueeze(1)
     gathered = slots.reshape(num_windows * per_window, hidden).index_select(0, index)
     gathered = gathered.view(batch_size, width, hidden)
     return torch.where(mask.unsqueeze(-1), gathered, 0), mask
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` on ``device``; a small host tensor is sent to a GPU without waiting for its queue."""
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
-        # From pinned memory the copy is queued on the stream (a blocking copy would wait for it).
-        # torch.compile cannot trace pin_memory; there the plain copy is used.
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def segment_means(windows: Windows, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
