@@ -28,7 +28,8 @@ from ..methods import get_method
 from ..methods.slot_head import head_digest
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
-from ..reading.reader import IGNORE_INDEX, Context, Reader, ReaderBatch
+from ..reading.batch_layout import IGNORE_INDEX
+from ..reading.reader import Context, Reader, ReaderBatch
 from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import PretrainCorpus, QATrainingSet

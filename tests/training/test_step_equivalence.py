@@ -15,7 +15,8 @@ from comprexit_rag.methods.mean_pool import MeanPoolHead
 from comprexit_rag.methods.segments import SegmentBatch, encode_segments, iter_batches, split_into_segments
 from comprexit_rag.methods.slot_head import HeadOutput
 from comprexit_rag.prompts import QAPrompt, ReconstructionPrompt, prompt_pieces
-from comprexit_rag.reading.reader import IGNORE_INDEX, Reader, ReaderBatch
+from comprexit_rag.reading.batch_layout import IGNORE_INDEX
+from comprexit_rag.reading.reader import Reader, ReaderBatch
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.training.encoders import SlotHeadEncoder
 from comprexit_rag.training.examples import TrainExample

@@ -32,7 +32,8 @@ from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.methods.full_lora import FullLoRA
 from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
-from comprexit_rag.reading.reader import IGNORE_INDEX, Reader
+from comprexit_rag.reading.batch_layout import IGNORE_INDEX
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training import trainer
 from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.trainer import (
