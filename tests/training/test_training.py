@@ -13,6 +13,7 @@ import gzip
 import json
 import math
 import random
+import shutil
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -35,6 +36,7 @@ from comprexit_rag.reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdap
 from comprexit_rag.reading.batch_layout import IGNORE_INDEX
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training import trainer
+from comprexit_rag.training.data import MAX_ANSWER_TOKENS, QATrainingSet
 from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.trainer import (
     TrainConfig,
@@ -182,6 +184,25 @@ def write_tiny_data(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def test_qa_examples_with_long_form_answers_are_left_out(tiny_backbone, data, tmp_path):
+    # NQ train holds whole tables as answers (up to 4,227 tokens); one in a batch padded every row of the
+    # reader's input to its length and ran an H200 out of memory.
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    qed = root / "nq" / "qed" / "nq-train-00-qed.jsonl.gz"
+    with gzip.open(qed, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    rows[0]["answer_text"] = [" ".join(f"cell{i}" for i in range(200))]
+    write_gzip(qed, jsonl(rows))
+
+    kept = QATrainingSet.build(tiny_backbone.tokenizer, families=["nq"], root=str(root))
+    everything = QATrainingSet.build(tiny_backbone.tokenizer, families=["nq"], root=str(root), max_answer_tokens=10**6)
+
+    assert len(everything.families["nq"]) == len(kept.families["nq"]) + 1
+    assert max(len(item.target_ids) for item in everything.families["nq"]) > MAX_ANSWER_TOKENS
+    assert max(len(item.target_ids) for item in kept.families["nq"]) <= MAX_ANSWER_TOKENS
 
 
 def tiny_config(output: Path, data: Path, method: str = "comprexit", stage: str = "sft", **overrides) -> TrainConfig:
