@@ -191,19 +191,29 @@ def pretrain_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, 
 
 
 def reading_passes(batch: list[TrainExample], max_tokens: int | None) -> list[list[TrainExample]]:
-    """``batch`` cut, in order, into runs read in one pass each: as many examples as keep rows x longest row
-    (passage and target tokens) within ``max_tokens``, at least one. ``None``: the whole batch at once."""
+    """``batch`` cut into groups read in one pass each: as many examples as keep rows x longest row (passage
+    and target tokens) within ``max_tokens``, at least one. ``None``: the whole batch at once.
+
+    Examples are grouped shortest first: a pass's rows are padded to its longest, and a QA batch mixes
+    single passages with 20-paragraph questions (padded to the longest row, the batches of the mixed QA
+    stage were 3.2x their real tokens; in passes of 32,768 grouped by length, 1.9x). The loss and its
+    gradient are sums over examples, so the grouping changes only the order of the sums.
+    """
     if max_tokens is None:
         return [batch]
+
+    def size(example: TrainExample) -> int:
+        return sum(len(ids) for ids in example.passage_ids) + len(example.target_ids)
+
     passes: list[list[TrainExample]] = [[]]
     longest = 0
-    for example in batch:
-        size = sum(len(ids) for ids in example.passage_ids) + len(example.target_ids)
-        if passes[-1] and max(longest, size) * (len(passes[-1]) + 1) > max_tokens:
+    for example in sorted(batch, key=size):
+        size_of_example = size(example)
+        if passes[-1] and max(longest, size_of_example) * (len(passes[-1]) + 1) > max_tokens:
             passes.append([])
             longest = 0
         passes[-1].append(example)
-        longest = max(longest, size)
+        longest = max(longest, size_of_example)
     return passes
 
 

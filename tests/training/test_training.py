@@ -720,15 +720,20 @@ def test_full_lora_options_are_checked_before_anything_loads(data, tmp_path, cap
     assert "set reader_adapter (--reader-adapter)" in capsys.readouterr().err
 
 
-def test_reading_passes_keep_the_batch_in_order_within_the_token_budget():
+def test_reading_passes_group_examples_by_length_within_the_token_budget():
     def example(passage: int, target: int = 2) -> TrainExample:
         return TrainExample(question="q", passage_ids=[[7] * passage], target_ids=[8] * target)
 
-    batch = [example(8), example(8), example(28), example(3), example(3), example(3)]
+    def padded(passes: list[list[TrainExample]]) -> int:
+        return sum(len(part) * max(len(e.passage_ids[0]) + len(e.target_ids) for e in part) for part in passes)
+
+    batch = [example(4), example(28), example(3), example(28), example(3), example(4)]  # sizes 6 30 5 30 5 6
     assert trainer.reading_passes(batch, None) == [batch]
-    passes = trainer.reading_passes(batch, 30)
-    assert [len(part) for part in passes] == [2, 1, 3] and [e for part in passes for e in part] == batch
-    assert all(len(part) * max(len(e.passage_ids[0]) + 2 for e in part) <= 30 for part in passes)
+    passes = trainer.reading_passes(batch, 60)
+    assert [len(part) for part in passes] == [4, 2]  # the four short ones together, the two long ones together
+    assert sorted(map(id, (e for part in passes for e in part))) == sorted(map(id, batch))  # each example once
+    assert all(padded([part]) <= 60 for part in passes)
+    assert padded(passes) == 4 * 6 + 2 * 30  # cut in batch order: [6, 30] [5, 30] [5, 6], 132 padded tokens
     assert [len(part) for part in trainer.reading_passes(batch, 1)] == [1] * 6  # one example at least
 
 
