@@ -7,7 +7,8 @@
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
 #   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds), then the held-out
 #      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
-#   4. BASELINES="baseline-full-lora-sft ...": same-budget baselines, trained and scored after the head's results.
+#   4. BASELINES="baseline-full-lora-sft ...": same-budget baselines (the QA stage's step count), trained and
+#      scored after the head's results.
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps.
 # Everything lands in $RESULTS; "ALL DONE" ends its log.
@@ -78,10 +79,12 @@ tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
 ls -la "$RESULTS/out" "$RESULTS/state"
 echo STATE READY
 # BASELINES: experiment files of $EXP (names without .json) trained after the head's results are packed,
-# each then scored by slot_quality.py --method <its method>; results in out/baselines.tgz.
+# each for as many steps as the head's QA stage took (same data, steps and seed), then scored by
+# slot_quality.py --method <its method>; results in out/baselines.tgz.
+qa_steps=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$RUNS/sft/summary.json")
 for name in $BASELINES; do
   method=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['method'])" "$EXP/$name.json")
-  train --config "$EXP/$name.json" --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  train --config "$EXP/$name.json" --max-steps "$qa_steps" --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
