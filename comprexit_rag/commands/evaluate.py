@@ -16,7 +16,8 @@ from ._args import positive_int
 
 logger = logging.getLogger(__name__)
 
-FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad"}  # format -> split family
+# format -> split family
+FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad", "policyqa": "policyqa"}
 
 
 NAME = "eval"
@@ -28,10 +29,16 @@ and the context tokens/slots read.
 
 
 def load_examples(path: str, data_format: str, split: str, context: str, limit: int | None) -> list:
-    from ..data import QAExample, load_hotpotqa, load_nq_open, load_split, load_squad_mrqa
+    from ..data import QAExample, load_hotpotqa, load_nq_open, load_policyqa, load_split, load_squad_mrqa
     from ..data.paths import DataNotFoundError
 
-    loader = {"hotpotqa": load_hotpotqa, "nq-open": load_nq_open, "squad-mrqa": load_squad_mrqa}[data_format]
+    loaders = {
+        "hotpotqa": load_hotpotqa,
+        "nq-open": load_nq_open,
+        "squad-mrqa": load_squad_mrqa,
+        "policyqa": load_policyqa,
+    }
+    loader = loaders[data_format]
     examples: list[QAExample] = read_qa_file(loader, path, data_format)
     if split == "dev":
         try:

@@ -4,6 +4,7 @@ from comprexit_rag.data.hotpotqa import load_hotpotqa
 from comprexit_rag.data.musique import load_musique
 from comprexit_rag.data.nq import load_nq_open, load_nq_qed
 from comprexit_rag.data.paths import DATA_ENV_VAR, DataNotFoundError, data_root
+from comprexit_rag.data.policyqa import load_policyqa
 from comprexit_rag.data.records import Passage, QAExample
 from comprexit_rag.data.splits import FAMILIES, SPLIT_SIZES, SPLITS, load_split, pretraining_passages
 from comprexit_rag.data.squad import load_squad_mrqa
@@ -27,6 +28,7 @@ __all__ = [
     "load_musique",
     "load_nq_open",
     "load_nq_qed",
+    "load_policyqa",
     "load_split",
     "load_squad_mrqa",
     "normalize_question",

@@ -21,6 +21,11 @@ squad
     ``sha1(context text)`` sort first go to dev with all their questions; the rest go to train.
 musique
     train: all of ``musique/train_100.json``. There is no dev split (asking for one raises).
+policyqa
+    Another domain (website privacy policies), for training; no evaluation family of the project.
+    Both files (``policyqa/policyqa_{dev,test}.json.gz``) are pooled and split by policy segment like
+    squad: the 200 distinct segments whose ``sha1(segment text)`` sort first go to dev with all their
+    questions (an out-of-domain check); the rest go to train.
 
 Question normalisation is :func:`comprexit_rag.data.text.normalize_question` (NFKC, lower case,
 punctuation removed, whitespace collapsed). Examples keep file order within each split.
@@ -39,6 +44,7 @@ from comprexit_rag.data.hotpotqa import load_hotpotqa
 from comprexit_rag.data.musique import load_musique
 from comprexit_rag.data.nq import load_nq_open, load_nq_qed
 from comprexit_rag.data.paths import DataNotFoundError, data_file, data_root
+from comprexit_rag.data.policyqa import load_policyqa
 from comprexit_rag.data.records import Passage, QAExample
 from comprexit_rag.data.squad import load_squad_mrqa
 from comprexit_rag.data.text import normalize_question
@@ -48,7 +54,7 @@ from comprexit_rag.errors import InvalidInputError
 
 __all__ = ["FAMILIES", "SPLITS", "SPLIT_SIZES", "load_split", "pretraining_passages", "sha1_hex"]
 
-FAMILIES: tuple[str, ...] = ("hotpotqa", "nq", "squad", "musique")
+FAMILIES: tuple[str, ...] = ("hotpotqa", "nq", "squad", "musique", "policyqa")
 SPLITS: tuple[str, ...] = ("train", "dev")
 
 HOTPOTQA_DEV_FILE = "hotpotqa/dev_distractor_350.jsonl"
@@ -57,12 +63,14 @@ NQ_OPEN_FILE = "nq/nq_open_oracle_2155.jsonl.gz"
 NQ_QED_DIR = "nq/qed"
 SQUAD_FILE = "squad/squad_v1.1_dev.mrqa.jsonl.gz"
 MUSIQUE_FILE = "musique/train_100.json"
+POLICYQA_FILES = ("policyqa/policyqa_dev.json.gz", "policyqa/policyqa_test.json.gz")
 TWOWIKI_FILE = "2wiki/corpus.json.gz"
 WIKIPEDIA_GLOB = "wiki/enwiki_2015_AA_shard*.txt.gz"
 
 HOTPOTQA_DEV_SIZE = 200
 NQ_DEV_SIZE = 400
 SQUAD_DEV_CONTEXTS = 300
+POLICYQA_DEV_SEGMENTS = 200
 
 #: Number of examples in each split, as measured on the shared data (see the module docstring).
 #: squad dev/train hold 300 / 1,767 contexts.
@@ -72,6 +80,7 @@ SPLIT_SIZES: Mapping[str, Mapping[str, int]] = MappingProxyType(
         "nq": MappingProxyType({"train": 9218, "dev": 400}),
         "squad": MappingProxyType({"train": 8997, "dev": 1510}),
         "musique": MappingProxyType({"train": 100, "dev": 0}),
+        "policyqa": MappingProxyType({"train": 6556, "dev": 1405}),
     }
 )
 
@@ -145,8 +154,14 @@ def _musique(root: Path) -> tuple[list[QAExample], list[QAExample]]:
     return load_musique(data_file(MUSIQUE_FILE, root)), []
 
 
+def _policyqa(root: Path) -> tuple[list[QAExample], list[QAExample]]:
+    examples = [example for name in POLICYQA_FILES for example in load_policyqa(data_file(name, root))]
+    dev_segments = _first_by_hash((e.passages[0].text for e in examples), POLICYQA_DEV_SEGMENTS)
+    return _split_by(examples, lambda e: e.passages[0].text, dev_segments)
+
+
 _BUILDERS: Mapping[str, Callable[[Path], tuple[list[QAExample], list[QAExample]]]] = MappingProxyType(
-    {"hotpotqa": _hotpotqa, "nq": _nq, "squad": _squad, "musique": _musique}
+    {"hotpotqa": _hotpotqa, "nq": _nq, "squad": _squad, "musique": _musique, "policyqa": _policyqa}
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from ..data.splits import FAMILIES
 from ..errors import InvalidInputError
 from ..methods import get_method, method_names, registered_methods
 from ..methods.registry import STAGES
@@ -116,6 +117,10 @@ class TrainConfig:
         help="pretrain: Wikipedia shard globs under the data directory, e.g. 'wiki/enwiki_2015_AB_shard*.txt.gz' "
         "(default: the AA shards and the 2Wiki passages)"
     )
+    qa_families: list[str] | None = option(
+        help="SFT: QA training families (default: squad nq hotpotqa musique; policyqa adds another domain), "
+        "sampled with weights squad 0.4, nq 0.4, hotpotqa 0.12, musique 0.08, policyqa 0.2"
+    )
     distractor_prob: float = option(0.5, "SFT: chance of adding distractors")
     max_distractors: int = option(9, "SFT: most random passages added")
     soft_prompt_tokens: int = option(16, "full-tuned: learned soft tokens before the passages", positive=True)
@@ -163,6 +168,8 @@ class TrainConfig:
             raise InvalidInputError(f"Distillation from the full-text reader applies to {method_names(distill=True)}.")
         if self.max_pass_tokens is not None:
             check_positive_int(self.max_pass_tokens, "max_pass_tokens")
+        if self.qa_families is not None and (not self.qa_families or set(self.qa_families) - set(FAMILIES)):
+            raise InvalidInputError(f"qa_families must name some of {', '.join(FAMILIES)}, got {self.qa_families}.")
         if self.max_grad_norm <= 0:
             raise InvalidInputError(f"max_grad_norm must be positive, got {self.max_grad_norm}.")
 

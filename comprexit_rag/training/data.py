@@ -25,6 +25,7 @@ from ..data.paths import data_root
 from ..data.splits import load_split, pretraining_passages
 from ..default_model import cache_dir
 from ..durable import atomic_write
+from ..errors import InvalidInputError
 from ..prompts import answer_end_token_id
 from .examples import TrainExample
 
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 10_002
 CALIBRATION_TOKENS = 400_000
-QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08}
+QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08, "policyqa": 0.2}
+DEFAULT_QA_FAMILIES = ("squad", "nq", "hotpotqa", "musique")  # policyqa (another domain) when asked
 MAX_PASSAGE_TOKENS = 1024
 # Answer tokens (with the end-of-answer token) a QA training example may have. NQ train holds a few
 # whole tables and lists as answers (up to 4,227 tokens): one in a batch pads every row of the reader's
@@ -188,7 +190,7 @@ class QATrainingSet:
     def build(
         cls,
         tokenizer: PreTrainedTokenizerBase,
-        families: Iterable[str] = tuple(QA_FAMILY_WEIGHTS),
+        families: Iterable[str] = DEFAULT_QA_FAMILIES,
         root: str | None = None,
         limit_per_family: int | None = None,
         max_answer_tokens: int = MAX_ANSWER_TOKENS,
@@ -200,6 +202,8 @@ class QATrainingSet:
         pool: list[list[int]] = []
         for family in families:
             examples: list[QAExample] = load_split(family, "train", root)[:limit_per_family]
+            if not examples:
+                raise InvalidInputError(f"The {family} training split under {data_root(root)} is empty.")
             passages = [passage for example in examples for passage in example.passages]
             ids = [p[:MAX_PASSAGE_TOKENS] for p in tokenize_passages(tokenizer, passages)]
             answers = encode_text(tokenizer, [example.answers[0] for example in examples])
@@ -228,7 +232,7 @@ class QATrainingSet:
     ) -> list[TrainExample]:
         """Family-weighted examples; single-passage ones sometimes get random distractor passages."""
         names = list(self.families)
-        weights = [QA_FAMILY_WEIGHTS.get(name, 0.1) for name in names]
+        weights = [QA_FAMILY_WEIGHTS[name] for name in names]
         batch = []
         for family in rng.choices(names, weights=weights, k=batch_size):
             item = rng.choice(self.families[family])

@@ -32,7 +32,7 @@ from ..reading.batch_layout import IGNORE_INDEX
 from ..reading.reader import Context, Reader, ReaderBatch
 from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
-from .data import PretrainCorpus, QATrainingSet
+from .data import DEFAULT_QA_FAMILIES, PretrainCorpus, QATrainingSet
 from .examples import TrainExample
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,12 @@ def make_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, dict
     identity of the data it draws from (a resumed run must draw from the same)."""
     if config.stage == "pretrain":
         return pretrain_sampler(config, backbone)
-    qa = QATrainingSet.build(backbone.tokenizer, root=config.data_root, limit_per_family=config.limit_per_family)
+    qa = QATrainingSet.build(
+        backbone.tokenizer,
+        families=config.qa_families or DEFAULT_QA_FAMILIES,
+        root=config.data_root,
+        limit_per_family=config.limit_per_family,
+    )
     identity: dict = {"qa_examples": sum(len(items) for items in qa.families.values())}
     sample_text = None
     if config.text_share:  # QA tuning that keeps practising what pretraining taught

@@ -22,6 +22,7 @@ from comprexit_rag.data import (
     load_musique,
     load_nq_open,
     load_nq_qed,
+    load_policyqa,
     load_split,
     load_squad_mrqa,
     normalize_question,
@@ -164,6 +165,17 @@ def test_squad_mrqa(root: Path) -> None:
     assert all(len(set(e.answers)) == len(e.answers) >= 1 for e in examples)
 
 
+def test_policyqa(root: Path) -> None:
+    examples = load_policyqa(root / "policyqa/policyqa_dev.json.gz")
+    assert len(examples) == 3809
+    first = examples[0]
+    assert first.question == "How does this website inform users about their policy changes?"
+    assert first.answers == ("Effective July 20, 2012 (last updated October 08, 2013)",)
+    assert first.passages[0].title == "ticketmaster.com"
+    # Answers are spans of their segment.
+    assert all(answer in e.passages[0].text for e in examples for answer in e.answers)
+
+
 def test_2wiki_corpus(root: Path) -> None:
     passages = load_2wiki_corpus(root / "2wiki/corpus.json.gz")
     assert len(passages) == 6119
@@ -195,7 +207,7 @@ def test_pretraining_passages_order(root: Path) -> None:
 # --- splits ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["hotpotqa", "nq", "squad", "musique"])
+@pytest.mark.parametrize("family", ["hotpotqa", "nq", "squad", "musique", "policyqa"])
 def test_split_sizes_match_documented(root: Path, family: str) -> None:
     for split, size in SPLIT_SIZES[family].items():
         if family == "musique" and split == "dev":
@@ -229,6 +241,28 @@ def test_squad_split_by_context(root: Path) -> None:
     assert len(dev_contexts) == 300
     assert not dev_contexts & {e.passages[0].text for e in train}
     assert len(dev) + len(train) == 10507
+
+
+def test_policyqa_split_by_segment(root: Path) -> None:
+    dev = load_split("policyqa", "dev", root)
+    train = load_split("policyqa", "train", root)
+    dev_segments = {e.passages[0].text for e in dev}
+    assert dev_segments == set(sorted({e.passages[0].text for e in dev + train}, key=sha1_hex)[:200])
+    assert not dev_segments & {e.passages[0].text for e in train}
+    assert len(dev) + len(train) == 3809 + 4152
+
+
+def test_eval_reads_the_policyqa_dev_split_of_either_file(root: Path, monkeypatch) -> None:
+    from comprexit_rag.commands.evaluate import load_examples
+
+    monkeypatch.setenv("COMPREXIT_DATA", str(root))
+    dev_ids = {e.id for e in load_split("policyqa", "dev", root)}
+    found = 0
+    for name in ("policyqa_dev.json.gz", "policyqa_test.json.gz"):
+        examples = load_examples(str(root / "policyqa" / name), "policyqa", "dev", "gold", None)
+        assert examples and {e.id for e in examples} <= dev_ids
+        found += len(examples)
+    assert found == len(dev_ids)
 
 
 def test_musique_has_no_dev(root: Path) -> None:

@@ -205,6 +205,31 @@ def test_qa_examples_with_long_form_answers_are_left_out(tiny_backbone, data, tm
     assert max(len(item.target_ids) for item in kept.families["nq"]) <= MAX_ANSWER_TOKENS
 
 
+def test_qa_families_choose_what_the_qa_stage_draws_from(tiny_backbone, data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    # 230 policy segments: the split sends 200 to dev, 30 to train.
+    for name, offset in (("policyqa_dev.json.gz", 400), ("policyqa_test.json.gz", 515)):
+        paragraphs = []
+        for fact in (town(offset + i) for i in range(115)):
+            answer = {"text": fact["answer"], "answer_start": fact["text"].index(fact["answer"])}
+            qa = {"id": fact["title"], "question": fact["question"], "answers": [answer]}
+            paragraphs.append({"context": fact["text"], "qas": [qa]})
+        write_gzip(
+            root / "policyqa" / name, json.dumps({"data": [{"title": "policy.example", "paragraphs": paragraphs}]})
+        )
+    policy_questions = {town(i)["question"] for i in range(400, 630)}
+
+    config = tiny_config(tmp_path / "run", root, qa_families=["policyqa"], text_share=0.0, batch_size=8)
+    sample, _ = make_sampler(config, tiny_backbone)
+    drawn = [example.question for seed in range(5) for example in sample(random.Random(seed))[0]]
+    assert len(drawn) == 40 and set(drawn) <= policy_questions
+    default, _ = make_sampler(replace(config, qa_families=None), tiny_backbone)
+    assert not any(e.question in policy_questions for seed in range(5) for e in default(random.Random(seed))[0])
+    with pytest.raises(InvalidInputError, match="qa_families must name some of"):
+        tiny_config(tmp_path / "run", root, qa_families=["trivia"])
+
+
 def tiny_config(output: Path, data: Path, method: str = "comprexit", stage: str = "sft", **overrides) -> TrainConfig:
     """A 3-step run of batch 2 on short contexts; no weight decay, so only gradients move weights."""
     settings = {
