@@ -50,7 +50,7 @@ def evaluate(
 ) -> EvalResult:
     """Answer every example with ``method``'s contexts and score the answers (SQuAD normalisation).
 
-    ``contexts_from="other"`` gives question i the passages of example i+1 (the last reads the first's):
+    ``contexts_from="other"`` gives each question another example's passages (:func:`with_other_contexts`):
     real passages of the same kind, only not its own. The gap between the two scores is what the
     context carries; a method whose score does not drop reads a prior, not the passage.
     """
@@ -58,10 +58,7 @@ def evaluate(
         raise InvalidInputError(f"contexts_from must be one of {CONTEXT_SOURCES}, got {contexts_from!r}.")
     check_reader(method, reader)
     if contexts_from == "other":
-        examples = [
-            replace(example, passages=other.passages, supporting=other.supporting)
-            for example, other in zip(examples, examples[1:] + examples[:1], strict=True)
-        ]
+        examples = with_other_contexts(examples)
     predictions: list[str] = []
     context_vectors: list[int] = []
     source_tokens = [
@@ -106,3 +103,22 @@ def check_reader(method: EvalMethod, reader: Reader) -> None:
         f"{reading}. Build the reader with Reader(backbone, adapter=method.reader_adapter) (comprexit-rag eval: leave "
         "out --reader-adapter)."
     )
+
+
+def with_other_contexts(examples: list[QAExample]) -> list[QAExample]:
+    """Each example with the passages of the next example (cyclically) whose passages differ from its own.
+
+    Not simply the next example: SQuAD and PolicyQA list several questions of one passage in a row, and
+    the next question's passage would often be the question's own.
+    """
+    texts = [tuple(passage.formatted() for passage in example.passages) for example in examples]
+    if len(set(texts)) < 2:
+        raise InvalidInputError("Contexts from another example need examples with at least two different contexts.")
+    others = []
+    for index, example in enumerate(examples):
+        step = 1
+        while texts[(index + step) % len(examples)] == texts[index]:
+            step += 1
+        other = examples[(index + step) % len(examples)]
+        others.append(replace(example, passages=other.passages, supporting=other.supporting))
+    return others

@@ -6,7 +6,7 @@ import pytest
 
 from comprexit_rag.data import Passage, QAExample
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.evaluation.harness import evaluate
+from comprexit_rag.evaluation.harness import evaluate, with_other_contexts
 from comprexit_rag.evaluation.methods import FullText, PreparedContexts
 from comprexit_rag.reading.reader import Reader
 
@@ -48,3 +48,15 @@ def test_other_contexts_give_each_question_the_next_examples_passages(tiny_backb
 def test_an_unknown_context_source_is_refused(tiny_backbone):
     with pytest.raises(InvalidInputError, match="contexts_from"):
         evaluate(FullText(tiny_backbone), Reader(tiny_backbone), examples(), contexts_from="sideways")
+
+
+def test_other_contexts_skip_questions_about_the_same_passage():
+    # SQuAD-like order: questions of one passage in a row; the next question's passage is often its own.
+    passages = {name: (Passage(f"Text of {name}."),) for name in "ABC"}
+    order = "AABCC"
+    examples = [QAExample(f"q{i}", f"Question {i}?", ("x",), passages[name]) for i, name in enumerate(order)]
+    others = with_other_contexts(examples)
+    assert [other.passages for other in others] == [passages[name] for name in "BBCAA"]
+    assert [other.question for other in others] == [example.question for example in examples]
+    with pytest.raises(InvalidInputError, match="at least two different contexts"):
+        with_other_contexts(examples[:2])
