@@ -19,9 +19,9 @@ from sentence_transformers import SentenceTransformer
 from ..backbone import Backbone
 from ..checkpoint import CheckpointedModule
 from ..errors import CheckpointError, InvalidInputError
+from ..methods.base import head_digest
 from ..methods.comprexit.compressor import ComprExITCompressor
 from ..methods.comprexit.head import DEFAULT_HEAD, ComprExITHead
-from ..methods.slot_head import head_digest
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
 from ..retrieval.dense import DenseRetriever
 from .directory import HEAD_DIR, RETRIEVER_DIR, UNTRAINED_HEAD_DIR
