@@ -9,14 +9,17 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
   the question's own slots, from another question's slots (the content gap), closed-book, and the
   raw text, all through the same reader (so closed-book and raw text include the adapter's effect).
 
-``--method`` scores another stored-slot head (``mean-pool``) or a trained text baseline (``full-lora``:
-``--head`` is its checkpoint, read through its adapter): the same table, where "own" is the method's own
-context (for ``full-lora`` the raw text, so its ``raw_text`` row is its ``own`` row).
+``--method`` scores another stored-slot head (``mean-pool``), the query-aware ``comi`` (each passage
+compressed with its question; no reconstruction rows, which ask no question) or a trained text baseline
+(``full-lora``): ``--head`` is its checkpoint, read through its adapter when it has one. The same table,
+where "own" is the method's own context (for ``full-lora`` the raw text, so its ``raw_text`` row is its
+``own`` row).
 
 GPU::
 
     python benchmarks/slot_quality.py --head runs/sft/final --device cuda --out results.json
     python benchmarks/slot_quality.py --method full-lora --head runs/full-lora/final --device cuda --out fl.json
+    python benchmarks/slot_quality.py --method comi --head runs/comi/final --device cuda --out comi.json
 
 CPU (a smaller sample)::
 
@@ -45,8 +48,8 @@ from comprexit_rag.training.data import tokenize_passages
 from comprexit_rag.training.trainer import target_logits
 
 WINDOW = 128
-# Stored-slot heads, and the trained methods that give the reader text through their own adapter.
-METHODS = (*method_names(storable=True), *method_names(context="text", adapter_only=True))
+# Slot methods (stored or query-aware), and the trained methods that give the reader text through their own adapter.
+METHODS = (*method_names(context="slots"), *method_names(context="text", adapter_only=True))
 
 
 def build(spec: MethodSpec, backbone: Backbone, checkpoint: str | None, ratio: int, batch_size: int) -> EvalMethod:
@@ -152,7 +155,9 @@ def main() -> None:
         "command": "python benchmarks/slot_quality.py "
         + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if value is not None),
     }
-    if args.recon:
+    if args.recon and spec.query_aware:
+        logging.info("No reconstruction rows: %s compresses a passage with its question, and they ask none", spec.name)
+    elif args.recon:
         report["reconstruction_nq"] = reconstruction(method, reader, args.recon, args.ratio)
         logging.info("reconstruction: %s", report["reconstruction_nq"])
     for dataset, count in (("nq", args.nq), ("hotpotqa", args.hotpotqa)):

@@ -7,8 +7,8 @@
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
 #   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds), then the held-out
 #      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
-#   4. BASELINES="baseline-full-lora-sft ...": same-budget baselines (the QA stage's step count), trained and
-#      scored after the head's results.
+#   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
+#      QA stage's step count), trained and scored after the head's results.
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps.
 # Everything lands in $RESULTS; "ALL DONE" ends its log.

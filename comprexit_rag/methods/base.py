@@ -1,28 +1,32 @@
 """The interface every compressor offers: texts (and, for a query-aware one, the question) -> SoftContext.
 
 :class:`Compressor` is the protocol callers rely on; :class:`ModuleCompressor` is what the library's
-compressors share: a frozen backbone, one trained module for it, the checks of ``compress`` and the
-fingerprint their slots are keyed by.
+compressors share: a frozen backbone, one trained module for it and the reader adapter trained with it
+(if any), loading both from one checkpoint directory, the checks of ``compress``, and the fingerprint
+their slots are keyed by.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
+import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
-from ..checkpoint import check_fingerprint, state_digest
-from ..soft_context import SoftContext
+from ..backbone import Backbone
+from ..checkpoint import CheckpointedModule, check_fingerprint, state_digest
+from ..errors import AdapterMismatchError, InvalidInputError
+from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
+from ..soft_context import PassageDetails, SoftContext
 from ..validation import check_positive_int, check_texts, resolve_ratio
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..backbone import Backbone
-    from ..reading.adapter import ReaderAdapter
-
-__all__ = ["Compressor", "ModuleCompressor", "Query", "Texts"]
+__all__ = ["Compressor", "ModuleCompressor", "Query", "Texts", "head_digest"]
 
 Texts = str | Sequence[str]  # one passage or a list of passages
 Query = str | Sequence[str] | None  # the question: one for all passages, or one per passage
@@ -69,19 +73,68 @@ class ModuleCompressor(abc.ABC):
 
     Subclasses set ``kind`` (the prefix of their fingerprints) and ``query_aware`` (then also override
     :meth:`check_queries`), and implement ``max_ratio`` and
-    ``compress_token_ids(token_ids, query=None, *, ratio, batch_size, show_progress, ...)``.
+    ``compress_token_ids(token_ids, query=None, *, ratio, batch_size, show_progress, ...)``; their
+    ``from_pretrained`` is :meth:`load` with their module class.
+
+    ``reader_adapter``: the adapter trained with the module (saved in the checkpoint's ``reader_adapter/``),
+    which its slots must be read through; ``None``: the module was trained for the frozen reader.
     """
 
     kind: ClassVar[str]
     query_aware: ClassVar[bool] = False
-    reader_adapter: ReaderAdapter | None = None
+    # What the slots of a module trained for the frozen reader (no adapter) record as their reader adapter.
+    frozen_reader_mark: ClassVar[str | None] = FROZEN_READER
 
-    def __init__(self, backbone: Backbone, module: nn.Module, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        module: nn.Module,
+        batch_size: int = 8,
+        reader_adapter: ReaderAdapter | None = None,
+    ) -> None:
         check_fingerprint(module.fingerprint, backbone.fingerprint, f"This {type(module).__name__}")
+        if reader_adapter is not None:
+            if reader_adapter.backbone is not backbone:
+                raise InvalidInputError("The reader adapter is attached to another backbone object; use one backbone.")
+            paired = reader_adapter.paired_head
+            if paired is not None and paired != head_digest(module):
+                raise AdapterMismatchError(
+                    f"The reader adapter was trained with module {paired}, not with this {type(module).__name__} "
+                    f"({head_digest(module)}). Load the module and the adapter from the same checkpoint directory."
+                )
         self.backbone = backbone
         self.module = module.to(backbone.device).eval()
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.reader_adapter = reader_adapter
         self._fingerprint: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        module_class: type[CheckpointedModule],
+        source: str | os.PathLike | nn.Module | None,
+        backbone: str | os.PathLike | Backbone | None,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+    ) -> Self:
+        """A compressor of ``source``: a ``module_class`` instance (used as it is), a checkpoint directory, or
+        ``None`` for the one shipped for the default backbone.
+
+        A checkpoint directory holding a ``reader_adapter/`` (a module trained with a reader LoRA) attaches that
+        adapter to the backbone; :class:`~comprexit_rag.reading.reader.Reader` then reads through it.
+        """
+        backbone = Backbone.resolve(backbone, device)
+        if isinstance(source, module_class):
+            return cls(backbone, source, batch_size=batch_size)
+        directory = Path(source) if source is not None else module_class.default_checkpoint
+        module = module_class.from_pretrained(source)
+        reader_adapter = None
+        if (directory / ADAPTER_DIR).is_dir():
+            # The module's backbone first: a checkpoint for another model is refused for what it is.
+            check_fingerprint(module.fingerprint, backbone.fingerprint, f"This {module_class.__name__}")
+            reader_adapter = ReaderAdapter.from_pretrained(directory / ADAPTER_DIR, backbone)
+        return cls(backbone, module, batch_size=batch_size, reader_adapter=reader_adapter)
 
     @property
     def config(self) -> Any:
@@ -107,8 +160,24 @@ class ModuleCompressor(abc.ABC):
         return self._fingerprint
 
     def slot_digest(self) -> str:
-        """A hash of what the slots depend on besides the passage (and, when query-aware, the question)."""
-        return state_digest(self.config.to_dict(), self.module.state_dict(), salt=self.backbone.fingerprint.digest)
+        """A hash of what the slots depend on besides the passage (and, when query-aware, the question): the
+        module's config and weights and the reader adapter's, since slots are only meaningful read through
+        the adapter they were trained with."""
+        digest = head_digest(self.module, salt=self.backbone.fingerprint.digest)
+        if self.reader_adapter is None:
+            return digest
+        return hashlib.sha256(f"{digest}/reader-adapter:{self.reader_adapter.digest}".encode()).hexdigest()[:16]
+
+    def soft_context(
+        self,
+        passages: Sequence[torch.Tensor],
+        token_counts: Sequence[int],
+        details: list[PassageDetails] | None = None,
+    ) -> SoftContext:
+        """A SoftContext of slots this compressor made (e.g. read back from a store), marked with the reader
+        adapter they are read through (without one: :attr:`frozen_reader_mark`)."""
+        adapter = self.reader_adapter.digest if self.reader_adapter is not None else self.frozen_reader_mark
+        return SoftContext.from_passages(passages, token_counts, details=details, reader_adapter=adapter)
 
     def compress(
         self,
@@ -151,3 +220,8 @@ class ModuleCompressor(abc.ABC):
         self, token_ids: Sequence[Sequence[int]], query: Query = None, **options: Any
     ) -> SoftContext:
         """Like :meth:`compress`, for passages already tokenised (no special tokens)."""
+
+
+def head_digest(head: nn.Module, salt: str = "") -> str:
+    """A hash of a trained module's config and weights (``salt`` first): what stores and reader adapters pair with."""
+    return state_digest(head.config.to_dict(), head.state_dict(), salt)

@@ -22,7 +22,7 @@ from ..backbone import Backbone
 from ..checkpoint import PRETRAINED_DIR, CheckpointConfig, CheckpointedModule, check_fingerprint
 from ..errors import AdapterMismatchError, CheckpointError
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
-from .slot_head import head_digest
+from .base import head_digest
 
 __all__ = ["CHECKPOINT_KIND", "FullLoRA", "FullLoRAConfig"]
 

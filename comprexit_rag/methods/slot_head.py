@@ -2,28 +2,24 @@
 
 A slot head maps the backbone's hidden states of a passage to slots, never seeing the question, so
 slots are computed once per passage and stored. :class:`SlotCompressor` holds what every slot head
-shares: loading (with a reader adapter, when the checkpoint has one), segmenting long passages,
-batching, the fingerprint stores key on.
+shares besides what every :class:`~comprexit_rag.methods.base.ModuleCompressor` does (loading with the
+checkpoint's reader adapter, the fingerprint stores key on): segmenting long passages and batching.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..backbone import Backbone, autocast_for
-from ..checkpoint import check_fingerprint, state_digest
-from ..errors import AdapterMismatchError, InvalidInputError
+from ..errors import InvalidInputError
 from ..layout import concatenated_ranges, to_device
-from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from ..soft_context import PassageDetails, SoftContext
 from ..validation import resolve_ratio
 from .base import ModuleCompressor
@@ -70,36 +66,9 @@ class SlotCompressor(ModuleCompressor):
         device: str | torch.device | None = None,
         batch_size: int = 8,
     ) -> SlotCompressor:
-        """Defaults: the embedded SmolLM2 backbone and the head shipped for it.
-
-        A head directory holding a ``reader_adapter/`` (a head trained with a reader LoRA) attaches
-        that adapter to the backbone; :class:`~comprexit_rag.reading.reader.Reader` then reads through it.
-        """
-        backbone = Backbone.resolve(backbone, device)
-        if isinstance(head, cls.head_class):
-            return cls(backbone, head, batch_size=batch_size)
-        directory = Path(head) if head is not None else cls.head_class.default_checkpoint
-        head = cls.head_class.from_pretrained(head)
-        reader_adapter = None
-        if (directory / ADAPTER_DIR).is_dir():
-            check_fingerprint(head.fingerprint, backbone.fingerprint, f"This {type(head).__name__}")
-            reader_adapter = ReaderAdapter.from_pretrained(directory / ADAPTER_DIR, backbone)
-        return cls(backbone, head, batch_size=batch_size, reader_adapter=reader_adapter)
-
-    def __init__(
-        self, backbone: Backbone, head: nn.Module, batch_size: int = 8, reader_adapter: ReaderAdapter | None = None
-    ) -> None:
-        super().__init__(backbone, head, batch_size)
-        if reader_adapter is not None:
-            if reader_adapter.backbone is not backbone:
-                raise InvalidInputError("The reader adapter is attached to another backbone object; use one backbone.")
-            paired = reader_adapter.paired_head
-            if paired is not None and paired != head_digest(head):
-                raise AdapterMismatchError(
-                    f"The reader adapter was trained with head {paired}, not with this head ({head_digest(head)}). "
-                    "Load the head and the adapter from the same checkpoint directory."
-                )
-        self.reader_adapter = reader_adapter
+        """Defaults: the embedded SmolLM2 backbone and the head shipped for it, with the head's reader adapter
+        when its directory has one (see :meth:`~comprexit_rag.methods.base.ModuleCompressor.load`)."""
+        return cls.load(cls.head_class, head, backbone, device=device, batch_size=batch_size)
 
     @property
     def head(self) -> nn.Module:
@@ -109,14 +78,6 @@ class SlotCompressor(ModuleCompressor):
     def max_ratio(self) -> int:
         """The largest ratio: one slot per transport window."""
         return self.config.window
-
-    def slot_digest(self) -> str:
-        """The head's (see :meth:`ModuleCompressor.slot_digest`) and the reader adapter's: slots are only
-        meaningful read through the adapter they were trained with."""
-        digest = super().slot_digest()
-        if self.reader_adapter is None:
-            return digest
-        return hashlib.sha256(f"{digest}/reader-adapter:{self.reader_adapter.digest}".encode()).hexdigest()[:16]
 
     @torch.no_grad()
     def compress_token_ids(
@@ -160,22 +121,6 @@ class SlotCompressor(ModuleCompressor):
         if return_details:
             details = [_merge_details([part.details for part in parts]) for parts in per_passage]
         return self.soft_context(passages, [len(ids) for ids in token_ids], details=details)
-
-    def soft_context(
-        self,
-        passages: Sequence[torch.Tensor],
-        token_counts: Sequence[int],
-        details: list[PassageDetails] | None = None,
-    ) -> SoftContext:
-        """A SoftContext of slots this compressor made (e.g. read back from a store), marked with the reader
-        adapter they are read through (:data:`~comprexit_rag.reading.adapter.FROZEN_READER` for a head without one)."""
-        adapter = self.reader_adapter.digest if self.reader_adapter is not None else FROZEN_READER
-        return SoftContext.from_passages(passages, token_counts, details=details, reader_adapter=adapter)
-
-
-def head_digest(head: nn.Module, salt: str = "") -> str:
-    """A hash of a head's config and weights (``salt`` first): what stores and reader adapters pair with."""
-    return state_digest(head.config.to_dict(), head.state_dict(), salt)
 
 
 def slot_counts(output: HeadOutput) -> list[int]:

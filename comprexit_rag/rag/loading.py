@@ -19,9 +19,9 @@ from sentence_transformers import SentenceTransformer
 from ..backbone import Backbone
 from ..checkpoint import CheckpointedModule
 from ..errors import CheckpointError, InvalidInputError
+from ..methods.base import head_digest
 from ..methods.comprexit.compressor import ComprExITCompressor
 from ..methods.comprexit.head import DEFAULT_HEAD, ComprExITHead
-from ..methods.slot_head import head_digest
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
 from ..retrieval.dense import DenseRetriever
 from .directory import HEAD_DIR, RETRIEVER_DIR, UNTRAINED_HEAD_DIR
@@ -86,14 +86,13 @@ def shipped_module(module_class: type[CheckpointedModule], backbone: Backbone) -
 
 
 def load_comi_compressor(backbone: Backbone, merger: str | os.PathLike[str] | COMIMerger | None) -> COMICompressor:
-    """The COMI compressor over ``backbone``: of ``merger`` (a module or a directory), else the shipped one."""
-    from ..methods.comi import COMICompressor, COMIMerger
+    """The COMI compressor over ``backbone``: of ``merger`` (a module, or a directory with the reader adapter the
+    merger was trained with, if any), else the shipped one."""
+    from ..methods.comi import COMICompressor
 
     if merger is None:
-        merger = load_comi_merger_or_untrained(backbone)
-    elif not isinstance(merger, COMIMerger):
-        merger = COMIMerger.from_pretrained(merger)
-    return COMICompressor(backbone, merger)
+        return COMICompressor(backbone, load_comi_merger_or_untrained(backbone))
+    return COMICompressor.from_pretrained(merger, backbone)
 
 
 def load_comi_merger_or_untrained(backbone: Backbone) -> COMIMerger:

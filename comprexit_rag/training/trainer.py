@@ -25,7 +25,7 @@ from ..backbone import Backbone, autocast_for
 from ..durable import atomic_write, atomic_write_json
 from ..errors import InvalidInputError
 from ..methods import get_method
-from ..methods.slot_head import head_digest
+from ..methods.base import head_digest
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from ..reading.batch_layout import IGNORE_INDEX

@@ -156,6 +156,28 @@ def test_methods_share_retriever_reader_and_k(indexed, backbone, embedder):
     assert len(indexed.store) == len(PASSAGES)
 
 
+def test_comi_slots_are_read_through_the_adapter_its_merger_was_trained_with(tmp_path, tokenizer, embedder):
+    from comprexit_rag.methods.comi import COMIMerger
+    from comprexit_rag.rag.answering import reader_for
+    from comprexit_rag.reading.adapter import ReaderAdapter, ReaderAdapterConfig
+    from comprexit_rag.training.trainer import save_module_and_adapter
+
+    backbone = tiny_backbone(tokenizer)  # its own: the merger's adapter attaches to it
+    merger_dir = tmp_path / "comi"
+    adapter = ReaderAdapter.create(tiny_backbone(tokenizer), ReaderAdapterConfig(rank=2))
+    save_module_and_adapter(merger_dir, COMIMerger.for_backbone(backbone), adapter)
+    pipeline = build(tmp_path / "rag", backbone, embedder, comi_merger=merger_dir)
+    pipeline.index(PASSAGES, batch_size=4)
+
+    answer = pipeline.ask("Where was Beethoven born?", method="comi", k=2, max_new_tokens=3)
+    assert answer.stats.slots > 0
+    comi_adapter = pipeline.comi.reader_adapter
+    assert comi_adapter is not None and comi_adapter.backbone is backbone
+    assert reader_for(pipeline, pipeline.comi).adapter is comi_adapter
+    assert reader_for(pipeline, pipeline.comi) is reader_for(pipeline, pipeline.comi)  # built once
+    assert reader_for(pipeline, None) is pipeline.reader and pipeline.reader.adapter is None  # the head has none
+
+
 def test_k_larger_than_the_corpus_returns_every_passage(indexed):
     for method in ("comprexit", "full"):
         answer = indexed.ask("Tell me everything.", method=method, k=100, max_new_tokens=2)

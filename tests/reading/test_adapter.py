@@ -12,8 +12,8 @@ from peft import PeftModel
 from comprexit_rag import ComprExITHead, Reader, SoftContext
 from comprexit_rag.backbone import autocast_for
 from comprexit_rag.errors import AdapterMismatchError, BackboneMismatchError, CheckpointError, InvalidInputError
+from comprexit_rag.methods.base import head_digest
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
-from comprexit_rag.methods.slot_head import head_digest
 from comprexit_rag.reading.adapter import ADAPTER_DIR, PEFT_WEIGHTS_NAME, ReaderAdapter, ReaderAdapterConfig
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -260,7 +260,7 @@ def test_a_head_checkpoint_brings_its_adapter_and_slots_demand_it(fresh_tiny_bac
     assert isinstance(Reader(backbone, adapter=None, max_new_tokens=3).generate("Who built it?", frozen_slots), str)
 
     other_head = ComprExITHead.for_backbone(backbone, ratio=4)
-    with pytest.raises(AdapterMismatchError, match="trained with head"):
+    with pytest.raises(AdapterMismatchError, match="was trained with module"):
         ComprExITCompressor(backbone, other_head, reader_adapter=compressor.reader_adapter)
 
 

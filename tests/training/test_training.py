@@ -23,12 +23,14 @@ import pytest
 import torch
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.checkpoint import load_state_dict
+from comprexit_rag.checkpoint import load_state_dict, state_digest
 from comprexit_rag.cli import main
 from comprexit_rag.commands.evaluate import load_examples
 from comprexit_rag.errors import AdapterMismatchError, CheckpointError, InvalidInputError
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import EvalMethod, FullText, build_method
+from comprexit_rag.methods.base import head_digest
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
 from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.methods.full_lora import FullLoRA
 from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
@@ -821,14 +823,21 @@ def test_a_full_lora_checkpoint_is_read_through_its_adapter(make_tiny_backbone, 
         answers(method, None)
 
     # `comprexit-rag eval` reads through the checkpoint's adapter, and refuses to read without it.
+    assert cli_eval_answers("full-lora", final, backbone_dir, qa_file, tmp_path, capsys) == adapted
+
+
+def cli_eval_answers(method: str, checkpoint: Path, backbone_dir: Path, qa_file: str, tmp_path: Path, capsys) -> list:
+    """``comprexit-rag eval --method M --checkpoint C``'s answers (6 new tokens), after checking that the same call
+    with ``--reader-adapter none`` is refused: the checkpoint's method is read through its adapter or not at all."""
     predictions = tmp_path / "predictions.jsonl"
-    argv = ["eval", "--data", qa_file, "--format", "hotpotqa", "--split", "all", "--method", "full-lora"]
-    argv += ["--checkpoint", str(final), "--backbone", str(backbone_dir), "--device", "cpu", "--max-new-tokens", "6"]
-    assert main([*argv, "--json", "--predictions", str(predictions)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "full-lora"
-    assert [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()] == adapted
+    argv = ["eval", "--data", qa_file, "--format", "hotpotqa", "--split", "all", "--method", method]
+    argv += ["--checkpoint", str(checkpoint), "--backbone", str(backbone_dir), "--device", "cpu"]
+    argv += ["--max-new-tokens", "6"]
     assert main([*argv, "--reader-adapter", "none"]) == 2
     assert "leave out --reader-adapter" in capsys.readouterr().err
+    assert main([*argv, "--json", "--predictions", str(predictions)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == method
+    return [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
 
 
 def test_a_full_lora_checkpoint_without_its_own_adapter_is_refused(make_tiny_backbone, tmp_path):
@@ -896,6 +905,117 @@ def test_full_lora_trains_on_the_real_backbone_and_answers_through_eval(data, tm
 def float_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The reader adapter weights of a checkpoint directory in float32 (a shipped adapter may be saved in bfloat16)."""
     return {name: tensor.float() for name, tensor in adapter_weights(directory).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# COMI with a reader adapter: trained, saved, loaded, recorded with its slots, read through in evaluation.
+# ---------------------------------------------------------------------------------------------
+
+QUESTION = "Who founded Town 3?"
+
+
+def comi_run(backbone: Backbone, data: Path, output: Path, steps: int = 2) -> Path:
+    """A few COMI QA steps with a rank-4 reader adapter; the run's final/ directory."""
+    config = tiny_config(output, data, "comi", "sft", reader_adapter=True, adapter_rank=4, max_steps=steps)
+    summary = train(config, backbone)
+    assert summary["reader_adapter"]["scope"] == "all" and summary["reader_adapter"]["parameters"] > 0
+    return output / "final"
+
+
+def test_a_comi_merger_trained_with_a_reader_adapter_is_read_through_it(
+    make_tiny_backbone, backbone_dir, data, tmp_path, capsys
+):
+    final = comi_run(make_tiny_backbone(), data, tmp_path / "comi")
+    saved = adapter_weights(final)
+    assert any(t.abs().sum() > 0 for name, t in saved.items() if "lora_B" in name)  # B starts at zero: it trained
+
+    # The compressor attaches the checkpoint's adapter; the fingerprint and the slots name it.
+    backbone = make_tiny_backbone()
+    compressor = COMICompressor.from_pretrained(final, backbone)
+    adapter = compressor.reader_adapter
+    assert adapter is not None and adapter.backbone is backbone
+    assert all(torch.equal(t, saved[name]) for name, t in adapter.state_dict().items())
+    assert adapter.paired_head == head_digest(compressor.merger)
+    assert compressor.fingerprint != COMICompressor(backbone, compressor.merger).fingerprint
+    soft = compressor.compress([town(3)["text"]], query=QUESTION)
+    assert soft.reader_adapter == adapter.digest
+    assert isinstance(Reader(backbone, max_new_tokens=3, adapter=adapter).generate(QUESTION, soft), str)
+    with pytest.raises(AdapterMismatchError, match="this reader has none"):
+        Reader(backbone, max_new_tokens=3, adapter=None).generate(QUESTION, soft)
+
+    # Evaluation builds the reader with it, and refuses to score COMI without it.
+    qa_file = str(data / "hotpotqa" / "dev_distractor_350.jsonl")
+    examples = load_examples(qa_file, "hotpotqa", "all", "distractor", None)
+    method = build_method("comi", backbone, 4, final)
+    assert method.reader_adapter is not None and method.reader_adapter.digest == adapter.digest
+    reader = Reader(backbone, max_new_tokens=6, adapter=method.reader_adapter)
+    adapted = evaluate(method, reader, examples, show_progress=False).predictions
+    with pytest.raises(AdapterMismatchError, match="comi was trained to be read through reader adapter"):
+        evaluate(method, Reader(backbone, max_new_tokens=6, adapter=None), examples, show_progress=False)
+
+    # `comprexit-rag eval --method comi --checkpoint` reads through it too (its own backbone, the same answers).
+    assert cli_eval_answers("comi", final, backbone_dir, qa_file, tmp_path, capsys) == adapted
+
+
+def test_a_comi_merger_without_an_adapter_loads_and_reads_as_before(make_tiny_backbone, data, tmp_path):
+    backbone = make_tiny_backbone()
+    merger = COMIMerger.for_backbone(backbone)
+    merger.save_pretrained(tmp_path / "merger")
+    compressor = COMICompressor.from_pretrained(tmp_path / "merger", backbone)
+    assert compressor.reader_adapter is None and not backbone.reader_adapters
+    # The fingerprint is the merger's alone, as it always was, and the slots carry no adapter mark.
+    digest = state_digest(merger.config.to_dict(), merger.state_dict(), salt=backbone.fingerprint.digest)
+    assert compressor.fingerprint == f"comi-{digest}"
+    soft = compressor.compress([town(3)["text"]], query=QUESTION)
+    assert soft.reader_adapter is None
+    method = build_method("comi", backbone, 4, tmp_path / "merger")
+    assert method.reader_adapter is None
+    examples = load_examples(str(data / "hotpotqa" / "dev_distractor_350.jsonl"), "hotpotqa", "all", "distractor", None)
+    assert evaluate(method, Reader(backbone, max_new_tokens=3, adapter=None), examples, show_progress=False).n == 2
+
+
+def test_a_comi_adapter_of_another_merger_or_backbone_is_refused(make_tiny_backbone, data, tmp_path):
+    final = comi_run(make_tiny_backbone(), data, tmp_path / "comi", steps=1)
+    # Another merger saved over the run's, beside the run's adapter (trained with the first one).
+    mixed = tmp_path / "mixed"
+    shutil.copytree(final, mixed)
+    other = COMIMerger.for_backbone(make_tiny_backbone())
+    with torch.no_grad():
+        other.projector.net[0].weight.add_(1.0)
+    other.save_pretrained(mixed)
+    with pytest.raises(AdapterMismatchError, match="was trained with module"):
+        COMICompressor.from_pretrained(mixed, make_tiny_backbone())
+    # Slots made for the run's adapter, read through another adapter.
+    backbone = make_tiny_backbone()
+    soft = COMICompressor.from_pretrained(final, backbone).compress([town(3)["text"]], query=QUESTION)
+    stranger = ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=2), name="stranger")
+    with pytest.raises(AdapterMismatchError, match="Read them with the adapter shipped with their head"):
+        Reader(backbone, max_new_tokens=3, adapter=stranger).generate(QUESTION, soft)
+
+
+@pytest.mark.slow
+def test_comi_baseline_trains_on_the_real_backbone_with_the_heads_adapter_budget(data, tmp_path):
+    # The committed experiment file, cut to 1 step of batch 2 on the tiny data directory; the CLI loads
+    # its own copy of the default backbone (the shared test copy must keep its one adapter).
+    output = tmp_path / "comi"
+    argv = ["train", "--config", str(EXPERIMENTS / "baseline-comi-sft.json"), "--output-dir", str(output)]
+    argv += ["--max-steps", "1", "--batch-size", "2", "--limit-per-family", "4", "--max-distractors", "2"]
+    argv += ["--wikipedia", "wiki/enwiki_2015_AA_shard*.txt.gz", "--data", str(data), "--device", "cpu"]
+    assert main(argv) == 0
+    final = output / "final"
+    lora = json.loads((final / ADAPTER_DIR / "adapter_config.json").read_text())
+    shipped = json.loads((SHIPPED_ADAPTER / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert (lora["r"], lora["lora_alpha"], sorted(lora["target_modules"])) == (
+        shipped["r"],
+        shipped["lora_alpha"],
+        sorted(shipped["target_modules"]),
+    )
+    backbone = Backbone.from_pretrained(device="cpu")
+    compressor = COMICompressor.from_pretrained(final, backbone)
+    soft = compressor.compress([town(3)["text"]], query=QUESTION)
+    assert soft.reader_adapter == compressor.reader_adapter.digest
+    answer = Reader(backbone, max_new_tokens=4, adapter=compressor.reader_adapter).generate(QUESTION, soft)
+    assert isinstance(answer, str)
 
 
 def test_cli_train_reads_an_experiment_file_and_flags_override_it(backbone_dir, data, tmp_path, capsys):

@@ -14,9 +14,12 @@ ComprExIT (the only trainable part here; the backbone stays frozen). Because the
 read together with the passage, COMI slots must be computed per question: they cannot be stored
 at indexing time like ComprExIT slots.
 
-Departures from the paper: the backbone is frozen (no encoder fine-tuning, no decoder LoRA) and
-the alignment block is the ComprExIT projector, so both methods train the same parameters on the
-same budget. ``docs/COMI.md`` records how the default layer was chosen.
+Departures from the paper: the backbone is frozen (no encoder fine-tuning) and the alignment block
+is the ComprExIT projector, so both methods train the same parameters on the same budget. Like a
+ComprExIT head, a merger may be trained with a reader adapter (a LoRA on the reading pass only, the
+decoder LoRA's place; ``--reader-adapter``): its checkpoint then keeps it in ``reader_adapter/``,
+:meth:`COMICompressor.from_pretrained` attaches it, and the slots record that they are read through
+it. ``docs/COMI.md`` records how the default layer was chosen.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class COMICompressor(ModuleCompressor):
 
     kind = "comi"
     query_aware = True
+    # Slots of a merger trained for the frozen reader stay unmarked, as they always were: made per query and
+    # never stored, they are read by whichever reader the caller picks (the pipeline picks the frozen one).
+    frozen_reader_mark = None
 
     @classmethod
     def from_pretrained(
@@ -98,9 +104,9 @@ class COMICompressor(ModuleCompressor):
         device: str | torch.device | None = None,
         batch_size: int = 8,
     ) -> COMICompressor:
-        """Defaults: the embedded SmolLM2 backbone and the COMI merger shipped for it."""
-        merger = merger if isinstance(merger, COMIMerger) else COMIMerger.from_pretrained(merger)
-        return cls(Backbone.resolve(backbone, device), merger, batch_size=batch_size)
+        """Defaults: the embedded SmolLM2 backbone and the COMI merger shipped for it, with the merger's reader
+        adapter when its directory has one (see :meth:`~comprexit_rag.methods.base.ModuleCompressor.load`)."""
+        return cls.load(COMIMerger, merger, backbone, device=device, batch_size=batch_size)
 
     @property
     def merger(self) -> COMIMerger:
@@ -146,7 +152,3 @@ class COMICompressor(ModuleCompressor):
         for segment, segment_slots in zip(segments, slots, strict=True):  # segments are in passage order
             passages[segment.passage].append(segment_slots.float())
         return self.soft_context([torch.cat(parts) for parts in passages], [len(ids) for ids in token_ids])
-
-    def soft_context(self, passages: Sequence[torch.Tensor], token_counts: Sequence[int]) -> SoftContext:
-        """A SoftContext of slots this compressor made (read by the frozen reader: no adapter is recorded)."""
-        return SoftContext.from_passages(passages, token_counts)
