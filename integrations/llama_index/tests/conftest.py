@@ -43,9 +43,15 @@ from comprexit_rag.errors import DefaultModelUnavailableError  # noqa: E402
 from comprexit_rag.methods.comi import COMICompressor, COMIMerger  # noqa: E402
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor  # noqa: E402
 from comprexit_rag.methods.comprexit.head import ComprExITHead  # noqa: E402
-from comprexit_rag.testing import default_tokenizer, real_backbone, tiny_backbone  # noqa: E402
+from comprexit_rag.testing import (  # noqa: E402
+    default_tokenizer,
+    fresh_tiny_backbone,
+    make_tiny_backbone,
+    real_backbone,
+    tiny_backbone,
+)
 
-__all__ = ["default_tokenizer", "real_backbone", "tiny_backbone"]
+__all__ = ["default_tokenizer", "fresh_tiny_backbone", "make_tiny_backbone", "real_backbone", "tiny_backbone"]
 
 HOTPOT_QUESTIONS = 5  # their 10 paragraphs each (gold + distractors) make the index: 50 nodes
 

@@ -23,9 +23,13 @@ from llama_index.postprocessor.comprexit import (
 )
 
 from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.rag import RAGPipeline
+from comprexit_rag.reading.adapter import ReaderAdapter, ReaderAdapterConfig
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import SlotStore, content_key
+from comprexit_rag.training.trainer import save_module_and_adapter
 
 
 @pytest.fixture
@@ -227,3 +231,19 @@ def test_bad_arguments_are_refused(tiny_compressor, tmp_path):
         ComprExITNodePostprocessor(tiny_compressor, store=SlotStore(tmp_path, "another-head/ratio=4"))
     with pytest.raises(InvalidInputError, match="ComprExITCompressor"):
         ComprExITNodePostprocessor("not a compressor")
+
+
+def test_a_comi_merger_directory_brings_its_reader_adapter(fresh_tiny_backbone, tmp_path):
+    # A merger trained with a reader adapter is read through it; from_defaults used to load the merger alone.
+    backbone = fresh_tiny_backbone
+    merger = COMIMerger.for_backbone(backbone)
+    adapter = ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=2))
+    save_module_and_adapter(tmp_path / "merger", merger, adapter)
+
+    postprocessor = ComprExITNodePostprocessor.from_defaults(
+        backbone, ComprExITHead.for_backbone(backbone), comi_merger=tmp_path / "merger", method="comi"
+    )
+
+    assert postprocessor.comi.reader_adapter is not None
+    assert postprocessor.comi.reader_adapter.digest == adapter.digest
+    assert postprocessor.comi.fingerprint != COMICompressor(backbone, merger).fingerprint

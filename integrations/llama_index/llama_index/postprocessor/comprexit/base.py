@@ -33,7 +33,7 @@ from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.rag.directory import UNTRAINED_HEAD_DIR
-from comprexit_rag.rag.loading import load_comi_merger_or_untrained, load_compressor
+from comprexit_rag.rag.loading import load_comi_compressor, load_comi_merger_or_untrained, load_compressor
 from comprexit_rag.slots import SlotService, SlotStore, store_fingerprint
 from comprexit_rag.slots.service import SlotBackend
 from comprexit_rag.soft_context import SoftContext
@@ -196,7 +196,8 @@ class ComprExITNodePostprocessor(NamedComponent, BaseNodePostprocessor):
                 ``store_dir`` so stored slots stay valid across runs). A head directory's reader
                 adapter is attached, as :func:`comprexit_rag.rag.loading.load_compressor` does.
             store_dir: where to keep the slots (a :class:`SlotStore`); ``None``: in memory.
-            comi_merger: COMI merger for ``method="comi"`` (a module or a directory).
+            comi_merger: COMI merger for ``method="comi"`` (a module, or a directory: its reader adapter, if
+                it has one, comes with it).
             device: where to load the backbone when it is loaded here.
             **kwargs: the other arguments of the constructor (``method``, ``ratio``, ...).
         """
@@ -204,10 +205,7 @@ class ComprExITNodePostprocessor(NamedComponent, BaseNodePostprocessor):
             backbone = Backbone.from_pretrained(backbone, device=device)
         untrained_dir = Path(store_dir) / UNTRAINED_HEAD_DIR if store_dir is not None else None
         compressor = load_compressor(backbone, head, untrained_dir=untrained_dir)
-        comi = None
-        if comi_merger is not None:
-            merger = comi_merger if isinstance(comi_merger, COMIMerger) else COMIMerger.from_pretrained(comi_merger)
-            comi = COMICompressor(backbone, merger)
+        comi = load_comi_compressor(backbone, comi_merger) if comi_merger is not None else None
         return cls(compressor, store=store_dir, comi=comi, **kwargs)
 
     @classmethod
