@@ -6,6 +6,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -92,6 +93,21 @@ class Reader:
         forward = inspect.signature(backbone.model.forward).parameters
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
         self._cache_keyword = cache_keyword(backbone.model)
+        self._through: dict[ReaderAdapter | None, Reader] = {self.adapter: self}  # see through()
+        self._through_lock = threading.Lock()
+
+    def through(self, adapter: ReaderAdapter | None) -> Reader:
+        """This reader (backbone, prompt, length limit) reading through ``adapter`` (``None``: the frozen
+        weights): itself when it already does, else a reader made once and kept.
+
+        For slots made for another adapter than this reader's, e.g. a query-aware merger's beside a head's.
+        """
+        with self._through_lock:
+            reader = self._through.get(adapter)
+            if reader is None:
+                reader = Reader(self.backbone, self.prompt, self.max_new_tokens, adapter=adapter)
+                self._through[adapter] = reader
+            return reader
 
     def context_embeddings(self, context: Context) -> torch.Tensor:
         """The context as input embeddings [n, H] in the model's dtype."""

@@ -14,7 +14,13 @@ from comprexit_rag.backbone import autocast_for
 from comprexit_rag.errors import AdapterMismatchError, BackboneMismatchError, CheckpointError, InvalidInputError
 from comprexit_rag.methods.base import head_digest
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
-from comprexit_rag.reading.adapter import ADAPTER_DIR, PEFT_WEIGHTS_NAME, ReaderAdapter, ReaderAdapterConfig
+from comprexit_rag.reading.adapter import (
+    ADAPTER_DIR,
+    FROZEN_READER,
+    PEFT_WEIGHTS_NAME,
+    ReaderAdapter,
+    ReaderAdapterConfig,
+)
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
@@ -302,3 +308,19 @@ def test_a_served_copy_with_the_adapter_merged_reads_like_the_adapted_reader(fre
     slots_only = ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4, scope="slots"), name="slots")
     with pytest.raises(InvalidInputError, match="cannot be merged"):
         export_served_reader(slots_only, tmp_path / "refused")
+
+
+def test_a_reader_through_another_adapter_keeps_its_prompt_and_limit_and_is_made_once(fresh_tiny_backbone):
+    adapter = ReaderAdapter.create(fresh_tiny_backbone, ReaderAdapterConfig(rank=2))
+    reader = Reader(fresh_tiny_backbone, max_new_tokens=3)  # through the attached adapter
+    frozen = reader.through(None)
+
+    assert reader.adapter is adapter and reader.through(adapter) is reader
+    assert frozen.adapter is None and reader.through(None) is frozen
+    assert (frozen.backbone, frozen.prompt, frozen.max_new_tokens) == (reader.backbone, reader.prompt, 3)
+    frozen_slots = SoftContext.from_passages(
+        [torch.randn(2, fresh_tiny_backbone.hidden_size)], [8], reader_adapter=FROZEN_READER
+    )
+    with pytest.raises(AdapterMismatchError):
+        reader.generate("Who?", frozen_slots)
+    assert isinstance(frozen.generate("Who?", frozen_slots), str)

@@ -37,6 +37,7 @@ from langchain_comprexit._checks import TypedErrors, check_documents, is_blank
 
 if TYPE_CHECKING:
     from comprexit_rag.rag import RAGPipeline
+    from comprexit_rag.reading.adapter import ReaderAdapter
 
 __all__ = ["COMPRESS_EVENT", "METHODS", "SLOT_METADATA_KEY", "ComprExITDocumentCompressor", "Method", "SlotLookup"]
 
@@ -162,6 +163,10 @@ class ComprExITDocumentCompressor(TypedErrors, BaseDocumentCompressor):
         """Names the slots of ``method``: compressor weights and backbone, then the ratio."""
         method = method or self.method
         return store_fingerprint(self._compressor(method).fingerprint, self.ratio_for(method))
+
+    def reader_adapter(self, method: Method | None = None) -> ReaderAdapter | None:
+        """The reader adapter ``method``'s slots are read through (``None``: the frozen reader)."""
+        return self._compressor(method or self.method).reader_adapter
 
     def slot_key(self, text: str, query: str | None = None, method: Method | None = None) -> str:
         """Key of the slots of ``text``: its content hash (for COMI, of the query and the text)."""

@@ -295,8 +295,10 @@ class ComprExITReader(TypedErrors, RunnableSerializable[dict[str, Any], str | di
         return outputs
 
     def _core(self) -> Reader:
+        """``reader``, through the adapter the compressor's slots are read through (a COMI merger's may differ
+        from the head's: none, or its own)."""
         assert self.reader is not None  # set by the validator
-        return self.reader
+        return self.reader.through(self.compressor.reader_adapter())
 
     def _parse(self, value: Any, max_new_tokens: int) -> tuple[str, list[Document]]:
         """The question and documents of one input, checked before any slot is looked up or compressed.

@@ -28,9 +28,9 @@ from comprexit_rag.errors import DefaultModelUnavailableError  # noqa: E402
 from comprexit_rag.methods.comprexit.head import ComprExITHead  # noqa: E402
 from comprexit_rag.rag import RAGPipeline  # noqa: E402
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever, default_embedder_path  # noqa: E402
-from comprexit_rag.testing import default_tokenizer, real_backbone, tiny_backbone  # noqa: E402
+from comprexit_rag.testing import default_tokenizer, make_tiny_backbone, real_backbone, tiny_backbone  # noqa: E402
 
-__all__ = ["default_tokenizer", "real_backbone", "tiny_backbone"]
+__all__ = ["default_tokenizer", "make_tiny_backbone", "real_backbone", "tiny_backbone"]
 
 QUESTIONS = 3  # HotpotQA dev questions whose ten passages each make up the test index
 

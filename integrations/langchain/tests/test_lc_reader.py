@@ -9,6 +9,10 @@ from typing import Any
 import pytest
 import torch
 from comprexit_rag.errors import InvalidInputError
+from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
+from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.reading.adapter import ReaderAdapter, ReaderAdapterConfig
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.slots import content_key
 from comprexit_rag.soft_context import SoftContext
@@ -176,3 +180,22 @@ def test_no_documents_and_bad_inputs(reader):
 def test_serialising_the_reader_writes_no_tensors(reader):
     text = dumps(reader)
     assert "tensor(" not in text.lower()
+
+
+def test_comi_slots_are_read_through_the_adapter_their_merger_was_trained_with(make_tiny_backbone):
+    # The head has a reader adapter; the COMI merger was trained for the frozen reader (no adapter of its own).
+    backbone = make_tiny_backbone()
+    adapter = ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=2))
+    core = ComprExITCompressor(backbone, ComprExITHead.for_backbone(backbone), reader_adapter=adapter)
+    comi = COMICompressor(backbone, COMIMerger.for_backbone(backbone))
+    documents = [Document(page_content="Ada founded the town of Rell in 1512.")]
+
+    stored = ComprExITReader(compressor=ComprExITDocumentCompressor(compressor=core), max_new_tokens=3)
+    query_aware = ComprExITReader(
+        compressor=ComprExITDocumentCompressor(compressor=core, method="comi", comi=comi), max_new_tokens=3
+    )
+
+    assert stored._core().adapter is adapter
+    assert query_aware._core().adapter is None and query_aware._core() is query_aware._core()
+    assert query_aware._core().backbone is backbone and query_aware._core().prompt is query_aware.reader.prompt
+    assert isinstance(query_aware.invoke({"question": "Who founded Rell?", "documents": documents}), str)

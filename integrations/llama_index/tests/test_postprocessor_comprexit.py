@@ -19,14 +19,17 @@ from llama_index.postprocessor.comprexit import (
     SLOTS_KEY,
     TOKENS_KEY,
     ComprExITNodePostprocessor,
+    ComprExITSynthesizer,
     MemorySlotCache,
 )
 
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.methods.comi import COMICompressor, COMIMerger
+from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.reading.adapter import ReaderAdapter, ReaderAdapterConfig
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import SlotStore, content_key
 from comprexit_rag.training.trainer import save_module_and_adapter
@@ -247,3 +250,31 @@ def test_a_comi_merger_directory_brings_its_reader_adapter(fresh_tiny_backbone, 
     assert postprocessor.comi.reader_adapter is not None
     assert postprocessor.comi.reader_adapter.digest == adapter.digest
     assert postprocessor.comi.fingerprint != COMICompressor(backbone, merger).fingerprint
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_each_method_s_slots_are_read_through_their_own_adapter(
+    make_tiny_backbone, hotpot_nodes, monkeypatch, streaming
+):
+    # The head has a reader adapter; the COMI merger was trained for the frozen reader (no adapter of its own).
+    backbone = make_tiny_backbone()
+    adapter = ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=2))
+    core = ComprExITCompressor(backbone, ComprExITHead.for_backbone(backbone), reader_adapter=adapter)
+    comi = COMICompressor(backbone, COMIMerger.for_backbone(backbone))
+    used: list[ReaderAdapter | None] = []
+    for name in ("generate", "stream"):
+        original = getattr(Reader, name)
+
+        def recording(self, *args, _original=original, **kwargs):
+            used.append(self.adapter)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Reader, name, recording)
+    nodes = [NodeWithScore(node=node, score=1.0) for node in hotpot_nodes[:2]]
+
+    for method, expected in (("comprexit", adapter), ("comi", None)):
+        postprocessor = ComprExITNodePostprocessor(core, method=method, comi=comi)
+        response = ComprExITSynthesizer(postprocessor, max_new_tokens=2, streaming=streaming).synthesize("Who?", nodes)
+        if streaming:
+            response.get_response()
+        assert used.pop() is expected

@@ -34,6 +34,7 @@ from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.rag.directory import UNTRAINED_HEAD_DIR
 from comprexit_rag.rag.loading import load_comi_compressor, load_comi_merger_or_untrained, load_compressor
+from comprexit_rag.reading.adapter import ReaderAdapter
 from comprexit_rag.slots import SlotService, SlotStore, store_fingerprint
 from comprexit_rag.slots.service import SlotBackend
 from comprexit_rag.soft_context import SoftContext
@@ -79,6 +80,7 @@ class CompressedNodes:
     misses: int
     fingerprint: str
     method: str
+    reader_adapter: ReaderAdapter | None = None  # what the slots are read through (None: the frozen reader)
 
 
 class ComprExITNodePostprocessor(NamedComponent, BaseNodePostprocessor):
@@ -324,7 +326,8 @@ class ComprExITNodePostprocessor(NamedComponent, BaseNodePostprocessor):
                 }
             )
         context = found.context if texts else SoftContext.empty(self._compressor.backbone.hidden_size)
-        return CompressedNodes(annotated, context, found.hits, found.misses, fingerprint, method)
+        adapter = self._compressor_for(method).reader_adapter
+        return CompressedNodes(annotated, context, found.hits, found.misses, fingerprint, method, adapter)
 
     async def acompress_nodes(
         self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None = None

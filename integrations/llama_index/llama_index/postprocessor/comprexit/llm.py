@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Literal
 
 from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen, LLMMetadata
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -21,6 +21,7 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.settings import Settings
 
 from comprexit_rag.defaults import default_reader
+from comprexit_rag.reading.adapter import ReaderAdapter
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.validation import check_positive_int
@@ -31,6 +32,8 @@ __all__ = ["ComprExITLLM"]
 
 # The slots of the current read: passed beside the prompt, so that events carry counts, never tensors.
 _SLOTS: ContextVar[SoftContext | None] = ContextVar("comprexit_slots", default=None)
+# The reader of the current read, when the slots are read through another adapter than the LLM's reader.
+_READER: ContextVar[Reader | None] = ContextVar("comprexit_reader", default=None)
 
 
 class ComprExITLLM(NamedComponent, CustomLLM):
@@ -71,37 +74,60 @@ class ComprExITLLM(NamedComponent, CustomLLM):
 
     # ------------------------------------------------------------------ reading slots
 
-    def read(self, question: str, context: SoftContext, *, max_new_tokens: int | None = None) -> CompletionResponse:
-        """Answer ``question`` from the soft slots ``context``, as one LLM call (events and span)."""
-        token = _SLOTS.set(context)
+    def read(
+        self,
+        question: str,
+        context: SoftContext,
+        *,
+        max_new_tokens: int | None = None,
+        adapter: ReaderAdapter | Literal["reader"] | None = "reader",
+    ) -> CompletionResponse:
+        """Answer ``question`` from the soft slots ``context``, as one LLM call (events and span).
+
+        ``adapter``: the reader adapter the slots are read through (``None``: the frozen weights), when it is
+        not the reader's own (``"reader"``), e.g. :attr:`CompressedNodes.reader_adapter`.
+        """
+        tokens = _SLOTS.set(context), _READER.set(self._reader_through(adapter))
         try:
             return self.complete(question, **_counts(context, max_new_tokens or self.max_new_tokens))
         finally:
-            _SLOTS.reset(token)
+            _READER.reset(tokens[1])
+            _SLOTS.reset(tokens[0])
 
-    def stream_read(self, question: str, context: SoftContext, *, max_new_tokens: int | None = None) -> Iterator[str]:
+    def stream_read(
+        self,
+        question: str,
+        context: SoftContext,
+        *,
+        max_new_tokens: int | None = None,
+        adapter: ReaderAdapter | Literal["reader"] | None = "reader",
+    ) -> Iterator[str]:
         """:meth:`read`, streamed: yields the answer's text pieces (the LLM event ends with the last)."""
-        token = _SLOTS.set(context)
+        tokens = _SLOTS.set(context), _READER.set(self._reader_through(adapter))
         try:
             responses = self.stream_complete(question, **_counts(context, max_new_tokens or self.max_new_tokens))
         finally:
-            _SLOTS.reset(token)
+            _READER.reset(tokens[1])
+            _SLOTS.reset(tokens[0])
         return (response.delta or "" for response in responses)
+
+    def _reader_through(self, adapter: ReaderAdapter | Literal["reader"] | None) -> Reader:
+        return self._reader if adapter == "reader" else self._reader.through(adapter)
 
     # ------------------------------------------------------------------ the LLM interface
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        context = _SLOTS.get()
+        context, reader = _SLOTS.get(), _READER.get() or self._reader
         max_new_tokens = kwargs.get("max_new_tokens", self.max_new_tokens)
-        text = self._reader.generate(prompt, context, max_new_tokens=max_new_tokens)
+        text = reader.generate(prompt, context, max_new_tokens=max_new_tokens)
         return CompletionResponse(text=text, additional_kwargs=_counts(context, max_new_tokens))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        context = _SLOTS.get()  # read now: the generator below runs after the caller reset it
+        context, reader = _SLOTS.get(), _READER.get() or self._reader  # now: the generator below runs after a reset
         max_new_tokens = kwargs.get("max_new_tokens", self.max_new_tokens)
-        pieces = self._reader.stream(prompt, context, max_new_tokens=max_new_tokens)
+        pieces = reader.stream(prompt, context, max_new_tokens=max_new_tokens)
         counts = _counts(context, max_new_tokens)
 
         def responses() -> CompletionResponseGen:

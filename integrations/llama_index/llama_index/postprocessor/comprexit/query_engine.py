@@ -160,10 +160,14 @@ class ComprExITQueryEngine(NamedComponent, CustomQueryEngine):
             timings["total"] = time.perf_counter() - started
             return Response(EMPTY_RESPONSE, source_nodes=sources, metadata=metadata)
         if self.streaming:
-            stream = self._llm.stream_read(question, context, max_new_tokens=self.max_new_tokens)
+            stream = self._llm.stream_read(
+                question, context, max_new_tokens=self.max_new_tokens, adapter=compressed.reader_adapter
+            )
             return StreamingResponse(stream, source_nodes=sources, metadata=metadata)
         read_from = time.perf_counter()
-        answer = self._llm.read(question, context, max_new_tokens=self.max_new_tokens).text
+        answer = self._llm.read(
+            question, context, max_new_tokens=self.max_new_tokens, adapter=compressed.reader_adapter
+        ).text
         finished = time.perf_counter()
         timings.update(read=finished - read_from, total=finished - started)
         return Response(answer, source_nodes=sources, metadata=metadata)

@@ -153,13 +153,17 @@ class ComprExITSynthesizer(BaseSynthesizer):
         llm = self.llm
         with self._callback_manager.event(CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: question}) as event:
             if self._streaming:
-                stream = llm.stream_read(question, compressed.context, max_new_tokens=self._max_new_tokens)
+                stream = llm.stream_read(
+                    question, compressed.context, max_new_tokens=self._max_new_tokens, adapter=compressed.reader_adapter
+                )
                 response: Response | StreamingResponse = StreamingResponse(
                     stream, source_nodes=sources, metadata=metadata
                 )
             else:
                 read_from = time.perf_counter()
-                answer = llm.read(question, compressed.context, max_new_tokens=self._max_new_tokens).text
+                answer = llm.read(
+                    question, compressed.context, max_new_tokens=self._max_new_tokens, adapter=compressed.reader_adapter
+                ).text
                 timings["read"] = time.perf_counter() - read_from
                 response = Response(answer, source_nodes=sources, metadata=metadata)
             event.on_end(payload={EventPayload.RESPONSE: response})
