@@ -272,11 +272,12 @@ class Backbone:
         """The decoder layers compiled with ``torch.compile`` for the forward passes inside; eager again after.
 
         Regional compilation: the layers share their code and their weights are inputs of the compiled
-        graphs, so the graphs compiled for the first layer serve every layer, and compiling costs seconds
-        where the whole model would cost minutes. Within them the elementwise work (norms, rotary, SwiGLU,
-        the LoRA delta's scaling and sum) is fused. Shapes are dynamic from the first call, so batches of
-        other sizes and lengths reuse the graphs; a graph is compiled for each grad mode and state of the
-        reader adapter (the frozen pass that feeds a head, the reading pass, a no-grad reading pass).
+        graphs, so the graphs compiled for the first layer serve every layer, and compiling costs one
+        layer's time, not the model's. Within them the elementwise work (norms, rotary, SwiGLU, the LoRA
+        delta's scaling and sum) is fused. Shapes are dynamic from the first call, so batches of other
+        sizes and lengths reuse the graphs; a graph is compiled for each grad mode and state of the reader
+        adapter (the frozen pass that feeds a head, the reading pass, a no-grad reading pass) and for
+        attention with and without a padding mask: ten for a distilled step, compiled in its first steps.
 
         The compiled regions are the layers' blocks (attention, MLP, norms), not whole layers: transformers
         hooks the attention block to capture its weights (``output_attentions``), and the hook reads a
