@@ -4,7 +4,9 @@ Runs the real trainer (``comprexit_rag.training.trainer.train``) for a few steps
 temporary directory, and times the steps after the warm-up ones from the trainer's own per-step log.
 With ``--profile`` it also profiles a few steps of the first shape and writes the top operators
 (by self device time and by self CPU time) and the kernel launches per step, which say whether a
-step is bound by the GPU's arithmetic or by launching many small kernels.
+step is bound by the GPU's arithmetic or by launching many small kernels. With ``--compile`` the
+trainer compiles the backbone's decoder layers (``compile_layers``): the warm-up steps must cover the
+compilation, and the results record the graphs compiled.
 
     python benchmarks/train_throughput.py --config experiments/reader_adapter/pretrain-4x.json \
         --shapes 512x16 512x64 128x64 128x256 --device cuda --profile --out throughput.json
@@ -51,13 +53,14 @@ def parse_shape(text: str) -> tuple[int, int]:
 def timed_run(config: TrainConfig, device: str, warmup: int, steps: int, backbone: str | None = None) -> dict:
     """Sequences per second over the steps after ``warmup``, from the trainer's per-step log."""
     model = fresh_backbone(device, backbone)
+    graphs = compiled_graphs()
     with tempfile.TemporaryDirectory() as directory:
         run = replace(config, output_dir=directory, max_steps=warmup + steps, log_every=1, save_every=10**9)
         train(run, model)
         records = [json.loads(line) for line in (Path(directory) / "log.jsonl").read_text().splitlines()]
     by_step = {record["step"]: record for record in records}
     seconds = by_step[warmup + steps]["elapsed_s"] - by_step[warmup]["elapsed_s"]
-    return {
+    result = {
         "context_length": config.context_lengths[0],
         "batch_size": config.batch_size,
         "timed_steps": steps,
@@ -65,11 +68,25 @@ def timed_run(config: TrainConfig, device: str, warmup: int, steps: int, backbon
         "sequences_per_s": round(steps * config.batch_size / seconds, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }
+    if config.compile_layers:  # the warm-up's share of the time says whether it covered the compilation
+        result["compiled_graphs"] = compiled_graphs() - graphs
+        result["warmup_s"] = by_step[warmup]["elapsed_s"]
+    return result
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def fresh_backbone(device: str, name: str | None = None) -> Backbone:
     """A backbone with no reader adapter attached yet (each run attaches its own); ``None``: the default."""
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    # Compiled layers (--compile) compile afresh in each run's warm-up: the graphs for earlier backbones would
+    # count against dynamo's recompile limit, past which it runs the layers eagerly.
+    torch._dynamo.reset()
     return Backbone.from_pretrained(name, device=device)
 
 
@@ -113,13 +130,15 @@ def profile_steps(config: TrainConfig, device: str, steps: int, out: Path, backb
 
     parts = TrainerParts(config, device, backbone)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if parts.backbone.device.type == "cuda" else [])
-    for index in range(2):  # allocator, kernel selection and data warm-up stay out of the profile
-        parts.step(index)
-    with profile(activities=activities) as profiler:
-        for index in range(2, 2 + steps):
+    compiled = parts.backbone.compiled_layers() if config.compile_layers else contextlib.nullcontext()
+    with compiled:
+        for index in range(2):  # allocator, kernel selection, compilation and data warm-up stay out of the profile
             parts.step(index)
-        if parts.backbone.device.type == "cuda":
-            torch.cuda.synchronize()
+        with profile(activities=activities) as profiler:
+            for index in range(2, 2 + steps):
+                parts.step(index)
+            if parts.backbone.device.type == "cuda":
+                torch.cuda.synchronize()
     averages = profiler.key_averages()
     device_key = "self_device_time_total" if parts.backbone.device.type == "cuda" else "self_cpu_time_total"
     out.write_text(
@@ -180,12 +199,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backbone", help="a causal LM (name or path); default: the embedded SmolLM2")
     parser.add_argument("--profile", action="store_true", help="also profile 5 steps of the first shape")
-    parser.add_argument("--ops", action="store_true", help="also count the operators of one step of every shape")
+    parser.add_argument(
+        "--ops", action="store_true", help="also count the operators of one (eager) step of every shape"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="compile the backbone's decoder layers (TrainConfig.compile_layers)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    base = TrainConfig(**json.loads(args.config.read_text()) | {"output_dir": "unused", "piece_seconds": None})
+    overrides = {"output_dir": "unused", "piece_seconds": None} | ({"compile_layers": True} if args.compile else {})
+    base = TrainConfig(**json.loads(args.config.read_text()) | overrides)
     shapes = []
     for shape in args.shapes:
         length, batch = parse_shape(shape)
@@ -199,6 +224,7 @@ def main() -> None:
         "config": str(args.config),
         "backbone": args.backbone or "embedded default",
         "environment": machine_environment(torch.device(args.device)),
+        "compile_layers": base.compile_layers,
         "goal_sequences_per_s_at_512": GOAL_SEQUENCES_PER_S,
         "results": results,
     }

@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedM
 from transformers.utils import ModelOutput
 
 from .default_model import DEFAULT_BACKBONE_NAME, default_backbone_dir
+from .errors import InvalidInputError
 from .layout import to_device
 from .threads import apply_thread_policy
 
@@ -264,6 +266,37 @@ class Backbone:
                 use_cache=False,
             )
         return outputs.hidden_states
+
+    @contextlib.contextmanager
+    def compiled_layers(self, backend: str = "inductor") -> Iterator[None]:
+        """The decoder layers compiled with ``torch.compile`` for the forward passes inside; eager again after.
+
+        Regional compilation: the layers share their code and their weights are inputs of the compiled
+        graphs, so the graphs compiled for the first layer serve every layer, and compiling costs one
+        layer's time, not the model's. Within them the elementwise work (norms, rotary, SwiGLU, the LoRA
+        delta's scaling and sum) is fused. Shapes are dynamic from the first call, so batches of other
+        sizes and lengths reuse the graphs; a graph is compiled for each grad mode and state of the reader
+        adapter (the frozen pass that feeds a head, the reading pass, a no-grad reading pass) and for
+        attention with and without a padding mask: ten for a distilled step, compiled in its first steps.
+
+        The compiled regions are the layers' blocks (attention, MLP, norms), not whole layers: transformers
+        hooks the attention block to capture its weights (``output_attentions``), and the hook reads a
+        ContextVar, which dynamo cannot trace; a block's ``forward`` runs inside its hooks.
+        """
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [module for module in self.model.modules() if isinstance(module, GradientCheckpointingLayer)]
+        if not layers:
+            raise InvalidInputError(f"{self.name} has no decoder layers (GradientCheckpointingLayer) to compile.")
+        blocks = [block for layer in layers for block in layer.children()]
+        for block in blocks:  # an attribute of the instance, shadowing the class's forward until deleted
+            block.forward = torch.compile(block.forward, dynamic=True, backend=backend)
+        logger.info("Compiling the blocks of %d decoder layers of %s (%s)", len(layers), self.name, backend)
+        try:
+            yield
+        finally:
+            for block in blocks:
+                del block.forward
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -10,7 +10,8 @@
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count), trained and scored after the head's results.
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
-#      and a profile of a few 512-token steps.
+#      and a profile of a few 512-token steps; THROUGHPUT_COMPILE=1 measures the same with compiled decoder
+#      layers too (--compile: TrainConfig.compile_layers) into throughput-compiled.json.
 # Everything lands in $RESULTS; "ALL DONE" ends its log.
 set -uo pipefail
 source benchmarks/gpu/setup.sh
@@ -18,7 +19,7 @@ set +e
 export COMPREXIT_DATA=${COMPREXIT_DATA:-/tmp/data} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results}
 COMPARE=${COMPARE:-0} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-420}
-THROUGHPUT=${THROUGHPUT:-1} THROUGHPUT_SHAPES=${THROUGHPUT_SHAPES:-512x16 512x64 128x64 128x256} BASELINES=${BASELINES:-} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
+THROUGHPUT=${THROUGHPUT:-1} THROUGHPUT_COMPILE=${THROUGHPUT_COMPILE:-0} THROUGHPUT_SHAPES=${THROUGHPUT_SHAPES:-512x16 512x64 128x64 128x256} BASELINES=${BASELINES:-} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
 EXP=experiments/reader_adapter PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-experiments/reader_adapter/pretrain-4x.json}
 # PRETRAIN_INIT: a head + adapter directory a new long run starts from (a resumed run reads its checkpoint).
 PRETRAIN_INIT=${PRETRAIN_INIT:-}
@@ -99,5 +100,12 @@ if [ "$THROUGHPUT" = 1 ]; then
     --profile --out "$RESULTS/throughput.json" > "$RUNS/throughput.log" 2>&1
   grep -o '"sequences_per_s": [0-9.]*' "$RESULTS/throughput.json"
   tar czf "$RESULTS/out/throughput.tgz" -C "$RESULTS" throughput.json throughput.profile.txt -C "$RUNS" throughput.log
+  if [ "$THROUGHPUT_COMPILE" = 1 ]; then
+    python3 benchmarks/train_throughput.py --config "$EXP/throughput-4x.json" --shapes $THROUGHPUT_SHAPES --compile \
+      --profile --out "$RESULTS/throughput-compiled.json" > "$RUNS/throughput-compiled.log" 2>&1
+    grep -o '"sequences_per_s": [0-9.]*' "$RESULTS/throughput-compiled.json"
+    tar czf "$RESULTS/out/throughput-compiled.tgz" -C "$RESULTS" throughput-compiled.json \
+      throughput-compiled.profile.txt -C "$RUNS" throughput-compiled.log
+  fi
 fi
 echo ALL DONE

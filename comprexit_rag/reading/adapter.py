@@ -67,6 +67,12 @@ FROZEN_READER = "frozen"
 MERGED_READING_MAX_BYTES = 1 << 30
 Scope = Literal["all", "slots"]
 SCOPES: tuple[str, ...] = ("all", "slots")
+# The [batch, length, 1] slot mask of each slots-scope adapter's reading pass under way, by id(adapter). Kept
+# here rather than on the adapter: its hooks hang off the LoRA layers' nn.Linear modules, and torch.compile
+# takes a tensor reached through a built-in module as a fixed-shape constant (dynamo's
+# force_nn_module_property_static_shapes), so compiled layers (Backbone.compiled_layers) would recompile for
+# each new batch shape. A global's tensors are inputs of any shape.
+_SLOT_MASKS: dict[int, torch.Tensor] = {}
 
 
 @dataclass
@@ -121,7 +127,6 @@ class ReaderAdapter:
         self.name = name
         self.training = False  # whether the weights are trainable (requires_grad), in reading passes and out
         self.paired_head: str | None = None  # digest of the head it was trained with (compressor.head_digest)
-        self._slot_mask: torch.Tensor | None = None
         self._slot_mask_as: dict[torch.dtype, torch.Tensor] = {}  # the mask in each dtype a layer computes in
         # True / False: always / never read through merged weights; None: when the copy is small.
         self.merged_reading: bool | None = None
@@ -299,6 +304,17 @@ class ReaderAdapter:
             self._slot_mask = None
             self._slot_mask_as = {}
 
+    @property
+    def _slot_mask(self) -> torch.Tensor | None:
+        return _SLOT_MASKS.get(id(self))
+
+    @_slot_mask.setter
+    def _slot_mask(self, mask: torch.Tensor | None) -> None:
+        if mask is None:
+            _SLOT_MASKS.pop(id(self), None)
+        else:
+            _SLOT_MASKS[id(self)] = mask
+
     def _reads_merged(self) -> bool:
         if self.training or self.config.scope != "all":
             return False  # training needs the LoRA path's gradients; a slots-scope delta depends on position
@@ -341,6 +357,8 @@ class ReaderAdapter:
                 f"The slot mask covers {tuple(mask.shape[:2])} positions but the pass computes "
                 f"{tuple(output.shape[:2])}."
             )
+        if torch.compiler.is_compiling():  # fused into the compiled kernels; the cache would only add guards
+            return output * mask.to(output.dtype)
         cast = self._slot_mask_as.get(output.dtype)
         if cast is None:  # converted once per pass, not once per adapted layer
             cast = self._slot_mask_as[output.dtype] = mask.to(output.dtype)

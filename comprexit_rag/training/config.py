@@ -109,6 +109,11 @@ class TrainConfig:
     )
     adapter_lr: float | None = option(help="reader adapter: peak lr (default: half of --lr)")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
+    compile_layers: bool = option(
+        False,
+        "compile the backbone's decoder layers with torch.compile, for the reading pass and the frozen pass that "
+        "feeds the head (regional: every layer's blocks share the graphs); the first steps compile",
+    )
     context_lengths: list[int] | None = option(
         help="pretrain: tokens compressed per example, one length drawn per step (default: 128 256 384 and "
         "--context-length)"

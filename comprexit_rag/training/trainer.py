@@ -8,6 +8,7 @@ the targets, and update. Checkpoints hold the module (safetensors), the optimize
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -232,6 +233,12 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
 
 def train(config: TrainConfig, backbone: Backbone) -> dict:
     """Run (or resume) one training stage; returns the summary also written to ``summary.json``."""
+    # Compiled for this run only: the caller's backbone reads (and generates) eagerly afterwards.
+    with backbone.compiled_layers() if config.compile_layers else contextlib.nullcontext():
+        return _train(config, backbone)
+
+
+def _train(config: TrainConfig, backbone: Backbone) -> dict:
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)

@@ -1102,3 +1102,96 @@ def test_qa_tuning_can_keep_a_share_of_pretraining_steps(tiny_backbone, data, tm
     prompts = [type(sample(random.Random(seed))[1]) for seed in range(40)]
     assert {QAPrompt, ReconstructionPrompt} == set(prompts)
     assert 10 <= prompts.count(ReconstructionPrompt) <= 30 and "text" in identity
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled decoder layers (compile_layers): the same losses and gradients, a few graphs in all.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dynamo_counters() -> Iterator[dict]:
+    """torch._dynamo's counters, from a fresh cache: no graph of another test's backbone, and every
+    test's compilations counted against the recompile limit (past it, dynamo runs a layer eagerly)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+
+
+def batch_gradients(reader: Reader, encoder, batches: list) -> list[tuple[float, list[torch.Tensor]]]:
+    """Per batch: the distilled loss (ratio 4) and its gradients in the head's and the adapter's weights."""
+    parameters = [p for p in encoder.trainable.parameters() if p.requires_grad] + reader.adapter.parameters()
+    results = []
+    for batch, prompt in batches:
+        loss = trainer.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
+        results.append((loss.item(), torch.autograd.grad(loss, parameters)))
+    return results
+
+
+@pytest.mark.parametrize("scope", ["all", "slots"])
+def test_compiled_layers_give_the_losses_and_gradients_of_eager_ones(
+    make_tiny_backbone, data, tmp_path, dynamo_counters, scope
+):
+    # A distilled step reads with every state of the adapter: off in the frozen pass that feeds the head, on
+    # in the reading pass and in the teacher's (without gradients); a slots-scope one only at slot positions.
+    backbone = make_tiny_backbone()
+    config = tiny_config(
+        tmp_path / "c", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4, adapter_scope=scope,
+        batch_size=3, distill_weight=0.5, context_lengths=[24, 40, 56],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    encoder = build_encoder(config, backbone)
+    adapter = trainer.build_reader_adapter(config, backbone)
+    for parameter in adapter.parameters():  # B starts at zero: the adapter would change nothing
+        torch.nn.init.normal_(parameter.data, std=0.2)
+    reader = Reader(backbone, adapter=adapter)
+    sample, _ = make_sampler(config, backbone)
+    batches = [sample(random.Random(seed)) for seed in range(4)]
+    batches.append((batches[0][0][:2], batches[0][1]))  # another batch size
+    # Lengths never seen before, once the first batches have compiled a graph for each state of the passes.
+    other_lengths, _ = make_sampler(replace(config, context_lengths=[32, 48]), backbone)
+    batches += [other_lengths(random.Random(seed)) for seed in range(3)]
+
+    eager = batch_gradients(reader, encoder, batches)
+    # aot_eager: dynamo's graphs and their backward, run by aten operators. What could go wrong here (guards
+    # on the adapter's switch and slot mask, graph breaks, gradients through the graphs) goes wrong with it;
+    # inductor's kernels are tested by test_a_compiled_run_trains_as_an_eager_one.
+    with backbone.compiled_layers(backend="aot_eager"):
+        compiled = batch_gradients(reader, encoder, batches[:5])
+        graphs = dynamo_counters["stats"]["unique_graphs"]
+        compiled += batch_gradients(reader, encoder, batches[5:])
+
+    assert not dynamo_counters["graph_break"]
+    assert dynamo_counters["stats"]["unique_graphs"] == graphs > 0  # new lengths compiled nothing
+    for (eager_loss, eager_gradients), (loss, gradients) in zip(eager, compiled, strict=True):
+        assert loss == pytest.approx(eager_loss, rel=1e-6)
+        # Only the order of float32 sums differs (the compiled backward adds up layers and positions in another
+        # order): about 1e-6 of a gradient's norm, or of the whole gradient's where one cancels out to rounding
+        # noise. An ignored term (the adapter, its slot mask) would move it by a good share of it.
+        scale = torch.cat([gradient.flatten() for gradient in eager_gradients]).norm()
+        for expected, actual in zip(eager_gradients, gradients, strict=True):
+            assert (actual - expected).norm() <= 1e-4 * expected.norm() + 1e-6 * scale
+    blocks = [block for layer in backbone.model.model.layers for block in layer.children()]
+    assert all(block.forward.__func__ is type(block).forward for block in blocks)  # eager again
+
+
+@pytest.mark.slow  # inductor compiles its C++ kernels: over a minute on two cores
+def test_a_compiled_run_trains_as_an_eager_one(make_tiny_backbone, data, tmp_path, dynamo_counters):
+    options = {"reader_adapter": True, "adapter_rank": 4, "adapter_scope": "slots", "distill_weight": 0.5}
+    eager = tiny_config(tmp_path / "eager", data, "comprexit", "pretrain", **options)
+    compiled = replace(eager, output_dir=str(tmp_path / "compiled"), compile_layers=True)
+    train(eager, make_tiny_backbone())
+    train(compiled, make_tiny_backbone())
+
+    assert dynamo_counters["stats"]["unique_graphs"] > 0 and not dynamo_counters["graph_break"]
+    losses = [
+        [json.loads(line)["loss"] for line in (Path(run.output_dir) / "log.jsonl").read_text().splitlines()]
+        for run in (eager, compiled)
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)  # the logged losses are rounded to 4 decimals
+    for name, tensor in final_weights(compiled).items():
+        torch.testing.assert_close(tensor, final_weights(eager)[name], rtol=1e-3, atol=1e-4)
