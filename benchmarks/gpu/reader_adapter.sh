@@ -7,6 +7,7 @@
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
 #   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds), then the held-out
 #      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
+#      OTHER_RATIOS="8 16" scores the QA stage's head at those ratios too.
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count), trained and scored after the head's results.
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
@@ -19,7 +20,7 @@ set +e
 export COMPREXIT_DATA=${COMPREXIT_DATA:-/tmp/data} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results}
 COMPARE=${COMPARE:-0} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-420}
-THROUGHPUT=${THROUGHPUT:-1} THROUGHPUT_COMPILE=${THROUGHPUT_COMPILE:-0} THROUGHPUT_SHAPES=${THROUGHPUT_SHAPES:-512x16 512x64 128x64 128x256} BASELINES=${BASELINES:-} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
+OTHER_RATIOS=${OTHER_RATIOS:-} THROUGHPUT=${THROUGHPUT:-1} THROUGHPUT_COMPILE=${THROUGHPUT_COMPILE:-0} THROUGHPUT_SHAPES=${THROUGHPUT_SHAPES:-512x16 512x64 128x64 128x256} BASELINES=${BASELINES:-} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
 EXP=experiments/reader_adapter PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-experiments/reader_adapter/pretrain-4x.json}
 # PRETRAIN_INIT: a head + adapter directory a new long run starts from (a resumed run reads its checkpoint).
 PRETRAIN_INIT=${PRETRAIN_INIT:-}
@@ -70,6 +71,12 @@ tail -n 1 "$RUNS/sft/log.jsonl"
 python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
   --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
 grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
+# OTHER_RATIOS="8 16": the same table at other ratios (a head trained at several, e.g. pretrain-multi-ratio-b256.json).
+for ratio in $OTHER_RATIOS; do
+  python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --ratio "$ratio" --device cuda --batch-size 64 \
+    --out "$RESULTS/sft-quality-${ratio}x.json" > "$RUNS/sft-quality-${ratio}x.log" 2>&1
+  grep -a "F1\|reconstruction" "$RUNS/sft-quality-${ratio}x.log" | tail -3
+done
 
 # What comes back (8 files of <= 16 MiB a call): results + logs in one archive and the QA head in
 # 15 MiB parts (the piece's state is in $RESULTS/piece, above).
