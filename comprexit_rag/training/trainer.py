@@ -287,29 +287,40 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, state["total_steps"], config) * group["lr_scale"]
         losses = []  # read from the device only when logged: a read waits for the whole step
-        for micro in range(config.grad_accum):
-            rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
-            ratio = rng.choice(config.ratios)
-            batch, prompt = sample(rng)
-            targets = sum(len(example.target_ids) for example in batch)
-            for part in reading_passes(batch, config.max_pass_tokens):
-                # Both losses are means over target tokens: weighting each pass by its share of them gives the
-                # whole batch's loss and gradient.
-                share = sum(len(example.target_ids) for example in part) / targets / config.grad_accum
-                if config.distill_weight:
-                    loss = distilled_loss(reader, encoder, part, ratio, prompt, config.distill_weight)
-                else:
-                    loss = answer_loss(reader, encoder, part, ratio, prompt)
-                (loss * share).backward()
-                losses.append(loss.detach() * share)
-            state["examples"] += len(batch)
-            state["target_tokens"] += targets
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        out_of_memory = False
+        try:
+            for micro in range(config.grad_accum):
+                rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
+                ratio = rng.choice(config.ratios)
+                batch, prompt = sample(rng)
+                targets = sum(len(example.target_ids) for example in batch)
+                for part in reading_passes(batch, config.max_pass_tokens):
+                    # Both losses are means over target tokens: weighting each pass by its share of them gives the
+                    # whole batch's loss and gradient.
+                    share = sum(len(example.target_ids) for example in part) / targets / config.grad_accum
+                    if config.distill_weight:
+                        loss = distilled_loss(reader, encoder, part, ratio, prompt, config.distill_weight)
+                    else:
+                        loss = answer_loss(reader, encoder, part, ratio, prompt)
+                    (loss * share).backward()
+                    losses.append(loss.detach() * share)
+                state["examples"] += len(batch)
+                state["target_tokens"] += targets
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        except torch.OutOfMemoryError:
+            # One batch too large for the device costs its step, not the run (a time-budgeted stage saves
+            # nothing until it ends). Its tensors are freed once the handler is left.
+            out_of_memory = True
+        if out_of_memory:
+            losses, grad_norm = [torch.tensor(math.nan)], torch.tensor(math.nan)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         if torch.isfinite(grad_norm):
             optimizer.step()
         else:  # never let one bad batch poison the weights
             state["skipped_steps"] = state.get("skipped_steps", 0) + 1
-            logger.warning("Step %d: non-finite gradient norm, update skipped", step)
+            reason = "out of device memory" if out_of_memory else "non-finite gradient norm"
+            logger.warning("Step %d: %s, update skipped", step, reason)
         optimizer.zero_grad(set_to_none=True)
 
         state["step"] = step + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import random
 import shutil
@@ -509,6 +510,35 @@ def test_a_non_finite_step_is_skipped_and_counted(tiny_backbone, data, tmp_path,
     assert train(config, tiny_backbone)["skipped_steps"] == 2
     for name, tensor in final_weights(config).items():
         assert torch.equal(before[name], tensor), name
+
+
+def test_a_step_out_of_device_memory_is_skipped_and_the_run_goes_on(tiny_backbone, data, tmp_path, monkeypatch, caplog):
+    config = tiny_config(tmp_path / "oom", data)
+    before = initial_weights(config, tiny_backbone)
+    calls = iter(range(10**6))
+
+    def loss(*args, **kwargs) -> torch.Tensor:
+        value = answer_loss(*args, **kwargs)
+        if next(calls) == 1:
+            value.backward(retain_graph=True)  # a partial gradient, as a pass that ran before the failing one
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 428.00 MiB.")
+        return value
+
+    monkeypatch.setattr(trainer, "answer_loss", loss)
+    with caplog.at_level(logging.WARNING):
+        summary = train(config, tiny_backbone)
+
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 1
+    assert "Step 1: out of device memory, update skipped" in caplog.text
+    assert math.isnan(json.loads((Path(config.output_dir) / "log.jsonl").read_text().splitlines()[1])["loss"])
+    after = final_weights(config)
+    assert any(not torch.equal(before[name], tensor) for name, tensor in after.items())
+    # The failed step's partial gradient is dropped: the same weights as skipping that step for a NaN loss.
+    skipped = tiny_config(tmp_path / "nan", data)
+    monkeypatch.setattr(trainer, "answer_loss", nan_on({1}))
+    train(skipped, tiny_backbone)
+    for name, tensor in final_weights(skipped).items():
+        assert torch.equal(after[name], tensor), name
 
 
 def fake_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: Callable[[int], float]) -> None:
