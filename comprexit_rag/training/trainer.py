@@ -196,6 +196,34 @@ def pretrain_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, 
     return sample_pretrain, corpus.identity
 
 
+def accumulate_gradients(
+    config: TrainConfig, step: int, sample: Sampler, reader: Reader, encoder: ContextEncoder, state: dict
+) -> tuple[list[torch.Tensor], int, Prompt]:
+    """The forward and backward passes of one optimiser step: its ``grad_accum`` micro-batches, each read in
+    :func:`reading_passes`, their gradients summed in the parameters. Returns the passes' losses, each
+    weighted by its share of the step (on the device: reading one waits for the step), and the last
+    micro-batch's ratio and prompt; counts the examples and target tokens in ``state``."""
+    losses = []
+    for micro in range(config.grad_accum):
+        rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
+        ratio = rng.choice(config.ratios)
+        batch, prompt = sample(rng)
+        targets = sum(len(example.target_ids) for example in batch)
+        for part in reading_passes(batch, config.max_pass_tokens):
+            # Both losses are means over target tokens: weighting each pass by its share of them gives the
+            # whole batch's loss and gradient.
+            share = sum(len(example.target_ids) for example in part) / targets / config.grad_accum
+            if config.distill_weight:
+                loss = distilled_loss(reader, encoder, part, ratio, prompt, config.distill_weight)
+            else:
+                loss = answer_loss(reader, encoder, part, ratio, prompt)
+            (loss * share).backward()
+            losses.append(loss.detach() * share)
+        state["examples"] += len(batch)
+        state["target_tokens"] += targets
+    return losses, ratio, prompt
+
+
 def reading_passes(batch: list[TrainExample], max_tokens: int | None) -> list[list[TrainExample]]:
     """``batch`` cut into groups read in one pass each: as many examples as keep rows x longest row (passage
     and target tokens) within ``max_tokens``, at least one. ``None``: the whole batch at once.
@@ -286,33 +314,16 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
         step = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, state["total_steps"], config) * group["lr_scale"]
-        losses = []  # read from the device only when logged: a read waits for the whole step
         out_of_memory = False
         try:
-            for micro in range(config.grad_accum):
-                rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
-                ratio = rng.choice(config.ratios)
-                batch, prompt = sample(rng)
-                targets = sum(len(example.target_ids) for example in batch)
-                for part in reading_passes(batch, config.max_pass_tokens):
-                    # Both losses are means over target tokens: weighting each pass by its share of them gives the
-                    # whole batch's loss and gradient.
-                    share = sum(len(example.target_ids) for example in part) / targets / config.grad_accum
-                    if config.distill_weight:
-                        loss = distilled_loss(reader, encoder, part, ratio, prompt, config.distill_weight)
-                    else:
-                        loss = answer_loss(reader, encoder, part, ratio, prompt)
-                    (loss * share).backward()
-                    losses.append(loss.detach() * share)
-                state["examples"] += len(batch)
-                state["target_tokens"] += targets
+            losses, ratio, prompt = accumulate_gradients(config, step, sample, reader, encoder, state)
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         except torch.OutOfMemoryError:
             # One batch too large for the device costs its step, not the run (a time-budgeted stage saves
             # nothing until it ends). Its tensors are freed once the handler is left.
             out_of_memory = True
         if out_of_memory:
-            losses, grad_norm = [torch.tensor(math.nan)], torch.tensor(math.nan)
+            losses, ratio, prompt, grad_norm = [torch.tensor(math.nan)], None, None, torch.tensor(math.nan)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         if torch.isfinite(grad_norm):
@@ -346,7 +357,7 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
                 "step": state["step"],
                 "loss": round(total_loss, 4),
                 "ratio": ratio,
-                "objective": type(prompt).__name__,
+                "objective": type(prompt).__name__ if prompt is not None else None,
                 "lr": lr_at(step, state["total_steps"], config),
                 "grad_norm": round(float(grad_norm), 3),
                 "elapsed_s": round(state["elapsed_s"], 1),
