@@ -75,7 +75,7 @@ def stored_context(pipeline: RAGPipeline, texts: Sequence[str], ratio: int) -> t
 def reader_for(pipeline: RAGPipeline, compressor: Compressor | None) -> Reader:
     """The reader of the compressor's slots: through its reader adapter (the frozen reader for a COMI merger
     trained without one); text is read like the stored slots."""
-    return pipeline.reader_through((compressor or pipeline.compressor).reader_adapter)
+    return pipeline.reader.through((compressor or pipeline.compressor).reader_adapter)
 
 
 def _source(hit: RetrievedPassage) -> Source:

@@ -71,7 +71,6 @@ if TYPE_CHECKING:
     from ..methods import MethodSpec
     from ..methods.base import Compressor
     from ..methods.comi import COMICompressor, COMIMerger
-    from ..reading.adapter import ReaderAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +119,8 @@ class RAGPipeline:
         self.retriever = retriever
         self.ratio = resolve_ratio(compressor, ratio)
         # The head's reader adapter (if it has one) reads its slots and the raw text; COMI's slots are read
-        # through the adapter its merger was trained with: none (the frozen reader) unless it brought one.
+        # through the adapter its merger was trained with (``reader.through``): none unless it brought one.
         self.reader = Reader(compressor.backbone, adapter=compressor.reader_adapter)
-        self.frozen_reader = Reader(compressor.backbone, adapter=None) if compressor.reader_adapter else self.reader
-        self._readers: dict[ReaderAdapter | None, Reader] = {
-            compressor.reader_adapter: self.reader,
-            None: self.frozen_reader,
-        }
         self._comi_merger = comi_merger
         self._comi: COMICompressor | None = None
         # Stored slots of the compressor, one store per ratio under slots/ (see comprexit_rag.slots).
@@ -300,14 +294,6 @@ class RAGPipeline:
             if self._comi is None:
                 self._comi = load_comi_compressor(self.backbone, self._comi_merger)
             return self._comi
-
-    def reader_through(self, adapter: ReaderAdapter | None) -> Reader:
-        """The reader through ``adapter`` (``None``: the frozen weights), over the shared backbone; built once."""
-        with self._lock:
-            reader = self._readers.get(adapter)
-            if reader is None:
-                reader = self._readers[adapter] = Reader(self.backbone, adapter=adapter)
-            return reader
 
     @property
     def store(self) -> SlotStore:
