@@ -23,28 +23,11 @@ from pathlib import Path
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.training.config import TrainConfig
 from comprexit_rag.training.examples import TrainExample
-from comprexit_rag.training.trainer import make_sampler, reading_passes
-
-
-def size(example: TrainExample) -> int:
-    return sum(len(ids) for ids in example.passage_ids) + len(example.target_ids)
+from comprexit_rag.training.trainer import cut_in_order, make_sampler, reading_passes, row_tokens
 
 
 def padded(passes: list[list[TrainExample]]) -> int:
-    return sum(len(part) * max(size(example) for example in part) for part in passes)
-
-
-def in_order(batch: list[TrainExample], max_tokens: int) -> list[list[TrainExample]]:
-    """The batch cut in its sampled order (how reading_passes cut it before session 10)."""
-    passes: list[list[TrainExample]] = [[]]
-    longest = 0
-    for example in batch:
-        if passes[-1] and max(longest, size(example)) * (len(passes[-1]) + 1) > max_tokens:
-            passes.append([])
-            longest = 0
-        passes[-1].append(example)
-        longest = max(longest, size(example))
-    return passes
+    return sum(len(part) * max(row_tokens(example) for example in part) for part in passes)
 
 
 def main() -> None:
@@ -64,11 +47,11 @@ def main() -> None:
         rng = random.Random(config.seed * 1_000_003 + step * 101)  # the trainer's seed for micro-batch 0
         rng.choice(config.ratios)
         batches.append(sample(rng)[0])
-    real = sum(size(example) for batch in batches for example in batch)
+    real = sum(row_tokens(example) for batch in batches for example in batch)
     rows = [{"max_pass_tokens": None, "padded_over_real": round(sum(padded([b]) for b in batches) / real, 3)}]
     for budget in args.budgets:
         grouped = [reading_passes(batch, budget) for batch in batches]
-        ordered = [in_order(batch, budget) for batch in batches]
+        ordered = [cut_in_order(batch, budget) for batch in batches]  # how passes were cut before session 10
         rows.append(
             {
                 "max_pass_tokens": budget,

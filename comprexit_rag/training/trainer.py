@@ -235,19 +235,25 @@ def reading_passes(batch: list[TrainExample], max_tokens: int | None) -> list[li
     """
     if max_tokens is None:
         return [batch]
+    return cut_in_order(sorted(batch, key=row_tokens), max_tokens)
 
-    def size(example: TrainExample) -> int:
-        return sum(len(ids) for ids in example.passage_ids) + len(example.target_ids)
 
+def row_tokens(example: TrainExample) -> int:
+    """Passage and target tokens of an example: the length its reading row is padded against."""
+    return sum(len(ids) for ids in example.passage_ids) + len(example.target_ids)
+
+
+def cut_in_order(examples: list[TrainExample], max_tokens: int) -> list[list[TrainExample]]:
+    """``examples`` cut, in the order given, into runs whose rows x longest row stay within ``max_tokens``."""
     passes: list[list[TrainExample]] = [[]]
     longest = 0
-    for example in sorted(batch, key=size):
-        size_of_example = size(example)
-        if passes[-1] and max(longest, size_of_example) * (len(passes[-1]) + 1) > max_tokens:
+    for example in examples:
+        size = row_tokens(example)
+        if passes[-1] and max(longest, size) * (len(passes[-1]) + 1) > max_tokens:
             passes.append([])
             longest = 0
         passes[-1].append(example)
-        longest = max(longest, size_of_example)
+        longest = max(longest, size)
     return passes
 
 
