@@ -10,6 +10,7 @@ the slot and token counts (never the slots).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -87,12 +88,8 @@ class ComprExITLLM(NamedComponent, CustomLLM):
         ``adapter``: the reader adapter the slots are read through (``None``: the frozen weights), when it is
         not the reader's own (``"reader"``), e.g. :attr:`CompressedNodes.reader_adapter`.
         """
-        tokens = _SLOTS.set(context), _READER.set(self._reader_through(adapter))
-        try:
+        with self._reading(context, adapter):
             return self.complete(question, **_counts(context, max_new_tokens or self.max_new_tokens))
-        finally:
-            _READER.reset(tokens[1])
-            _SLOTS.reset(tokens[0])
 
     def stream_read(
         self,
@@ -103,16 +100,20 @@ class ComprExITLLM(NamedComponent, CustomLLM):
         adapter: ReaderAdapter | Literal["reader"] | None = "reader",
     ) -> Iterator[str]:
         """:meth:`read`, streamed: yields the answer's text pieces (the LLM event ends with the last)."""
-        tokens = _SLOTS.set(context), _READER.set(self._reader_through(adapter))
-        try:
+        with self._reading(context, adapter):
             responses = self.stream_complete(question, **_counts(context, max_new_tokens or self.max_new_tokens))
-        finally:
-            _READER.reset(tokens[1])
-            _SLOTS.reset(tokens[0])
         return (response.delta or "" for response in responses)
 
-    def _reader_through(self, adapter: ReaderAdapter | Literal["reader"] | None) -> Reader:
-        return self._reader if adapter == "reader" else self._reader.through(adapter)
+    @contextlib.contextmanager
+    def _reading(self, context: SoftContext, adapter: ReaderAdapter | Literal["reader"] | None) -> Iterator[None]:
+        """The slots (and the reader for them) that the LLM calls inside read."""
+        reader = self._reader if adapter == "reader" else self._reader.through(adapter)
+        slots, readers = _SLOTS.set(context), _READER.set(reader)
+        try:
+            yield
+        finally:
+            _READER.reset(readers)
+            _SLOTS.reset(slots)
 
     # ------------------------------------------------------------------ the LLM interface
 
