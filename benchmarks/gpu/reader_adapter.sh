@@ -5,11 +5,11 @@
 #      own-slot loss gives its design to the long run (settled in session 7: all positions, 128 tokens).
 #   2. The long run ($PRETRAIN_CONFIG, default pretrain-4x.json, + the winning design), one piece of
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
-#   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds), then the held-out
+#   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds; 0: none), then the held-out
 #      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
-#      OTHER_RATIOS="8 16" scores the QA stage's head at those ratios too.
+#      OTHER_RATIOS="8 16" scores the piece's and the QA stage's head at those ratios too.
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
-#      QA stage's step count), trained and scored after the head's results.
+#      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results.
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps; THROUGHPUT_COMPILE=1 measures the same with compiled decoder
 #      layers too (--compile: TrainConfig.compile_layers) into throughput-compiled.json.
@@ -64,35 +64,45 @@ tar cf - -C "$RUNS" pretrain/checkpoint pretrain/log.jsonl | split -b 15m - "$RE
 echo PIECE READY
 python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
   --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
-rm -rf "$RUNS/sft"
-train --config "$SFT_CONFIG" --init-from "$RUNS/pretrain/final" --time-budget "$SFT_S" \
-  --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
-tail -n 1 "$RUNS/sft/log.jsonl"
-python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
-  --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
-grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
-# OTHER_RATIOS="8 16": the same table at other ratios (a head trained at several, e.g. pretrain-multi-ratio-b256.json).
+# OTHER_RATIOS="8 16": the same tables at other ratios (a head trained at several, e.g. pretrain-multi-ratio-b256.json).
 for ratio in $OTHER_RATIOS; do
-  python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --ratio "$ratio" --device cuda --batch-size 64 \
-    --out "$RESULTS/sft-quality-${ratio}x.json" > "$RUNS/sft-quality-${ratio}x.log" 2>&1
-  grep -a "F1\|reconstruction" "$RUNS/sft-quality-${ratio}x.log" | tail -3
+  python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --ratio "$ratio" --device cuda --nq 0 --hotpotqa 0 \
+    --out "$RESULTS/pretrain-quality-${ratio}x.json" > "$RUNS/pretrain-quality-${ratio}x.log" 2>&1
+  grep -a "reconstruction" "$RUNS/pretrain-quality-${ratio}x.log" | tail -1
 done
-
-# What comes back (8 files of <= 16 MiB a call): results + logs in one archive and the QA head in
-# 15 MiB parts (the piece's state is in $RESULTS/piece, above).
+# SFT_S=0: no QA stage (a piece of a long run whose QA stage comes in a later session).
 mkdir -p "$RESULTS/out" "$RESULTS/state"
+if [ "$SFT_S" != 0 ]; then
+  rm -rf "$RUNS/sft"
+  train --config "$SFT_CONFIG" --init-from "$RUNS/pretrain/final" --time-budget "$SFT_S" \
+    --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
+  tail -n 1 "$RUNS/sft/log.jsonl"
+  python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
+    --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
+  grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
+  for ratio in $OTHER_RATIOS; do
+    python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --ratio "$ratio" --device cuda --batch-size 64 \
+      --out "$RESULTS/sft-quality-${ratio}x.json" > "$RUNS/sft-quality-${ratio}x.log" 2>&1
+    grep -a "F1\|reconstruction" "$RUNS/sft-quality-${ratio}x.log" | tail -3
+  done
+  # The QA head in 15 MiB parts (the piece's state is in $RESULTS/piece, above).
+  tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
+fi
+
+# What comes back (8 files of <= 16 MiB a call): results + logs in one archive, and the parts above.
 ( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
 ( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state --exclude=piece . )
-tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
 ls -la "$RESULTS/out" "$RESULTS/state"
 echo STATE READY
 # BASELINES: experiment files of $EXP (names without .json) trained after the head's results are packed,
 # each for as many steps as the head's QA stage took (same data, steps and seed), then scored by
 # slot_quality.py --method <its method>; results in out/baselines.tgz.
-qa_steps=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$RUNS/sft/summary.json")
+# Without a QA stage this session, each trains for its experiment file's max_steps (the shipped head's).
+qa_steps=""
+[ -f "$RUNS/sft/summary.json" ] && qa_steps=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$RUNS/sft/summary.json")
 for name in $BASELINES; do
   method=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['method'])" "$EXP/$name.json")
-  train --config "$EXP/$name.json" --max-steps "$qa_steps" --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  train --config "$EXP/$name.json" ${qa_steps:+--max-steps "$qa_steps"} --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
