@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..errors import InvalidInputError
@@ -35,6 +35,9 @@ def options(args: argparse.Namespace) -> dict:
             raise InvalidInputError(f"{args.config}: unknown training options {unknown}; see `comprexit-rag train -h`.")
         defaults = {key: args.parser.get_default(key) for key in values}
         values = from_file | {key: value for key, value in values.items() if value != defaults[key]}
+        for field in fields(TrainConfig):  # a required field the file leaves out takes its flag's default
+            if field.default is MISSING and field.default_factory is MISSING and field.name not in values:
+                values[field.name] = defaults.get(field.name)
     for required in ("stage", "output_dir"):
         if values.get(required) is None:
             raise InvalidInputError(f"--{required.replace('_', '-')} is required (on the command line or in --config).")

@@ -140,6 +140,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_method_and_stage(self.method, self.stage)
+        for item in fields(self):  # argparse checks choices given as flags; an experiment file's values land here
+            choices = item.metadata.get("choices")
+            if choices is not None and getattr(self, item.name) not in choices:
+                raise InvalidInputError(
+                    f"{item.name} must be one of {', '.join(choices)}, got {getattr(self, item.name)!r}."
+                )
         spec = get_method(self.method)
         for name in head_options("override"):
             if getattr(self, name) is not None and self.method != HEAD_METHOD:

@@ -1104,6 +1104,18 @@ def test_distillation_adds_the_kl_to_the_full_text_reader(tiny_backbone, data, t
         tiny_config(tmp_path / "x", data, "full-tuned", "sft", distill_weight=1.0)
 
 
+def test_an_experiment_file_gets_the_choices_a_flag_gets(data, tmp_path, capsys):
+    # argparse checks the choices of options given as flags; values from an experiment file reach
+    # TrainConfig directly, which checks them itself.
+    with pytest.raises(InvalidInputError, match="adapter_scope must be one of all, slots, got 'text'"):
+        tiny_config(tmp_path / "x", data, "comprexit", "sft", adapter_scope="text")
+    experiment = tmp_path / "run.json"
+    experiment.write_text(json.dumps({"stage": "sft", "reader_adapter": True, "adapter_scope": "text"}))
+    assert main(["train", "--config", str(experiment), "--output-dir", str(tmp_path / "y")]) != 0
+    assert "adapter_scope must be one of all, slots, got 'text'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()  # refused before anything is written
+
+
 def contains(sequence: list[int], part: list[int]) -> bool:
     return any(sequence[i : i + len(part)] == part for i in range(len(sequence) - len(part) + 1))
 
