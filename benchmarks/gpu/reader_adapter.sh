@@ -5,8 +5,9 @@
 #      own-slot loss gives its design to the long run (settled in session 7: all positions, 128 tokens).
 #   2. The long run ($PRETRAIN_CONFIG, default pretrain-4x.json, + the winning design), one piece of
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
-#   3. QA fine-tuning of the piece's head and adapter ($SFT_CONFIG, SFT_S seconds; 0: none), then the held-out
-#      table (slot_quality.py: reconstruction, NQ and HotpotQA own / other / closed-book / raw text).
+#   3. QA fine-tuning of the piece's head and adapter, or of $SFT_INIT's without a piece ($SFT_CONFIG, SFT_S
+#      seconds; 0: none), then the held-out table (slot_quality.py: reconstruction, NQ and HotpotQA own /
+#      other / closed-book / raw text).
 #      OTHER_RATIOS="8 16" scores the piece's and the QA stage's head at those ratios too.
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results.
@@ -54,27 +55,32 @@ print("winner", winner, scores)
 EOF
 fi
 
-train --config "$RESULTS/pretrain.json" ${PRETRAIN_INIT:+--init-from "$PRETRAIN_INIT"} --piece-seconds "$PIECE_S" --output-dir "$RUNS/pretrain" \
-  > "$RUNS/pretrain.log" 2>&1
-tail -n 2 "$RUNS/pretrain/log.jsonl"
-# The piece's state first, in 15 MiB parts: collect it before anything else (a machine given back
-# takes everything on it; the resumable state is what a long run cannot lose).
-mkdir -p "$RESULTS/piece"
-tar cf - -C "$RUNS" pretrain/checkpoint pretrain/log.jsonl | split -b 15m - "$RESULTS/piece/piece.tar.part-"
-echo PIECE READY
-python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
-  --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
-# OTHER_RATIOS="8 16": the same tables at other ratios (a head trained at several, e.g. pretrain-multi-ratio-b256.json).
-for ratio in $OTHER_RATIOS; do
-  python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --ratio "$ratio" --device cuda --nq 0 --hotpotqa 0 \
-    --out "$RESULTS/pretrain-quality-${ratio}x.json" > "$RUNS/pretrain-quality-${ratio}x.log" 2>&1
-  grep -a "reconstruction" "$RUNS/pretrain-quality-${ratio}x.log" | tail -1
-done
+# SFT_INIT: a finished pretraining run's head + adapter (e.g. /tmp/init from pack_payload.sh INIT=): no
+# pretraining this session, the QA stage starts from it.
+if [ -z "${SFT_INIT:-}" ]; then
+  train --config "$RESULTS/pretrain.json" ${PRETRAIN_INIT:+--init-from "$PRETRAIN_INIT"} --piece-seconds "$PIECE_S" --output-dir "$RUNS/pretrain" \
+    > "$RUNS/pretrain.log" 2>&1
+  tail -n 2 "$RUNS/pretrain/log.jsonl"
+  # The piece's state first, in 15 MiB parts: collect it before anything else (a machine given back
+  # takes everything on it; the resumable state is what a long run cannot lose).
+  mkdir -p "$RESULTS/piece"
+  tar cf - -C "$RUNS" pretrain/checkpoint pretrain/log.jsonl | split -b 15m - "$RESULTS/piece/piece.tar.part-"
+  echo PIECE READY
+  python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
+    --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
+  # OTHER_RATIOS="8 16": the same tables at other ratios (a head trained at several, e.g. pretrain-multi-ratio-b256.json).
+  for ratio in $OTHER_RATIOS; do
+    python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --ratio "$ratio" --device cuda --nq 0 --hotpotqa 0 \
+      --out "$RESULTS/pretrain-quality-${ratio}x.json" > "$RUNS/pretrain-quality-${ratio}x.log" 2>&1
+    grep -a "reconstruction" "$RUNS/pretrain-quality-${ratio}x.log" | tail -1
+  done
+fi
+SFT_FROM=${SFT_INIT:-$RUNS/pretrain/final}
 # SFT_S=0: no QA stage (a piece of a long run whose QA stage comes in a later session).
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 if [ "$SFT_S" != 0 ]; then
   rm -rf "$RUNS/sft"
-  train --config "$SFT_CONFIG" --init-from "$RUNS/pretrain/final" --time-budget "$SFT_S" \
+  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" --time-budget "$SFT_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
