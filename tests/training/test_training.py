@@ -1104,6 +1104,15 @@ def test_distillation_adds_the_kl_to_the_full_text_reader(tiny_backbone, data, t
         tiny_config(tmp_path / "x", data, "full-tuned", "sft", distill_weight=1.0)
 
 
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.json")), ids=lambda path: path.stem)
+def test_every_committed_experiment_file_is_a_valid_training_config(path, tmp_path):
+    # What the GPU script trains from: a typo (an unknown option, a bad choice, options that do not go
+    # together) should fail here, not minutes into a GPU session.
+    options = json.loads(path.read_text())
+    config = TrainConfig(**{"method": "comprexit", **options, "output_dir": str(tmp_path)})
+    assert config.stage == options["stage"]
+
+
 def test_an_experiment_file_gets_the_choices_a_flag_gets(data, tmp_path, capsys):
     # argparse checks the choices of options given as flags; values from an experiment file reach
     # TrainConfig directly, which checks them itself.
