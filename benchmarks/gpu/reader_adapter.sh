@@ -5,6 +5,9 @@
 #      own-slot loss gives its design to the long run (settled in session 7: all positions, 128 tokens).
 #   2. The long run ($PRETRAIN_CONFIG, default pretrain-4x.json, + the winning design), one piece of
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
+#      LR_SWEEP="1e-4 3e-4 1e-3" first runs LR_SWEEP_S seconds of it at each head lr (the adapter's half of
+#      it), from $PRETRAIN_INIT when given, each scored on held-out reconstruction at 4x and OTHER_RATIOS;
+#      the lowest mean own-slot loss sets the long run's lr (results in lr-sweep.json).
 #   3. QA fine-tuning of the piece's head and adapter, or of $SFT_INIT's without a piece ($SFT_CONFIG, SFT_S
 #      seconds; 0: none), then the held-out table (slot_quality.py: reconstruction, NQ and HotpotQA own /
 #      other / closed-book / raw text).
@@ -21,6 +24,7 @@ set +e
 export COMPREXIT_DATA=${COMPREXIT_DATA:-/tmp/data} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results}
 COMPARE=${COMPARE:-0} COMPARE_S=${COMPARE_S:-80} PIECE_S=${PIECE_S:-420} SFT_S=${SFT_S:-420}
+LR_SWEEP=${LR_SWEEP:-} LR_SWEEP_S=${LR_SWEEP_S:-100}
 OTHER_RATIOS=${OTHER_RATIOS:-} THROUGHPUT=${THROUGHPUT:-1} THROUGHPUT_COMPILE=${THROUGHPUT_COMPILE:-0} THROUGHPUT_SHAPES=${THROUGHPUT_SHAPES:-512x16 512x64 128x64 128x256} BASELINES=${BASELINES:-} SFT_CONFIG=${SFT_CONFIG:-experiments/reader_adapter/sft-4x-mixed.json}
 EXP=experiments/reader_adapter PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-experiments/reader_adapter/pretrain-4x.json}
 # PRETRAIN_INIT: a head + adapter directory a new long run starts from (a resumed run reads its checkpoint).
@@ -52,6 +56,34 @@ config = json.loads((results / "pretrain.json").read_text()) | {k: design[k] for
 (results / "pretrain.json").write_text(json.dumps(config, indent=1) + "\n")
 (results / "compare.json").write_text(json.dumps({"own_nats": scores, "winner": winner}, indent=1) + "\n")
 print("winner", winner, scores)
+EOF
+fi
+
+if [ -n "$LR_SWEEP" ]; then
+  for lr in $LR_SWEEP; do
+    adapter_lr=$(python3 -c "import sys; print(float(sys.argv[1]) / 2)" "$lr")
+    train --config "$RESULTS/pretrain.json" ${PRETRAIN_INIT:+--init-from "$PRETRAIN_INIT"} --lr "$lr" \
+      --adapter-lr "$adapter_lr" --time-budget "$LR_SWEEP_S" --output-dir "$RUNS/lr-$lr" > "$RUNS/lr-$lr.log" 2>&1
+    for ratio in 4 $OTHER_RATIOS; do
+      python3 benchmarks/slot_quality.py --head "$RUNS/lr-$lr/final" --ratio "$ratio" --device cuda --nq 0 \
+        --hotpotqa 0 --out "$RESULTS/lr-$lr-${ratio}x.json" > "$RUNS/lr-$lr-${ratio}x.log" 2>&1
+    done
+  done
+  python3 - "$RESULTS" $LR_SWEEP <<'EOF'
+import json, pathlib, statistics, sys
+results, rates = pathlib.Path(sys.argv[1]), sys.argv[2:]
+scores = {
+    rate: {
+        path.stem.rsplit("-", 1)[1]: json.loads(path.read_text())["reconstruction_nq"]["own_nats"]
+        for path in results.glob(f"lr-{rate}-*x.json")
+    }
+    for rate in rates
+}
+best = min(rates, key=lambda rate: statistics.mean(scores[rate].values()) if scores[rate] else float("inf"))
+config = json.loads((results / "pretrain.json").read_text()) | {"lr": float(best), "adapter_lr": float(best) / 2}
+(results / "pretrain.json").write_text(json.dumps(config, indent=1) + "\n")
+(results / "lr-sweep.json").write_text(json.dumps({"own_nats": scores, "chosen_lr": float(best)}, indent=1) + "\n")
+print("lr sweep", scores, "->", best)
 EOF
 fi
 
