@@ -68,13 +68,17 @@ def window_contexts(method: EvalMethod, windows: list[list[int]], texts: list[st
     return list(texts)
 
 
+def nq_windows(tokenizer, count: int) -> list[list[int]]:
+    """The first WINDOW tokens of the first ``count`` NQ dev gold passages (those of at least WINDOW / 2)."""
+    passages = [example.passages[0] for example in load_split("nq", "dev")]
+    windows = [ids[:WINDOW] for ids in tokenize_passages(tokenizer, passages) if len(ids) >= WINDOW // 2]
+    return windows[:count]
+
+
 @torch.no_grad()
 def reconstruction(method: EvalMethod, reader: Reader, count: int, ratio: int) -> dict:
     backbone = reader.backbone
-    stop = answer_end_token_id(backbone.tokenizer)
-    passages = [example.passages[0] for example in load_split("nq", "dev")]
-    windows = [ids[:WINDOW] for ids in tokenize_passages(backbone.tokenizer, passages) if len(ids) >= WINDOW // 2]
-    windows = windows[:count]
+    windows = nq_windows(backbone.tokenizer, count)
     texts = [backbone.tokenizer.decode(ids) for ids in windows]
     own = window_contexts(method, windows, texts, ratio)
     conditions = {
@@ -85,23 +89,29 @@ def reconstruction(method: EvalMethod, reader: Reader, count: int, ratio: int) -
     }
     result = {"windows": len(windows), "window_tokens": WINDOW}
     for name, contexts in conditions.items():
-        loss, correct, total = 0.0, 0, 0
-        for start in range(0, len(windows), 16):
-            batch = windows[start : start + 16]
-            inputs = reader.build_inputs(
-                [""] * len(batch),
-                contexts[start : start + 16],
-                [[*ids, stop] for ids in batch],
-                prompt=ReconstructionPrompt(),
-                padding_side="right",
-            )
-            logits, labels = target_logits(reader, inputs)
-            loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-            correct += int((logits.argmax(-1) == labels).sum())
-            total += labels.numel()
-        result[f"{name}_nats"] = round(loss / total, 4)
-        result[f"{name}_token_accuracy"] = round(correct / total, 4)
+        result[f"{name}_nats"], result[f"{name}_token_accuracy"] = regenerated(reader, windows, contexts)
     return result
+
+
+@torch.no_grad()
+def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context]) -> tuple[float, float]:
+    """Teacher-forced nats per token and token accuracy of regenerating each window from its context."""
+    stop = answer_end_token_id(reader.backbone.tokenizer)
+    loss, correct, total = 0.0, 0, 0
+    for start in range(0, len(windows), 16):
+        batch = windows[start : start + 16]
+        inputs = reader.build_inputs(
+            [""] * len(batch),
+            contexts[start : start + 16],
+            [[*ids, stop] for ids in batch],
+            prompt=ReconstructionPrompt(),
+            padding_side="right",
+        )
+        logits, labels = target_logits(reader, inputs)
+        loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += int((logits.argmax(-1) == labels).sum())
+        total += labels.numel()
+    return round(loss / total, 4), round(correct / total, 4)
 
 
 def qa(method: EvalMethod, reader: Reader, dataset: str, count: int, ratio: int, batch: int) -> dict:

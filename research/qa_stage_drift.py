@@ -16,40 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from slot_quality import WINDOW, nq_windows, regenerated
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.data import load_split
 from comprexit_rag.methods.comprexit import ComprExITCompressor
-from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Reader
-from comprexit_rag.training.data import tokenize_passages
-from comprexit_rag.training.trainer import target_logits
-
-WINDOW = 128  # as benchmarks/slot_quality.py
-
-
-@torch.no_grad()
-def nats_per_token(reader: Reader, windows: list[list[int]], contexts: list) -> float:
-    """Teacher-forced loss of regenerating each window from its context, per target token."""
-    stop = answer_end_token_id(reader.backbone.tokenizer)
-    loss, total = 0.0, 0
-    for start in range(0, len(windows), 16):
-        batch = windows[start : start + 16]
-        inputs = reader.build_inputs(
-            [""] * len(batch),
-            contexts[start : start + 16],
-            [[*ids, stop] for ids in batch],
-            prompt=ReconstructionPrompt(),
-            padding_side="right",
-        )
-        logits, labels = target_logits(reader, inputs)
-        loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        total += labels.numel()
-    return round(loss / total, 4)
 
 
 def main() -> None:
@@ -63,9 +38,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     backbone = Backbone.from_pretrained()
-    passages = [example.passages[0] for example in load_split("nq", "dev")]
-    tokenized = tokenize_passages(backbone.tokenizer, passages)
-    windows = [ids[:WINDOW] for ids in tokenized if len(ids) >= WINDOW // 2][: args.windows]
+    windows = nq_windows(backbone.tokenizer, args.windows)
     texts = [backbone.tokenizer.decode(ids) for ids in windows]
 
     checkpoints = {"before": args.before, "after": args.after}
@@ -81,7 +54,7 @@ def main() -> None:
         conditions = {**{f"{name} head's slots": slots[name] for name in checkpoints}, "raw text": texts}
         conditions["no context"] = [None] * len(windows)
         for condition, contexts in conditions.items():
-            nats = nats_per_token(reader, windows, contexts)
+            nats, _ = regenerated(reader, windows, contexts)
             rows.append({"context": condition, "adapter": adapter_of, "nats": nats})
             logging.info("%s", rows[-1])
     report = {
