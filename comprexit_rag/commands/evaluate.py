@@ -10,14 +10,20 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from ..data import load_hotpotqa, load_nq_open, load_policyqa, load_squad_mrqa
 from ..errors import InvalidInputError
 from ..methods import get_method, method_names
 from ._args import positive_int
 
 logger = logging.getLogger(__name__)
 
-# format -> split family
-FORMATS = {"hotpotqa": "hotpotqa", "nq-open": "nq", "squad-mrqa": "squad", "policyqa": "policyqa"}
+# --format -> the file's loader, and the split family whose dev examples the file holds
+FORMATS: dict[str, tuple[Callable[[str], list], str]] = {
+    "hotpotqa": (load_hotpotqa, "hotpotqa"),
+    "nq-open": (load_nq_open, "nq"),
+    "squad-mrqa": (load_squad_mrqa, "squad"),
+    "policyqa": (load_policyqa, "policyqa"),
+}
 
 
 NAME = "eval"
@@ -29,20 +35,14 @@ and the context tokens/slots read.
 
 
 def load_examples(path: str, data_format: str, split: str, context: str, limit: int | None) -> list:
-    from ..data import QAExample, load_hotpotqa, load_nq_open, load_policyqa, load_split, load_squad_mrqa
+    from ..data import QAExample, load_split
     from ..data.paths import DataNotFoundError
 
-    loaders = {
-        "hotpotqa": load_hotpotqa,
-        "nq-open": load_nq_open,
-        "squad-mrqa": load_squad_mrqa,
-        "policyqa": load_policyqa,
-    }
-    loader = loaders[data_format]
+    loader, family = FORMATS[data_format]
     examples: list[QAExample] = read_qa_file(loader, path, data_format)
     if split == "dev":
         try:
-            dev_ids = {e.id for e in load_split(FORMATS[data_format], "dev")}
+            dev_ids = {e.id for e in load_split(family, "dev")}
         except DataNotFoundError:
             dev_ids = set()
         kept = [e for e in examples if e.id in dev_ids]
