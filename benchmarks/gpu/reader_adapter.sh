@@ -5,6 +5,7 @@
 #      own-slot loss gives its design to the long run (settled in session 7: all positions, 128 tokens).
 #   2. The long run ($PRETRAIN_CONFIG, default pretrain-4x.json, + the winning design), one piece of
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
+#      PIECE_S=0: no piece (a session of baselines only, with SFT_S=0).
 #      LR_SWEEP="1e-4 3e-4 1e-3" first runs LR_SWEEP_S seconds of it at each head lr (the adapter's half of
 #      it), from $PRETRAIN_INIT when given, each scored on held-out reconstruction at 4x and OTHER_RATIOS;
 #      the lowest mean own-slot loss sets the long run's lr (results in lr-sweep.json).
@@ -13,7 +14,8 @@
 #      other / closed-book / raw text).
 #      OTHER_RATIOS="8 16" scores the piece's and the QA stage's head at those ratios too.
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
-#      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results.
+#      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results,
+#      each packed into out/<name>.tgz as soon as it is scored ("<name> READY").
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps; THROUGHPUT_COMPILE=1 measures the same with compiled decoder
 #      layers too (--compile: TrainConfig.compile_layers) into throughput-compiled.json.
@@ -89,7 +91,7 @@ fi
 
 # SFT_INIT: a finished pretraining run's head + adapter (e.g. /tmp/init from pack_payload.sh INIT=): no
 # pretraining this session, the QA stage starts from it.
-if [ -z "${SFT_INIT:-}" ]; then
+if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ]; then
   train --config "$RESULTS/pretrain.json" ${PRETRAIN_INIT:+--init-from "$PRETRAIN_INIT"} --piece-seconds "$PIECE_S" --output-dir "$RUNS/pretrain" \
     > "$RUNS/pretrain.log" 2>&1
   tail -n 2 "$RUNS/pretrain/log.jsonl"
@@ -128,13 +130,14 @@ if [ "$SFT_S" != 0 ]; then
 fi
 
 # What comes back (8 files of <= 16 MiB a call): results + logs in one archive, and the parts above.
-( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
+# (a baselines-only session has no logs yet)
+compgen -G "$RUNS/*.log" > /dev/null && ( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
 ( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state --exclude=piece . )
 ls -la "$RESULTS/out" "$RESULTS/state"
 echo STATE READY
 # BASELINES: experiment files of $EXP (names without .json) trained after the head's results are packed,
 # each for as many steps as the head's QA stage took (same data, steps and seed), then scored by
-# slot_quality.py --method <its method>; results in out/baselines.tgz.
+# slot_quality.py --method <its method>; each one's results in out/<name>.tgz, packed before the next starts.
 # Without a QA stage this session, each trains for its experiment file's max_steps (the shipped head's).
 qa_steps=""
 [ -f "$RUNS/sft/summary.json" ] && qa_steps=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$RUNS/sft/summary.json")
@@ -144,11 +147,10 @@ for name in $BASELINES; do
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
+  tar czf "$RESULTS/out/$name.tgz" -C "$RESULTS" "$name-quality.json" \
+    -C "$RUNS" "$name/log.jsonl" "$name/summary.json" "$name.log" "$name-quality.log"
+  echo "$name READY"
 done
-if [ -n "$BASELINES" ]; then
-  ( cd "$RESULTS" && tar czf out/baselines.tgz *-quality.json -C "$RUNS" $(for n in $BASELINES; do echo "$n/log.jsonl $n/summary.json $n.log"; done) )
-  echo BASELINES READY
-fi
 # Last, so the results above can be collected while it runs.
 if [ "$THROUGHPUT" = 1 ]; then
   python3 benchmarks/train_throughput.py --config "$EXP/throughput-4x.json" --shapes $THROUGHPUT_SHAPES \
