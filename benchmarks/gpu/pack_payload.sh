@@ -8,15 +8,16 @@
 #   benchmarks/gpu/pack_payload.sh                                   # wheels + QA data + AB shards
 #   SHARDS="AB AC" STATE=training-state/reader-adapter-4x-b256/checkpoint benchmarks/gpu/pack_payload.sh
 #   SHARDS="AB AD" INIT=/tmp/state/training-state/reader-adapter-4x-b256/checkpoint/module benchmarks/gpu/pack_payload.sh
+#   STATE=/tmp/state/training-state/sft-4x-mixed-2pass/checkpoint STATE_RUN=sft benchmarks/gpu/pack_payload.sh
 #
 # SHARDS: the Wikipedia shard groups the run reads (AA shard 0 always comes: held-out windows);
-# STATE: a checkpoint directory (module/, optimizer.pt, state.json) that lands in /tmp/runs/pretrain
-# (a run to resume); INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
+# STATE: a checkpoint directory (module/, optimizer.pt, state.json) that lands in /tmp/runs/$STATE_RUN
+# (a run to resume: pretrain, the default, or sft for a QA stage run in pieces); INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
 # PRETRAIN_INIT=/tmp/init in reader_adapter.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${COMPREXIT_DATA:-../shared/data}
-SHARDS=${SHARDS:-AB} STATE=${STATE:-} INIT=${INIT:-} PART_MB=${PART_MB:-26}
+SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} PART_MB=${PART_MB:-26}
 WORK=$(mktemp -d) PARTS=$(mktemp -d)
 trap 'rm -rf "$WORK" "$PARTS"' EXIT
 
@@ -29,6 +30,7 @@ for group in $SHARDS; do cp "$DATA"/wiki/enwiki_2015_"$group"_shard*.txt.gz "$WO
 if [ -n "$STATE" ]; then
   mkdir -p "$WORK/state"
   cp -r "$STATE" "$WORK/state/checkpoint"
+  echo "$STATE_RUN" > "$WORK/state/run"
 fi
 if [ -n "$INIT" ]; then
   cp -r "$INIT" "$WORK/init"

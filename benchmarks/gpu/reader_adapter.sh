@@ -13,6 +13,9 @@
 #      seconds; 0: none), then the held-out table (slot_quality.py: reconstruction, NQ and HotpotQA own /
 #      other / closed-book / raw text).
 #      OTHER_RATIOS="8 16" scores the piece's and the QA stage's head at those ratios too.
+#      SFT_PIECE_S: the QA stage is a long run in pieces instead (an SFT_CONFIG with a fixed max_steps, e.g.
+#      sft-4x-mixed-2pass.json): one piece of SFT_PIECE_S seconds, resumed from $RUNS/sft/checkpoint when it is
+#      there (pack_payload.sh STATE_RUN=sft), its state packed first into $RESULTS/sft-piece ("SFT PIECE READY").
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results,
 #      each packed into out/<name>.tgz as soon as it is scored ("<name> READY").
@@ -112,11 +115,21 @@ fi
 SFT_FROM=${SFT_INIT:-$RUNS/pretrain/final}
 # SFT_S=0: no QA stage (a piece of a long run whose QA stage comes in a later session).
 mkdir -p "$RESULTS/out" "$RESULTS/state"
-if [ "$SFT_S" != 0 ]; then
+if [ -n "${SFT_PIECE_S:-}" ]; then
+  # A resumed run rebuilds its head and adapter from the checkpoint (--init-from serves the first piece).
+  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" --piece-seconds "$SFT_PIECE_S" \
+    --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
+  tail -n 1 "$RUNS/sft/log.jsonl"
+  mkdir -p "$RESULTS/sft-piece"
+  tar cf - -C "$RUNS" sft/checkpoint sft/log.jsonl | split -b 15m - "$RESULTS/sft-piece/piece.tar.part-"
+  echo SFT PIECE READY
+elif [ "$SFT_S" != 0 ]; then
   rm -rf "$RUNS/sft"
   train --config "$SFT_CONFIG" --init-from "$SFT_FROM" --time-budget "$SFT_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
+fi
+if [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; then
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
     --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
   grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
@@ -132,7 +145,7 @@ fi
 # What comes back (8 files of <= 16 MiB a call): results + logs in one archive, and the parts above.
 # (a baselines-only session has no logs yet)
 compgen -G "$RUNS/*.log" > /dev/null && ( cd "$RUNS" && tar czf "$RESULTS/logs.tgz" */summary.json */log.jsonl *.log )
-( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state --exclude=piece . )
+( cd "$RESULTS" && tar czf out/results.tgz --exclude=out --exclude=state --exclude=piece --exclude=sft-piece . )
 ls -la "$RESULTS/out" "$RESULTS/state"
 echo STATE READY
 # BASELINES: experiment files of $EXP (names without .json) trained after the head's results are packed,
