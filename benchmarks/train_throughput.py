@@ -27,19 +27,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from benchmark_environment import machine_environment
 from torch.autograd import DeviceType
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.reading.reader import Reader
+from comprexit_rag.training.linear_cross_entropy import linear_cross_entropy
 from comprexit_rag.training.trainer import (
     TrainConfig,
     build_encoder,
     build_reader_adapter,
-    forced_logits,
     make_sampler,
+    reader_inputs,
+    target_states,
     train,
 )
 
@@ -113,10 +114,10 @@ class TrainerParts:
             batch, prompt = self.sample(random.Random(index))
         with phase("encode"):
             contexts = self.encoder.encode(batch, config.ratios[0])
-        with phase("read"):  # reader inputs, the reader's pass, the LM head at the target positions
-            logits, labels = forced_logits(self.reader, batch, contexts, prompt)
-        with phase("loss"):
-            loss = F.cross_entropy(logits.float(), labels)
+        with phase("read"):  # reader inputs, the reader's pass, the states at the target positions
+            hidden, labels = target_states(self.reader, reader_inputs(self.reader, batch, contexts, prompt))
+        with phase("loss"):  # through the LM head, a chunk of positions at a time, as the trainer does
+            loss = linear_cross_entropy(hidden, self.backbone.model.get_output_embeddings().weight, labels)
         with phase("backward"):
             loss.backward()
         with phase("optimizer"):

@@ -35,6 +35,7 @@ from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import DEFAULT_QA_FAMILIES, PretrainCorpus, QATrainingSet
 from .examples import TrainExample
+from .linear_cross_entropy import linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,11 @@ def answer_loss(
     reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
 ) -> torch.Tensor:
     """Mean cross-entropy of the target tokens given prompt + encoded context (through the reader's adapter)."""
-    logits, labels = batch_logits(reader, encoder, batch, ratio, prompt)
-    return F.cross_entropy(logits.float(), labels)
+    hidden, labels = target_states(reader, reader_inputs(reader, batch, encoder.encode(batch, ratio), prompt))
+    head = reader.backbone.model.get_output_embeddings()
+    if head.bias is not None:  # linear_cross_entropy covers the usual bias-free LM head
+        return F.cross_entropy(head(hidden).float(), labels)
+    return linear_cross_entropy(hidden, head.weight, labels)
 
 
 def distilled_loss(
@@ -122,9 +126,14 @@ def forced_logits(
     reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's questions and targets read with ``contexts`` (slots, or text): :func:`target_logits`."""
+    return target_logits(reader, reader_inputs(reader, batch, contexts, prompt))
+
+
+def reader_inputs(reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt) -> ReaderBatch:
+    """The batch's questions and targets with ``contexts``, laid out for teacher forcing."""
     # Not check_values: a non-finite context makes a non-finite loss and gradient norm, and the trainer
     # skips that step; the check would make the host wait for the encoder before building the inputs.
-    inputs = reader.build_inputs(
+    return reader.build_inputs(
         [example.question for example in batch],
         contexts,
         [example.target_ids for example in batch],
@@ -132,11 +141,16 @@ def forced_logits(
         padding_side="right",
         check_values=False,
     )
-    return target_logits(reader, inputs)
 
 
 def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, V] at the N positions that predict a target token, and those tokens [N] (teacher forcing)."""
+    hidden, labels = target_states(reader, inputs)
+    return reader.backbone.model.get_output_embeddings()(hidden), labels
+
+
+def target_states(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last hidden states [N, H] at the N positions that predict a target token, and those tokens [N]."""
     model = reader.backbone.model
     with autocast_for(reader.backbone), reader.reading(inputs.slot_mask):
         hidden = model.base_model(
@@ -147,11 +161,10 @@ def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, to
         ).last_hidden_state
     # Only positions that predict a target token go through the (large-vocabulary) LM head.
     if inputs.target_positions is not None:  # known from the host-side layout: no read of the device
-        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.target_positions)
-        return model.get_output_embeddings()(selected), inputs.target_ids
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.target_positions), inputs.target_ids
     labels = inputs.labels[:, 1:]
     selected = labels != IGNORE_INDEX
-    return model.get_output_embeddings()(hidden[:, :-1][selected]), labels[selected]
+    return hidden[:, :-1][selected], labels[selected]
 
 
 Sampler = Callable[[random.Random], tuple[list[TrainExample], Prompt]]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import load_state_dict, state_digest
@@ -47,6 +48,7 @@ from comprexit_rag.training.trainer import (
     build_encoder,
     make_sampler,
     save_module_and_adapter,
+    target_logits,
     train,
 )
 
@@ -426,6 +428,41 @@ def test_right_and_left_padding_give_the_same_answer_loss(tiny_backbone, data, t
     alone = [loss([example], "right") for example in batch]
     counts = [len(example.target_ids) for example in batch]
     torch.testing.assert_close(right, sum(c * value for c, value in zip(counts, alone, strict=True)) / sum(counts))
+
+
+def test_answer_loss_and_its_gradients_are_those_of_the_full_logits(tiny_backbone, data, tmp_path):
+    torch.manual_seed(0)
+    encoder = build_encoder(tiny_config(tmp_path, data, "comprexit", "sft"), tiny_backbone)
+    reader = Reader(tiny_backbone)
+    ids = tiny_backbone.tokenize([town(3)["text"], article(1)])
+    batch = [TrainExample([ids[0]], "Who founded Town 3?", [11, 12, 13]), TrainExample([ids[1]], "Which river?", [14])]
+    parameters = [p for p in encoder.trainable.parameters() if p.requires_grad]
+
+    def loss_and_grads(loss_of):
+        for parameter in parameters:
+            parameter.grad = None
+        loss = loss_of()
+        loss.backward()
+        return loss.detach(), [parameter.grad.clone() for parameter in parameters]
+
+    def full_logits():
+        inputs = reader.build_inputs(
+            [example.question for example in batch],
+            encoder.encode(batch, 4),
+            [example.target_ids for example in batch],
+            prompt=QAPrompt(),
+            padding_side="right",
+        )
+        logits, labels = target_logits(reader, inputs)
+        return F.cross_entropy(logits.float(), labels)
+
+    torch.manual_seed(1)
+    loss, grads = loss_and_grads(lambda: answer_loss(reader, encoder, batch, 4, QAPrompt()))
+    torch.manual_seed(1)
+    expected, expected_grads = loss_and_grads(full_logits)
+    torch.testing.assert_close(loss, expected)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)
 
 
 def test_batch_rows_are_right_padded_with_ignored_labels(tiny_backbone):
