@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"comprexit-rag {args.command}: interrupted; committed work is kept (rerun `index` to resume)",
+            f"comprexit-rag {args.command}: interrupted; committed work is kept (rerun the same command to resume)",
             file=sys.stderr,
         )
         return 130

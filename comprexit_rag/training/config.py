@@ -26,6 +26,8 @@ __all__ = ["TrainConfig", "check_method_and_stage", "head_options"]
 Stage = Literal["pretrain", "sft"]
 HEAD_METHOD = "comprexit"  # the method whose head the ``head`` options shape
 ADAPTER_SCOPES = ("all", "slots")  # comprexit_rag.reading.adapter.SCOPES, repeated here to keep this module torch-free
+# A QA family read from a file of teacher-answered questions (``comprexit-rag teacher-qa``): "teacher:<path>".
+TEACHER_FAMILY_PREFIX = "teacher:"
 
 
 def option(default: Any = None, help: str = "", *, factory: Any = None, **metadata: Any) -> Any:
@@ -123,8 +125,9 @@ class TrainConfig:
         "(default: the AA shards and the 2Wiki passages)"
     )
     qa_families: list[str] | None = option(
-        help="SFT: QA training families (default: squad nq hotpotqa musique; policyqa adds another domain), "
-        "sampled with weights squad 0.4, nq 0.4, hotpotqa 0.12, musique 0.08, policyqa 0.2"
+        help="SFT: QA training families (default: squad nq hotpotqa musique; policyqa adds another domain; "
+        "teacher:FILE adds the pairs of a `comprexit-rag teacher-qa` file), sampled with weights squad 0.4, nq 0.4, "
+        "hotpotqa 0.12, musique 0.08, policyqa 0.2, each teacher file 0.2"
     )
     distractor_prob: float = option(0.5, "SFT: chance of adding distractors")
     max_distractors: int = option(9, "SFT: most random passages added")
@@ -179,10 +182,18 @@ class TrainConfig:
             raise InvalidInputError(f"Distillation from the full-text reader applies to {method_names(distill=True)}.")
         if self.max_pass_tokens is not None:
             check_positive_int(self.max_pass_tokens, "max_pass_tokens")
-        if self.qa_families is not None and (not self.qa_families or set(self.qa_families) - set(FAMILIES)):
-            raise InvalidInputError(f"qa_families must name some of {', '.join(FAMILIES)}, got {self.qa_families}.")
+        if self.qa_families is not None and (not self.qa_families or not all(map(is_qa_family, self.qa_families))):
+            raise InvalidInputError(
+                f"qa_families must name some of {', '.join(FAMILIES)} or {TEACHER_FAMILY_PREFIX}FILE (a teacher-QA "
+                f"file), got {self.qa_families}."
+            )
         if self.max_grad_norm <= 0:
             raise InvalidInputError(f"max_grad_norm must be positive, got {self.max_grad_norm}.")
+
+
+def is_qa_family(name: str) -> bool:
+    """A data family of the QA splits, or ``teacher:<path>`` (the file is read when the QA set is built)."""
+    return name in FAMILIES or (name.startswith(TEACHER_FAMILY_PREFIX) and name != TEACHER_FAMILY_PREFIX)
 
 
 def check_method_and_stage(method: str, stage: str) -> None:

@@ -27,13 +27,15 @@ from ..default_model import cache_dir
 from ..durable import atomic_write
 from ..errors import InvalidInputError
 from ..prompts import answer_end_token_id
+from .config import TEACHER_FAMILY_PREFIX
 from .examples import TrainExample
 
 logger = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 10_002
 CALIBRATION_TOKENS = 400_000
-QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08, "policyqa": 0.2}
+# "teacher": each file of teacher-answered questions (``teacher:<path>``, see teacher_qa.py) named in the families.
+QA_FAMILY_WEIGHTS = {"squad": 0.4, "nq": 0.4, "hotpotqa": 0.12, "musique": 0.08, "policyqa": 0.2, "teacher": 0.2}
 DEFAULT_QA_FAMILIES = ("squad", "nq", "hotpotqa", "musique")  # policyqa (another domain) when asked
 MAX_PASSAGE_TOKENS = 1024
 # Answer tokens (with the end-of-answer token) a QA training example may have. NQ train holds a few
@@ -201,7 +203,7 @@ class QATrainingSet:
         items: dict[str, list[QAItem]] = {}
         pool: list[list[int]] = []
         for family in families:
-            examples: list[QAExample] = load_split(family, "train", root)[:limit_per_family]
+            examples = family_examples(family, root)[:limit_per_family]
             if not examples:
                 raise InvalidInputError(f"The {family} training split under {data_root(root)} is empty.")
             passages = [passage for example in examples for passage in example.passages]
@@ -232,7 +234,7 @@ class QATrainingSet:
     ) -> list[TrainExample]:
         """Family-weighted examples; single-passage ones sometimes get random distractor passages."""
         names = list(self.families)
-        weights = [QA_FAMILY_WEIGHTS[name] for name in names]
+        weights = [family_weight(name) for name in names]
         batch = []
         for family in rng.choices(names, weights=weights, k=batch_size):
             item = rng.choice(self.families[family])
@@ -242,6 +244,20 @@ class QATrainingSet:
                 rng.shuffle(passages)
             batch.append(TrainExample(passages, item.question, item.target_ids))
         return batch
+
+
+def family_examples(family: str, root: str | None) -> list[QAExample]:
+    """The train split of a data family, or the pairs of a teacher-QA file (``teacher:<path>``)."""
+    if family.startswith(TEACHER_FAMILY_PREFIX):
+        from .teacher_qa import read_teacher_qa  # here: teacher_qa imports this module
+
+        return read_teacher_qa(family.removeprefix(TEACHER_FAMILY_PREFIX))
+    return load_split(family, "train", root)
+
+
+def family_weight(family: str) -> float:
+    """A QA family's sampling weight; every teacher-QA file weighs ``QA_FAMILY_WEIGHTS["teacher"]``."""
+    return QA_FAMILY_WEIGHTS["teacher" if family.startswith(TEACHER_FAMILY_PREFIX) else family]
 
 
 def calibration_passages(backbone: Backbone, data_root: str | os.PathLike | None) -> list[list[int]]:

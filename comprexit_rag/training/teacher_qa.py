@@ -1,0 +1,416 @@
+"""Synthetic QA from unlabelled passages: the teacher answers questions the reader writes about each passage.
+
+Labelled QA is ~20k examples; the 2Wiki corpus (6,119 passages, no questions) and the AB-AD Wikipedia
+shards (evaluation titles removed) hold many more passages. For each passage:
+
+1. the frozen reader, reading the raw passage, writes one question (:data:`QUESTION_PROMPT`, greedy);
+2. the teacher (the reader reading the raw passage through a head's reader adapter, or the frozen reader
+   when the head has none) answers it, greedily, in at most ``max_answer_tokens`` (the QA set's cap);
+3. the teacher answers the same question closed-book.
+
+A pair is kept only when the question is a question, the answer is non-empty and short enough, and it
+differs (SQuAD-normalised) from the closed-book answer: every kept target depends on the passage.
+
+The output is a JSON-lines file of kept pairs and a manifest beside it (:func:`manifest_path`) with the
+teacher's identity, the source, the generation settings, the counts kept and dropped (by reason) and how
+many bytes of the JSONL are committed. Each batch is appended and fsynced, then the manifest is replaced
+atomically: a kill loses at most the batch in flight, and a rerun cuts the file back to its committed
+bytes and goes on from the next passage, so a run in pieces writes the file one run writes.
+
+A training run reads the file as a QA family: ``qa_families: [..., "teacher:<path>"]``
+(:func:`read_teacher_qa`, :class:`~comprexit_rag.training.data.QATrainingSet`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..backbone import Backbone
+from ..checkpoint import CONFIG_NAME
+from ..data import Passage, QAExample, iter_wikipedia_documents, load_2wiki_corpus
+from ..data.paths import DataNotFoundError, data_file, data_root
+from ..data.splits import TWOWIKI_FILE
+from ..durable import atomic_write_json, fsync_directory
+from ..errors import CheckpointError, InvalidInputError
+from ..evaluation.metrics import normalize_answer
+from ..prompts import QAPrompt
+from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
+from ..reading.reader import Reader
+from ..validation import check_positive_int
+from .data import MAX_ANSWER_TOKENS, MAX_PASSAGE_TOKENS, tokenize_passages
+
+__all__ = [
+    "DROP_REASONS",
+    "SOURCES",
+    "Teacher",
+    "manifest_path",
+    "question_of",
+    "read_teacher_qa",
+    "source_passages",
+    "teacher_pairs",
+    "write_teacher_qa",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "comprexit-rag teacher-qa"
+FORMAT_VERSION = 1
+SOURCES = ("2wiki", "wikipedia")
+# The shards whose articles titled like an evaluation passage were removed (shared/data/README.md).
+WIKIPEDIA_SHARDS = "wiki/enwiki_2015_A[BCD]_shard*.txt.gz"
+# Wikipedia passages are 100-word windows, as NQ-open's passages are; two per article, so that a few
+# thousand passages span a few thousand articles rather than a few long ones.
+WINDOW_WORDS = 100
+WINDOWS_PER_ARTICLE = 2
+MIN_WINDOW_WORDS = 50
+
+# The question-writing task, asked in the reader's own QA layout. Of the wordings tried on 2Wiki passages,
+# asking for a quiz question about one fact whose answer is a name, place, date or number gave the most
+# questions about the passage (others drew "What is the capital of Sweden?", "What a beautiful island!" or
+# questions in three parts).
+QUESTION_TASK = "Write a quiz question about one fact in this context."
+QUESTION_PROMPT = QAPrompt(
+    instruction="Its answer must be a name, a place, a date or a number from the context. Reply with the question only."
+)
+MAX_QUESTION_TOKENS = 32
+# A question about the prompt rather than the passage ("What is the answer to this question: ...").
+_ABOUT_THE_PROMPT = re.compile(r"\b(context|this question|the answer)\b", re.IGNORECASE)
+_LABEL = re.compile(r"^(question|q)\s*:\s*", re.IGNORECASE)
+
+DROP_REASONS = (
+    "long_passage",  # over MAX_PASSAGE_TOKENS: the student reads only its beginning (5 of the 6,119 2Wiki passages)
+    "no_question",  # the reader wrote no question (no "?" on its first line) or one about the prompt
+    "empty_answer",  # the teacher's answer is empty once normalised
+    "long_answer",  # with the end token, over max_answer_tokens (QATrainingSet would leave it out)
+    "closed_book_answer",  # the teacher answers the same closed-book: the target does not need the passage
+)
+
+
+def manifest_path(out: str | os.PathLike) -> Path:
+    """The manifest beside a teacher-QA file: ``pairs.jsonl`` -> ``pairs.manifest.json``."""
+    return Path(out).with_suffix(".manifest.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# The passages.
+# ---------------------------------------------------------------------------------------------
+
+
+def source_passages(source: str, root: str | os.PathLike | None = None) -> Iterator[Passage]:
+    """The unlabelled passages of ``source``, always in the same order.
+
+    ``2wiki``: the 2WikiMultihopQA corpus, in file order. ``wikipedia``: the first
+    :data:`WINDOWS_PER_ARTICLE` windows of :data:`WINDOW_WORDS` words of each article of the AB-AD
+    shards (shards in name order; windows under :data:`MIN_WINDOW_WORDS` words are left out).
+    """
+    if source == "2wiki":
+        yield from load_2wiki_corpus(data_file(TWOWIKI_FILE, root))
+    elif source == "wikipedia":
+        base = data_root(root)
+        shards = sorted(base.glob(WIKIPEDIA_SHARDS))
+        if not shards:
+            raise DataNotFoundError(f"No Wikipedia shards matching {WIKIPEDIA_SHARDS} under {base}.")
+        for article in iter_wikipedia_documents(shards):
+            words = article.text.split()
+            for index in range(WINDOWS_PER_ARTICLE):
+                window = words[index * WINDOW_WORDS : (index + 1) * WINDOW_WORDS]
+                if len(window) < MIN_WINDOW_WORDS:
+                    break
+                yield Passage(text=" ".join(window), title=article.title, id=f"{article.id}/{index}")
+    else:
+        raise InvalidInputError(f"Unknown passage source {source!r}; expected one of {', '.join(SOURCES)}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher.
+# ---------------------------------------------------------------------------------------------
+
+
+class Teacher:
+    """The reader that answers (through a head's reader adapter, or frozen) and the frozen reader that asks.
+
+    The frozen instruct model writes the questions: an adapter tuned to answer in a short phrase answers
+    the question-writing task instead (the shipped adapter wrote "Ermengarde of Tours" where the frozen
+    reader wrote a question).
+    """
+
+    def __init__(
+        self, backbone: Backbone, adapter: ReaderAdapter | None, max_answer_tokens: int = MAX_ANSWER_TOKENS
+    ) -> None:
+        self.backbone = backbone
+        self.adapter = adapter
+        self.max_answer_tokens = check_positive_int(max_answer_tokens, "max_answer_tokens")
+        self.asker = Reader(backbone, QUESTION_PROMPT, MAX_QUESTION_TOKENS, adapter=None)
+        # Up to the cap itself: an answer that reaches it is over the cap once the end token is added.
+        self.reader = Reader(backbone, max_new_tokens=max_answer_tokens, adapter=adapter)
+
+    @classmethod
+    def from_checkpoint(
+        cls, directory: str | os.PathLike, backbone: Backbone, max_answer_tokens: int = MAX_ANSWER_TOKENS
+    ) -> Teacher:
+        """The teacher of a trained head's checkpoint: its ``reader_adapter/``, or the frozen reader without one.
+
+        The adapter is loaded as every reader loads one (:meth:`ReaderAdapter.from_pretrained`), which refuses
+        an adapter trained for another backbone.
+        """
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f"Teacher {directory} is not a checkpoint directory (no {CONFIG_NAME}); pass a trained head's "
+                f"directory (e.g. a run's final/ or comprexit_rag/pretrained/comprexit-smollm2-135m): its "
+                f"{ADAPTER_DIR}/ reads the passages, or the frozen reader does when it has none."
+            )
+        adapter = None
+        if (directory / ADAPTER_DIR).is_dir():
+            adapter = ReaderAdapter.from_pretrained(directory / ADAPTER_DIR, backbone)
+        else:
+            logger.info("%s has no %s/: the frozen reader answers", directory, ADAPTER_DIR)
+        return cls(backbone, adapter, max_answer_tokens)
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What the pairs depend on: the backbone's weights and dtype (bfloat16 on a GPU answers otherwise than
+        float32 on a CPU), and the reader adapter's weights (or the frozen reader)."""
+        adapter = self.adapter.digest if self.adapter is not None else FROZEN_READER
+        backbone = self.backbone
+        return {"backbone": backbone.fingerprint.digest, "dtype": str(backbone.dtype), "reader_adapter": adapter}
+
+    def write_questions(self, passages: list[Passage]) -> list[str]:
+        """The frozen reader's raw reply to the question-writing task, per passage (one batch)."""
+        texts = [passage.formatted() for passage in passages]
+        return self.asker.generate([QUESTION_TASK] * len(texts), texts, batch_size=max(1, len(texts)))
+
+    def answer(self, questions: list[str], passages: list[Passage] | None) -> list[str]:
+        """The teacher's answers, reading the passages (one per question) or closed-book (``None``)."""
+        contexts = [passage.formatted() for passage in passages] if passages is not None else None
+        return self.reader.generate(questions, contexts, batch_size=max(1, len(questions)))
+
+    def answer_tokens(self, answer: str) -> int:
+        """Tokens of an answer as QATrainingSet tokenises it, with the end token."""
+        return len(self.backbone.tokenize([answer])[0]) + 1
+
+
+def question_of(reply: str) -> str | None:
+    """The question in the reader's reply: its first line up to the first "?" (a "Question:" label dropped),
+    or ``None`` when there is none or it asks about the prompt rather than the passage."""
+    lines = reply.strip().splitlines()
+    line = _LABEL.sub("", lines[0].strip()) if lines else ""
+    end = line.find("?")
+    if end < 0:
+        return None
+    question = line[: end + 1].strip()
+    if len(question.split()) < 3 or _ABOUT_THE_PROMPT.search(question):
+        return None
+    return question
+
+
+def teacher_pairs(teacher: Teacher, passages: list[Passage]) -> tuple[list[dict[str, str]], Counter[str]]:
+    """The kept pair records of ``passages`` (one batch) and the count of the others by drop reason."""
+    dropped: Counter[str] = Counter()
+    lengths = map(len, tokenize_passages(teacher.backbone.tokenizer, passages))
+    readable = [passage for passage, length in zip(passages, lengths, strict=True) if length <= MAX_PASSAGE_TOKENS]
+    dropped["long_passage"] = len(passages) - len(readable)
+    asked = []
+    if readable:
+        replies = teacher.write_questions(readable)
+        asked = [(p, q) for p, q in zip(readable, map(question_of, replies), strict=True) if q is not None]
+    dropped["no_question"] = len(readable) - len(asked)
+    answered = []
+    if asked:
+        answers = teacher.answer([q for _, q in asked], [p for p, _ in asked])
+        for (passage, question), answer in zip(asked, answers, strict=True):
+            if not normalize_answer(answer):
+                dropped["empty_answer"] += 1
+            elif teacher.answer_tokens(answer) > teacher.max_answer_tokens:
+                dropped["long_answer"] += 1
+            else:
+                answered.append((passage, question, answer))
+    records = []
+    if answered:
+        # Closed-book only for the pairs still in the running: it is a third of the generation time.
+        closed = teacher.answer([q for _, q, _ in answered], None)
+        for (passage, question, answer), closed_book in zip(answered, closed, strict=True):
+            if normalize_answer(answer) == normalize_answer(closed_book):
+                dropped["closed_book_answer"] += 1
+                continue
+            records.append(
+                {
+                    "id": passage.id,
+                    "title": passage.title,
+                    "text": passage.text,
+                    "question": question,
+                    "answer": answer,
+                    "closed_book": closed_book,
+                }
+            )
+    return records, dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# The file: kept pairs, and a manifest that commits them batch by batch.
+# ---------------------------------------------------------------------------------------------
+
+
+def write_teacher_qa(
+    out: str | os.PathLike,
+    teacher: Teacher,
+    passages: Iterable[Passage],
+    *,
+    source: str,
+    limit: int,
+    batch_size: int = 16,
+    checkpoint: str | os.PathLike = "",
+) -> dict[str, Any]:
+    """Append the teacher's pairs for the first ``limit`` of ``passages`` (of ``source``) to ``out``.
+
+    Resumes a file this teacher started on this source: the passages its manifest counts as read are
+    skipped (rerun with a larger ``limit`` to go on). Returns the manifest.
+
+    Raises:
+        InvalidInputError: ``out`` was written by another teacher, from another source or with other
+            settings, or is not a teacher-QA file (no manifest), or is shorter than its manifest says.
+    """
+    check_positive_int(limit, "limit")
+    check_positive_int(batch_size, "batch_size")
+    out = Path(out)
+    identity = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "teacher": teacher.identity,
+        "source": source,
+        "generation": {
+            "question_task": QUESTION_TASK,
+            "question_instruction": QUESTION_PROMPT.instruction,
+            "max_question_tokens": MAX_QUESTION_TOKENS,
+            "answer_instruction": teacher.reader.prompt.instruction,
+            "max_answer_tokens": teacher.max_answer_tokens,
+        },
+    }
+    manifest = _open(out, identity)
+    manifest["teacher_checkpoint"] = str(checkpoint)
+    done = manifest["passages_read"]
+    progress = tqdm(total=limit, initial=min(done, limit), desc="teacher-qa", unit=" passages", mininterval=5)
+    pending = islice(passages, done, limit)
+    while batch := list(islice(pending, batch_size)):
+        started = time.perf_counter()
+        records, dropped = teacher_pairs(teacher, batch)
+        with out.open("ab") as handle:  # appended past the committed bytes: uncommitted until the manifest says so
+            handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+            manifest["records_bytes"] = handle.tell()
+        manifest["passages_read"] += len(batch)
+        manifest["kept"] += len(records)
+        for reason, count in dropped.items():
+            manifest["dropped"][reason] += count
+        manifest["seconds"] = round(manifest["seconds"] + time.perf_counter() - started, 2)
+        atomic_write_json(manifest_path(out), manifest)  # the commit
+        progress.update(len(batch))
+        progress.set_postfix(kept=manifest["kept"])
+    progress.close()
+    logger.info(
+        "%s: %d pairs kept of %d passages read (dropped: %s) in %.0f s",
+        out,
+        manifest["kept"],
+        manifest["passages_read"],
+        ", ".join(f"{reason} {count}" for reason, count in manifest["dropped"].items()),
+        manifest["seconds"],
+    )
+    return manifest
+
+
+def _open(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to go on from, with ``out`` cut back to its committed bytes; a new one for a new file."""
+    manifest = _read_manifest(out)
+    if manifest is None:
+        if out.exists() and out.stat().st_size:
+            raise InvalidInputError(
+                f"{out} exists but has no manifest {manifest_path(out).name}: it was not written by "
+                "`comprexit-rag teacher-qa`. Pass another --out, or delete the file."
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        manifest = {**identity, "passages_read": 0, "kept": 0, "dropped": dict.fromkeys(DROP_REASONS, 0)}
+        manifest |= {"records_bytes": 0, "seconds": 0.0}
+        atomic_write_json(manifest_path(out), manifest)  # before the first append: a file is never without one
+        out.write_bytes(b"")
+        fsync_directory(out.parent)
+        return manifest
+    differ = {key: (manifest.get(key), value) for key, value in identity.items() if manifest.get(key) != value}
+    if differ:
+        found = "; ".join(f"{key} {was!r} (this run: {now!r})" for key, (was, now) in differ.items())
+        raise InvalidInputError(
+            f"{out} holds pairs made with {found}. Refusing to append: pass another --out for a new file, or the "
+            "teacher, source and settings it was made with to extend it."
+        )
+    committed = manifest["records_bytes"]
+    size = out.stat().st_size if out.exists() else 0
+    if size < committed:
+        raise InvalidInputError(
+            f"{out} holds {size} bytes but its manifest committed {committed}: it was cut or replaced. "
+            f"Delete {out} and {manifest_path(out).name} and rerun."
+        )
+    if not out.exists():  # nothing was committed yet
+        out.write_bytes(b"")
+    elif size > committed:  # a batch appended by a run killed before its commit
+        logger.info("%s: dropping %d uncommitted bytes (a batch in flight when it stopped)", out, size - committed)
+        os.truncate(out, committed)
+    logger.info("%s: resuming after %d passages (%d pairs kept)", out, manifest["passages_read"], manifest["kept"])
+    return manifest
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    path = manifest_path(out)
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"{path} is not valid JSON ({error}); delete it and {out} and rerun.") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InvalidInputError(f"{path} is not a teacher-QA manifest; pass another --out.")
+    return manifest
+
+
+def read_teacher_qa(path: str | os.PathLike) -> list[QAExample]:
+    """The committed pairs of a teacher-QA file as single-passage QA examples (the teacher's answer as gold).
+
+    Reads only what the manifest committed, so a file still being extended can be read.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    if manifest is None or not path.is_file():
+        raise InvalidInputError(
+            f"{path} is not a teacher-QA file (it needs {manifest_path(path).name} beside it); write one with "
+            "`comprexit-rag teacher-qa --out FILE`."
+        )
+    with path.open("rb") as handle:
+        lines = handle.read(manifest["records_bytes"]).decode("utf-8").splitlines()
+    examples = []
+    for line in lines:
+        record = json.loads(line)
+        passage = Passage(text=record["text"], title=record["title"], id=record["id"])
+        examples.append(
+            QAExample(
+                id=f"teacher/{record['id']}",
+                question=record["question"],
+                answers=(record["answer"],),
+                passages=(passage,),
+                supporting=(0,),
+            )
+        )
+    if not examples:
+        raise InvalidInputError(
+            f"{path} holds no pair yet; extend it with `comprexit-rag teacher-qa` (a larger --limit)."
+        )
+    return examples
