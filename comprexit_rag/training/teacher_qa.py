@@ -87,10 +87,13 @@ MAX_QUESTION_TOKENS = 32
 # A question about the prompt rather than the passage ("What is the answer to this question: ...").
 _ABOUT_THE_PROMPT = re.compile(r"\b(context|this question|the answer)\b", re.IGNORECASE)
 _LABEL = re.compile(r"^(question|q)\s*:\s*", re.IGNORECASE)
+# A question in several parts ("What is the name of the film, where was it released, and what is the date?"):
+# the teacher answers one part of it, so the pair teaches nothing consistent.
+_SEVERAL_PARTS = re.compile(r",\s*(and\s+)?(what|where|when|who|which|how)\b", re.IGNORECASE)
 
 DROP_REASONS = (
     "long_passage",  # over MAX_PASSAGE_TOKENS: the student reads only its beginning (5 of the 6,119 2Wiki passages)
-    "no_question",  # the reader wrote no question (no "?" on its first line) or one about the prompt
+    "no_question",  # the reader wrote no question (no "?" on its first line), one about the prompt or in parts
     "empty_answer",  # the teacher's answer is empty once normalised
     "long_answer",  # with the end token, over max_answer_tokens (QATrainingSet would leave it out)
     "closed_book_answer",  # the teacher answers the same closed-book: the target does not need the passage
@@ -203,14 +206,14 @@ class Teacher:
 
 def question_of(reply: str) -> str | None:
     """The question in the reader's reply: its first line up to the first "?" (a "Question:" label dropped),
-    or ``None`` when there is none or it asks about the prompt rather than the passage."""
+    or ``None`` when there is none, it asks about the prompt rather than the passage, or it has several parts."""
     lines = reply.strip().splitlines()
     line = _LABEL.sub("", lines[0].strip()) if lines else ""
     end = line.find("?")
     if end < 0:
         return None
     question = line[: end + 1].strip()
-    if len(question.split()) < 3 or _ABOUT_THE_PROMPT.search(question):
+    if len(question.split()) < 3 or _ABOUT_THE_PROMPT.search(question) or _SEVERAL_PARTS.search(question):
         return None
     return question
 

@@ -94,6 +94,9 @@ def test_question_of_keeps_the_first_question_and_drops_replies_that_are_none():
     assert question_of("") is None and question_of("Why?") is None
     assert question_of("What is the answer to this question: who is he?") is None  # about the prompt
     assert question_of("What is the context of this film?") is None
+    several = "What is the name of the film, where was it released, and what is the date it was released?"
+    assert question_of(several) is None
+    assert question_of("What is the name of the person who sings, plays and writes?") is not None
 
 
 def test_pairs_are_kept_only_when_the_answer_needs_the_passage(tiny_backbone, tmp_path):
