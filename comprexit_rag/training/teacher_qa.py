@@ -241,7 +241,7 @@ def teacher_pairs(teacher: Teacher, passages: list[Passage]) -> tuple[list[dict[
                 answered.append((passage, question, answer))
     records = []
     if answered:
-        # Closed-book only for the pairs still in the running: it is a third of the generation time.
+        # Closed-book only for the pairs still in the running: a generation pass spared for the dropped ones.
         closed = teacher.answer([q for _, q, _ in answered], None)
         for (passage, question, answer), closed_book in zip(answered, closed, strict=True):
             if normalize_answer(answer) == normalize_answer(closed_book):
