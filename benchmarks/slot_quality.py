@@ -45,7 +45,7 @@ from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Context, Reader
 from comprexit_rag.training.data import tokenize_passages
-from comprexit_rag.training.trainer import target_logits
+from comprexit_rag.training.teacher_forcing import target_logits
 
 WINDOW = 128
 # Slot methods (stored or query-aware), and the trained methods that give the reader text through their own adapter.

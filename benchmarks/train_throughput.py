@@ -34,13 +34,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.linear_cross_entropy import linear_cross_entropy
+from comprexit_rag.training.teacher_forcing import reader_inputs, target_states
 from comprexit_rag.training.trainer import (
     TrainConfig,
     build_encoder,
     build_reader_adapter,
     make_sampler,
-    reader_inputs,
-    target_states,
     train,
 )
 

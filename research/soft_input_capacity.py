@@ -31,7 +31,7 @@ from comprexit_rag.backbone import Backbone
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.data import PretrainCorpus
-from comprexit_rag.training.trainer import target_logits
+from comprexit_rag.training.teacher_forcing import target_logits
 
 
 def segment_mean_init(backbone: Backbone, passages: list[list[int]], slots: int) -> torch.Tensor:

@@ -22,20 +22,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..backbone import Backbone, autocast_for
+from ..backbone import Backbone
 from ..durable import atomic_write, atomic_write_json
 from ..errors import InvalidInputError
 from ..methods import get_method
 from ..methods.base import head_digest
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
-from ..reading.batch_layout import IGNORE_INDEX
-from ..reading.reader import Context, Reader, ReaderBatch
+from ..reading.reader import Reader
 from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import DEFAULT_QA_FAMILIES, PretrainCorpus, QATrainingSet
 from .examples import TrainExample
 from .linear_cross_entropy import linear_cross_entropy
+from .teacher_forcing import forced_logits, reader_inputs, target_states
 
 logger = logging.getLogger(__name__)
 
@@ -120,51 +120,6 @@ def batch_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced logits [N, V] at the target positions and the targets [N]."""
     return forced_logits(reader, batch, encoder.encode(batch, ratio), prompt)
-
-
-def forced_logits(
-    reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's questions and targets read with ``contexts`` (slots, or text): :func:`target_logits`."""
-    return target_logits(reader, reader_inputs(reader, batch, contexts, prompt))
-
-
-def reader_inputs(reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt) -> ReaderBatch:
-    """The batch's questions and targets with ``contexts``, laid out for teacher forcing."""
-    # Not check_values: a non-finite context makes a non-finite loss and gradient norm, and the trainer
-    # skips that step; the check would make the host wait for the encoder before building the inputs.
-    return reader.build_inputs(
-        [example.question for example in batch],
-        contexts,
-        [example.target_ids for example in batch],
-        prompt=prompt,
-        padding_side="right",
-        check_values=False,
-    )
-
-
-def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, V] at the N positions that predict a target token, and those tokens [N] (teacher forcing)."""
-    hidden, labels = target_states(reader, inputs)
-    return reader.backbone.model.get_output_embeddings()(hidden), labels
-
-
-def target_states(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last hidden states [N, H] at the N positions that predict a target token, and those tokens [N]."""
-    model = reader.backbone.model
-    with autocast_for(reader.backbone), reader.reading(inputs.slot_mask):
-        hidden = model.base_model(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            use_cache=False,
-        ).last_hidden_state
-    # Only positions that predict a target token go through the (large-vocabulary) LM head.
-    if inputs.target_positions is not None:  # known from the host-side layout: no read of the device
-        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.target_positions), inputs.target_ids
-    labels = inputs.labels[:, 1:]
-    selected = labels != IGNORE_INDEX
-    return hidden[:, :-1][selected], labels[selected]
 
 
 Sampler = Callable[[random.Random], tuple[list[TrainExample], Prompt]]

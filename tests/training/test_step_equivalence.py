@@ -20,7 +20,7 @@ from comprexit_rag.reading.reader import Reader, ReaderBatch
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.training.encoders import SlotHeadEncoder
 from comprexit_rag.training.examples import TrainExample
-from comprexit_rag.training.trainer import target_logits
+from comprexit_rag.training.teacher_forcing import target_logits
 
 # --------------------------------------------------------------------------------------------
 # Copies of the per-example implementation (the references of these tests).

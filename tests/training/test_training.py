@@ -42,13 +42,13 @@ from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training import trainer
 from comprexit_rag.training.data import MAX_ANSWER_TOKENS, QATrainingSet
 from comprexit_rag.training.examples import TrainExample
+from comprexit_rag.training.teacher_forcing import target_logits
 from comprexit_rag.training.trainer import (
     TrainConfig,
     answer_loss,
     build_encoder,
     make_sampler,
     save_module_and_adapter,
-    target_logits,
     train,
 )
 
