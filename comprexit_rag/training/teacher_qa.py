@@ -8,8 +8,9 @@ shards (evaluation titles removed) hold many more passages. For each passage:
    when the head has none) answers it, greedily, in at most ``max_answer_tokens`` (the QA set's cap);
 3. the teacher answers the same question closed-book.
 
-A pair is kept only when the question is a question, the answer is non-empty and short enough, and it
-differs (SQuAD-normalised) from the closed-book answer: every kept target depends on the passage.
+A pair is kept only when the question is a question, the answer is non-empty, short enough and found
+word for word in the passage (SQuAD-normalised: the 135M teacher's answers that are not in it were mostly
+wrong), and it differs from the closed-book answer: every kept target depends on the passage.
 
 The output is a JSON-lines file of kept pairs and a manifest beside it (:func:`manifest_path`) with the
 teacher's identity, the source, the generation settings, the counts kept and dropped (by reason) and how
@@ -54,6 +55,7 @@ __all__ = [
     "DROP_REASONS",
     "SOURCES",
     "Teacher",
+    "in_passage",
     "manifest_path",
     "question_of",
     "read_teacher_qa",
@@ -65,7 +67,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "comprexit-rag teacher-qa"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: answers must be found in the passage
 SOURCES = ("2wiki", "wikipedia")
 # The shards whose articles titled like an evaluation passage were removed (shared/data/README.md).
 WIKIPEDIA_SHARDS = "wiki/enwiki_2015_A[BCD]_shard*.txt.gz"
@@ -96,6 +98,7 @@ DROP_REASONS = (
     "no_question",  # the reader wrote no question (no "?" on its first line), one about the prompt or in parts
     "empty_answer",  # the teacher's answer is empty once normalised
     "long_answer",  # with the end token, over max_answer_tokens (QATrainingSet would leave it out)
+    "answer_not_in_passage",  # not a span of the passage once normalised: mostly a wrong or invented answer
     "closed_book_answer",  # the teacher answers the same closed-book: the target does not need the passage
 )
 
@@ -218,6 +221,11 @@ def question_of(reply: str) -> str | None:
     return question
 
 
+def in_passage(answer: str, passage: Passage) -> bool:
+    """Whether the answer is a run of whole words of the passage (title included), both SQuAD-normalised."""
+    return f" {normalize_answer(answer)} " in f" {normalize_answer(passage.formatted())} "
+
+
 def teacher_pairs(teacher: Teacher, passages: list[Passage]) -> tuple[list[dict[str, str]], Counter[str]]:
     """The kept pair records of ``passages`` (one batch) and the count of the others by drop reason."""
     dropped: Counter[str] = Counter()
@@ -237,6 +245,8 @@ def teacher_pairs(teacher: Teacher, passages: list[Passage]) -> tuple[list[dict[
                 dropped["empty_answer"] += 1
             elif teacher.answer_tokens(answer) > teacher.max_answer_tokens:
                 dropped["long_answer"] += 1
+            elif not in_passage(answer, passage):
+                dropped["answer_not_in_passage"] += 1
             else:
                 answered.append((passage, question, answer))
     records = []

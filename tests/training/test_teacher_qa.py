@@ -32,6 +32,7 @@ from comprexit_rag.training.teacher_qa import (
     DROP_REASONS,
     SOURCES,
     Teacher,
+    in_passage,
     manifest_path,
     question_of,
     read_teacher_qa,
@@ -51,7 +52,8 @@ class ScriptedTeacher(Teacher):
     """A teacher whose replies depend on the passage's number ``i``, so that every outcome occurs:
 
     i % 6 == 0: no question; 1: empty answer; 2: an answer over the cap; 3: the closed-book answer is the same
-    (normalised); 4 and 5: kept. ``fail_on_batch`` raises in that batch's question writing (a kill).
+    (normalised); 4: kept; 5: an answer that is not in the passage. ``fail_on_batch`` raises in that batch's
+    question writing (a kill).
     """
 
     def __init__(self, backbone: Backbone, fail_on_batch: int | None = None) -> None:
@@ -73,7 +75,7 @@ class ScriptedTeacher(Teacher):
         if passages is None:
             self.closed_book_calls.append(len(questions))
             return [f"the ada{q.split()[-1][:-1]}." if int(q.split()[-1][:-1]) % 6 == 3 else "Bob" for q in questions]
-        replies = {1: " ", 2: " ".join(["word"] * 20)}
+        replies = {1: " ", 2: " ".join(["word"] * 20), 5: "Adam"}
         return [replies.get(number(p) % 6, f"Ada{number(p)}") for p in passages]
 
 
@@ -105,7 +107,7 @@ def test_pairs_are_kept_only_when_the_answer_needs_the_passage(tiny_backbone, tm
     manifest = write_teacher_qa(tmp_path / "pairs.jsonl", teacher, passages, source="2wiki", limit=13, batch_size=5)
 
     records = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
-    assert [record["id"] for record in records] == ["town/4", "town/5", "town/10", "town/11"]
+    assert [record["id"] for record in records] == ["town/4", "town/10"]
     assert records[0] == {
         "id": "town/4",
         "title": "Town 4",
@@ -114,18 +116,19 @@ def test_pairs_are_kept_only_when_the_answer_needs_the_passage(tiny_backbone, tm
         "answer": "Ada4",
         "closed_book": "Bob",
     }
-    assert manifest["kept"] == 4 and manifest["passages_read"] == 13
+    assert manifest["kept"] == 2 and manifest["passages_read"] == 13
     assert manifest["dropped"] == {
         "long_passage": 1,  # the student would read only its first MAX_PASSAGE_TOKENS
         "no_question": 2,
         "empty_answer": 2,
         "long_answer": 2,
+        "answer_not_in_passage": 2,  # "Adam" is not a word of "Town 5 was founded by Ada5."
         "closed_book_answer": 2,
     }
     assert json.loads(manifest_path(tmp_path / "pairs.jsonl").read_text()) == manifest
     # Batches of --batch-size passages (less the long one); closed-book only for the pairs still in the running.
     assert teacher.batches == [5, 5, 2]
-    assert sum(teacher.closed_book_calls) == 6
+    assert sum(teacher.closed_book_calls) == 4
 
 
 def test_a_killed_run_resumes_to_the_file_one_run_writes(tiny_backbone, tmp_path):
@@ -183,7 +186,7 @@ def test_a_teacher_file_is_a_qa_training_family(tiny_backbone, tmp_path):
 
     qa = QATrainingSet.build(tiny_backbone.tokenizer, families=[family])
     examples = read_teacher_qa(out)
-    assert [e.id for e in examples] == ["teacher/town/4", "teacher/town/5", "teacher/town/10", "teacher/town/11"]
+    assert [e.id for e in examples] == ["teacher/town/4", "teacher/town/10"]
     items = qa.families[family]
     stop = answer_end_token_id(tiny_backbone.tokenizer)
     assert items[0].question == "Who founded Town 4?"
@@ -320,3 +323,13 @@ def test_the_shipped_teacher_writes_well_formed_pairs_for_real_2wiki_passages(re
         assert normalize_answer(record["answer"]) not in ("", normalize_answer(record["closed_book"]))
         assert teacher.answer_tokens(record["answer"]) <= teacher.max_answer_tokens
     assert Counter(e.id for e in read_teacher_qa(out)) == Counter(f"teacher/{r['id']}" for r in records)
+
+
+def test_an_answer_counts_as_in_the_passage_only_as_whole_words():
+    passage = Passage(text="The Art Party was founded in 1921 by A. Smith.", title="Art Party", id="p/1")
+    assert in_passage("the art party", passage) and in_passage("1921", passage) and in_passage("A Smith", passage)
+    assert (
+        not in_passage("art part", passage)
+        and not in_passage("1922", passage)
+        and not in_passage("Party 1921", passage)
+    )
