@@ -7,6 +7,9 @@ run of the lab in a few lines, nanoGPT style:
     what the experiment asked, and where its numbers are written up (BENCHMARKS.md).
 ``results``
     where its committed result summaries are (for the reader; the runner writes to its own ``--results``).
+``prepare``
+    ``comprexit-rag`` commands run before any training, each a list of its arguments (e.g. ``teacher-qa``,
+    which writes a file a run reads as a QA family); ``{runs}`` and ``{device}`` as in ``commands``.
 ``train_defaults``
     ``comprexit-rag train`` options shared by every run below.
 ``train``
@@ -16,7 +19,8 @@ run of the lab in a few lines, nanoGPT style:
     relative to the experiment file, e.g. ``reader_adapter/pretrain-4x.json``, which the run's own options
     override) and
     ``steps_run`` (the optimiser steps the committed run reached, for ``--steps-as-run``).
-    ``init_from: "run:NAME"`` starts from run NAME's ``final/`` checkpoint.
+    ``init_from: "run:NAME"`` starts from run NAME's ``final/`` checkpoint; ``{runs}`` in a text option (e.g.
+    ``"qa_families": [..., "teacher:{runs}/teacher-qa/2wiki.jsonl"]``) is the runner's runs directory.
 ``grid``
     evaluation rows (``benchmarks/run_grid.py``): ``label``, ``method``, optional ``ratios``,
     ``checkpoint`` (``run:NAME`` or a path) and ``datasets`` (default: every dev set).
@@ -47,7 +51,7 @@ DEV_SETS = {
     "hotpotqa": "--data ../shared/data/hotpotqa/dev_distractor_350.jsonl --format hotpotqa",
 }
 RUN_PREFIX = "run:"
-EXPERIMENT_KEYS = {"description", "results", "train_defaults", "train", "grid", "commands"}
+EXPERIMENT_KEYS = {"description", "results", "prepare", "train_defaults", "train", "grid", "commands"}
 
 
 def median_seconds(function: Callable[[], object], repeats: int) -> float:
@@ -119,12 +123,22 @@ class TrainRun:
         ``steps_as_run`` trains exactly the steps the committed run reached instead of fitting them to its
         time budget, which gives another count on another device.
         """
-        options = self.options | {"output_dir": str(runs / self.name)}
+        options = {key: with_runs(value, runs) for key, value in self.options.items()}
+        options["output_dir"] = str(runs / self.name)
         if isinstance(options.get("init_from"), str):
             options["init_from"] = resolve_checkpoint(options["init_from"], runs)
         if steps_as_run and self.steps_run is not None:
             options = options | {"max_steps": self.steps_run, "time_budget_s": None}
         return options
+
+
+def with_runs(value: Any, runs: Path) -> Any:
+    """``value`` with ``{runs}`` in its text (or its list's texts) replaced by ``runs``."""
+    if isinstance(value, str):
+        return value.replace("{runs}", str(runs))
+    if isinstance(value, list):
+        return [with_runs(item, runs) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,7 @@ class Experiment:
     path: Path
     description: str
     results: str | None
+    prepare: list[list[str]] = field(default_factory=list)
     train: list[list[TrainRun]] = field(default_factory=list)
     grid: list[dict[str, Any]] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
@@ -180,6 +195,7 @@ def load_experiment(path: str | Path) -> Experiment:
         path=path,
         description=spec.get("description", ""),
         results=spec.get("results"),
+        prepare=spec.get("prepare", []),
         train=stages,
         grid=spec.get("grid", []),
         commands=spec.get("commands", []),

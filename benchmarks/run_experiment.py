@@ -1,4 +1,5 @@
-"""Run an experiment file end to end: its training runs, its evaluation grid, then its further scripts.
+"""Run an experiment file end to end: its preparing commands, its training runs, its evaluation grid, then its
+further scripts.
 
 Every committed result of the lab names the experiment file that produced it (BENCHMARKS.md); this is
 how to run one again. The file's format is described in ``benchmarks/benchmark_environment.py``.
@@ -30,7 +31,7 @@ from pathlib import Path
 from benchmark_environment import Experiment, TrainRun, grid_rows, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("train", "grid", "commands")
+PARTS = ("prepare", "train", "grid", "commands")
 logger = logging.getLogger("run_experiment")
 
 
@@ -100,6 +101,13 @@ def main() -> int:
         results.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
 
+    values = {"runs": str(runs), "results": str(results), "device": args.device}
+    if "prepare" in args.parts:
+        for arguments in experiment.prepare:  # comprexit-rag commands whose files the training runs read
+            command = [sys.executable, "-m", "comprexit_rag.cli", *(a.format(**values) for a in arguments)]
+            if not run_command(command, dry_run=args.dry_run):
+                failed.append(" ".join(arguments[:1]))
+
     if "train" in args.parts:
         for stage in experiment.train:
             stage = [run for run in stage if not args.only or run.name in args.only]
@@ -118,7 +126,6 @@ def main() -> int:
             failed.append("grid")
 
     if "commands" in args.parts:
-        values = {"runs": str(runs), "results": str(results), "device": args.device}
         for script, *arguments in experiment.commands:
             arguments = [argument.format(**values) for argument in arguments]
             for argument in arguments:  # the scripts write their --out files but do not create folders

@@ -13,6 +13,9 @@
 #      seconds; 0: none), then the held-out table (slot_quality.py: reconstruction, NQ and HotpotQA own /
 #      other / closed-book / raw text).
 #      OTHER_RATIOS="8 16" scores the piece's and the QA stage's head at those ratios too.
+#      TEACHER_QA=2wiki first writes runs/teacher-qa/2wiki.jsonl (comprexit-rag teacher-qa on the 6,108 2Wiki
+#      passages outside the evaluation splits, the shipped head as the teacher), the QA family that
+#      sft-4x-mixed-teacher-qa.json names; its manifest comes back in results.tgz.
 #      SFT_PIECE_S: the QA stage is a long run in pieces instead (an SFT_CONFIG with a fixed max_steps, e.g.
 #      sft-4x-mixed-2pass.json): one piece of SFT_PIECE_S seconds, resumed from $RUNS/sft/checkpoint when it is
 #      there (pack_payload.sh STATE_RUN=sft), its state packed first into $RESULTS/sft-piece ("SFT PIECE READY").
@@ -113,6 +116,13 @@ if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ]; then
   done
 fi
 SFT_FROM=${SFT_INIT:-$RUNS/pretrain/final}
+if [ -n "${TEACHER_QA:-}" ]; then
+  python3 -m comprexit_rag.cli -v teacher-qa --teacher comprexit_rag/pretrained/comprexit-smollm2-135m \
+    --source "$TEACHER_QA" --limit 6119 --out "runs/teacher-qa/$TEACHER_QA.jsonl" --batch-size 256 --device cuda \
+    > "$RUNS/teacher-qa.log" 2>&1
+  tail -n 2 "$RUNS/teacher-qa.log"
+  mkdir -p "$RESULTS/teacher-qa" && cp "runs/teacher-qa/$TEACHER_QA.manifest.json" "$RESULTS/teacher-qa/"
+fi
 # SFT_S=0: no QA stage (a piece of a long run whose QA stage comes in a later session).
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 if [ -n "${SFT_PIECE_S:-}" ]; then

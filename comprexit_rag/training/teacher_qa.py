@@ -41,7 +41,7 @@ from ..backbone import Backbone
 from ..checkpoint import CONFIG_NAME
 from ..data import Passage, QAExample, iter_wikipedia_documents, load_2wiki_corpus
 from ..data.paths import DataNotFoundError, data_file, data_root
-from ..data.splits import TWOWIKI_FILE
+from ..data.splits import TWOWIKI_FILE, load_split
 from ..durable import atomic_write_json, fsync_directory
 from ..errors import CheckpointError, InvalidInputError
 from ..evaluation.metrics import normalize_answer
@@ -67,7 +67,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "comprexit-rag teacher-qa"
-FORMAT_VERSION = 2  # 2: answers must be found in the passage
+FORMAT_VERSION = 2  # 2: answers must be found in the passage; no 2Wiki passage of an evaluation split
 SOURCES = ("2wiki", "wikipedia")
 # The shards whose articles titled like an evaluation passage were removed (shared/data/README.md).
 WIKIPEDIA_SHARDS = "wiki/enwiki_2015_A[BCD]_shard*.txt.gz"
@@ -76,6 +76,8 @@ WIKIPEDIA_SHARDS = "wiki/enwiki_2015_A[BCD]_shard*.txt.gz"
 WINDOW_WORDS = 100
 WINDOWS_PER_ARTICLE = 2
 MIN_WINDOW_WORDS = 50
+EVALUATION_FAMILIES = ("nq", "hotpotqa", "squad")  # whose dev passages no pair may be about
+OPENING = 200  # characters of a passage that identify it
 
 # The question-writing task, asked in the reader's own QA layout. Of the wordings tried on 2Wiki passages,
 # asking for a quiz question about one fact whose answer is a name, place, date or number gave the most
@@ -121,7 +123,12 @@ def source_passages(source: str, root: str | os.PathLike | None = None) -> Itera
     shards (shards in name order; windows under :data:`MIN_WINDOW_WORDS` words are left out).
     """
     if source == "2wiki":
-        yield from load_2wiki_corpus(data_file(TWOWIKI_FILE, root))
+        # Unlike the AB-AD shards, the 2Wiki corpus was not cleared of evaluation passages (1 NQ and 10 HotpotQA
+        # dev titles are in it): those are left out, so no generated pair is about a held-out passage.
+        titles, openings = evaluation_passages(root)
+        for passage in load_2wiki_corpus(data_file(TWOWIKI_FILE, root)):
+            if passage.title.strip().lower() not in titles and passage.text.strip()[:OPENING] not in openings:
+                yield passage
     elif source == "wikipedia":
         base = data_root(root)
         shards = sorted(base.glob(WIKIPEDIA_SHARDS))
@@ -136,6 +143,16 @@ def source_passages(source: str, root: str | os.PathLike | None = None) -> Itera
                 yield Passage(text=" ".join(window), title=article.title, id=f"{article.id}/{index}")
     else:
         raise InvalidInputError(f"Unknown passage source {source!r}; expected one of {', '.join(SOURCES)}.")
+
+
+def evaluation_passages(root: str | os.PathLike | None) -> tuple[set[str], set[str]]:
+    """The lower-cased titles and the openings (first :data:`OPENING` characters) of the passages of the
+    evaluation families' dev splits."""
+    passages = [
+        p for family in EVALUATION_FAMILIES for example in load_split(family, "dev", root) for p in example.passages
+    ]
+    titles = {passage.title.strip().lower() for passage in passages if passage.title.strip()}
+    return titles, {passage.text.strip()[:OPENING] for passage in passages}
 
 
 # ---------------------------------------------------------------------------------------------

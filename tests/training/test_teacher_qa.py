@@ -204,7 +204,7 @@ def test_a_teacher_file_is_a_qa_training_family(tiny_backbone, tmp_path):
         QATrainingSet.build(tiny_backbone.tokenizer, families=[f"teacher:{tmp_path / 'none.jsonl'}"])
 
 
-def test_sources_read_2wiki_passages_and_wikipedia_windows(tmp_path):
+def test_sources_read_2wiki_passages_and_wikipedia_windows(tmp_path, monkeypatch):
     words = " ".join(f"w{i}" for i in range(260))
     docs = "".join(
         f'<doc id="{i}" url="u" title="Article {i}">\nArticle {i}\n\n{words[: 300 + i * 1000]}\n</doc>\n'
@@ -217,7 +217,17 @@ def test_sources_read_2wiki_passages_and_wikipedia_windows(tmp_path):
         handle.write(docs.replace("Article", "Held out"))
     (tmp_path / "2wiki").mkdir()
     with gzip.open(tmp_path / "2wiki" / "corpus.json.gz", "wt") as handle:
-        json.dump([{"title": "Lloyd (film)", "text": "Lloyd is a 2001 American comedy film."}], handle)
+        json.dump(
+            [
+                {"title": "Lloyd (film)", "text": "Lloyd is a 2001 American comedy film."},
+                {"title": "Held Out (band)", "text": "Held Out is a band."},  # an evaluation passage's title
+                {"title": "Copy", "text": "An evaluation passage's text."},
+            ],
+            handle,
+        )
+    monkeypatch.setattr(
+        teacher_qa, "evaluation_passages", lambda root: ({"held out (band)"}, {"An evaluation passage's text."})
+    )
 
     windows = list(source_passages("wikipedia", tmp_path))
     # Article 0 has 300 characters (~60 words: one window); article 1 all 260 words (the first two windows).
@@ -241,12 +251,14 @@ def test_sources_read_2wiki_passages_and_wikipedia_windows(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tiny_backbone, default_tokenizer, tmp_path_factory) -> dict[str, Path]:
-    """A saved tiny backbone, a 2Wiki corpus of 5 passages, and teachers: with an adapter, without one, and with
-    an adapter trained for another backbone."""
+    """A saved tiny backbone, a 2Wiki corpus of 5 passages (beside the real evaluation splits), and teachers:
+    with an adapter, without one, and with an adapter trained for another backbone."""
     root = tmp_path_factory.mktemp("teacher-cli")
     tiny_backbone.model.save_pretrained(root / "backbone")
     tiny_backbone.tokenizer.save_pretrained(root / "backbone")
     (root / "data" / "2wiki").mkdir(parents=True)
+    for family in teacher_qa.EVALUATION_FAMILIES:  # the held-out passages the 2Wiki source leaves out
+        (root / "data" / family).symlink_to(data_root() / family)
     with gzip.open(root / "data" / "2wiki" / "corpus.json.gz", "wt") as handle:
         json.dump([{"title": p.title, "text": p.text} for p in map(town, range(5))], handle)
     for name, trained_on in (
@@ -333,3 +345,12 @@ def test_an_answer_counts_as_in_the_passage_only_as_whole_words():
         and not in_passage("1922", passage)
         and not in_passage("Party 1921", passage)
     )
+
+
+def test_no_2wiki_pair_is_about_a_held_out_passage():
+    root = data_root()
+    titles, openings = teacher_qa.evaluation_passages(root)
+    corpus = load_2wiki_corpus(root / "2wiki" / "corpus.json.gz")
+    kept = list(source_passages("2wiki", root))
+    assert titles and openings and 0 < len(corpus) - len(kept) < 50  # 11 titles are shared (1 NQ, 10 HotpotQA)
+    assert not any(p.title.strip().lower() in titles or p.text.strip()[: teacher_qa.OPENING] in openings for p in kept)
