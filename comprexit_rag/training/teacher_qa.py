@@ -82,7 +82,8 @@ OPENING = 200  # characters of a passage that identify it
 # The question-writing task, asked in the reader's own QA layout. Of the wordings tried on 2Wiki passages,
 # asking for a quiz question about one fact whose answer is a name, place, date or number gave the most
 # questions about the passage (others drew "What is the capital of Sweden?", "What a beautiful island!" or
-# questions in three parts).
+# questions in three parts; with a worked example in the instruction the 135M reader asked about the
+# example: 4 and 5 pairs kept of 24 passages against 9, most of them "Where was Marie Curie born?").
 QUESTION_TASK = "Write a quiz question about one fact in this context."
 QUESTION_PROMPT = QAPrompt(
     instruction="Its answer must be a name, a place, a date or a number from the context. Reply with the question only."
