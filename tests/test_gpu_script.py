@@ -1,0 +1,113 @@
+"""benchmarks/gpu/reader_adapter.sh, the one script a GPU session runs, dry-run on the CPU.
+
+A broken path in it costs a whole GPU session, so each way of running it that BENCHMARKS.md prescribes is
+run here with a stand-in ``python3`` (it records its arguments and writes the files the real commands
+would; the script's own JSON-reading snippets run in the real interpreter) and a stand-in ``nvidia-smi``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAND_IN = r"""#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+case "$1" in
+  -c) case "$2" in *default_backbone_dir*|*"import torch"*) echo stand-in; exit 0;; esac
+      exec "$REAL_PYTHON" "$@";;
+  -) exec "$REAL_PYTHON" "$@";;
+esac
+[ "$1 $2" = "-m pip" ] && exit 0
+previous=""
+for argument in "$@"; do
+  case "$previous" in
+    --output-dir) mkdir -p "$argument/final" "$argument/checkpoint"; echo '{}' > "$argument/checkpoint/state.json"
+                  echo '{"loss": 1.0}' > "$argument/log.jsonl"; echo '{"steps": 7}' > "$argument/summary.json";;
+    --out) mkdir -p "$(dirname "$argument")"; echo '{}' > "$argument"
+           case "$argument" in *.jsonl) echo '{}' > "${argument%.jsonl}.manifest.json";; esac;;
+  esac
+  previous=$argument
+done
+"""
+
+
+def run_script(tmp_path: Path, **settings: str) -> tuple[list[str], str, Path]:
+    """Run the script from a copy of what it reads; returns the stand-in's calls, the output and $RESULTS."""
+    work = tmp_path / "repo"
+    shutil.copytree(ROOT / "benchmarks" / "gpu", work / "benchmarks" / "gpu")
+    shutil.copytree(ROOT / "experiments", work / "experiments")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(STAND_IN)
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho stand-in GPU\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    results, calls = tmp_path / "results", tmp_path / "calls.txt"
+    env = os.environ | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "REAL_PYTHON": sys.executable,
+        "CALLS": str(calls),
+        "RUNS": str(tmp_path / "runs"),
+        "RESULTS": str(results),
+        "THROUGHPUT": "0",
+        **settings,
+    }
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu/reader_adapter.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("ALL DONE"), done.stdout
+    return calls.read_text().splitlines(), done.stdout, results
+
+
+def trainings(calls: list[str]) -> list[str]:
+    return [call for call in calls if call.startswith("-m comprexit_rag.cli -v train")]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_baselines_only_session_trains_and_packs_each_baseline(tmp_path):
+    calls, out, results = run_script(
+        tmp_path, PIECE_S="0", SFT_S="0", BASELINES="baseline-full-lora-sft baseline-comi-sft"
+    )
+    runs = tmp_path / "runs"
+    assert trainings(calls) == [  # no pretraining piece, no QA stage; the files' own step counts
+        f"-m comprexit_rag.cli -v train --config experiments/reader_adapter/{name}.json --output-dir {runs}/{name}"
+        for name in ("baseline-full-lora-sft", "baseline-comi-sft")
+    ]
+    assert any("--method full-lora" in call for call in calls) and any("--method comi" in call for call in calls)
+    assert "baseline-full-lora-sft READY" in out and "baseline-comi-sft READY" in out
+    assert (results / "out" / "baseline-full-lora-sft.tgz").is_file() and (
+        results / "out" / "baseline-comi-sft.tgz"
+    ).is_file()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_piece_then_its_qa_stage_then_baselines_for_as_many_steps(tmp_path):
+    calls, out, results = run_script(tmp_path, PIECE_S="5", SFT_S="9", BASELINES="baseline-mean-pool-sft")
+    runs = tmp_path / "runs"
+    piece, qa, baseline = trainings(calls)
+    assert "--piece-seconds 5" in piece and f"--output-dir {runs}/pretrain" in piece
+    assert f"--init-from {runs}/pretrain/final --time-budget 9 --output-dir {runs}/sft" in qa
+    assert "--max-steps 7" in baseline  # the QA stage's steps (its summary.json)
+    assert out.index("PIECE READY") < out.index("STATE READY") < out.index("baseline-mean-pool-sft READY")
+    assert list((results / "piece").glob("piece.tar.part-*")) and list((results / "state").glob("state.tar.part-*"))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_qa_stage_in_pieces_with_teacher_pairs(tmp_path):
+    config = "experiments/reader_adapter/sft-4x-mixed-teacher-qa.json"
+    calls, out, results = run_script(
+        tmp_path, PIECE_S="0", SFT_INIT="/tmp/init", SFT_PIECE_S="900", TEACHER_QA="2wiki", SFT_CONFIG=config
+    )
+    teacher = next(i for i, call in enumerate(calls) if "teacher-qa" in call)
+    (qa,) = trainings(calls)
+    assert teacher < calls.index(qa) and "--out runs/teacher-qa/2wiki.jsonl" in calls[teacher]
+    assert f"--config {config} --init-from /tmp/init --piece-seconds 900 --output-dir {tmp_path}/runs/sft" in qa
+    assert "SFT PIECE READY" in out and list((results / "sft-piece").glob("piece.tar.part-*"))
+    assert (results / "teacher-qa" / "2wiki.manifest.json").is_file()
