@@ -16,7 +16,8 @@ DESCRIPTION = """\
 For each of the first --limit passages of --source, the frozen reader writes a question about the passage,
 the teacher (the reader reading the raw passage through the reader adapter of --teacher, or the frozen
 reader when it has none) answers it with and without the passage, and the pair is kept when the answer
-needs the passage. Kept pairs go to --out (JSON lines), counts and the teacher's identity to the manifest
+is a span of the passage and differs from the closed-book one. Passages of the evaluation splits are left
+out. Kept pairs go to --out (JSON lines), counts and the teacher's identity to the manifest
 beside it. Rerunning resumes; a larger --limit goes on. A training run reads the file with
 --qa-families ... teacher:FILE.
 """
