@@ -103,7 +103,7 @@ class TrainerParts:
         self.reader = Reader(self.backbone, adapter=adapter)
         self.parameters = [p for p in self.encoder.trainable.parameters() if p.requires_grad]
         self.parameters += adapter.parameters() if adapter is not None else []
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, fused=self.backbone.device.type == "cuda")
         self.sample, _ = make_sampler(config, self.backbone)
 
     def step(self, index: int, phase: Callable[[str], AbstractContextManager] = contextlib.nullcontext) -> None:

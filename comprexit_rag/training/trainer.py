@@ -257,7 +257,13 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
         adapter_lr = config.adapter_lr if config.adapter_lr is not None else config.lr / 2
         groups.append({"params": adapter.parameters(), "lr_scale": adapter_lr / config.lr})
         logger.info("Reader adapter: %d parameters (%s scope)", adapter.num_parameters(), adapter.config.scope)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    # On a GPU the fused update is one kernel per step instead of a few per parameter tensor (8.7 ms of a
+    # 470 ms step at 512 x 128). Its state dict is the same: a run resumes from either (the checkpoint's
+    # param groups, with their "fused" flag, are what a resumed optimiser keeps).
+    fused = backbone.device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        groups, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=fused
+    )
     parameters = [p for group in groups for p in group["params"]]
 
     sample, data_identity = make_sampler(config, backbone)
