@@ -106,7 +106,7 @@ def main() -> int:
         for arguments in experiment.prepare:  # comprexit-rag commands whose files the training runs read
             command = [sys.executable, "-m", "comprexit_rag.cli", *(a.format(**values) for a in arguments)]
             if not run_command(command, dry_run=args.dry_run):
-                failed.append(" ".join(arguments[:1]))
+                failed.append(arguments[0])
 
     if "train" in args.parts:
         for stage in experiment.train:

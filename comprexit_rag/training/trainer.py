@@ -99,27 +99,17 @@ def distilled_loss(
     The teacher is the same reader reading the raw passages (no gradient); the student reads the
     slots. Both score the same target tokens, so their target positions match one for one.
     """
-    logits, labels = batch_logits(reader, encoder, batch, ratio, prompt)
+    logits, labels = forced_logits(reader, batch, encoder.encode(batch, ratio), prompt)
     tokenizer = reader.backbone.tokenizer
     texts = ["\n\n".join(tokenizer.decode(ids) for ids in example.passage_ids) for example in batch]
     with torch.no_grad():
         teacher, teacher_labels = forced_logits(reader, batch, texts, prompt)
     if not torch.equal(teacher_labels, labels):
         raise RuntimeError("Teacher and student target positions differ; the prompts must end alike.")
-    kl = F.kl_div(
-        F.log_softmax(logits.float(), dim=-1),
-        F.log_softmax(teacher.float(), dim=-1),
-        log_target=True,
-        reduction="batchmean",
-    )
-    return F.cross_entropy(logits.float(), labels) + weight * kl
-
-
-def batch_logits(
-    reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced logits [N, V] at the target positions and the targets [N]."""
-    return forced_logits(reader, batch, encoder.encode(batch, ratio), prompt)
+    # One log-softmax of the student serves both terms (cross-entropy is its negative log-likelihood).
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    kl = F.kl_div(log_probs, F.log_softmax(teacher.float(), dim=-1), log_target=True, reduction="batchmean")
+    return F.nll_loss(log_probs, labels) + weight * kl
 
 
 Sampler = Callable[[random.Random], tuple[list[TrainExample], Prompt]]
