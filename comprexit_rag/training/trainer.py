@@ -3,7 +3,8 @@
 Readable top to bottom: build the encoder and data, then for each step sample a batch
 (deterministically from seed and step), encode its passages, let the frozen reader score
 the targets, and update. Checkpoints hold the module (safetensors), the optimizer state
-(tensors only, loaded with ``weights_only=True``) and a JSON state, so a run resumes exactly.
+(tensors only, loaded with ``weights_only=True``) and a JSON state, so a run resumes exactly
+(:mod:`.checkpoints`: a kill at any moment leaves one complete checkpoint).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..backbone import Backbone
-from ..durable import atomic_write, atomic_write_json
+from ..durable import atomic_write_json
 from ..errors import InvalidInputError
 from ..methods import get_method
-from ..methods.base import head_digest
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from ..reading.reader import Reader
+from .checkpoints import checkpoint_files, read_state, resume, save_checkpoint, save_module_and_adapter
 from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import DEFAULT_QA_FAMILIES, PretrainCorpus, QATrainingSet
@@ -58,9 +59,9 @@ def build_encoder(config: TrainConfig, backbone: Backbone) -> ContextEncoder:
     return encoder
 
 
-def resumed_module(config: TrainConfig, checkpoint: Path) -> TrainConfig:
+def resumed_module(config: TrainConfig, checkpoint: Path, state: dict) -> TrainConfig:
     """``config`` with the module loaded from ``checkpoint`` (the adapter and the rest load in :func:`resume`)."""
-    return replace(config, init_from=str(checkpoint / "module"), standardize_layers=False)
+    return replace(config, init_from=str(checkpoint_files(checkpoint, state) / "module"), standardize_layers=False)
 
 
 def build_reader_adapter(config: TrainConfig, backbone: Backbone) -> ReaderAdapter | None:
@@ -235,10 +236,11 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     checkpoint = output / "checkpoint"
-    resuming = (checkpoint / "state.json").is_file()
+    saved_state = read_state(checkpoint)
+    resuming = saved_state is not None
     # A resumed run rebuilds its module from the checkpoint, whatever first made it (a fresh head with a
     # calibrated standardisation, or --init-from): a fresh module may not have the same buffers.
-    encoder = build_encoder(resumed_module(config, checkpoint) if resuming else config, backbone)
+    encoder = build_encoder(resumed_module(config, checkpoint, saved_state) if resuming else config, backbone)
     module = encoder.trainable
     adapter = build_reader_adapter(config, backbone)
     reader = Reader(backbone, adapter=adapter)
@@ -362,43 +364,3 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
     atomic_write_json(output / "summary.json", summary)
     save_checkpoint(checkpoint, module, adapter, optimizer, state)
     return summary
-
-
-def save_module_and_adapter(directory: Path, module: torch.nn.Module, adapter: ReaderAdapter | None, **extra) -> None:
-    """A head and its reader adapter as one checkpoint: ``config.json`` + weights, ``reader_adapter/``."""
-    module.save_pretrained(directory, **extra)
-    if adapter is not None:
-        adapter.paired_head = head_digest(module)
-        adapter.save_pretrained(directory / ADAPTER_DIR)
-
-
-def save_checkpoint(
-    directory: Path,
-    module: torch.nn.Module,
-    adapter: ReaderAdapter | None,
-    optimizer: torch.optim.Optimizer,
-    state: dict,
-) -> None:
-    """Module, adapter, optimizer and loop state; the JSON state is written last, so it marks a complete checkpoint."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_module_and_adapter(directory / "module", module, adapter)
-    atomic_write(directory / "optimizer.pt", lambda path: torch.save(optimizer.state_dict(), path))
-    atomic_write_json(directory / "state.json", state, indent=None)
-
-
-def resume(
-    directory: Path, module: torch.nn.Module, adapter: ReaderAdapter | None, optimizer: torch.optim.Optimizer
-) -> dict:
-    from ..checkpoint import load_into, load_state_dict
-
-    load_into(module, load_state_dict(directory / "module"), directory / "module")
-    saved_adapter = directory / "module" / ADAPTER_DIR
-    if (adapter is None) != (not saved_adapter.is_dir()):
-        raise InvalidInputError(
-            f"The checkpoint in {directory} was saved {'without' if adapter is not None else 'with'} a reader adapter; "
-            "resume with the configuration it was started with."
-        )
-    if adapter is not None:
-        adapter.load_weights(saved_adapter)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    return json.loads((directory / "state.json").read_text())

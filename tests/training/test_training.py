@@ -39,7 +39,7 @@ from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPr
 from comprexit_rag.reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from comprexit_rag.reading.batch_layout import IGNORE_INDEX
 from comprexit_rag.reading.reader import Reader
-from comprexit_rag.training import trainer
+from comprexit_rag.training import checkpoints, trainer
 from comprexit_rag.training.data import MAX_ANSWER_TOKENS, QATrainingSet
 from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.teacher_forcing import target_logits
@@ -517,6 +517,55 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_backbone, data, tmp_path, 
     losses = [json.loads(line)["loss"] for line in (Path(resumed.output_dir) / "log.jsonl").read_text().splitlines()]
     straight_log = (Path(straight.output_dir) / "log.jsonl").read_text().splitlines()
     assert losses == [json.loads(line)["loss"] for line in straight_log]
+
+
+def test_a_run_killed_while_saving_resumes_from_the_last_whole_checkpoint(tiny_backbone, data, tmp_path, monkeypatch):
+    straight = tiny_config(tmp_path / "straight", data, max_steps=4, save_every=1)
+    train(straight, tiny_backbone)
+
+    # Killed after step 3's module was written, before its optimizer state: a torn save.
+    killed = tiny_config(tmp_path / "killed", data, max_steps=4, save_every=1)
+    real_write, writes = checkpoints.atomic_write, []
+
+    def dies_on_the_third_save(*args, **kwargs):
+        writes.append(1)
+        if len(writes) == 3:
+            raise Interrupted
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "atomic_write", dies_on_the_third_save)
+    with pytest.raises(Interrupted):
+        train(killed, tiny_backbone)
+    checkpoint = Path(killed.output_dir) / "checkpoint"
+    assert json.loads((checkpoint / "state.json").read_text())["files"] == "step-0000002"
+    assert (checkpoint / "step-0000003" / "module").is_dir()  # the torn generation, named by nothing
+    monkeypatch.setattr(checkpoints, "atomic_write", real_write)
+
+    summary = train(killed, tiny_backbone)
+
+    assert summary["steps"] == 4
+    want = final_weights(straight)
+    assert all(torch.equal(tensor, want[name]) for name, tensor in final_weights(killed).items())
+    assert sorted(path.name for path in checkpoint.iterdir()) == ["state.json", "step-0000004"]
+
+
+def test_a_checkpoint_saved_before_generations_still_resumes(tiny_backbone, data, tmp_path):
+    # Pieces committed before checkpoints had generations keep module/ and optimizer.pt beside state.json.
+    straight = tiny_config(tmp_path / "straight", data, max_steps=3)
+    train(straight, tiny_backbone)
+    old = tiny_config(tmp_path / "old", data, max_steps=3, piece_seconds=0.0)
+    train(old, tiny_backbone)
+    checkpoint = Path(old.output_dir) / "checkpoint"
+    state = json.loads((checkpoint / "state.json").read_text())
+    for name in ("module", "optimizer.pt"):
+        (checkpoint / state["files"] / name).rename(checkpoint / name)
+    (checkpoint / state.pop("files")).rmdir()
+    (checkpoint / "state.json").write_text(json.dumps(state))
+
+    assert train(replace(old, piece_seconds=None), tiny_backbone)["steps"] == 3
+    want = final_weights(straight)
+    assert all(torch.equal(tensor, want[name]) for name, tensor in final_weights(old).items())
+    assert sorted(path.name for path in checkpoint.iterdir()) == ["state.json", "step-0000003"]
 
 
 def nan_on(steps: set[int]) -> Callable[..., torch.Tensor]:
