@@ -77,7 +77,8 @@ def test_a_baselines_only_session_trains_and_packs_each_baseline(tmp_path):
     )
     runs = tmp_path / "runs"
     assert trainings(calls) == [  # no pretraining piece, no QA stage; the files' own step counts
-        f"-m comprexit_rag.cli -v train --config experiments/reader_adapter/{name}.json --output-dir {runs}/{name}"
+        f"-m comprexit_rag.cli -v train --save-every 100 --config experiments/reader_adapter/{name}.json "
+        f"--output-dir {runs}/{name}"
         for name in ("baseline-full-lora-sft", "baseline-comi-sft")
     ]
     assert any("--method full-lora" in call for call in calls) and any("--method comi" in call for call in calls)
@@ -111,3 +112,95 @@ def test_a_qa_stage_in_pieces_with_teacher_pairs(tmp_path):
     assert f"--config {config} --init-from /tmp/init --piece-seconds 900 --output-dir {tmp_path}/runs/sft" in qa
     assert "SFT PIECE READY" in out and list((results / "sft-piece").glob("piece.tar.part-*"))
     assert (results / "teacher-qa" / "2wiki.manifest.json").is_file()
+
+
+def collect(tmp_path: Path, out: Path) -> str:
+    """Run benchmarks/gpu/collect.sh once (a poll) into ``out``; returns what it printed."""
+    out.mkdir()
+    env = os.environ | {
+        "RUNS": str(tmp_path / "runs"),
+        "RESULTS": str(tmp_path / "results"),
+        "LOG": str(tmp_path / "run.log"),
+        "SENT": str(tmp_path / "sent"),
+        "OUT": str(out),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "collect.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def save_generation(run: Path, step: int, size: int) -> None:
+    """A checkpoint laid out as training/checkpoints.py writes it, its optimizer ``size`` bytes of noise."""
+    generation = run / "checkpoint" / f"step-{step:07d}"
+    (generation / "module").mkdir(parents=True)
+    (generation / "module" / "config.json").write_text("{}")
+    (generation / "optimizer.pt").write_bytes(os.urandom(size))
+    (run / "checkpoint" / "state.json").write_text(f'{{"step": {step}, "files": "step-{step:07d}"}}')
+
+
+def unpack(out: Path, run: str, into: Path) -> Path:
+    parts = sorted(out.glob(f"{run}.ckpt.tar.part-*"))
+    into.mkdir()
+    subprocess.run(["tar", "xf", "-", "-C", str(into)], input=b"".join(p.read_bytes() for p in parts), check=True)
+    return into / run
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_each_poll_brings_back_the_progress_and_a_running_runs_newest_checkpoint(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    (tmp_path / "run.log").write_text("STATE READY\n")
+    running = runs / "baseline-comi-sft"
+    save_generation(running, 100, 20 << 20)  # two 15 MiB parts
+    (running / "log.jsonl").write_text('{"step": 100}\n')
+    finished = runs / "baseline-full-lora-sft"
+    save_generation(finished, 918, 1 << 10)
+    (finished / "summary.json").write_text('{"steps": 918}')
+    (results / "out").mkdir(parents=True)
+    (results / "out" / "baseline-full-lora-sft.tgz").write_bytes(b"scored")
+    (results / "piece").mkdir()
+    (results / "piece" / "piece.tar.part-aa").write_bytes(b"piece")
+
+    first = tmp_path / "poll1"
+    printed = collect(tmp_path, first)
+    assert "baseline-comi-sft: checkpoint step-0000100 in 2 parts" in printed
+    back = unpack(first, "baseline-comi-sft", tmp_path / "back1")
+    state = running / "checkpoint" / "state.json"
+    assert back.joinpath("checkpoint", "state.json").read_text() == state.read_text()
+    generation = running / "checkpoint" / "step-0000100" / "optimizer.pt"
+    assert back.joinpath("checkpoint", "step-0000100", "optimizer.pt").read_bytes() == generation.read_bytes()
+    assert back.joinpath("log.jsonl").is_file()
+    assert not list(first.glob("baseline-full-lora-sft.ckpt*"))  # finished: its results come in progress.tgz
+    assert first.joinpath("piece-piece.tar.part-aa").read_bytes() == b"piece"
+    listed = subprocess.run(["tar", "tzf", str(first / "progress.tgz")], capture_output=True, text=True).stdout
+    expected = ("run.log", "baseline-comi-sft/log.jsonl", "baseline-full-lora-sft/summary.json")
+    for name in (*expected, "out/baseline-full-lora-sft.tgz"):
+        assert f"progress/{name}" in listed.replace("./", ""), name
+
+    # Nothing new: only the progress comes back. A newer generation: it comes back, the old one is gone.
+    second = tmp_path / "poll2"
+    collect(tmp_path, second)
+    assert [path.name for path in second.iterdir()] == ["progress.tgz"]
+    save_generation(running, 200, 1 << 10)
+    shutil.rmtree(running / "checkpoint" / "step-0000100")
+    third = tmp_path / "poll3"
+    collect(tmp_path, third)
+    back = unpack(third, "baseline-comi-sft", tmp_path / "back3")
+    assert sorted(path.name for path in (back / "checkpoint").iterdir()) == ["state.json", "step-0000200"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_poll_skips_a_checkpoint_being_replaced_or_too_large_for_the_call(tmp_path):
+    running = tmp_path / "runs" / "sft"
+    save_generation(running, 300, 1 << 10)
+    shutil.rmtree(running / "checkpoint" / "step-0000300")  # the next save removed it after state.json was read
+    out = tmp_path / "poll1"
+    assert "was replaced while copying" in collect(tmp_path, out)
+    assert [path.name for path in out.iterdir()] == ["progress.tgz"]
+
+    shutil.rmtree(running / "checkpoint")
+    save_generation(running, 400, 110 << 20)  # 8 parts: with progress.tgz, more than a call brings back
+    out = tmp_path / "poll2"
+    assert "needs 8 files, 7 left in this call" in collect(tmp_path, out)
+    assert [path.name for path in out.iterdir()] == ["progress.tgz"]

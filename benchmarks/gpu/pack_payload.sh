@@ -9,10 +9,13 @@
 #   SHARDS="AB AC" STATE=training-state/reader-adapter-4x-b256/checkpoint benchmarks/gpu/pack_payload.sh
 #   SHARDS="AB AD" INIT=/tmp/state/training-state/reader-adapter-4x-b256/checkpoint/module benchmarks/gpu/pack_payload.sh
 #   STATE=/tmp/state/training-state/sft-4x-mixed-2pass/checkpoint STATE_RUN=sft benchmarks/gpu/pack_payload.sh
+#   STATE=/tmp/back/baseline-comi-sft/checkpoint STATE_RUN=baseline-comi-sft benchmarks/gpu/pack_payload.sh
+#     (a checkpoint collect.sh brought back: cat baseline-comi-sft.ckpt.tar.part-* | tar x -C /tmp/back)
 #
 # SHARDS: the Wikipedia shard groups the run reads (AA shard 0 always comes: held-out windows);
-# STATE: a checkpoint directory (module/, optimizer.pt, state.json) that lands in /tmp/runs/$STATE_RUN
-# (a run to resume: pretrain, the default, or sft for a QA stage run in pieces); INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
+# STATE: a checkpoint directory (state.json and the files it names) that lands in /tmp/runs/$STATE_RUN
+# (a run to resume: pretrain, the default, sft for a QA stage run in pieces, or a baseline's name), with the
+# run's log.jsonl when it lies beside the checkpoint; INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
 # PRETRAIN_INIT=/tmp/init in reader_adapter.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +33,7 @@ for group in $SHARDS; do cp "$DATA"/wiki/enwiki_2015_"$group"_shard*.txt.gz "$WO
 if [ -n "$STATE" ]; then
   mkdir -p "$WORK/state"
   cp -r "$STATE" "$WORK/state/checkpoint"
+  if [ -f "$STATE/../log.jsonl" ]; then cp "$STATE/../log.jsonl" "$WORK/state/"; fi
   echo "$STATE_RUN" > "$WORK/state/run"
 fi
 if [ -n "$INIT" ]; then

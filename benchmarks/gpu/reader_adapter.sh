@@ -25,7 +25,9 @@
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps; THROUGHPUT_COMPILE=1 measures the same with compiled decoder
 #      layers too (--compile: TrainConfig.compile_layers) into throughput-compiled.json.
-# Everything lands in $RESULTS; "ALL DONE" ends its log.
+# Every run saves a resumable checkpoint each SAVE_EVERY steps (default 100), which benchmarks/gpu/collect.sh,
+# run at every poll, brings back while the run goes on; a run restarted from one (pack_payload.sh STATE=,
+# STATE_RUN=<its name>) continues from it. Everything lands in $RESULTS; "ALL DONE" ends its log.
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 set +e
@@ -41,7 +43,8 @@ mkdir -p "$RUNS" "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$RESULTS/device.txt"
 python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
   | tee -a "$RESULTS/device.txt"
-train() { python3 -m comprexit_rag.cli -v train "$@"; }
+SAVE_EVERY=${SAVE_EVERY:-100}
+train() { python3 -m comprexit_rag.cli -v train --save-every "$SAVE_EVERY" "$@"; }
 
 cp "$PRETRAIN_CONFIG" "$RESULTS/pretrain.json"
 if [ "$COMPARE" = 1 ]; then
@@ -161,7 +164,8 @@ echo STATE READY
 # BASELINES: experiment files of $EXP (names without .json) trained after the head's results are packed,
 # each for as many steps as the head's QA stage took (same data, steps and seed), then scored by
 # slot_quality.py --method <its method>; each one's results in out/<name>.tgz, packed before the next starts.
-# Without a QA stage this session, each trains for its experiment file's max_steps (the shipped head's).
+# Without a QA stage this session, each trains for its experiment file's max_steps (the shipped head's). One
+# carried back from an earlier session (pack_payload.sh STATE_RUN=<name>) resumes from its checkpoint.
 qa_steps=""
 [ -f "$RUNS/sft/summary.json" ] && qa_steps=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$RUNS/sft/summary.json")
 for name in $BASELINES; do

@@ -12,6 +12,7 @@ if [ -d /tmp/pl/state/checkpoint ]; then
   run=$(cat /tmp/pl/state/run 2> /dev/null || echo pretrain)
   rm -rf "/tmp/runs/$run" && mkdir -p "/tmp/runs/$run"
   cp -r /tmp/pl/state/checkpoint "/tmp/runs/$run/"
+  if [ -f /tmp/pl/state/log.jsonl ]; then cp /tmp/pl/state/log.jsonl "/tmp/runs/$run/"; fi
   echo "resuming $run:" && cat "/tmp/runs/$run/checkpoint/state.json" && echo
 fi
 if [ -d /tmp/pl/init ]; then

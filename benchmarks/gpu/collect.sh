@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Every poll of a GPU session runs this (`sleep 300; bash benchmarks/gpu/collect.sh`): it brings back what
+# the session has done so far, so a machine that stops answering takes at most one poll's work with it.
+# Into $OUT (at most 8 files of <= 16 MiB come back from a call):
+#   progress.tgz          the session's log, every run's log.jsonl and summary, and the finished results
+#                         ($RESULTS/out/*.tgz and JSON files), as they stand now: every poll, whole
+#   <part files>          the resumable parts the script packs ($RESULTS/piece, sft-piece, state), each once
+#   <run>.ckpt.tar.part-* the newest checkpoint of a run still training, once a step: its state.json, the
+#                         generation it names and its log.jsonl; `cat` the parts | `tar x` gives
+#                         <run>/checkpoint, which `pack_payload.sh STATE=... STATE_RUN=<run>` carries back
+# The checkpoint is copied state.json first, then the files it names (training/checkpoints.py: those are
+# complete and never rewritten), so a copy taken while the run saves is whole, or skipped until next time.
+set -uo pipefail
+RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results} LOG=${LOG:-/tmp/run.log}
+SENT=${SENT:-/tmp/collected} MAX_FILES=8 PART=15m
+: "${OUT:?collect.sh writes into OUT, the folder a device call brings back}"
+mkdir -p "$SENT" "$OUT"
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+
+tail -n 3 "$LOG" 2> /dev/null | tr '\r' '\n' | tail -n 3 | cut -c1-300
+for log in "$RUNS"/*/log.jsonl; do
+  [ -f "$log" ] && echo "$(basename "$(dirname "$log")"): $(tail -n 1 "$log" | cut -c1-200)"
+done
+grep -h "READY\|ALL DONE" "$LOG" 2> /dev/null
+
+mkdir -p "$STAGE/progress"
+cp "$LOG" "$STAGE/progress/" 2> /dev/null
+( cd "$RUNS" 2> /dev/null && find . -maxdepth 2 \( -name log.jsonl -o -name summary.json -o -name '*.log' \) \
+  -exec cp --parents {} "$STAGE/progress/" \; )
+( cd "$RESULTS" 2> /dev/null && find . -maxdepth 2 \( -name '*.tgz' -o -name '*.json' \) -size -4M \
+  -exec cp --parents {} "$STAGE/progress/" \; )
+tar czf "$OUT/progress.tgz" -C "$STAGE" progress
+files=1
+
+# Parts the script packed (a piece's state, the QA head), each brought back once.
+for part in "$RESULTS"/piece/* "$RESULTS"/sft-piece/* "$RESULTS"/state/*; do
+  [ -f "$part" ] || continue
+  marker="$SENT/$(basename "$(dirname "$part")")-$(basename "$part")"
+  [ -e "$marker" ] && continue
+  [ "$files" -ge "$MAX_FILES" ] && { echo "more parts wait for the next poll"; break; }
+  cp "$part" "$OUT/$(basename "$(dirname "$part")")-$(basename "$part")" && touch "$marker"
+  files=$((files + 1))
+done
+
+# The newest checkpoint of each run still training (no summary.json yet), when it is newer than the last one sent.
+for state in "$RUNS"/*/checkpoint/state.json; do
+  [ -f "$state" ] || continue
+  run_dir=$(dirname "$(dirname "$state")") && run=$(basename "$run_dir")
+  [ -f "$run_dir/summary.json" ] && continue
+  mkdir -p "$STAGE/$run/checkpoint"
+  cp "$state" "$STAGE/$run/checkpoint/state.json" || continue
+  generation=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1])).get('files', ''))" \
+    "$STAGE/$run/checkpoint/state.json")
+  [ -n "$generation" ] || continue  # a checkpoint without generations is only read whole at a piece's end
+  [ "$(cat "$SENT/$run.ckpt" 2> /dev/null)" = "$generation" ] && continue
+  if ! cp -r "$run_dir/checkpoint/$generation" "$STAGE/$run/checkpoint/" 2> /dev/null; then
+    echo "$run: $generation was replaced while copying; next poll"
+    continue
+  fi
+  cp "$run_dir/log.jsonl" "$STAGE/$run/" 2> /dev/null
+  tar cf - -C "$STAGE" "$run" | split -b "$PART" - "$STAGE/$run.ckpt.tar.part-"
+  parts=("$STAGE/$run.ckpt.tar.part-"*)
+  if [ $((files + ${#parts[@]})) -gt "$MAX_FILES" ]; then
+    echo "$run: $generation needs ${#parts[@]} files, $((MAX_FILES - files)) left in this call; next poll"
+    continue
+  fi
+  mv "${parts[@]}" "$OUT/" && echo "$generation" > "$SENT/$run.ckpt"
+  files=$((files + ${#parts[@]}))
+  echo "$run: checkpoint $generation in ${#parts[@]} parts"
+done
+ls -la "$OUT"
