@@ -28,13 +28,14 @@ def answer_question(
     k: int,
     ratio: int,
     max_new_tokens: int,
+    search_query: str | None = None,
 ) -> Answer:
     """The body of :meth:`RAGPipeline.ask <comprexit_rag.rag.pipeline.RAGPipeline.ask>`, its arguments checked.
 
     ``spec`` is a pipeline method; ``compressor`` makes its slots (``None`` for text).
     """
     started = time.perf_counter()
-    hits = pipeline.retriever.search(question, k=k)
+    hits = pipeline.retriever.search(question if search_query is None else search_query, k=k)
     retrieved = time.perf_counter()
     texts = [hit.text for hit in hits]
     hits_in_store = misses = 0

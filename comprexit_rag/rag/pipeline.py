@@ -90,6 +90,13 @@ METHODS = method_names(pipeline=True)
 # ---------------------------------------------------------------------------------------------
 
 
+def check_query(text: object, what: str) -> None:
+    """Refuse a question or search query that is not a non-empty, well-formed string."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError(f"{what} must be a non-empty string, got {text!r:.80}.")
+    check_text(text, what)
+
+
 class RAGPipeline:
     """Retriever + slot store + ComprExIT compressor + reader, sharing one frozen backbone.
 
@@ -374,6 +381,7 @@ class RAGPipeline:
         k: int = 5,
         ratio: int | None = None,
         max_new_tokens: int = 20,
+        search_query: str | None = None,
     ) -> Answer:
         """Answer ``question`` from the ``k`` best passages, read as ``method`` prescribes.
 
@@ -385,16 +393,18 @@ class RAGPipeline:
             ratio: compression ratio (default the pipeline's; ignored by ``full``). A ratio
                 other than the pipeline's uses, and fills, a separate slot store.
             max_new_tokens: longest answer, in tokens.
+            search_query: the text to retrieve with, when it is not the question (a rewritten
+                query, or keywords); the reader, and COMI's compression, still see the question.
 
         Raises:
-            InvalidInputError: empty question, unknown method, bad ``k``, ratio or
+            InvalidInputError: empty question or search query, unknown method, bad ``k``, ratio or
                 ``max_new_tokens``, an empty index, or a question too long for the reader (prompt,
                 question, context and answer must fit the backbone's maximum length; see
                 :meth:`Reader.context_budget <comprexit_rag.reading.reader.Reader.context_budget>`).
         """
-        if not isinstance(question, str) or not question.strip():
-            raise InvalidInputError(f"The question must be a non-empty string, got {question!r:.80}.")
-        check_text(question, "The question")
+        check_query(question, "The question")
+        if search_query is not None:
+            check_query(search_query, "The search query")
         spec = get_method(method, pipeline=True)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
@@ -405,7 +415,9 @@ class RAGPipeline:
         if not len(self.retriever):
             raise InvalidInputError(f"{self.directory} holds no passages yet; index some first.")
 
-        return answer_question(self, question, spec, compressor, k=k, ratio=ratio, max_new_tokens=max_new_tokens)
+        return answer_question(
+            self, question, spec, compressor, k=k, ratio=ratio, max_new_tokens=max_new_tokens, search_query=search_query
+        )
 
     def ask_many(self, questions: Sequence[str], *, show_progress: bool | None = None, **kwargs: Any) -> list[Answer]:
         """:meth:`ask` each question in turn (same keyword arguments); answers in input order."""

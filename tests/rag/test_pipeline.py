@@ -28,6 +28,7 @@ from comprexit_rag.methods.comprexit.head import ComprExITHead
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.rag.directory import HEAD_DIR, PIPELINE_FILE, UNTRAINED_HEAD_DIR, PipelineRecord
 from comprexit_rag.rag.results import Answer
+from comprexit_rag.reading.reader import Reader
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import content_key
 from comprexit_rag.testing import PASSAGES, tiny_llama
@@ -305,6 +306,24 @@ def test_index_inputs(tmp_path, backbone, embedder):
         empty.ask("question?")
     answers = pipeline.ask_many(["first?", "second?"], k=1, max_new_tokens=1)
     assert [a.question for a in answers] == ["first?", "second?"]
+
+
+def test_a_search_query_chooses_the_passages_and_the_question_is_what_is_read(indexed, monkeypatch):
+    read = []
+    real_generate = Reader.generate
+
+    def generate(self, question, context=None, **kwargs):
+        read.append(question)
+        return real_generate(self, question, context, **kwargs)
+
+    monkeypatch.setattr(Reader, "generate", generate)
+    answer = indexed.ask("Who discovered it?", search_query="penicillin discovery", k=1, max_new_tokens=2)
+
+    assert answer.question == "Who discovered it?" and read[0] == "Who discovered it?"
+    assert [source.id for source in answer.sources] == ["fleming"]
+    assert answer.sources == indexed.ask("penicillin discovery", k=1, max_new_tokens=2).sources
+    with pytest.raises(InvalidInputError, match="The search query must be a non-empty string"):
+        indexed.ask("Who discovered it?", search_query="  ")
 
 
 def test_untrained_head_fallback_is_loud_and_stable(tmp_path, backbone, embedder, caplog):
