@@ -11,6 +11,11 @@ Each question is then answered by every method of ``--methods`` from the same to
 - ``comi``: the retrieved passages compressed with the question (query-aware COMI), per query;
 - ``full``: the raw text of the retrieved passages.
 
+Next to each method, the controls every quality table of this project shows: the same method reading
+the passages retrieved for another question (the next one; ``<method>/other``, through
+``RAGPipeline.ask(search_query=...)``), and the reader answering closed-book (``closed-book``, through
+the same reader adapter as the slots and the text). Own minus other is what the passages contribute.
+
 Methods are interleaved per question (after one untimed warm-up call each), so load on a shared
 machine affects all of them alike. Reported per method: retrieval recall@k (share of the question's
 supporting paragraphs in the top k, and the share of questions with both found), EM / F1 / accuracy
@@ -142,6 +147,37 @@ def answer_row(pipeline: RAGPipeline, example: QAExample, answer: Answer, wall: 
     }
 
 
+def closed_book_row(pipeline: RAGPipeline, example: QAExample, max_new_tokens: int) -> dict[str, Any]:
+    """The question answered with no passages, by the reader that reads the slots (and the text)."""
+    reader = pipeline.reader.through(pipeline.compressor.reader_adapter)
+    started = time.perf_counter()
+    prediction = reader.generate(example.question, None, max_new_tokens=max_new_tokens)
+    wall = time.perf_counter() - started
+    return {
+        "id": example.id,
+        "question": example.question,
+        "gold": list(example.answers),
+        "method": "closed-book",
+        "prediction": prediction,
+        "em": exact_match(prediction, example.answers),
+        "f1": f1_score(prediction, example.answers),
+        "accuracy": answer_contained(prediction, example.answers),
+        "latency_s": wall,
+        "timings_s": {"retrieve": 0.0, "compress": 0.0, "read": wall, "total": wall},
+        "answer_tokens": len(pipeline.backbone.tokenize([prediction])[0]) if prediction else 0,
+        "context_tokens": 0,
+        "slots": 0,
+        "context_vectors": 0,
+        "store_hits": 0,
+        "store_misses": 0,
+        "sources": [],
+        "supporting": len(example.gold_passages()),
+        "supporting_found": 0,
+        "recall": None,
+        "all_supporting_found": False,
+    }
+
+
 def summarize(rows: list[dict[str, Any]], examples: Sequence[QAExample]) -> dict[str, Any]:
     """Per-method means (and latency medians) over the rows of one method, in the order of ``examples``."""
     by_id = {row["id"]: row for row in rows}
@@ -244,13 +280,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for _ in range(args.warmup):
                 pipeline.ask(examples[0].question, method=method, **ask)
 
-        rows: dict[str, list[dict[str, Any]]] = {method: [] for method in args.methods}
-        for example in tqdm(examples, desc="questions", unit="question"):
+        names = [name for method in args.methods for name in (method, f"{method}/other")] + ["closed-book"]
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for index, example in enumerate(tqdm(examples, desc="questions", unit="question")):
+            other = examples[(index + 1) % len(examples)].question
             for method in args.methods:
-                started = time.perf_counter()
-                answer = pipeline.ask(example.question, method=method, **ask)
-                wall = time.perf_counter() - started
-                rows[method].append(answer_row(pipeline, example, answer, wall))
+                for name, search_query in ((method, None), (f"{method}/other", other)):
+                    started = time.perf_counter()
+                    answer = pipeline.ask(example.question, method=method, search_query=search_query, **ask)
+                    wall = time.perf_counter() - started
+                    rows[name].append(answer_row(pipeline, example, answer, wall) | {"method": name})
+            rows["closed-book"].append(closed_book_row(pipeline, example, args.max_new_tokens))
 
     summary = {method: summarize(method_rows, examples) for method, method_rows in rows.items()}
     add_latency_ratios(summary)
@@ -261,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     env["load_average_at_end"] = load_average()
 
     result = {
-        "description": "Open-corpus HotpotQA RAG on CPU: retrieval recall@k, EM/F1/accuracy and ask() latency",
+        "description": "Open-corpus HotpotQA RAG on CPU: retrieval recall@k, EM/F1/accuracy and ask() latency, "
+        "with each method reading another question's passages (<method>/other) and closed-book",
         "config": {
             "questions": len(examples),
             "corpus": f'distinct paragraphs (title + text) of the first {args.limit} of load_split("hotpotqa", "dev")',

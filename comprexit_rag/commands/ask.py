@@ -30,7 +30,12 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         pipeline = RAGPipeline.load(args.directory, comi_merger=args.comi_merger, device=args.device)
         answer = pipeline.ask(
-            args.question, method=args.method, k=args.k, ratio=args.ratio, max_new_tokens=args.max_new_tokens
+            args.question,
+            method=args.method,
+            k=args.k,
+            ratio=args.ratio,
+            max_new_tokens=args.max_new_tokens,
+            search_query=args.search_query,
         )
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
@@ -65,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=describe_methods(method_names(pipeline=True)),
     )
     parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve")
+    parser.add_argument(
+        "--search-query", help="retrieve with this text instead of the question (the reader reads the question)"
+    )
     parser.add_argument("--ratio", type=int, help="compression ratio (default: the pipeline's)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
     parser.add_argument("--comi-merger", help="COMI merger checkpoint for --method comi (default: the shipped one)")

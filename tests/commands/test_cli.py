@@ -214,6 +214,10 @@ def test_index_folder_then_ask_json(tmp_path, folder_corpus, model_dirs, capsys,
     text = capsys.readouterr().out
     assert "Answer (full):" in text and "1. [" in text and "cats" in text and "total" in text
 
+    assert cli("ask", out, "What do they do?", "--search-query", "cats", "--k", 1, "--max-new-tokens", 2, "--json") == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["question"] == "What do they do?" and [s["title"] for s in answer["sources"]] == ["cats"]
+
 
 def test_index_with_another_ratio_switches_only_when_told(tmp_path, folder_corpus, model_dirs, capsys):
     out = tmp_path / "rag"

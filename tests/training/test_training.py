@@ -485,20 +485,25 @@ class Interrupted(Exception):
     """Stands in for a killed run."""
 
 
+def interrupted_on_call(n: int, function: Callable) -> Callable:
+    """``function``, except that its ``n``-th call raises :class:`Interrupted` (a killed run)."""
+    calls = iter(range(1, 10**6))
+
+    def wrapper(*args, **kwargs):
+        if next(calls) == n:
+            raise Interrupted
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
 def test_resumed_run_equals_an_uninterrupted_one(tiny_backbone, data, tmp_path, monkeypatch):
     straight = tiny_config(tmp_path / "straight", data, max_steps=4, save_every=1)
     train(straight, tiny_backbone)
 
     resumed = tiny_config(tmp_path / "resumed", data, max_steps=4, save_every=1)
-    real_loss, calls = trainer.answer_loss, []
-
-    def dies_on_step_three(*args, **kwargs) -> torch.Tensor:
-        calls.append(1)
-        if len(calls) == 3:
-            raise Interrupted
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "answer_loss", dies_on_step_three)
+    real_loss = trainer.answer_loss
+    monkeypatch.setattr(trainer, "answer_loss", interrupted_on_call(3, real_loss))  # step three
     with pytest.raises(Interrupted):
         train(resumed, tiny_backbone)
     checkpoint = Path(resumed.output_dir) / "checkpoint"
@@ -525,15 +530,8 @@ def test_a_run_killed_while_saving_resumes_from_the_last_whole_checkpoint(tiny_b
 
     # Killed after step 3's module was written, before its optimizer state: a torn save.
     killed = tiny_config(tmp_path / "killed", data, max_steps=4, save_every=1)
-    real_write, writes = checkpoints.atomic_write, []
-
-    def dies_on_the_third_save(*args, **kwargs):
-        writes.append(1)
-        if len(writes) == 3:
-            raise Interrupted
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(checkpoints, "atomic_write", dies_on_the_third_save)
+    real_write = checkpoints.atomic_write
+    monkeypatch.setattr(checkpoints, "atomic_write", interrupted_on_call(3, real_write))  # the third save
     with pytest.raises(Interrupted):
         train(killed, tiny_backbone)
     checkpoint = Path(killed.output_dir) / "checkpoint"
