@@ -23,6 +23,7 @@ for log in "$RUNS"/*/log.jsonl; do
   [ -f "$log" ] && echo "$(basename "$(dirname "$log")"): $(tail -n 1 "$log" | cut -c1-200)"
 done
 grep -h "READY\|ALL DONE" "$LOG" 2> /dev/null
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2> /dev/null  # a stalled run shows here
 
 mkdir -p "$STAGE/progress"
 cp "$LOG" "$STAGE/progress/" 2> /dev/null
