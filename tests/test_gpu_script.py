@@ -83,6 +83,8 @@ def test_a_baselines_only_session_trains_and_packs_each_baseline(tmp_path):
     ]
     assert any("--method full-lora" in call for call in calls) and any("--method comi" in call for call in calls)
     assert "baseline-full-lora-sft READY" in out and "baseline-comi-sft READY" in out
+    assert out.index("baseline-full-lora-sft TRAINED") < out.index("baseline-full-lora-sft READY")
+    assert list((results / "state").glob("baseline-comi-sft.final.tar.part-*"))  # its weights, before its scores
     assert (results / "out" / "baseline-full-lora-sft.tgz").is_file() and (
         results / "out" / "baseline-comi-sft.tgz"
     ).is_file()

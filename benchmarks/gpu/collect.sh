@@ -4,7 +4,8 @@
 # Into $OUT (at most 8 files of <= 16 MiB come back from a call):
 #   progress.tgz          the session's log, every run's log.jsonl and summary, and the finished results
 #                         ($RESULTS/out/*.tgz and JSON files), as they stand now: every poll, whole
-#   <part files>          the resumable parts the script packs ($RESULTS/piece, sft-piece, state), each once
+#   <part files>          the parts the script packs, each once: a piece's state ($RESULTS/piece, sft-piece), the
+#                         QA head and each trained baseline's weights ($RESULTS/state)
 #   <run>.ckpt.tar.part-* the newest checkpoint of a run still training, once a step: its state.json, the
 #                         generation it names and its log.jsonl; `cat` the parts | `tar x` gives
 #                         <run>/checkpoint, which `pack_payload.sh STATE=... STATE_RUN=<run>` carries back
@@ -34,7 +35,7 @@ cp "$LOG" "$STAGE/progress/" 2> /dev/null
 tar czf "$OUT/progress.tgz" -C "$STAGE" progress
 files=1
 
-# Parts the script packed (a piece's state, the QA head), each brought back once.
+# Parts the script packed, each brought back once.
 for part in "$RESULTS"/piece/* "$RESULTS"/sft-piece/* "$RESULTS"/state/*; do
   [ -f "$part" ] || continue
   marker="$SENT/$(basename "$(dirname "$part")")-$(basename "$part")"

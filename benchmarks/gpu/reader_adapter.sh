@@ -20,8 +20,9 @@
 #      sft-4x-mixed-2pass.json): one piece of SFT_PIECE_S seconds, resumed from $RUNS/sft/checkpoint when it is
 #      there (pack_payload.sh STATE_RUN=sft), its state packed first into $RESULTS/sft-piece ("SFT PIECE READY").
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
-#      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results,
-#      each packed into out/<name>.tgz as soon as it is scored ("<name> READY").
+#      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results:
+#      each one's weights packed into state/<name>.final.tar.part-* once trained ("<name> TRAINED"), its scores
+#      into out/<name>.tgz ("<name> READY").
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps; THROUGHPUT_COMPILE=1 measures the same with compiled decoder
 #      layers too (--compile: TrainConfig.compile_layers) into throughput-compiled.json.
@@ -171,6 +172,9 @@ qa_steps=""
 for name in $BASELINES; do
   method=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['method'])" "$EXP/$name.json")
   train --config "$EXP/$name.json" ${qa_steps:+--max-steps "$qa_steps"} --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  # Its weights first (a machine lost while scoring keeps them: the scores can be made again elsewhere).
+  tar cf - -C "$RUNS" "$name/final" "$name/summary.json" | split -b 15m - "$RESULTS/state/$name.final.tar.part-"
+  echo "$name TRAINED"
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
