@@ -98,7 +98,8 @@ def test_a_piece_then_its_qa_stage_then_baselines_for_as_many_steps(tmp_path):
     assert "--piece-seconds 5" in piece and f"--output-dir {runs}/pretrain" in piece
     assert f"--init-from {runs}/pretrain/final --time-budget 9 --output-dir {runs}/sft" in qa
     assert "--max-steps 7" in baseline  # the QA stage's steps (its summary.json)
-    assert out.index("PIECE READY") < out.index("STATE READY") < out.index("baseline-mean-pool-sft READY")
+    assert out.index("PIECE READY") < out.index("QA HEAD READY") < out.index("STATE READY")
+    assert out.index("STATE READY") < out.index("baseline-mean-pool-sft READY")
     assert list((results / "piece").glob("piece.tar.part-*")) and list((results / "state").glob("state.tar.part-*"))
 
 

@@ -144,6 +144,9 @@ elif [ "$SFT_S" != 0 ]; then
   tail -n 1 "$RUNS/sft/log.jsonl"
 fi
 if [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; then
+  # The QA head in 15 MiB parts, before it is scored (the piece's state is in $RESULTS/piece, above).
+  tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
+  echo "QA HEAD READY"
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
     --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
   grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
@@ -152,8 +155,6 @@ if [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; then
       --out "$RESULTS/sft-quality-${ratio}x.json" > "$RUNS/sft-quality-${ratio}x.log" 2>&1
     grep -a "F1\|reconstruction" "$RUNS/sft-quality-${ratio}x.log" | tail -3
   done
-  # The QA head in 15 MiB parts (the piece's state is in $RESULTS/piece, above).
-  tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
 fi
 
 # What comes back (8 files of <= 16 MiB a call): results + logs in one archive, and the parts above.
