@@ -66,7 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=50, help="first N HotpotQA dev questions (corpus and queries)")
     parser.add_argument("--k", type=int, default=5, help="passages retrieved per question (all methods)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="closed-book runs whatever is chosen"
+    )
     parser.add_argument("--ratio", type=int, default=4, help="compression ratio (stored slots and COMI)")
     parser.add_argument("--head", default=None, help="ComprExIT head directory (default: the shipped head)")
     parser.add_argument("--device", default="cpu", help="torch device of the backbone and the embedder")
@@ -78,7 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.limit < 1 or args.k < 1 or args.warmup < 0:
         parser.error("--limit and --k must be >= 1, --warmup >= 0")
-    args.methods = list(dict.fromkeys(args.methods))
+    # Closed-book always runs (last): every quality table shows it.
+    args.methods = [method for method in dict.fromkeys(args.methods) if method != "closed-book"]
     return args
 
 
@@ -117,7 +120,7 @@ def retrieval_recall(pipeline: RAGPipeline, example: QAExample, answer: Answer) 
     return {
         "supporting": len(supporting),
         "supporting_found": found,
-        "recall": found / len(supporting) if supporting else None,
+        "recall": found / len(supporting) if supporting and answer.sources else None,  # closed-book retrieves none
         "all_supporting_found": bool(supporting) and found == len(supporting),
     }
 
@@ -147,35 +150,8 @@ def answer_row(pipeline: RAGPipeline, example: QAExample, answer: Answer, wall: 
     }
 
 
-def closed_book_row(pipeline: RAGPipeline, example: QAExample, max_new_tokens: int) -> dict[str, Any]:
-    """The question answered with no passages, by the reader that reads the slots (and the text)."""
-    reader = pipeline.reader.through(pipeline.compressor.reader_adapter)
-    started = time.perf_counter()
-    prediction = reader.generate(example.question, None, max_new_tokens=max_new_tokens)
-    wall = time.perf_counter() - started
-    return {
-        "id": example.id,
-        "question": example.question,
-        "gold": list(example.answers),
-        "method": "closed-book",
-        "prediction": prediction,
-        "em": exact_match(prediction, example.answers),
-        "f1": f1_score(prediction, example.answers),
-        "accuracy": answer_contained(prediction, example.answers),
-        "latency_s": wall,
-        "timings_s": {"retrieve": 0.0, "compress": 0.0, "read": wall, "total": wall},
-        "answer_tokens": len(pipeline.backbone.tokenize([prediction])[0]) if prediction else 0,
-        "context_tokens": 0,
-        "slots": 0,
-        "context_vectors": 0,
-        "store_hits": 0,
-        "store_misses": 0,
-        "sources": [],
-        "supporting": len(example.gold_passages()),
-        "supporting_found": 0,
-        "recall": None,
-        "all_supporting_found": False,
-    }
+def run_name(method: str, other: bool) -> str:
+    return f"{method}/other" if other else method
 
 
 def summarize(rows: list[dict[str, Any]], examples: Sequence[QAExample]) -> dict[str, Any]:
@@ -280,17 +256,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for _ in range(args.warmup):
                 pipeline.ask(examples[0].question, method=method, **ask)
 
-        names = [name for method in args.methods for name in (method, f"{method}/other")] + ["closed-book"]
-        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        # Each method reads the question's own passages, then another question's ("<method>/other"); then closed-book.
+        runs = [(method, other) for method in args.methods for other in (False, True)] + [("closed-book", False)]
+        rows: dict[str, list[dict[str, Any]]] = {run_name(*run): [] for run in runs}
         for index, example in enumerate(tqdm(examples, desc="questions", unit="question")):
-            other = examples[(index + 1) % len(examples)].question
-            for method in args.methods:
-                for name, search_query in ((method, None), (f"{method}/other", other)):
-                    started = time.perf_counter()
-                    answer = pipeline.ask(example.question, method=method, search_query=search_query, **ask)
-                    wall = time.perf_counter() - started
-                    rows[name].append(answer_row(pipeline, example, answer, wall) | {"method": name})
-            rows["closed-book"].append(closed_book_row(pipeline, example, args.max_new_tokens))
+            other_question = examples[(index + 1) % len(examples)].question
+            for method, other in runs:
+                started = time.perf_counter()
+                search_query = other_question if other else None
+                answer = pipeline.ask(example.question, method=method, search_query=search_query, **ask)
+                wall = time.perf_counter() - started
+                name = run_name(method, other)
+                rows[name].append(answer_row(pipeline, example, answer, wall) | {"method": name})
 
     summary = {method: summarize(method_rows, examples) for method, method_rows in rows.items()}
     add_latency_ratios(summary)

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ..methods import describe_methods, method_names
+from ..methods import describe_methods, get_method, method_names
 from ._args import positive_int
 
 if TYPE_CHECKING:
@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe_stats(answer: Answer) -> str:
-    """One line: context tokens, slots and ratio, store hits (comprexit) and timings."""
-    stats = answer.stats
-    context = f"{stats.context_tokens} tokens"
-    if answer.method != "full":
+    """One line: context tokens, slots and ratio, store hits (stored slots) and timings."""
+    spec, stats = get_method(answer.method), answer.stats
+    context = f"{stats.context_tokens} tokens" if spec.context != "none" else "no passages"
+    if spec.context == "slots":
         context += f" -> {stats.slots} slots (ratio {stats.ratio:.1f})"
-    if answer.method == "comprexit":
+    if spec.storable:
         context += f", store hits {stats.store_hits}/{stats.store_hits + stats.store_misses}"
     times = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in answer.timings.items())
     return f"{context}; {times}"

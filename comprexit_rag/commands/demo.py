@@ -134,10 +134,12 @@ def run(args: argparse.Namespace) -> int:
         gold_titles = {passage.title for passage in example.gold_passages()}
         print(f"Q{number}: {example.question}")
         print(f"  gold answer: {' | '.join(example.answers)}")
+        shown_sources = False
         for method in methods:
             answer = pipeline.ask(example.question, method=method, k=args.k, max_new_tokens=args.max_new_tokens)
-            if method == methods[0]:
+            if answer.sources and not shown_sources:  # every method but closed-book retrieves the same
                 print("  retrieved (* = supporting): " + describe_sources(answer, gold_titles))
+                shown_sources = True
             em, f1 = exact_match(answer.answer, example.answers), f1_score(answer.answer, example.answers)
             scores[method].append((em, f1))
             print(f"  {method:>9}: {answer.answer!r}  (EM {em:.0f}, F1 {f1:.2f})")

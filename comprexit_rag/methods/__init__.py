@@ -104,8 +104,9 @@ register_method(
 register_method(
     MethodSpec(
         name="closed-book",
-        summary="no passages",
+        summary="no passages (a control: what the reader answers without them)",
         context="none",
         evaluator=f"{_EVALUATION}:ClosedBook",
+        pipeline=True,
     )
 )

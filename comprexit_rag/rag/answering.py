@@ -35,11 +35,14 @@ def answer_question(
     ``spec`` is a pipeline method; ``compressor`` makes its slots (``None`` for text).
     """
     started = time.perf_counter()
-    hits = pipeline.retriever.search(question if search_query is None else search_query, k=k)
+    hits: list[RetrievedPassage] = []
+    context: SoftContext | list[str] | None = None  # closed-book reads no passages, so it retrieves none
+    if spec.context != "none":
+        hits = pipeline.retriever.search(question if search_query is None else search_query, k=k)
+        context = [hit.text for hit in hits]
     retrieved = time.perf_counter()
     texts = [hit.text for hit in hits]
     hits_in_store = misses = 0
-    context: SoftContext | list[str] = texts
     if spec.storable:
         context, hits_in_store, misses = stored_context(pipeline, texts, ratio)
     elif spec.query_aware:
@@ -50,6 +53,8 @@ def answer_question(
 
     if isinstance(context, SoftContext):
         tokens, slots, achieved = context.num_tokens, context.num_slots, context.ratio
+    elif context is None:
+        tokens, slots, achieved = 0, 0, 1.0
     else:
         tokens, slots, achieved = sum(len(ids) for ids in pipeline.backbone.tokenize(texts)), 0, 1.0
     return Answer(
@@ -75,7 +80,7 @@ def stored_context(pipeline: RAGPipeline, texts: Sequence[str], ratio: int) -> t
 
 def reader_for(pipeline: RAGPipeline, compressor: Compressor | None) -> Reader:
     """The reader of the compressor's slots: through its reader adapter (the frozen reader for a COMI merger
-    trained without one); text is read like the stored slots."""
+    trained without one); text, and the closed-book question, are read like the stored slots."""
     return pipeline.reader.through((compressor or pipeline.compressor).reader_adapter)
 
 

@@ -387,8 +387,9 @@ class RAGPipeline:
 
         Args:
             question: the question.
-            method: ``"comprexit"`` (stored slots), ``"comi"`` (query-aware slots computed now)
-                or ``"full"`` (raw text).
+            method: ``"comprexit"`` (stored slots), ``"comi"`` (query-aware slots computed now),
+                ``"full"`` (raw text) or ``"closed-book"`` (no passages, through the same reader: the
+                control that shows what the passages add).
             k: passages to retrieve (all of them when the index holds fewer).
             ratio: compression ratio (default the pipeline's; ignored by ``full``). A ratio
                 other than the pipeline's uses, and fills, a separate slot store.
@@ -412,7 +413,7 @@ class RAGPipeline:
         ratio = validate_ratio(self.ratio if ratio is None else ratio, (compressor or self.compressor).max_ratio)
         # Refuse a question that cannot fit the reader before any retrieval or compression work.
         self.reader.context_budget(question, max_new_tokens)
-        if not len(self.retriever):
+        if spec.context != "none" and not len(self.retriever):
             raise InvalidInputError(f"{self.directory} holds no passages yet; index some first.")
 
         return answer_question(

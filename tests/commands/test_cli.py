@@ -218,6 +218,10 @@ def test_index_folder_then_ask_json(tmp_path, folder_corpus, model_dirs, capsys,
     answer = json.loads(capsys.readouterr().out)
     assert answer["question"] == "What do they do?" and [s["title"] for s in answer["sources"]] == ["cats"]
 
+    assert cli("ask", out, "Do cats purr?", "--method", "closed-book", "--max-new-tokens", 2) == 0
+    text = capsys.readouterr().out
+    assert "Answer (closed-book):" in text and "Context: no passages;" in text and "1. [" not in text
+
 
 def test_index_with_another_ratio_switches_only_when_told(tmp_path, folder_corpus, model_dirs, capsys):
     out = tmp_path / "rag"

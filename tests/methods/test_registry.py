@@ -30,7 +30,7 @@ def test_the_methods_each_caller_reads():
     assert method_names(trainable=True) == ("comprexit", "mean-pool", "comi", "full-tuned", "full-lora")
     assert method_names(reader_adapter=True) == ("comprexit", "mean-pool", "comi", "full-lora")
     assert method_names(adapter_only=True) == ("full-lora",)
-    assert method_names(pipeline=True) == ("comprexit", "comi", "full")
+    assert method_names(pipeline=True) == ("comprexit", "comi", "full", "closed-book")
     assert method_names(pipeline=True, context="slots") == ("comprexit", "comi")
     assert set(method_names(takes_ratio=True)) == {"comprexit", "mean-pool", "comi", "truncate"}
     assert [spec.name for spec in registered_methods() if spec.storable] == ["comprexit", "mean-pool"]
@@ -38,7 +38,8 @@ def test_the_methods_each_caller_reads():
 
 
 def test_unknown_and_duplicate_methods_are_refused():
-    with pytest.raises(InvalidInputError, match=r"Unknown method 'magic'; expected one of comprexit, comi, full\."):
+    expected = r"Unknown method 'magic'; expected one of comprexit, comi, full, closed-book\."
+    with pytest.raises(InvalidInputError, match=expected):
         get_method("magic", pipeline=True)
     with pytest.raises(InvalidInputError, match="already registered"):
         register_method(MethodSpec(name="comprexit", summary="again", context="none"))

@@ -326,6 +326,29 @@ def test_a_search_query_chooses_the_passages_and_the_question_is_what_is_read(in
         indexed.ask("Who discovered it?", search_query="  ")
 
 
+def test_closed_book_reads_no_passages_through_the_same_reader(indexed, tmp_path, backbone, embedder, monkeypatch):
+    contexts = []
+    real_generate = Reader.generate
+
+    def generate(self, question, context=None, **kwargs):
+        contexts.append(context)
+        return real_generate(self, question, context, **kwargs)
+
+    monkeypatch.setattr(Reader, "generate", generate)
+    answer = indexed.ask("Who discovered penicillin?", method="closed-book", max_new_tokens=4)
+
+    assert answer.method == "closed-book" and answer.sources == () and contexts[0] is None
+    assert (answer.stats.context_tokens, answer.stats.slots, answer.stats.store_hits) == (0, 0, 0)
+    assert answer.timings["retrieve"] < 0.01
+    reader = indexed.reader.through(indexed.compressor.reader_adapter)  # the reader of the slots and the text
+    assert answer.answer == real_generate(reader, "Who discovered penicillin?", None, max_new_tokens=4)
+    # It needs no index, unlike every method that reads passages.
+    empty = build(tmp_path / "empty", backbone, embedder)
+    assert isinstance(empty.ask("Who discovered penicillin?", method="closed-book", max_new_tokens=2).answer, str)
+    with pytest.raises(InvalidInputError, match="no passages"):
+        empty.ask("Who discovered penicillin?", method="full")
+
+
 def test_untrained_head_fallback_is_loud_and_stable(tmp_path, backbone, embedder, caplog):
     directory = tmp_path / "rag"
     with caplog.at_level(logging.WARNING, logger="comprexit_rag.rag.pipeline"):
