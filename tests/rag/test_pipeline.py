@@ -308,18 +308,23 @@ def test_index_inputs(tmp_path, backbone, embedder):
     assert [a.question for a in answers] == ["first?", "second?"]
 
 
-def test_a_search_query_chooses_the_passages_and_the_question_is_what_is_read(indexed, monkeypatch):
-    read = []
-    real_generate = Reader.generate
+def record_reads(monkeypatch) -> list[tuple]:
+    """Every ``Reader.generate`` call from now on, as (question, context); the reader still answers."""
+    calls, real_generate = [], Reader.generate
 
     def generate(self, question, context=None, **kwargs):
-        read.append(question)
+        calls.append((question, context))
         return real_generate(self, question, context, **kwargs)
 
     monkeypatch.setattr(Reader, "generate", generate)
+    return calls
+
+
+def test_a_search_query_chooses_the_passages_and_the_question_is_what_is_read(indexed, monkeypatch):
+    reads = record_reads(monkeypatch)
     answer = indexed.ask("Who discovered it?", search_query="penicillin discovery", k=1, max_new_tokens=2)
 
-    assert answer.question == "Who discovered it?" and read[0] == "Who discovered it?"
+    assert answer.question == "Who discovered it?" and reads[0][0] == "Who discovered it?"
     assert [source.id for source in answer.sources] == ["fleming"]
     assert answer.sources == indexed.ask("penicillin discovery", k=1, max_new_tokens=2).sources
     with pytest.raises(InvalidInputError, match="The search query must be a non-empty string"):
@@ -327,21 +332,15 @@ def test_a_search_query_chooses_the_passages_and_the_question_is_what_is_read(in
 
 
 def test_closed_book_reads_no_passages_through_the_same_reader(indexed, tmp_path, backbone, embedder, monkeypatch):
-    contexts = []
-    real_generate = Reader.generate
-
-    def generate(self, question, context=None, **kwargs):
-        contexts.append(context)
-        return real_generate(self, question, context, **kwargs)
-
-    monkeypatch.setattr(Reader, "generate", generate)
+    reader = indexed.reader.through(indexed.compressor.reader_adapter)  # the reader of the slots and the text
+    expected = reader.generate("Who discovered penicillin?", None, max_new_tokens=4)
+    reads = record_reads(monkeypatch)
     answer = indexed.ask("Who discovered penicillin?", method="closed-book", max_new_tokens=4)
 
-    assert answer.method == "closed-book" and answer.sources == () and contexts[0] is None
+    assert answer.method == "closed-book" and answer.sources == () and reads[0][1] is None
     assert (answer.stats.context_tokens, answer.stats.slots, answer.stats.store_hits) == (0, 0, 0)
     assert answer.timings["retrieve"] < 0.01
-    reader = indexed.reader.through(indexed.compressor.reader_adapter)  # the reader of the slots and the text
-    assert answer.answer == real_generate(reader, "Who discovered penicillin?", None, max_new_tokens=4)
+    assert answer.answer == expected
     # It needs no index, unlike every method that reads passages.
     empty = build(tmp_path / "empty", backbone, embedder)
     assert isinstance(empty.ask("Who discovered penicillin?", method="closed-book", max_new_tokens=2).answer, str)
