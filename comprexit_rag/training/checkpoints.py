@@ -74,17 +74,11 @@ def save_checkpoint(
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def resume(
-    directory: Path, module: torch.nn.Module, adapter: ReaderAdapter | None, optimizer: torch.optim.Optimizer
-) -> dict:
-    """Load the checkpoint in ``directory`` into the run's objects; returns its loop state."""
-    from ..checkpoint import load_into, load_state_dict
-
-    state = read_state(directory)
-    if state is None:
-        raise InvalidInputError(f"{directory} holds no complete checkpoint ({STATE_FILE} is missing).")
+def resume(directory: Path, state: dict, adapter: ReaderAdapter | None, optimizer: torch.optim.Optimizer) -> dict:
+    """Load the reader adapter and the optimizer of the checkpoint in ``directory`` whose state is ``state``
+    (:func:`read_state`); returns the loop state. The module is built from the same files
+    (:func:`checkpoint_files`), before the optimizer that holds its parameters."""
     files = checkpoint_files(directory, state)
-    load_into(module, load_state_dict(files / "module"), files / "module")
     saved_adapter = files / "module" / ADAPTER_DIR
     if (adapter is None) != (not saved_adapter.is_dir()):
         raise InvalidInputError(
@@ -94,5 +88,4 @@ def resume(
     if adapter is not None:
         adapter.load_weights(saved_adapter)
     optimizer.load_state_dict(torch.load(files / "optimizer.pt", weights_only=True))
-    state.pop("files", None)
-    return state
+    return {key: value for key, value in state.items() if key != "files"}

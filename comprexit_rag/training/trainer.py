@@ -269,7 +269,7 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
         "refit_elapsed_s": 0.0,
     }
     if resuming:
-        state |= resume(checkpoint, module, adapter, optimizer)
+        state |= resume(checkpoint, saved_state, adapter, optimizer)
         if state.get("data", data_identity) != data_identity:
             raise InvalidInputError(
                 f"{output} was trained on data {state['data']}, but this run reads {data_identity}: resume with the "
