@@ -116,7 +116,8 @@ class TrainerParts:
         with phase("read"):  # reader inputs, the reader's pass, the states at the target positions
             hidden, labels = target_states(self.reader, reader_inputs(self.reader, batch, contexts, prompt))
         with phase("loss"):  # through the LM head, a chunk of positions at a time, as the trainer does
-            loss = linear_cross_entropy(hidden, self.backbone.model.get_output_embeddings().weight, labels)
+            head = self.backbone.model.get_output_embeddings()
+            loss = linear_cross_entropy(hidden, head.weight, labels, head.bias)
         with phase("backward"):
             loss.backward()
         with phase("optimizer"):

@@ -87,9 +87,7 @@ def answer_loss(
     """Mean cross-entropy of the target tokens given prompt + encoded context (through the reader's adapter)."""
     hidden, labels = target_states(reader, reader_inputs(reader, batch, encoder.encode(batch, ratio), prompt))
     head = reader.backbone.model.get_output_embeddings()
-    if head.bias is not None:  # linear_cross_entropy covers the usual bias-free LM head
-        return F.cross_entropy(head(hidden).float(), labels)
-    return linear_cross_entropy(hidden, head.weight, labels)
+    return linear_cross_entropy(hidden, head.weight, labels, head.bias)
 
 
 def distilled_loss(

@@ -46,6 +46,23 @@ def test_bfloat16_weight_runs_the_product_in_bfloat16_like_autocast():
     assert chunked_h.dtype == torch.float32 and chunked_w.dtype == torch.bfloat16
 
 
+def test_a_bias_gets_the_gradient_of_the_full_logits():
+    generator = torch.Generator().manual_seed(2)
+    hidden, weight = torch.randn(23, 16, generator=generator), torch.randn(40, 16, generator=generator)
+    bias, labels = torch.randn(40, generator=generator), torch.randint(0, 40, (23,), generator=generator)
+    results = []
+    for loss_of in (
+        lambda h, w, b: F.cross_entropy(F.linear(h, w, b), labels),
+        lambda h, w, b: linear_cross_entropy(h, w, labels, b, chunk_rows=5),
+    ):
+        h, w, b = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+        loss = loss_of(h, w, b)
+        (loss * 2.0).backward()
+        results.append((loss.detach(), h.grad, w.grad, b.grad))
+    for chunked, reference in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(chunked, reference)
+
+
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"\[N, H\]"):
         linear_cross_entropy(torch.zeros(4, 8), torch.zeros(10, 8), torch.zeros(3, dtype=torch.long))
