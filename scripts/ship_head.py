@@ -28,10 +28,9 @@ import torch
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_fingerprint, fingerprint_from_metadata
 from comprexit_rag.methods.comprexit.head import DEFAULT_HEAD, ComprExITHead
-from comprexit_rag.reading.adapter import ReaderAdapter
+from comprexit_rag.reading.adapter import ADAPTER_DIR, ReaderAdapter
 
 logger = logging.getLogger("ship_head")
-ADAPTER_DIR = "reader_adapter"
 PARITY = (
     "comprexit-rag eval --data ../shared/data/nq/nq_open_oracle_2155.jsonl.gz --format nq-open --method comprexit "
     "--limit 40 --checkpoint {checkpoint} --predictions {predictions} --json"

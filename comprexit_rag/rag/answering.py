@@ -36,13 +36,12 @@ def answer_question(
     """
     started = time.perf_counter()
     hits: list[RetrievedPassage] = []
-    context: SoftContext | list[str] | None = None  # closed-book reads no passages, so it retrieves none
-    if spec.context != "none":
+    if spec.context != "none":  # closed-book reads no passages, so it retrieves none
         hits = pipeline.retriever.search(question if search_query is None else search_query, k=k)
-        context = [hit.text for hit in hits]
     retrieved = time.perf_counter()
     texts = [hit.text for hit in hits]
     hits_in_store = misses = 0
+    context: SoftContext | list[str] | None = texts if spec.context == "text" else None
     if spec.storable:
         context, hits_in_store, misses = stored_context(pipeline, texts, ratio)
     elif spec.query_aware:
