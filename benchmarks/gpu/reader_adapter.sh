@@ -46,6 +46,9 @@ python3 -c "import torch, transformers, peft; print(torch.__version__, transform
   | tee -a "$RESULTS/device.txt"
 SAVE_EVERY=${SAVE_EVERY:-100}
 train() { python3 -m comprexit_rag.cli -v train --save-every "$SAVE_EVERY" "$@"; }
+# pack DEST PATH...: PATHs under $RUNS as one tar in 15 MiB parts DEST.tar.part-* (a device call brings back
+# files of <= 16 MiB), for collect.sh to bring back.
+pack() { local dest=$1; shift; mkdir -p "$(dirname "$dest")"; tar cf - -C "$RUNS" "$@" | split -b 15m - "$dest.tar.part-"; }
 
 cp "$PRETRAIN_CONFIG" "$RESULTS/pretrain.json"
 if [ "$COMPARE" = 1 ]; then
@@ -107,8 +110,7 @@ if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ]; then
   tail -n 2 "$RUNS/pretrain/log.jsonl"
   # The piece's state first, in 15 MiB parts: collect it before anything else (a machine given back
   # takes everything on it; the resumable state is what a long run cannot lose).
-  mkdir -p "$RESULTS/piece"
-  tar cf - -C "$RUNS" pretrain/checkpoint pretrain/log.jsonl | split -b 15m - "$RESULTS/piece/piece.tar.part-"
+  pack "$RESULTS/piece/piece" pretrain/checkpoint pretrain/log.jsonl
   echo PIECE READY
   python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
     --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
@@ -134,8 +136,7 @@ if [ -n "${SFT_PIECE_S:-}" ]; then
   train --config "$SFT_CONFIG" --init-from "$SFT_FROM" --piece-seconds "$SFT_PIECE_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
-  mkdir -p "$RESULTS/sft-piece"
-  tar cf - -C "$RUNS" sft/checkpoint sft/log.jsonl | split -b 15m - "$RESULTS/sft-piece/piece.tar.part-"
+  pack "$RESULTS/sft-piece/piece" sft/checkpoint sft/log.jsonl
   echo SFT PIECE READY
 elif [ "$SFT_S" != 0 ]; then
   rm -rf "$RUNS/sft"
@@ -145,7 +146,7 @@ elif [ "$SFT_S" != 0 ]; then
 fi
 if [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; then
   # The QA head in 15 MiB parts, before it is scored (the piece's state is in $RESULTS/piece, above).
-  tar cf - -C "$RUNS" sft/final | split -b 15m - "$RESULTS/state/state.tar.part-"
+  pack "$RESULTS/state/state" sft/final
   echo "QA HEAD READY"
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
     --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
@@ -174,7 +175,7 @@ for name in $BASELINES; do
   method=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['method'])" "$EXP/$name.json")
   train --config "$EXP/$name.json" ${qa_steps:+--max-steps "$qa_steps"} --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   # Its weights first (a machine lost while scoring keeps them: the scores can be made again elsewhere).
-  tar cf - -C "$RUNS" "$name/final" "$name/summary.json" | split -b 15m - "$RESULTS/state/$name.final.tar.part-"
+  pack "$RESULTS/state/$name.final" "$name/final" "$name/summary.json"
   echo "$name TRAINED"
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
