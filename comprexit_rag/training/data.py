@@ -29,6 +29,7 @@ from ..errors import InvalidInputError
 from ..prompts import answer_end_token_id
 from .config import TEACHER_FAMILY_PREFIX
 from .examples import TrainExample
+from .teacher_qa_file import read_teacher_qa
 
 logger = logging.getLogger(__name__)
 
@@ -249,8 +250,6 @@ class QATrainingSet:
 def family_examples(family: str, root: str | None) -> list[QAExample]:
     """The train split of a data family, or the pairs of a teacher-QA file (``teacher:<path>``)."""
     if family.startswith(TEACHER_FAMILY_PREFIX):
-        from .teacher_qa import read_teacher_qa  # here: teacher_qa imports this module
-
         return read_teacher_qa(family.removeprefix(TEACHER_FAMILY_PREFIX))
     return load_split(family, "train", root)
 

@@ -12,19 +12,14 @@ A pair is kept only when the question is a question, the answer is non-empty, sh
 word for word in the passage (SQuAD-normalised: the 135M teacher's answers that are not in it were mostly
 wrong), and it differs from the closed-book answer: every kept target depends on the passage.
 
-The output is a JSON-lines file of kept pairs and a manifest beside it (:func:`manifest_path`) with the
-teacher's identity, the source, the generation settings, the counts kept and dropped (by reason) and how
-many bytes of the JSONL are committed. Each batch is appended and fsynced, then the manifest is replaced
-atomically: a kill loses at most the batch in flight, and a rerun cuts the file back to its committed
-bytes and goes on from the next passage, so a run in pieces writes the file one run writes.
-
-A training run reads the file as a QA family: ``qa_families: [..., "teacher:<path>"]``
-(:func:`read_teacher_qa`, :class:`~comprexit_rag.training.data.QATrainingSet`).
+The pairs go to a JSON-lines file committed batch by batch by a manifest (:mod:`.teacher_qa_file`): a kill
+loses at most the batch in flight, and a rerun goes on from the next passage, so a run in pieces writes the
+file one run writes. A training run reads the file as a QA family: ``qa_families: [..., "teacher:<path>"]``
+(:func:`~.teacher_qa_file.read_teacher_qa`, :class:`~comprexit_rag.training.data.QATrainingSet`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,10 +34,9 @@ from tqdm.auto import tqdm
 
 from ..backbone import Backbone
 from ..checkpoint import CONFIG_NAME
-from ..data import Passage, QAExample, iter_wikipedia_documents, load_2wiki_corpus
+from ..data import Passage, iter_wikipedia_documents, load_2wiki_corpus
 from ..data.paths import DataNotFoundError, data_file, data_root
 from ..data.splits import TWOWIKI_FILE, load_split
-from ..durable import atomic_write_json, fsync_directory
 from ..errors import CheckpointError, InvalidInputError
 from ..evaluation.metrics import normalize_answer
 from ..prompts import QAPrompt
@@ -50,15 +44,14 @@ from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
 from ..reading.reader import Reader
 from ..validation import check_positive_int
 from .data import MAX_ANSWER_TOKENS, MAX_PASSAGE_TOKENS, tokenize_passages
+from .teacher_qa_file import FORMAT, commit_batch, open_for_append
 
 __all__ = [
     "DROP_REASONS",
     "SOURCES",
     "Teacher",
     "in_passage",
-    "manifest_path",
     "question_of",
-    "read_teacher_qa",
     "source_passages",
     "teacher_pairs",
     "write_teacher_qa",
@@ -66,7 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "comprexit-rag teacher-qa"
 FORMAT_VERSION = 2  # 2: answers must be found in the passage; no 2Wiki passage of an evaluation split
 SOURCES = ("2wiki", "wikipedia")
 # The shards whose articles titled like an evaluation passage were removed (shared/data/README.md).
@@ -104,11 +96,6 @@ DROP_REASONS = (
     "answer_not_in_passage",  # not a span of the passage once normalised: mostly a wrong or invented answer
     "closed_book_answer",  # the teacher answers the same closed-book: the target does not need the passage
 )
-
-
-def manifest_path(out: str | os.PathLike) -> Path:
-    """The manifest beside a teacher-QA file: ``pairs.jsonl`` -> ``pairs.manifest.json``."""
-    return Path(out).with_suffix(".manifest.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +276,7 @@ def teacher_pairs(teacher: Teacher, passages: list[Passage]) -> tuple[list[dict[
 
 
 # ---------------------------------------------------------------------------------------------
-# The file: kept pairs, and a manifest that commits them batch by batch.
+# Writing the file.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -328,7 +315,7 @@ def write_teacher_qa(
             "max_answer_tokens": teacher.max_answer_tokens,
         },
     }
-    manifest = _open(out, identity)
+    manifest = open_for_append(out, identity, DROP_REASONS)
     manifest["teacher_checkpoint"] = str(checkpoint)
     done = manifest["passages_read"]
     progress = tqdm(total=limit, initial=min(done, limit), desc="teacher-qa", unit=" passages", mininterval=5)
@@ -336,17 +323,7 @@ def write_teacher_qa(
     while batch := list(islice(pending, batch_size)):
         started = time.perf_counter()
         records, dropped = teacher_pairs(teacher, batch)
-        with out.open("ab") as handle:  # appended past the committed bytes: uncommitted until the manifest says so
-            handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-            manifest["records_bytes"] = handle.tell()
-        manifest["passages_read"] += len(batch)
-        manifest["kept"] += len(records)
-        for reason, count in dropped.items():
-            manifest["dropped"][reason] += count
-        manifest["seconds"] = round(manifest["seconds"] + time.perf_counter() - started, 2)
-        atomic_write_json(manifest_path(out), manifest)  # the commit
+        commit_batch(out, manifest, records, len(batch), dropped, time.perf_counter() - started)
         progress.update(len(batch))
         progress.set_postfix(kept=manifest["kept"])
     progress.close()
@@ -359,89 +336,3 @@ def write_teacher_qa(
         manifest["seconds"],
     )
     return manifest
-
-
-def _open(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """The manifest to go on from, with ``out`` cut back to its committed bytes; a new one for a new file."""
-    manifest = _read_manifest(out)
-    if manifest is None:
-        if out.exists() and out.stat().st_size:
-            raise InvalidInputError(
-                f"{out} exists but has no manifest {manifest_path(out).name}: it was not written by "
-                "`comprexit-rag teacher-qa`. Pass another --out, or delete the file."
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        manifest = {**identity, "passages_read": 0, "kept": 0, "dropped": dict.fromkeys(DROP_REASONS, 0)}
-        manifest |= {"records_bytes": 0, "seconds": 0.0}
-        atomic_write_json(manifest_path(out), manifest)  # before the first append: a file is never without one
-        out.write_bytes(b"")
-        fsync_directory(out.parent)
-        return manifest
-    differ = {key: (manifest.get(key), value) for key, value in identity.items() if manifest.get(key) != value}
-    if differ:
-        found = "; ".join(f"{key} {was!r} (this run: {now!r})" for key, (was, now) in differ.items())
-        raise InvalidInputError(
-            f"{out} holds pairs made with {found}. Refusing to append: pass another --out for a new file, or the "
-            "teacher, source and settings it was made with to extend it."
-        )
-    committed = manifest["records_bytes"]
-    size = out.stat().st_size if out.exists() else 0
-    if size < committed:
-        raise InvalidInputError(
-            f"{out} holds {size} bytes but its manifest committed {committed}: it was cut or replaced. "
-            f"Delete {out} and {manifest_path(out).name} and rerun."
-        )
-    if not out.exists():  # nothing was committed yet
-        out.write_bytes(b"")
-    elif size > committed:  # a batch appended by a run killed before its commit
-        logger.info("%s: dropping %d uncommitted bytes (a batch in flight when it stopped)", out, size - committed)
-        os.truncate(out, committed)
-    logger.info("%s: resuming after %d passages (%d pairs kept)", out, manifest["passages_read"], manifest["kept"])
-    return manifest
-
-
-def _read_manifest(out: Path) -> dict[str, Any] | None:
-    path = manifest_path(out)
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidInputError(f"{path} is not valid JSON ({error}); delete it and {out} and rerun.") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InvalidInputError(f"{path} is not a teacher-QA manifest; pass another --out.")
-    return manifest
-
-
-def read_teacher_qa(path: str | os.PathLike) -> list[QAExample]:
-    """The committed pairs of a teacher-QA file as single-passage QA examples (the teacher's answer as gold).
-
-    Reads only what the manifest committed, so a file still being extended can be read.
-    """
-    path = Path(path)
-    manifest = _read_manifest(path)
-    if manifest is None or not path.is_file():
-        raise InvalidInputError(
-            f"{path} is not a teacher-QA file (it needs {manifest_path(path).name} beside it); write one with "
-            "`comprexit-rag teacher-qa --out FILE`."
-        )
-    with path.open("rb") as handle:
-        lines = handle.read(manifest["records_bytes"]).decode("utf-8").splitlines()
-    examples = []
-    for line in lines:
-        record = json.loads(line)
-        passage = Passage(text=record["text"], title=record["title"], id=record["id"])
-        examples.append(
-            QAExample(
-                id=f"teacher/{record['id']}",
-                question=record["question"],
-                answers=(record["answer"],),
-                passages=(passage,),
-                supporting=(0,),
-            )
-        )
-    if not examples:
-        raise InvalidInputError(
-            f"{path} holds no pair yet; extend it with `comprexit-rag teacher-qa` (a larger --limit)."
-        )
-    return examples

@@ -33,12 +33,11 @@ from comprexit_rag.training.teacher_qa import (
     SOURCES,
     Teacher,
     in_passage,
-    manifest_path,
     question_of,
-    read_teacher_qa,
     source_passages,
     write_teacher_qa,
 )
+from comprexit_rag.training.teacher_qa_file import manifest_path, read_teacher_qa
 from comprexit_rag.training.trainer import TrainConfig, save_module_and_adapter
 
 SHIPPED_HEAD = Path(__file__).resolve().parents[2] / "comprexit_rag" / "pretrained" / "comprexit-smollm2-135m"
