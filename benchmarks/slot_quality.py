@@ -8,6 +8,10 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
 * **QA** on the NQ dev gold passage and HotpotQA dev (distractor paragraphs): EM / F1 / accuracy from
   the question's own slots, from another question's slots (the content gap), closed-book, and the
   raw text, all through the same reader (so closed-book and raw text include the adapter's effect).
+* **QA among retrieved passages** (``--nq-retrieved N``): the first N NQ dev questions, each reading its
+  gold passage among the ``--retrieved`` NQ passages (both splits, ~8.5k) closest to the question by the
+  retriever's embedder, as a pipeline's top hits would come (``comprexit_rag.evaluation.retrieved_contexts``;
+  the neighbours are cached, so a machine without the embedder reads them from a carried cache).
 
 ``--method`` scores another stored-slot head (``mean-pool``), the query-aware ``comi`` (each passage
 compressed with its question; no reconstruction rows, which ask no question) or a trained text baseline
@@ -38,9 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.data import load_split
+from comprexit_rag.data import QAExample, load_split
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
+from comprexit_rag.evaluation.retrieved_contexts import with_retrieved_distractors
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Context, Reader
@@ -114,8 +119,7 @@ def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context
     return round(loss / total, 4), round(correct / total, 4)
 
 
-def qa(method: EvalMethod, reader: Reader, dataset: str, count: int, ratio: int, batch: int) -> dict:
-    examples = load_split(dataset, "dev")[:count]
+def qa(method: EvalMethod, reader: Reader, examples: list[QAExample], ratio: int, batch: int) -> dict:
     runs = {"own": (method, "own"), "other": (method, "other"), "closed_book": (ClosedBook(), "own")}
     if not isinstance(method, FullText):  # a text method's own context is the raw text: its raw_text row is "own"
         runs["raw_text"] = (FullText(reader.backbone), "own")
@@ -142,6 +146,10 @@ def main() -> None:
     parser.add_argument("--recon", type=int, default=64, help="NQ dev windows for reconstruction (0: skip)")
     parser.add_argument("--nq", type=int, default=400, help="NQ dev questions (0: skip)")
     parser.add_argument("--hotpotqa", type=int, default=200, help="HotpotQA dev questions (0: skip)")
+    parser.add_argument(
+        "--nq-retrieved", type=int, default=0, help="NQ dev questions read among retrieved passages (0: skip)"
+    )
+    parser.add_argument("--retrieved", type=int, default=4, help="retrieved passages read with the gold one")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, required=True)
@@ -170,11 +178,17 @@ def main() -> None:
     elif args.recon:
         report["reconstruction_nq"] = reconstruction(method, reader, args.recon, args.ratio)
         logging.info("reconstruction: %s", report["reconstruction_nq"])
-    for dataset, count in (("nq", args.nq), ("hotpotqa", args.hotpotqa)):
-        if count:
-            report[f"qa_{dataset}"] = qa(method, reader, dataset, count, args.ratio, args.batch_size)
-            scores = {k: v["f1"] for k, v in report[f"qa_{dataset}"].items() if isinstance(v, dict)}
-            logging.info("%s F1: %s", dataset, scores)
+    tables = (("qa_nq", "nq", args.nq), ("qa_hotpotqa", "hotpotqa", args.hotpotqa))
+    for table, dataset, count in (*tables, ("qa_nq_retrieved", "nq", args.nq_retrieved)):
+        if not count:
+            continue
+        examples = load_split(dataset, "dev")
+        if table == "qa_nq_retrieved":  # for the whole split: one set of cached neighbours serves every count
+            pool = [p for split in ("dev", "train") for example in load_split("nq", split) for p in example.passages]
+            examples = with_retrieved_distractors(examples, pool, args.retrieved, device=str(backbone.device))
+        examples = examples[:count]
+        report[table] = qa(method, reader, examples, args.ratio, args.batch_size)
+        logging.info("%s F1: %s", table, {k: v["f1"] for k, v in report[table].items() if isinstance(v, dict)})
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

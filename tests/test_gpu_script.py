@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,14 @@ def test_a_baselines_only_session_trains_and_packs_each_baseline(tmp_path):
     assert (results / "out" / "baseline-full-lora-sft.tgz").is_file() and (
         results / "out" / "baseline-comi-sft.tgz"
     ).is_file()
+    # Each baseline is also read among retrieved passages, in a call of its own, and that table comes back with it.
+    among_retrieved = [call for call in calls if "--nq-retrieved 400" in call]
+    assert [call.split("--head ")[1].split()[0] for call in among_retrieved] == [
+        f"{runs}/baseline-full-lora-sft/final",
+        f"{runs}/baseline-comi-sft/final",
+    ]
+    with tarfile.open(results / "out" / "baseline-comi-sft.tgz") as packed:
+        assert "baseline-comi-sft-quality-retrieved.json" in packed.getnames()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -101,6 +110,12 @@ def test_a_piece_then_its_qa_stage_then_baselines_for_as_many_steps(tmp_path):
     assert out.index("PIECE READY") < out.index("QA HEAD READY") < out.index("STATE READY")
     assert out.index("STATE READY") < out.index("baseline-mean-pool-sft READY")
     assert list((results / "piece").glob("piece.tar.part-*")) and list((results / "state").glob("state.tar.part-*"))
+    # The QA head and the shipped one (no --head) among retrieved passages; NQ_RETRIEVED=0 turns it off.
+    among_retrieved = [call for call in calls if "--nq-retrieved" in call]
+    assert f"--head {runs}/sft/final" in among_retrieved[0] and "--head" not in among_retrieved[1]
+    assert (results / "sft-quality-retrieved.json").is_file() and (results / "shipped-quality-retrieved.json").is_file()
+    calls, _, _ = run_script(tmp_path / "off", PIECE_S="5", SFT_S="9", NQ_RETRIEVED="0")
+    assert not any("--nq-retrieved" in call for call in calls)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

@@ -13,6 +13,9 @@
 #      seconds; 0: none), then the held-out table (slot_quality.py: reconstruction, NQ and HotpotQA own /
 #      other / closed-book / raw text).
 #      OTHER_RATIOS="8 16" scores the piece's and the QA stage's head at those ratios too.
+#      NQ_RETRIEVED (default 400; 0: none): the first N NQ dev questions read among 4 retrieved passages
+#      (slot_quality.py --nq-retrieved), for the QA head, the shipped head and each baseline, each in a call of
+#      its own; the neighbours come from the carried cache (pack_payload.sh), as the GPU has no embedder.
 #      TEACHER_QA=2wiki first writes runs/teacher-qa/2wiki.jsonl (comprexit-rag teacher-qa on the 6,108 2Wiki
 #      passages outside the evaluation splits, the shipped head as the teacher), the QA family that
 #      sft-4x-mixed-teacher-qa.json names; its manifest comes back in results.tgz.
@@ -49,6 +52,16 @@ train() { python3 -m comprexit_rag.cli -v train --save-every "$SAVE_EVERY" "$@";
 # pack DEST PATH...: PATHs under $RUNS as one tar in 15 MiB parts DEST.tar.part-* (a device call brings back
 # files of <= 16 MiB), for collect.sh to bring back.
 pack() { local dest=$1; shift; mkdir -p "$(dirname "$dest")"; tar cf - -C "$RUNS" "$@" | split -b 15m - "$dest.tar.part-"; }
+NQ_RETRIEVED=${NQ_RETRIEVED:-400}
+# retrieved NAME [slot_quality.py options]: the NQ table among retrieved passages into $NAME-quality-retrieved.json;
+# a call of its own, so that missing neighbours (and no embedder to make them) cost no other table.
+retrieved() {
+  local name=$1; shift
+  [ "$NQ_RETRIEVED" = 0 ] && return
+  python3 benchmarks/slot_quality.py "$@" --device cuda --batch-size 64 --recon 0 --nq 0 --hotpotqa 0 \
+    --nq-retrieved "$NQ_RETRIEVED" --out "$RESULTS/$name-quality-retrieved.json" > "$RUNS/$name-quality-retrieved.log" 2>&1
+  grep -a "F1" "$RUNS/$name-quality-retrieved.log" | tail -1
+}
 
 cp "$PRETRAIN_CONFIG" "$RESULTS/pretrain.json"
 if [ "$COMPARE" = 1 ]; then
@@ -151,6 +164,8 @@ if [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; then
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
     --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
   grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
+  retrieved sft --head "$RUNS/sft/final"
+  retrieved shipped
   for ratio in $OTHER_RATIOS; do
     python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --ratio "$ratio" --device cuda --batch-size 64 \
       --out "$RESULTS/sft-quality-${ratio}x.json" > "$RUNS/sft-quality-${ratio}x.log" 2>&1
@@ -180,7 +195,8 @@ for name in $BASELINES; do
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
-  tar czf "$RESULTS/out/$name.tgz" -C "$RESULTS" "$name-quality.json" \
+  retrieved "$name" --method "$method" --head "$RUNS/$name/final"
+  tar czf "$RESULTS/out/$name.tgz" -C "$RESULTS" "$name-quality.json" $(cd "$RESULTS" && ls "$name"-quality-retrieved.json 2> /dev/null) \
     -C "$RUNS" "$name/log.jsonl" "$name/summary.json" "$name.log" "$name-quality.log"
   echo "$name READY"
 done

@@ -130,7 +130,12 @@ class TrainConfig:
         "hotpotqa 0.12, musique 0.08, policyqa 0.2, each teacher file 0.2"
     )
     distractor_prob: float = option(0.5, "SFT: chance of adding distractors")
-    max_distractors: int = option(9, "SFT: most random passages added")
+    max_distractors: int = option(9, "SFT: most distractor passages added")
+    retrieved_distractor_share: float = option(
+        0.0,
+        "SFT: share of distractor sets that are the question's nearest training passages by the retriever's "
+        "embedder (all-MiniLM-L6-v2), as many as drawn, best first, as retrieval returns them; the rest are random",
+    )
     soft_prompt_tokens: int = option(16, "full-tuned: learned soft tokens before the passages", positive=True)
     distill_weight: float = option(
         0.0, "comprexit/mean-pool: weight of KL to the same reader reading the raw passages (0: off)"
@@ -158,7 +163,7 @@ class TrainConfig:
                 f"standardize_layers shapes a fresh {HEAD_METHOD} head; a loaded head keeps the standardisation it was "
                 "trained with (drop --init-from or the option)."
             )
-        for name in ("reconstruction_prob", "reading_task_prob", "text_share"):
+        for name in ("reconstruction_prob", "reading_task_prob", "text_share", "retrieved_distractor_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
         if self.reader_adapter and not spec.reader_adapter:

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from ..default_model import cache_dir
 from ..durable import atomic_write
 from ..errors import InvalidInputError
 from ..prompts import answer_end_token_id
+from ..retrieval.nearest import nearest_passages
 from .config import TEACHER_FAMILY_PREFIX
 from .examples import TrainExample
 from .teacher_qa_file import read_teacher_qa
@@ -180,6 +181,11 @@ class QAItem:
     passage_ids: list[list[int]]
     question: str
     target_ids: list[int]
+    # Indices into the distractor pool of the passages closest to the question, best first (one-passage
+    # examples, when the set is built with retrieved distractors). Random distractors are easy to tell from
+    # the gold passage; a retriever's other top hits are about the same thing, and cost the shipped slots
+    # half their F1 (BENCHMARKS.md, session 13).
+    neighbours: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -197,12 +203,21 @@ class QATrainingSet:
         root: str | None = None,
         limit_per_family: int | None = None,
         max_answer_tokens: int = MAX_ANSWER_TOKENS,
+        retrieved_distractors: int = 0,
+        embedder_device: str | None = None,
     ) -> QATrainingSet:
         """Each family's train split, tokenised; examples whose answer (with the end token) is longer than
-        ``max_answer_tokens`` are left out (long-form answers are not what the reader is tuned for)."""
+        ``max_answer_tokens`` are left out (long-form answers are not what the reader is tuned for).
+
+        With ``retrieved_distractors`` = k, each one-passage example also gets the k passages of the pool
+        closest to its question by the retriever's default embedder (all-MiniLM-L6-v2, loaded on
+        ``embedder_device`` only if the neighbours are not cached), for :meth:`sample` to use as distractors.
+        """
         stop = answer_end_token_id(tokenizer)
         items: dict[str, list[QAItem]] = {}
         pool: list[list[int]] = []
+        pool_texts: list[str] = []
+        one_passage: list[tuple[QAItem, str]] = []  # the examples that may get distractors, with their passage
         for family in families:
             examples = family_examples(family, root)[:limit_per_family]
             if not examples:
@@ -214,12 +229,16 @@ class QATrainingSet:
             for example, answer in zip(examples, answers, strict=True):
                 count = len(example.passages)
                 if len(answer) + 1 <= max_answer_tokens:
-                    family_items.append(QAItem(ids[start : start + count], example.question, [*answer, stop]))
+                    item = QAItem(ids[start : start + count], example.question, [*answer, stop])
+                    family_items.append(item)
+                    if count == 1:
+                        one_passage.append((item, example.passages[0].formatted()))
                 else:
                     too_long += 1
                 start += count
             items[family] = family_items
             pool.extend(ids)
+            pool_texts.extend(passage.formatted() for passage in passages)
             logger.info(
                 "QA training set %s: %d examples (%d with answers over %d tokens left out), %d passages",
                 family,
@@ -228,12 +247,28 @@ class QATrainingSet:
                 max_answer_tokens,
                 len(ids),
             )
+        if retrieved_distractors:
+            attach_neighbours(one_passage, pool_texts, retrieved_distractors, embedder_device)
         return cls(items, pool)
 
+    def neighbours_digest(self) -> str:
+        """A hash of every example's neighbours: a resumed run checks that it draws the same distractors."""
+        digest = hashlib.sha256()
+        for name, family_items in self.families.items():
+            digest.update(json.dumps([name, [item.neighbours for item in family_items]]).encode())
+        return digest.hexdigest()[:16]
+
     def sample(
-        self, rng: random.Random, batch_size: int, distractor_prob: float, max_distractors: int
+        self,
+        rng: random.Random,
+        batch_size: int,
+        distractor_prob: float,
+        max_distractors: int,
+        retrieved_share: float = 0.0,
     ) -> list[TrainExample]:
-        """Family-weighted examples; single-passage ones sometimes get random distractor passages."""
+        """Family-weighted examples; single-passage ones sometimes get 1 to ``max_distractors`` distractor
+        passages: with probability ``retrieved_share`` the passages closest to the question (as many of its
+        neighbours as drawn, best first, as a retriever's top hits), otherwise random ones from the pool."""
         names = list(self.families)
         weights = [family_weight(name) for name in names]
         batch = []
@@ -241,10 +276,43 @@ class QATrainingSet:
             item = rng.choice(self.families[family])
             passages = list(item.passage_ids)
             if len(passages) == 1 and rng.random() < distractor_prob:
-                passages += [rng.choice(self.distractors) for _ in range(rng.randint(1, max_distractors))]
+                count = rng.randint(1, max_distractors)
+                # No draw when the share is 0: the batches stay those of runs made before this option.
+                if retrieved_share and item.neighbours and rng.random() < retrieved_share:
+                    passages += [self.distractors[index] for index in item.neighbours[:count]]
+                else:
+                    passages += [rng.choice(self.distractors) for _ in range(count)]
                 rng.shuffle(passages)
             batch.append(TrainExample(passages, item.question, item.target_ids))
         return batch
+
+
+def attach_neighbours(
+    items: Sequence[tuple[QAItem, str]],
+    pool_texts: Sequence[str],
+    k: int,
+    device: str | None,
+) -> None:
+    """Set each (item, its passage's text)'s ``neighbours``: the pool passages closest to its question, other
+    than its own text.
+
+    The pool holds a passage once per example that cites it (SQuAD asks several questions of one
+    paragraph); the search runs over distinct texts and points at each text's first place in the pool.
+    """
+    first_place: dict[str, int] = {}
+    for index, text in enumerate(pool_texts):
+        first_place.setdefault(text, index)
+    distinct = list(first_place)
+    position = {text: index for index, text in enumerate(distinct)}
+    found = nearest_passages(
+        [item.question for item, _ in items],
+        distinct,
+        [[position[text]] for _, text in items],
+        k,
+        device=device,
+    )
+    for (item, _), row in zip(items, found, strict=True):
+        item.neighbours = [first_place[distinct[index]] for index in row if index >= 0]
 
 
 def family_examples(family: str, root: str | None) -> list[QAExample]:

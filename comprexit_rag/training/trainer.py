@@ -119,13 +119,18 @@ def make_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, dict
     identity of the data it draws from (a resumed run must draw from the same)."""
     if config.stage == "pretrain":
         return pretrain_sampler(config, backbone)
+    retrieved = config.max_distractors if config.retrieved_distractor_share else 0
     qa = QATrainingSet.build(
         backbone.tokenizer,
         families=config.qa_families or DEFAULT_QA_FAMILIES,
         root=config.data_root,
         limit_per_family=config.limit_per_family,
+        retrieved_distractors=retrieved,
+        embedder_device=str(backbone.device),
     )
     identity: dict = {"qa_examples": sum(len(items) for items in qa.families.values())}
+    if retrieved:  # a resumed run must draw the same neighbours
+        identity["retrieved_distractors"] = qa.neighbours_digest()
     sample_text = None
     if config.text_share:  # QA tuning that keeps practising what pretraining taught
         sample_text, identity["text"] = pretrain_sampler(config, backbone)
@@ -133,7 +138,10 @@ def make_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, dict
     def sample_qa(rng: random.Random) -> tuple[list[TrainExample], Prompt]:
         if sample_text is not None and rng.random() < config.text_share:
             return sample_text(rng)
-        return qa.sample(rng, config.batch_size, config.distractor_prob, config.max_distractors), QAPrompt()
+        batch = qa.sample(
+            rng, config.batch_size, config.distractor_prob, config.max_distractors, config.retrieved_distractor_share
+        )
+        return batch, QAPrompt()
 
     return sample_qa, identity
 
