@@ -9,9 +9,10 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
   the question's own slots, from another question's slots (the content gap), closed-book, and the
   raw text, all through the same reader (so closed-book and raw text include the adapter's effect).
 * **QA among retrieved passages** (``--nq-retrieved N``): the first N NQ dev questions, each reading its
-  gold passage among the ``--retrieved`` NQ passages (both splits, ~8.5k) closest to the question by the
+  gold passage among the ``--retrieved`` passages of the NQ-open file (2,155) closest to the question by the
   retriever's embedder, as a pipeline's top hits would come (``comprexit_rag.evaluation.retrieved_contexts``;
-  the neighbours are cached, so a machine without the embedder reads them from a carried cache).
+  the same as ``comprexit-rag eval --retrieved-distractors 4`` on that file; the neighbours are cached, so a
+  machine without the embedder reads them from a carried cache).
 
 ``--method`` scores another stored-slot head (``mean-pool``), the query-aware ``comi`` (each passage
 compressed with its question; no reconstruction rows, which ask no question) or a trained text baseline
@@ -42,7 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.data import QAExample, load_split
+from comprexit_rag.data import QAExample, load_nq_open, load_split
+from comprexit_rag.data.paths import data_file
+from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
 from comprexit_rag.evaluation.retrieved_contexts import with_retrieved_distractors
@@ -184,7 +187,7 @@ def main() -> None:
             continue
         examples = load_split(dataset, "dev")
         if table == "qa_nq_retrieved":  # for the whole split: one set of cached neighbours serves every count
-            pool = [p for split in ("dev", "train") for example in load_split("nq", split) for p in example.passages]
+            pool = [passage for example in load_nq_open(data_file(NQ_OPEN_FILE)) for passage in example.passages]
             examples = with_retrieved_distractors(examples, pool, args.retrieved, device=str(backbone.device))
         examples = examples[:count]
         report[table] = qa(method, reader, examples, args.ratio, args.batch_size)

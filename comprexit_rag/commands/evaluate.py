@@ -34,12 +34,20 @@ and the context tokens/slots read.
 """
 
 
-def load_examples(path: str, data_format: str, split: str, context: str, limit: int | None) -> list:
+def load_examples(
+    path: str, data_format: str, split: str, context: str, limit: int | None, retrieved: int | None = None
+) -> list:
+    """The file's examples of ``split`` (with their ``context``), the first ``limit``; with ``retrieved`` = K,
+    each one-passage example's gold passage comes among the K passages of the file closest to its question
+    (:func:`~comprexit_rag.evaluation.retrieved_contexts.with_retrieved_distractors`; chosen for the whole
+    split, so one set of cached neighbours serves every ``limit``)."""
     from ..data import QAExample, load_split
     from ..data.paths import DataNotFoundError
+    from ..evaluation.retrieved_contexts import with_retrieved_distractors
 
     loader, family = FORMATS[data_format]
     examples: list[QAExample] = read_qa_file(loader, path, data_format)
+    pool = [passage for example in examples for passage in example.passages]
     if split == "dev":
         try:
             dev_ids = {e.id for e in load_split(family, "dev")}
@@ -55,6 +63,8 @@ def load_examples(path: str, data_format: str, split: str, context: str, limit: 
             QAExample(e.id, e.question, e.answers, e.gold_passages(), tuple(range(len(e.gold_passages()))))
             for e in examples
         ]
+    if retrieved:
+        examples = with_retrieved_distractors(examples, pool, retrieved)
     return examples[:limit] if limit else examples
 
 
@@ -97,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from ..validation import validate_ratio
 
     ratio = validate_ratio(args.ratio, 128) if get_method(args.method).takes_ratio else None
-    examples = load_examples(args.data, args.format, args.split, args.context, args.limit)
+    examples = load_examples(args.data, args.format, args.split, args.context, args.limit, args.retrieved_distractors)
     backbone = Backbone.from_pretrained(args.backbone, device=args.device)
     method = build_method(args.method, backbone, ratio or 4, args.checkpoint)
     adapter = method.reader_adapter  # the one its checkpoint brought, if any
@@ -155,6 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("own", "other"),
         default="own",
         help="other: each question reads the next example's passages (the content gap is own minus other)",
+    )
+    parser.add_argument(
+        "--retrieved-distractors",
+        type=positive_int,
+        metavar="K",
+        help="one-passage files (NQ-open, SQuAD, PolicyQA): read each gold passage among the K passages of the file "
+        "closest to the question by the retriever's embedder (all-MiniLM-L6-v2), as a RAG pipeline's top hits come",
     )
     parser.add_argument("--checkpoint", help="trained module of the method (default: the shipped one)")
     parser.add_argument(

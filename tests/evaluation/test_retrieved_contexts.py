@@ -3,9 +3,14 @@ real all-MiniLM-L6-v2 ranking the neighbours."""
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import numpy as np
 import pytest
 
+from comprexit_rag.cli import main
+from comprexit_rag.commands.evaluate import load_examples
 from comprexit_rag.data import Passage, QAExample
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.evaluation.retrieved_contexts import with_retrieved_distractors
@@ -61,3 +66,36 @@ def test_multi_passage_examples_and_no_distractors_are_refused(examples, pool):
         with_retrieved_distractors([*examples, two], pool, distractors=3)
     with pytest.raises(InvalidInputError, match="distractors must be >= 1"):
         with_retrieved_distractors(examples, pool, distractors=0)
+
+
+def write_nq_open(path, examples: list[QAExample]) -> None:
+    rows = [
+        {
+            "question": e.question,
+            "answers": list(e.answers),
+            "ctxs": [{"title": e.passages[0].title, "text": e.passages[0].text, "isgold": True}],
+        }
+        for e in examples
+    ]
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def test_eval_reads_the_files_gold_passages_among_the_files_nearest_ones(examples, tmp_path, capsys):
+    path = tmp_path / "nq.jsonl.gz"
+    write_nq_open(path, examples)
+    plain = load_examples(str(path), "nq-open", "all", "distractor", None)
+    first_two = load_examples(str(path), "nq-open", "all", "distractor", 2, retrieved=2)
+    everything = load_examples(str(path), "nq-open", "all", "distractor", None, retrieved=2)
+    assert first_two == everything[:2]  # chosen for the whole file, then cut: the limit changes no neighbour
+    file_passages = {p for example in plain for p in example.passages}
+    for example, original in zip(everything, plain, strict=True):
+        assert len(example.passages) == 3 and example.passages[example.supporting[0]] == original.passages[0]
+        assert set(example.passages) <= file_passages  # the pool is the file's own passages
+
+    hotpotqa = tmp_path / "hotpot.json"
+    two = {"_id": "h", "question": "q?", "answer": "a", "context": [["A", ["a."]], ["B", ["b."]]]}
+    hotpotqa.write_text(json.dumps([{**two, "supporting_facts": [["A", 0]]}]))
+    argv = ["eval", "--data", str(hotpotqa), "--format", "hotpotqa", "--method", "full", "--retrieved-distractors", "2"]
+    assert main(argv) == 2
+    assert "one-passage examples" in capsys.readouterr().err
