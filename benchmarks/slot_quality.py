@@ -15,16 +15,18 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
   machine without the embedder reads them from a carried cache).
 
 ``--method`` scores another stored-slot head (``mean-pool``), the query-aware ``comi`` (each passage
-compressed with its question; no reconstruction rows, which ask no question) or a trained text baseline
-(``full-lora``): ``--head`` is its checkpoint, read through its adapter when it has one. The same table,
-where "own" is the method's own context (for ``full-lora`` the raw text, so its ``raw_text`` row is its
-``own`` row).
+compressed with its question; no reconstruction rows, which ask no question), a trained text baseline
+(``full-lora``) or ``truncate`` (the first 1/ratio of the text, untrained): ``--head`` is its checkpoint,
+read through its adapter when it has one, or through ``--reader-adapter`` (e.g. truncation read through
+``full-lora``'s adapter: the same adapter budget). The same table, where "own" is the method's own context
+(for ``full-lora`` the raw text, so its ``raw_text`` row is its ``own`` row).
 
 GPU::
 
     python benchmarks/slot_quality.py --head runs/sft/final --device cuda --out results.json
     python benchmarks/slot_quality.py --method full-lora --head runs/full-lora/final --device cuda --out fl.json
     python benchmarks/slot_quality.py --method comi --head runs/comi/final --device cuda --out comi.json
+    python benchmarks/slot_quality.py --method truncate --reader-adapter runs/full-lora/final --device cuda --out t.json
 
 CPU (a smaller sample)::
 
@@ -43,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.data import QAExample, load_nq_open, load_split
+from comprexit_rag.commands.evaluate import load_reader_adapter
+from comprexit_rag.data import Passage, QAExample, load_nq_open, load_split
 from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
@@ -56,8 +59,9 @@ from comprexit_rag.training.data import tokenize_passages
 from comprexit_rag.training.teacher_forcing import target_logits
 
 WINDOW = 128
-# Slot methods (stored or query-aware), and the trained methods that give the reader text through their own adapter.
-METHODS = (*method_names(context="slots"), *method_names(context="text", adapter_only=True))
+# Slot methods (stored or query-aware), the trained methods that give the reader text through their own adapter,
+# and truncation (untrained; read through --reader-adapter for an adapter budget).
+METHODS = (*method_names(context="slots"), *method_names(context="text", adapter_only=True), "truncate")
 
 
 def build(spec: MethodSpec, backbone: Backbone, checkpoint: str | None, ratio: int, batch_size: int) -> EvalMethod:
@@ -69,11 +73,13 @@ def build(spec: MethodSpec, backbone: Backbone, checkpoint: str | None, ratio: i
 
 
 def window_contexts(method: EvalMethod, windows: list[list[int]], texts: list[str], ratio: int) -> list[Context]:
-    """Each window as ``method`` gives it to the reader: its slots, or (a text method) its text."""
+    """Each window as ``method`` gives it to the reader: its slots (of exactly the window's tokens), or what a
+    text method makes of its text (the text, or its first 1/ratio)."""
     if isinstance(method, StoredSlots):
         slots = method.compressor.compress_token_ids(windows, ratio=ratio)
         return [slots.select([i]) for i in range(len(windows))]
-    return list(texts)
+    examples = [QAExample(f"window-{i}", "", ("",), (Passage(text),)) for i, text in enumerate(texts)]
+    return method.prepare(examples).contexts
 
 
 def nq_windows(tokenizer, count: int) -> list[list[int]]:
@@ -145,6 +151,11 @@ def main() -> None:
     parser.add_argument(
         "--head", help="checkpoint directory of the method (default: the shipped one; full-lora ships none)"
     )
+    parser.add_argument(
+        "--reader-adapter",
+        help="read through this adapter instead (a checkpoint with reader_adapter/, or the adapter directory; "
+        "'none': the frozen reader)",
+    )
     parser.add_argument("--ratio", type=int, default=4)
     parser.add_argument("--recon", type=int, default=64, help="NQ dev windows for reconstruction (0: skip)")
     parser.add_argument("--nq", type=int, default=400, help="NQ dev questions (0: skip)")
@@ -164,10 +175,14 @@ def main() -> None:
     backbone = Backbone.from_pretrained(device=args.device)
     method = build(spec, backbone, args.head, args.ratio, args.batch_size)
     adapter = method.reader_adapter
+    if args.reader_adapter == "none":
+        adapter = None
+    elif args.reader_adapter:
+        adapter = load_reader_adapter(args.reader_adapter, backbone)
     reader = Reader(backbone, adapter=adapter)
     report: dict = {
         "method": args.method,
-        "head": args.head or "shipped",
+        "head": args.head or ("shipped" if spec.storable else None),
         "ratio": args.ratio,
         "reader_adapter": None
         if adapter is None

@@ -97,6 +97,12 @@ def test_a_baselines_only_session_trains_and_packs_each_baseline(tmp_path):
     ]
     with tarfile.open(results / "out" / "baseline-comi-sft.tgz") as packed:
         assert "baseline-comi-sft-quality-retrieved.json" in packed.getnames()
+    # full-lora's adapter also reads truncated text at 4, 8 and 16x (truncation with the same adapter budget).
+    truncations = [call for call in calls if "--method truncate" in call]
+    assert [call.split("--ratio ")[1].split()[0] for call in truncations] == ["4", "8", "16"]
+    assert all(f"--reader-adapter {runs}/baseline-full-lora-sft/final" in call for call in truncations)
+    with tarfile.open(results / "out" / "baseline-full-lora-sft.tgz") as packed:
+        assert "baseline-full-lora-sft-truncate-16x-quality.json" in packed.getnames()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

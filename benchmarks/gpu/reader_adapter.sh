@@ -25,7 +25,8 @@
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results:
 #      each one's weights packed into state/<name>.final.tar.part-* once trained ("<name> TRAINED"), its scores
-#      into out/<name>.tgz ("<name> READY").
+#      into out/<name>.tgz ("<name> READY"). full-lora's adapter also reads truncated text at TRUNCATE_RATIOS
+#      (default "4 8 16"): truncation with the same adapter budget.
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps; THROUGHPUT_COMPILE=1 measures the same with compiled decoder
 #      layers too (--compile: TrainConfig.compile_layers) into throughput-compiled.json.
@@ -196,7 +197,15 @@ for name in $BASELINES; do
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
   retrieved "$name" --method "$method" --head "$RUNS/$name/final"
-  tar czf "$RESULTS/out/$name.tgz" -C "$RESULTS" "$name-quality.json" $(cd "$RESULTS" && ls "$name"-quality-retrieved.json 2> /dev/null) \
+  if [ "$method" = full-lora ]; then
+    for ratio in ${TRUNCATE_RATIOS:-4 8 16}; do
+      python3 benchmarks/slot_quality.py --method truncate --reader-adapter "$RUNS/$name/final" --ratio "$ratio" \
+        --recon 0 --device cuda --batch-size 64 --out "$RESULTS/$name-truncate-${ratio}x-quality.json" \
+        > "$RUNS/$name-truncate-${ratio}x-quality.log" 2>&1
+      grep -a "F1" "$RUNS/$name-truncate-${ratio}x-quality.log" | tail -2
+    done
+  fi
+  tar czf "$RESULTS/out/$name.tgz" -C "$RESULTS" $(cd "$RESULTS" && ls "$name"-*quality*.json) \
     -C "$RUNS" "$name/log.jsonl" "$name/summary.json" "$name.log" "$name-quality.log"
   echo "$name READY"
 done
