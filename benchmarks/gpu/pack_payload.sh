@@ -13,8 +13,9 @@
 #     (a checkpoint collect.sh brought back: cat baseline-comi-sft.ckpt.tar.part-* | tar x -C /tmp/back)
 #
 # SHARDS: the Wikipedia shard groups the run reads (AA shard 0 always comes: held-out windows); the cached
-# retrieved neighbours ($COMPREXIT_CACHE/distractors, see comprexit_rag/retrieval/nearest.py) always come when
-# there are some, so the GPU machine needs no embedder for retrieved distractors or --nq-retrieved;
+# retrieved neighbours ($COMPREXIT_CACHE/distractors, made by benchmarks/gpu/prepare_neighbours.py, see
+# comprexit_rag/retrieval/nearest.py) always come, so the GPU machine needs no embedder for retrieved
+# distractors or --nq-retrieved;
 # STATE: a checkpoint directory (state.json and the files it names) that lands in /tmp/runs/$STATE_RUN
 # (a run to resume: pretrain, the default, sft for a QA stage run in pieces, or a baseline's name), with the
 # run's log.jsonl when it lies beside the checkpoint; INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
@@ -41,6 +42,8 @@ fi
 if [ -n "$INIT" ]; then
   cp -r "$INIT" "$WORK/init"
 fi
+# The retrieved neighbours the GPU session reads (read back from the cache once made; see the script).
+python benchmarks/gpu/prepare_neighbours.py
 NEIGHBOURS=${COMPREXIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/comprexit_rag}/distractors
 if compgen -G "$NEIGHBOURS/*.npy" > /dev/null; then
   mkdir -p "$WORK/cache" && cp -r "$NEIGHBOURS" "$WORK/cache/"

