@@ -1,6 +1,27 @@
-"""Retrieval: dense passage search (a sentence-transformers embedder over faiss), persisted atomically."""
+"""Retrieval: dense passage search (a sentence-transformers embedder over faiss), persisted atomically.
 
-from .dense import DEFAULT_EMBEDDER, DenseRetriever, RetrievedPassage
-from .embedder import default_embedder_path, warn_if_truncated
+The names load on first use (PEP 562): a machine without faiss (the GPU trainer's) can still import
+:mod:`comprexit_rag.retrieval.nearest`, which reads cached neighbours without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["DEFAULT_EMBEDDER", "DenseRetriever", "RetrievedPassage", "default_embedder_path", "warn_if_truncated"]
+
+_HOMES = {
+    "DEFAULT_EMBEDDER": ".embedder",
+    "DenseRetriever": ".dense",
+    "RetrievedPassage": ".dense",
+    "default_embedder_path": ".embedder",
+    "warn_if_truncated": ".embedder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
@@ -73,6 +72,8 @@ def nearest_passages(
             list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=True
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    import faiss  # only to make neighbours: a machine that reads them from the cache needs none
 
     vectors = embed(passages)
     index = faiss.IndexFlatIP(vectors.shape[1])
