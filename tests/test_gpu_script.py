@@ -125,6 +125,18 @@ def test_a_piece_then_its_qa_stage_then_baselines_for_as_many_steps(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_qa_stage_distilled_from_a_full_lora_teacher(tmp_path):
+    config = "experiments/reader_adapter/sft-4x-mixed-full-lora-teacher.json"
+    calls, _, _ = run_script(
+        tmp_path, PIECE_S="0", SFT_INIT="/tmp/init", SFT_S="1100", SFT_CONFIG=config, DISTILL_TEACHER="/tmp/teacher"
+    )
+    (qa,) = trainings(calls)
+    assert f"--config {config} --init-from /tmp/init --distill-teacher /tmp/teacher --time-budget 1100" in qa
+    calls, _, _ = run_script(tmp_path / "own", PIECE_S="0", SFT_INIT="/tmp/init", SFT_S="1100")
+    assert "--distill-teacher" not in trainings(calls)[0]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_a_qa_stage_in_pieces_with_teacher_pairs(tmp_path):
     config = "experiments/reader_adapter/sft-4x-mixed-teacher-qa.json"
     calls, out, results = run_script(

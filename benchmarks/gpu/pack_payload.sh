@@ -19,11 +19,12 @@
 # STATE: a checkpoint directory (state.json and the files it names) that lands in /tmp/runs/$STATE_RUN
 # (a run to resume: pretrain, the default, sft for a QA stage run in pieces, or a baseline's name), with the
 # run's log.jsonl when it lies beside the checkpoint; INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
-# PRETRAIN_INIT=/tmp/init in reader_adapter.sh).
+# PRETRAIN_INIT=/tmp/init in reader_adapter.sh); TEACHER: a full-lora checkpoint (final/) that lands in /tmp/teacher,
+# the distillation teacher of a QA stage (DISTILL_TEACHER=/tmp/teacher in reader_adapter.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${COMPREXIT_DATA:-../shared/data}
-SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} PART_MB=${PART_MB:-26}
+SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} PART_MB=${PART_MB:-26}
 WORK=$(mktemp -d) PARTS=$(mktemp -d)
 trap 'rm -rf "$WORK" "$PARTS"' EXIT
 
@@ -41,6 +42,9 @@ if [ -n "$STATE" ]; then
 fi
 if [ -n "$INIT" ]; then
   cp -r "$INIT" "$WORK/init"
+fi
+if [ -n "$TEACHER" ]; then
+  cp -r "$TEACHER" "$WORK/teacher"
 fi
 # The retrieved neighbours the GPU session reads (read back from the cache once made; see the script).
 python benchmarks/gpu/prepare_neighbours.py

@@ -19,6 +19,8 @@
 #      TEACHER_QA=2wiki first writes runs/teacher-qa/2wiki.jsonl (comprexit-rag teacher-qa on the 6,108 2Wiki
 #      passages outside the evaluation splits, the shipped head as the teacher), the QA family that
 #      sft-4x-mixed-teacher-qa.json names; its manifest comes back in results.tgz.
+#      DISTILL_TEACHER: a full-lora checkpoint (pack_payload.sh TEACHER=, lands in /tmp/teacher) whose adapter is
+#      the QA stage's distillation teacher (--distill-teacher) instead of the head's own adapter.
 #      SFT_PIECE_S: the QA stage is a long run in pieces instead (an SFT_CONFIG with a fixed max_steps, e.g.
 #      sft-4x-mixed-2pass.json): one piece of SFT_PIECE_S seconds, resumed from $RUNS/sft/checkpoint when it is
 #      there (pack_payload.sh STATE_RUN=sft), its state packed first into $RESULTS/sft-piece ("SFT PIECE READY").
@@ -147,14 +149,14 @@ fi
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 if [ -n "${SFT_PIECE_S:-}" ]; then
   # A resumed run rebuilds its head and adapter from the checkpoint (--init-from serves the first piece).
-  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" --piece-seconds "$SFT_PIECE_S" \
+  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --piece-seconds "$SFT_PIECE_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
   pack "$RESULTS/sft-piece/piece" sft/checkpoint sft/log.jsonl
   echo SFT PIECE READY
 elif [ "$SFT_S" != 0 ]; then
   rm -rf "$RUNS/sft"
-  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" --time-budget "$SFT_S" \
+  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --time-budget "$SFT_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
 fi

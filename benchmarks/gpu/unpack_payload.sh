@@ -18,6 +18,9 @@ fi
 if [ -d /tmp/pl/cache ]; then
   mkdir -p /tmp/cache && cp -r /tmp/pl/cache/. /tmp/cache/ && ls /tmp/cache/distractors
 fi
+if [ -d /tmp/pl/teacher ]; then
+  rm -rf /tmp/teacher && cp -r /tmp/pl/teacher /tmp/teacher
+fi
 if [ -d /tmp/pl/init ]; then
   rm -rf /tmp/init && cp -r /tmp/pl/init /tmp/init
   python3 -c "import json; print('init: trained at', json.load(open('/tmp/init/config.json'))['config']['trained_ratios'])"

@@ -140,6 +140,10 @@ class TrainConfig:
     distill_weight: float = option(
         0.0, "comprexit/mean-pool: weight of KL to the same reader reading the raw passages (0: off)"
     )
+    distill_teacher: str | None = option(
+        help="distillation: a full-lora checkpoint (a `train --method full-lora` run's final/) whose adapter, reading "
+        "the raw passages, is the teacher instead of the reader being trained"
+    )
     log_every: int = option(10, "steps between log.jsonl lines", positive=True)
     save_every: int = option(200, "steps between checkpoints", positive=True)
     data_root: str | None = option(help="data directory (default: $COMPREXIT_DATA or ../shared/data)", flag="--data")
@@ -185,6 +189,8 @@ class TrainConfig:
             raise InvalidInputError(f"distill_weight must be >= 0, got {self.distill_weight}.")
         if self.distill_weight and not spec.distill:
             raise InvalidInputError(f"Distillation from the full-text reader applies to {method_names(distill=True)}.")
+        if self.distill_teacher and not self.distill_weight:
+            raise InvalidInputError("distill_teacher is the teacher of distillation: set distill_weight > 0 too.")
         if self.max_pass_tokens is not None:
             check_positive_int(self.max_pass_tokens, "max_pass_tokens")
         if self.qa_families is not None and (not self.qa_families or not all(map(is_qa_family, self.qa_families))):

@@ -27,6 +27,7 @@ from ..backbone import Backbone
 from ..durable import atomic_write_json
 from ..errors import InvalidInputError
 from ..methods import get_method
+from ..methods.full_lora import FullLoRA
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from ..reading.reader import Reader
@@ -91,18 +92,25 @@ def answer_loss(
 
 
 def distilled_loss(
-    reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt, weight: float
+    reader: Reader,
+    encoder: ContextEncoder,
+    batch: list[TrainExample],
+    ratio: int,
+    prompt: Prompt,
+    weight: float,
+    teacher_reader: Reader | None = None,
 ) -> torch.Tensor:
     """Cross-entropy on the targets plus ``weight`` x KL(teacher || student) on the same positions.
 
-    The teacher is the same reader reading the raw passages (no gradient); the student reads the
-    slots. Both score the same target tokens, so their target positions match one for one.
+    The teacher reads the raw passages (no gradient): ``teacher_reader`` (e.g. a full-lora adapter) or, by
+    default, the same reader; the student reads the slots. Both score the same target tokens, so their
+    target positions match one for one.
     """
     logits, labels = forced_logits(reader, batch, encoder.encode(batch, ratio), prompt)
     tokenizer = reader.backbone.tokenizer
     texts = ["\n\n".join(tokenizer.decode(ids) for ids in example.passage_ids) for example in batch]
     with torch.no_grad():
-        teacher, teacher_labels = forced_logits(reader, batch, texts, prompt)
+        teacher, teacher_labels = forced_logits(teacher_reader or reader, batch, texts, prompt)
     if not torch.equal(teacher_labels, labels):
         raise RuntimeError("Teacher and student target positions differ; the prompts must end alike.")
     # One log-softmax of the student serves both terms (cross-entropy is its negative log-likelihood).
@@ -161,8 +169,24 @@ def pretrain_sampler(config: TrainConfig, backbone: Backbone) -> tuple[Sampler, 
     return sample_pretrain, corpus.identity
 
 
+def distillation_teacher(config: TrainConfig, backbone: Backbone) -> Reader | None:
+    """The reader of ``config.distill_teacher`` (a full-lora checkpoint's adapter, frozen), or None: the
+    distillation teacher is then the reader being trained."""
+    if config.distill_teacher is None:
+        return None
+    adapter = FullLoRA.load_reader_adapter(config.distill_teacher, backbone).eval()
+    logger.info("Distillation teacher: the full-lora adapter %s of %s", adapter.name, config.distill_teacher)
+    return Reader(backbone, adapter=adapter)
+
+
 def accumulate_gradients(
-    config: TrainConfig, step: int, sample: Sampler, reader: Reader, encoder: ContextEncoder, state: dict
+    config: TrainConfig,
+    step: int,
+    sample: Sampler,
+    reader: Reader,
+    encoder: ContextEncoder,
+    state: dict,
+    teacher_reader: Reader | None = None,
 ) -> tuple[list[torch.Tensor], int, Prompt]:
     """The forward and backward passes of one optimiser step: its ``grad_accum`` micro-batches, each read in
     :func:`reading_passes`, their gradients summed in the parameters. Returns the passes' losses, each
@@ -179,7 +203,7 @@ def accumulate_gradients(
             # whole batch's loss and gradient.
             share = sum(len(example.target_ids) for example in part) / targets / config.grad_accum
             if config.distill_weight:
-                loss = distilled_loss(reader, encoder, part, ratio, prompt, config.distill_weight)
+                loss = distilled_loss(reader, encoder, part, ratio, prompt, config.distill_weight, teacher_reader)
             else:
                 loss = answer_loss(reader, encoder, part, ratio, prompt)
             (loss * share).backward()
@@ -265,6 +289,9 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
     parameters = [p for group in groups for p in group["params"]]
 
     sample, data_identity = make_sampler(config, backbone)
+    teacher_reader = distillation_teacher(config, backbone)
+    if teacher_reader is not None:  # its answers are the distilled targets: a resumed run needs the same teacher
+        data_identity["distill_teacher"] = teacher_reader.adapter.digest
     state = {
         "step": 0,
         "total_steps": config.max_steps,
@@ -294,7 +321,7 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
             group["lr"] = lr_at(step, state["total_steps"], config) * group["lr_scale"]
         out_of_memory = False
         try:
-            losses, ratio, prompt = accumulate_gradients(config, step, sample, reader, encoder, state)
+            losses, ratio, prompt = accumulate_gradients(config, step, sample, reader, encoder, state, teacher_reader)
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         except torch.OutOfMemoryError:
             # One batch too large for the device costs its step, not the run (a time-budgeted stage saves
