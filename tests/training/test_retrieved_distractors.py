@@ -4,6 +4,8 @@ the real all-MiniLM-L6-v2, cached, drawn as a retriever's top hits, and a no-op 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 
@@ -120,3 +122,20 @@ def test_the_qa_stage_trains_on_retrieved_distractors_and_resumes_only_on_the_sa
 def test_a_share_outside_0_1_is_refused(data, tmp_path, share):
     with pytest.raises(InvalidInputError, match="retrieved_distractor_share must lie in"):
         tiny_config(tmp_path / "run", data, retrieved_distractor_share=share)
+
+
+def test_training_imports_without_faiss():
+    # The GPU machine's python has no faiss: the trainer (and the reading of cached neighbours) must not need it.
+    # Session 14's first GPU run died on `import faiss` through the retrieval package.
+    blocker = (
+        "import sys\n"
+        "class NoFaiss:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'faiss':\n"
+        "            raise ModuleNotFoundError(\"No module named 'faiss'\")\n"
+        "sys.meta_path.insert(0, NoFaiss())\n"
+        "import comprexit_rag.training.trainer, comprexit_rag.evaluation.retrieved_contexts, comprexit_rag.cli\n"
+        "from comprexit_rag.retrieval import nearest\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
