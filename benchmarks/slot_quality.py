@@ -45,13 +45,12 @@ import torch
 import torch.nn.functional as F
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.commands.evaluate import load_reader_adapter
-from comprexit_rag.data import Passage, QAExample, load_nq_open, load_split
+from comprexit_rag.commands.evaluate import load_examples, load_reader_adapter
+from comprexit_rag.data import Passage, QAExample, load_split
 from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
-from comprexit_rag.evaluation.retrieved_contexts import with_retrieved_distractors
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Context, Reader
@@ -200,11 +199,11 @@ def main() -> None:
     for table, dataset, count in (*tables, ("qa_nq_retrieved", "nq", args.nq_retrieved)):
         if not count:
             continue
-        examples = load_split(dataset, "dev")
-        if table == "qa_nq_retrieved":  # for the whole split: one set of cached neighbours serves every count
-            pool = [passage for example in load_nq_open(data_file(NQ_OPEN_FILE)) for passage in example.passages]
-            examples = with_retrieved_distractors(examples, pool, args.retrieved, device=str(backbone.device))
-        examples = examples[:count]
+        if table == "qa_nq_retrieved":  # exactly `comprexit-rag eval --retrieved-distractors` on the NQ-open file
+            nq_open = str(data_file(NQ_OPEN_FILE))
+            examples = load_examples(nq_open, "nq-open", "dev", "distractor", count, args.retrieved)
+        else:
+            examples = load_split(dataset, "dev")[:count]
         report[table] = qa(method, reader, examples, args.ratio, args.batch_size)
         logging.info("%s F1: %s", table, {k: v["f1"] for k, v in report[table].items() if isinstance(v, dict)})
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -22,10 +22,9 @@ import logging
 from pathlib import Path
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.data import load_nq_open, load_split
+from comprexit_rag.commands.evaluate import load_examples
 from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
-from comprexit_rag.evaluation.retrieved_contexts import with_retrieved_distractors
 from comprexit_rag.training.config import TrainConfig
 from comprexit_rag.training.data import DEFAULT_QA_FAMILIES, QATrainingSet
 
@@ -35,7 +34,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "reader_adap
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--retrieved", type=int, default=4, help="slot_quality.py --retrieved (its default)")
-    parser.add_argument("--device", default="cpu", help="torch device of the embedder")
+    parser.add_argument("--device", default="cpu", help="torch device of the embedder (training neighbours)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -49,8 +48,8 @@ def main() -> None:
     for families, k in sorted(wanted):
         QATrainingSet.build(tokenizer, families=families, retrieved_distractors=k, embedder_device=args.device)
 
-    pool = [passage for example in load_nq_open(data_file(NQ_OPEN_FILE)) for passage in example.passages]
-    with_retrieved_distractors(load_split("nq", "dev"), pool, args.retrieved, device=args.device)
+    # What slot_quality.py --nq-retrieved reads (the embedder on its default device).
+    load_examples(str(data_file(NQ_OPEN_FILE)), "nq-open", "dev", "distractor", None, args.retrieved)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ The names load on first use (PEP 562): a machine without faiss (the GPU trainer'
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_EMBEDDER", "DenseRetriever", "RetrievedPassage", "default_embedder_path", "warn_if_truncated"]
+if TYPE_CHECKING:
+    from .dense import DenseRetriever, RetrievedPassage
+    from .embedder import DEFAULT_EMBEDDER, default_embedder_path, warn_if_truncated
 
+# Each public name and the submodule that defines it.
 _HOMES = {
     "DEFAULT_EMBEDDER": ".embedder",
     "DenseRetriever": ".dense",
@@ -17,11 +21,10 @@ _HOMES = {
     "default_embedder_path": ".embedder",
     "warn_if_truncated": ".embedder",
 }
+__all__ = ["DEFAULT_EMBEDDER", "DenseRetriever", "RetrievedPassage", "default_embedder_path", "warn_if_truncated"]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(_HOMES[name], __name__), name)
