@@ -23,7 +23,8 @@
 #      the QA stage's distillation teacher (--distill-teacher) instead of the head's own adapter.
 #      SFT_PIECE_S: the QA stage is a long run in pieces instead (an SFT_CONFIG with a fixed max_steps, e.g.
 #      sft-4x-mixed-2pass.json): one piece of SFT_PIECE_S seconds, resumed from $RUNS/sft/checkpoint when it is
-#      there (pack_payload.sh STATE_RUN=sft), its state packed first into $RESULTS/sft-piece ("SFT PIECE READY").
+#      there (pack_payload.sh STATE_RUN=sft), its state packed first into $RESULTS/sft-piece ("SFT PIECE READY");
+#      a piece that ends before the run's last step is not scored.
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results:
 #      each one's weights packed into state/<name>.final.tar.part-* once trained ("<name> TRAINED"), its scores
@@ -160,8 +161,10 @@ elif [ "$SFT_S" != 0 ]; then
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
 fi
-if [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; then
-  # The QA head in 15 MiB parts, before it is scored (the piece's state is in $RESULTS/piece, above).
+# A QA piece that did not reach its last step is scored in the session that finishes it.
+sft_finished() { python3 -c "import json, sys; sys.exit(not json.load(open(sys.argv[1]))['finished'])" "$RUNS/sft/summary.json"; }
+if { [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; } && sft_finished; then
+  # The QA head in 15 MiB parts, before it is scored (the piece's state is in $RESULTS/sft-piece, above).
   pack "$RESULTS/state/state" sft/final
   echo "QA HEAD READY"
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
