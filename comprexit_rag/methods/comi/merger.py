@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from ...backbone import Backbone, BackboneFingerprint, autocast_for
@@ -15,7 +14,7 @@ from ...checkpoint import PRETRAINED_DIR, CheckpointConfig, CheckpointedModule
 from ...errors import InvalidInputError
 from ...validation import check_int_field, check_ratios_field, validate_ratio
 from ..projector import SlotProjector
-from .merge import mig_merge
+from .merge import mig_merge_batch
 
 CHECKPOINT_KIND = "comi-merger"
 DEFAULT_MERGER = PRETRAINED_DIR / "comi-smollm2-135m"
@@ -165,7 +164,7 @@ class COMIMerger(CheckpointedModule):
 
         Args:
             layer_states: [B, T, H] states at ``config.layer``.
-            token_mask: [B, T] bool, the context tokens to compress.
+            token_mask: [B, T] bool, the context tokens to compress (on the CPU it saves a device sync).
             query_vectors: [B, H] one query vector per row.
             ratio: compression ratio m (default ``config.ratio``).
 
@@ -174,16 +173,11 @@ class COMIMerger(CheckpointedModule):
             ceil(n_b / m) of the batch) and slot_mask [B, G] bool. Differentiable w.r.t. the projector.
         """
         ratio = validate_ratio(self.config.ratio if ratio is None else ratio, self.config.max_ratio)
-        token_mask = token_mask.to(device=layer_states.device, dtype=torch.bool)
-        merged = [
-            mig_merge(layer_states[row][token_mask[row]], query_vectors[row], ratio)[0]
-            for row in range(layer_states.shape[0])
-        ]
-        counts = torch.tensor([m.shape[0] for m in merged], device=layer_states.device)
-        projected = self.projector(torch.cat(merged))
-        slots = pad_sequence(list(torch.split(projected, counts.tolist())), batch_first=True)
-        slot_mask = torch.arange(slots.shape[1], device=slots.device).unsqueeze(0) < counts.unsqueeze(1)
-        return slots, slot_mask
+        # A mask left on the CPU gives the row lengths without a device sync.
+        merged, slot_mask, _ = mig_merge_batch(layer_states, token_mask, query_vectors, ratio)
+        # Projecting the padding too (then zeroing it) avoids the sync of a boolean-mask selection.
+        projected = self.projector(merged)
+        return torch.where(slot_mask.unsqueeze(-1), projected, torch.zeros_like(projected)), slot_mask
 
 
 def encode_pairs(
