@@ -3,6 +3,7 @@
 A broken path in it costs a whole GPU session, so each way of running it that BENCHMARKS.md prescribes is
 run here with a stand-in ``python3`` (it records its arguments and writes the files the real commands
 would; the script's own JSON-reading snippets run in the real interpreter) and a stand-in ``nvidia-smi``.
+``FINISHED=false`` makes every training it stands in for end before its last step (a piece of a longer run).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ previous=""
 for argument in "$@"; do
   case "$previous" in
     --output-dir) mkdir -p "$argument/final" "$argument/checkpoint"; echo '{}' > "$argument/checkpoint/state.json"
-                  echo '{"loss": 1.0}' > "$argument/log.jsonl"; echo '{"steps": 7}' > "$argument/summary.json";;
+                  echo '{"loss": 1.0}' > "$argument/log.jsonl"
+                  echo "{\"steps\": 7, \"finished\": ${FINISHED:-true}}" > "$argument/summary.json";;
     --out) mkdir -p "$(dirname "$argument")"; echo '{}' > "$argument"
            case "$argument" in *.jsonl) echo '{}' > "${argument%.jsonl}.manifest.json";; esac;;
   esac
@@ -148,6 +150,17 @@ def test_a_qa_stage_in_pieces_with_teacher_pairs(tmp_path):
     assert f"--config {config} --init-from /tmp/init --piece-seconds 900 --output-dir {tmp_path}/runs/sft" in qa
     assert "SFT PIECE READY" in out and list((results / "sft-piece").glob("piece.tar.part-*"))
     assert (results / "teacher-qa" / "2wiki.manifest.json").is_file()
+    assert "QA HEAD READY" in out and any("--head" in call and "runs/sft/final" in call for call in calls)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_qa_piece_that_ends_before_its_last_step_is_not_scored(tmp_path):
+    config = "experiments/reader_adapter/sft-4x-mixed-2pass.json"
+    calls, out, results = run_script(
+        tmp_path, PIECE_S="0", SFT_INIT="/tmp/init", SFT_PIECE_S="900", SFT_CONFIG=config, FINISHED="false"
+    )
+    assert "SFT PIECE READY" in out and list((results / "sft-piece").glob("piece.tar.part-*"))
+    assert "QA HEAD READY" not in out and not any("slot_quality.py" in call for call in calls)
 
 
 def collect(tmp_path: Path, out: Path) -> str:
