@@ -251,5 +251,21 @@ def test_a_poll_skips_a_checkpoint_being_replaced_or_too_large_for_the_call(tmp_
     shutil.rmtree(running / "checkpoint")
     save_generation(running, 400, 110 << 20)  # 8 parts: with progress.tgz, more than a call brings back
     out = tmp_path / "poll2"
-    assert "needs 8 files, 7 left in this call" in collect(tmp_path, out)
+    assert "needs 8 files, more than this call has room for" in collect(tmp_path, out)
     assert [path.name for path in out.iterdir()] == ["progress.tgz"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_poll_brings_back_no_more_than_a_call_holds_and_the_rest_next_time(tmp_path):
+    """A call brings back about 64 MiB in all: six 15 MiB parts of a piece's state take two polls, none lost."""
+    piece = tmp_path / "results" / "sft-piece"
+    piece.mkdir(parents=True)
+    for suffix in "abcdef":
+        (piece / f"piece.tar.part-a{suffix}").write_bytes(os.urandom(15 << 20))
+    first, second = tmp_path / "poll1", tmp_path / "poll2"
+    assert "more parts wait for the next poll" in collect(tmp_path, first)
+    sent = sorted(path.name for path in first.iterdir() if path.name != "progress.tgz")
+    assert len(sent) == 4  # 60 MiB + progress.tgz: a fifth part would pass MAX_MIB (63)
+    collect(tmp_path, second)
+    sent += sorted(path.name for path in second.iterdir() if path.name != "progress.tgz")
+    assert sent == [f"sft-piece-piece.tar.part-a{suffix}" for suffix in "abcdef"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every poll of a GPU session runs this (`sleep 300; bash benchmarks/gpu/collect.sh`): it brings back what
 # the session has done so far, so a machine that stops answering takes at most one poll's work with it.
-# Into $OUT (at most 8 files of <= 16 MiB come back from a call):
+# Into $OUT (at most 8 files of <= 16 MiB, about 64 MiB in all, come back from a call; MAX_MIB keeps under it):
 #   progress.tgz          the session's log, every run's log.jsonl and summary, and the finished results
 #                         ($RESULTS/out/*.tgz and JSON files), as they stand now: every poll, whole
 #   <part files>          the parts the script packs, each once: a piece's state ($RESULTS/piece, sft-piece), the
@@ -13,7 +13,7 @@
 # complete and never rewritten), so a copy taken while the run saves is whole, or skipped until next time.
 set -uo pipefail
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results} LOG=${LOG:-/tmp/run.log}
-SENT=${SENT:-/tmp/collected} MAX_FILES=8 PART=15m
+SENT=${SENT:-/tmp/collected} MAX_FILES=8 MAX_MIB=${MAX_MIB:-63} PART=15m
 : "${OUT:?collect.sh writes into OUT, the folder a device call brings back}"
 mkdir -p "$SENT" "$OUT"
 STAGE=$(mktemp -d)
@@ -34,13 +34,19 @@ cp "$LOG" "$STAGE/progress/" 2> /dev/null
   -exec cp --parents {} "$STAGE/progress/" \; )
 tar czf "$OUT/progress.tgz" -C "$STAGE" progress
 files=1
+# room KIB...: whether files of these sizes (KiB) still fit this call's file count and total size.
+room() {
+  local total=0 size
+  for size in "$@"; do total=$((total + size)); done
+  [ $((files + $#)) -le "$MAX_FILES" ] && [ $(($(du -sk "$OUT" | cut -f1) + total)) -le $((MAX_MIB * 1024)) ]
+}
 
 # Parts the script packed, each brought back once.
 for part in "$RESULTS"/piece/* "$RESULTS"/sft-piece/* "$RESULTS"/state/*; do
   [ -f "$part" ] || continue
   marker="$SENT/$(basename "$(dirname "$part")")-$(basename "$part")"
   [ -e "$marker" ] && continue
-  [ "$files" -ge "$MAX_FILES" ] && { echo "more parts wait for the next poll"; break; }
+  room "$(du -k "$part" | cut -f1)" || { echo "more parts wait for the next poll"; break; }
   cp "$part" "$OUT/$(basename "$(dirname "$part")")-$(basename "$part")" && touch "$marker"
   files=$((files + 1))
 done
@@ -63,8 +69,8 @@ for state in "$RUNS"/*/checkpoint/state.json; do
   cp "$run_dir/log.jsonl" "$STAGE/$run/" 2> /dev/null
   tar cf - -C "$STAGE" "$run" | split -b "$PART" - "$STAGE/$run.ckpt.tar.part-"
   parts=("$STAGE/$run.ckpt.tar.part-"*)
-  if [ $((files + ${#parts[@]})) -gt "$MAX_FILES" ]; then
-    echo "$run: $generation needs ${#parts[@]} files, $((MAX_FILES - files)) left in this call; next poll"
+  if ! room $(du -k "${parts[@]}" | cut -f1); then
+    echo "$run: $generation needs ${#parts[@]} files, more than this call has room for; next poll"
     continue
   fi
   mv "${parts[@]}" "$OUT/" && echo "$generation" > "$SENT/$run.ckpt"
