@@ -26,6 +26,7 @@ from comprexit_rag.methods.comi import (
     near_equal_sizes,
     num_groups,
 )
+from comprexit_rag.methods.segments import split_into_segments
 from comprexit_rag.soft_context import SoftContext
 from comprexit_rag.testing import tiny_llama
 from comprexit_rag.training.encoders import COMIContextEncoder
@@ -415,6 +416,26 @@ def test_context_encoder_concatenates_passages_and_trains_the_projector(backbone
     compressor = COMICompressor(backbone, merger)
     expected = compressor.compress([PASSAGE, "Gustave Eiffel was a French civil engineer."], query=QUESTION)
     assert torch.allclose(outputs[0].detach(), expected.embeddings(), atol=1e-5)
+
+
+def test_context_encoder_reads_a_batch_in_passes_of_many_pairs_with_the_same_slots(backbone, monkeypatch):
+    torch.manual_seed(0)
+    merger = COMIMerger.for_backbone(backbone, layer=1, segment_length=32)
+    passages = backbone.tokenize([PASSAGE, "Gustave Eiffel was a French civil engineer.", "Paris is in France."])
+    batch = [TrainExample(passage_ids=passages, question=QUESTION, target_ids=[1]) for _ in range(6)]
+    passes = []
+    reader = backbone.hidden_states
+    monkeypatch.setattr(backbone, "hidden_states", lambda ids, mask: passes.append(len(ids)) or reader(ids, mask))
+    wide = COMIContextEncoder(backbone, merger)
+    assert wide.batch_size == (1 << 16) // 32  # as many tokens a pass as the slot heads' training passes
+    outputs = wide.encode(batch, ratio=4)
+    pairs = sum(len(split_into_segments(example.passage_ids, 32)) for example in batch)
+    assert passes == [pairs]  # one pass for the whole batch
+    passes.clear()
+    narrow = COMIContextEncoder(backbone, merger, batch_size=1).encode(batch, ratio=4)
+    assert passes == [1] * pairs
+    for got, expected in zip(outputs, narrow, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

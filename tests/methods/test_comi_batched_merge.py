@@ -33,7 +33,8 @@ def has_rounding_ties(row_states: torch.Tensor, query: torch.Tensor, ratio: int)
     count = row_states.shape[0]
     if count == 0:
         return False
-    mig = group_mig(row_states, query, near_equal_sizes(count, num_groups(count, ratio))).sort().values
+    sizes = near_equal_sizes(count, num_groups(count, ratio), device=row_states.device)
+    mig = group_mig(row_states, query, sizes).sort().values
     return bool(((mig[1:] - mig[:-1]) < 1e-6).any())
 
 
