@@ -39,10 +39,6 @@ def kind(answer: str) -> str:
     return "other"
 
 
-def best_f1(prediction: str, answers: list[str]) -> float:
-    return max(f1_score(prediction, answer) for answer in answers)
-
-
 def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -59,7 +55,8 @@ def main() -> None:
         raise SystemExit("The two files hold different questions (or another order); run both with the same --limit.")
     lost, won, both_wrong = [], 0, 0
     for compressed, raw in zip(slots, text, strict=True):
-        slot_f1, text_f1 = best_f1(compressed["prediction"], raw["answers"]), best_f1(raw["prediction"], raw["answers"])
+        slot_f1 = f1_score(compressed["prediction"], raw["answers"])
+        text_f1 = f1_score(raw["prediction"], raw["answers"])
         if slot_f1 < ANSWERED <= text_f1:
             gold_kind = kind(raw["answers"][0])
             said = kind(compressed["prediction"])
@@ -80,8 +77,8 @@ def main() -> None:
     same_kind = sum(row["same_kind_wrong_value"] for row in lost)
     report = {
         "questions": len(slots),
-        "slots_f1": round(100 * sum(best_f1(r["prediction"], r["answers"]) for r in slots) / len(slots), 1),
-        "text_f1": round(100 * sum(best_f1(r["prediction"], r["answers"]) for r in text) / len(text), 1),
+        "slots_f1": round(100 * sum(f1_score(r["prediction"], r["answers"]) for r in slots) / len(slots), 1),
+        "text_f1": round(100 * sum(f1_score(r["prediction"], r["answers"]) for r in text) / len(text), 1),
         "text_answers_slots_do_not": len(lost),
         "of_which_same_kind_wrong_value": same_kind,
         "by_answer_kind": {k: sum(row["answer_kind"] == k for row in lost) for k in ("number", "name", "other")},

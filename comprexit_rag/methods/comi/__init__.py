@@ -8,6 +8,7 @@ from .merge import (
     group_mig,
     merge_weights,
     mig_merge,
+    mig_merge_batch,
     near_equal_sizes,
     num_groups,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "iter_query_batches",
     "merge_weights",
     "mig_merge",
+    "mig_merge_batch",
     "near_equal_sizes",
     "num_groups",
     "query_vectors",
