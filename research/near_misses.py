@@ -6,7 +6,10 @@ answers (F1 >= 0.5) and the first does not by what the first said instead:
 
 * **same kind, wrong value**: a number or date for a numeric answer (``1981`` for ``1982``), or a name
   (capitalised words) for a name: the slots kept what sort of thing the passage says, not which one;
-* **other**: a different kind of answer, an empty one, or a paraphrase the metric misses.
+* **other**: a different kind of answer, an empty one, or a paraphrase the metric misses;
+
+and by whether what the first said occurs in the question's passages (the dev split of ``--family``):
+if it does, the reader read the passage and took the wrong span of it; if not, it made the value up.
 
     comprexit-rag eval --data ../shared/data/nq/nq_open_oracle_2155.jsonl.gz --format nq-open \\
         --method comprexit --limit 100 --predictions /tmp/slots.jsonl
@@ -23,7 +26,8 @@ import json
 import re
 from pathlib import Path
 
-from comprexit_rag.evaluation.metrics import f1_score
+from comprexit_rag.data import load_split
+from comprexit_rag.evaluation.metrics import f1_score, normalize_answer
 
 ANSWERED = 0.5
 NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million)\b", re.I)
@@ -47,8 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slots", type=Path, required=True, help="predictions of the compressed run")
     parser.add_argument("--text", type=Path, required=True, help="predictions of the raw-text run, same questions")
+    parser.add_argument("--family", default="nq", help="the dev split the predictions read (default: nq)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    passages = {
+        example.question: normalize_answer(" ".join(passage.formatted() for passage in example.passages))
+        for example in load_split(args.family, "dev")
+    }
 
     slots, text = read(args.slots), read(args.text)
     if [row["id"] for row in slots] != [row["id"] for row in text]:
@@ -68,6 +77,7 @@ def main() -> None:
                     "text": raw["prediction"],
                     "answer_kind": gold_kind,
                     "same_kind_wrong_value": gold_kind != "other" and said == gold_kind,
+                    "slots_answer_in_passage": normalize_answer(compressed["prediction"]) in passages[raw["question"]],
                 }
             )
         elif text_f1 < ANSWERED <= slot_f1:
@@ -81,6 +91,7 @@ def main() -> None:
         "text_f1": round(100 * sum(f1_score(r["prediction"], r["answers"]) for r in text) / len(text), 1),
         "text_answers_slots_do_not": len(lost),
         "of_which_same_kind_wrong_value": same_kind,
+        "of_which_slots_answer_in_passage": sum(row["slots_answer_in_passage"] for row in lost),
         "by_answer_kind": {k: sum(row["answer_kind"] == k for row in lost) for k in ("number", "name", "other")},
         "slots_answer_text_does_not": won,
         "neither_answers": both_wrong,
