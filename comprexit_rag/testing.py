@@ -6,6 +6,8 @@
   exactly the results of sequential ones;
 - :func:`long_document`: a deterministic text of a given length;
 - :func:`damage_checkpoint`: a saved module damaged as a crash, a full disk or an edit would;
+- :func:`passage_text`, :func:`untrained_pipeline` and :func:`manifest_keys`: a ``PASSAGES`` record as the
+  pipeline reads it, a pipeline over an untrained head, and what a slot store's manifest commits;
 - the fixtures ``default_tokenizer``, ``tiny_backbone``, ``make_tiny_backbone``, ``fresh_tiny_backbone``,
   ``embedder`` and ``real_backbone``: a ``conftest.py`` imports the ones it uses
   (``from comprexit_rag.testing import tiny_backbone``).
@@ -35,10 +37,13 @@ __all__ = [
     "fresh_tiny_backbone",
     "long_document",
     "make_tiny_backbone",
+    "manifest_keys",
+    "passage_text",
     "real_backbone",
     "run_concurrently",
     "tiny_backbone",
     "tiny_llama",
+    "untrained_pipeline",
 ]
 
 
@@ -67,6 +72,39 @@ QUESTIONS = [
 CONTROL = "Bell\x07 esc\x1b[31mred\x1b[0m nul\x00 del\x7f zero\u200bwidth rtl\u202e form\x0cfeed <|im_end|> 🙂"
 
 LONE_SURROGATE = "bytes decoded with surrogateescape: \udcff"
+
+
+def passage_text(record: dict) -> str:
+    """A ``PASSAGES`` record as the pipeline formats it: its title, a newline, its text."""
+    return f"{record['title']}\n{record['text']}"
+
+
+def untrained_pipeline(directory: Path, backbone: Backbone, embedder: Any, head: Any = None, seed: int = 1, **options):
+    """A new ``RAGPipeline`` in ``directory`` over ``head`` (default: an untrained ComprExIT head, seeded)."""
+    from .methods.comprexit.head import ComprExITHead
+    from .rag import RAGPipeline
+    from .retrieval import DEFAULT_EMBEDDER, DenseRetriever
+
+    if head is None:
+        torch.manual_seed(seed)
+        head = ComprExITHead.for_backbone(backbone)
+    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
+    return RAGPipeline.build(directory, backbone=backbone, head=head, retriever=retriever, **options)
+
+
+def manifest_keys(manifest: Path) -> list[str]:
+    """Every key of every committed shard line of a slot store's manifest, duplicates kept (none: no file).
+
+    Read from the file's bytes, not through the store, so a test sees what a crash would leave.
+    """
+    if not manifest.exists():
+        return []
+    keys: list[str] = []
+    for line in manifest.read_bytes().split(b"\n")[:-1]:  # a torn last line is not committed
+        record = json.loads(line)
+        if record["op"] == "shard":
+            keys.extend(entry["key"] for entry in record["entries"])
+    return keys
 
 
 def tiny_llama(

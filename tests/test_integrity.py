@@ -38,6 +38,7 @@ from comprexit_rag.rag.directory import PIPELINE_FILE
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.scale.vllm_inputs import decode_prompt_embeds
 from comprexit_rag.slots import SlotStore
+from comprexit_rag.testing import untrained_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,11 +71,6 @@ def head(tiny_backbone) -> ComprExITHead:
     return ComprExITHead.for_backbone(tiny_backbone)
 
 
-def build(directory: Path, backbone: Backbone, embedder, head: ComprExITHead) -> RAGPipeline:
-    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
-    return RAGPipeline.build(directory, backbone=backbone, head=head, retriever=retriever)
-
-
 def load(directory: Path, backbone: Backbone, embedder) -> RAGPipeline:
     return RAGPipeline.load(directory, backbone=backbone, embedder=embedder)
 
@@ -93,7 +89,7 @@ def other_weights(backbone: Backbone, seed: int) -> Backbone:
 
 def test_two_pipeline_objects_on_one_directory_keep_each_others_passages(tmp_path, tiny_backbone, embedder, head):
     directory = tmp_path / "rag"
-    build(directory, tiny_backbone, embedder, head)
+    untrained_pipeline(directory, tiny_backbone, embedder, head=head)
     first, second = load(directory, tiny_backbone, embedder), load(directory, tiny_backbone, embedder)
     first.index(FIRST)
     second.index(SECOND)  # a web app's pipeline, loaded before `first` indexed
@@ -115,7 +111,7 @@ def test_a_build_racing_another_writer_loads_that_pipeline_instead_of_wiping_it(
         # While this `open` loads its models, another process builds the directory and indexes.
         loads.append(backbone)
         if len(loads) == 1:
-            build(directory, tiny_backbone, embedder, head).index(FIRST)
+            untrained_pipeline(directory, tiny_backbone, embedder, head=head).index(FIRST)
         return tiny_backbone
 
     monkeypatch.setattr(pipeline_module, "load_backbone", slow_backbone_load)
@@ -136,12 +132,12 @@ def test_a_racing_build_leaves_the_other_pipeline_and_its_head_untouched(
 
     def slow_backbone_load(backbone, recorded, device):
         monkeypatch.setattr(pipeline_module, "load_backbone", real_load)
-        build(directory, tiny_backbone, embedder, head).index(FIRST)  # the other process, meanwhile
+        untrained_pipeline(directory, tiny_backbone, embedder, head=head).index(FIRST)  # the other process, meanwhile
         return tiny_backbone
 
     monkeypatch.setattr(pipeline_module, "load_backbone", slow_backbone_load)
     with pytest.raises(InvalidInputError, match="was built by another process meanwhile"):
-        build(directory, tiny_backbone, embedder, other_head)
+        untrained_pipeline(directory, tiny_backbone, embedder, head=other_head)
     reopened = load(directory, tiny_backbone, embedder)
     assert reopened.compressor.fingerprint == ComprExITCompressor(tiny_backbone, head).fingerprint  # not other_head
     assert reopened.ask("Who discovered penicillin?", k=3, max_new_tokens=2).stats.store_misses == 0
@@ -220,7 +216,7 @@ CHUNKED = [  # a corpus that numbers chunks per document
 
 
 def test_an_id_repeated_with_other_text_is_refused_and_nothing_is_indexed(tmp_path, tiny_backbone, embedder, head):
-    pipeline = build(tmp_path / "rag", tiny_backbone, embedder, head)
+    pipeline = untrained_pipeline(tmp_path / "rag", tiny_backbone, embedder, head=head)
     with pytest.raises(InvalidInputError, match=r"Passages 0 and 2 share the id '0'.*Doc A.*Doc B"):
         pipeline.index(CHUNKED)
     assert len(pipeline) == 0 and len(pipeline.store) == 0
@@ -258,7 +254,7 @@ def rot(path: Path, offset: int, data: bytes) -> None:
 def test_bit_rot_in_a_shard_is_an_error_and_index_verify_repairs_it(
     tmp_path, tiny_backbone, embedder, head, monkeypatch, where
 ):
-    pipeline = build(tmp_path / "rag", tiny_backbone, embedder, head)
+    pipeline = untrained_pipeline(tmp_path / "rag", tiny_backbone, embedder, head=head)
     pipeline.index(FIRST)
     monkeypatch.setattr(store_checks, "_VERIFIED_SHARDS", set(), raising=False)  # as in a new process
     expected = pipeline.ask("Who discovered penicillin?", k=3, max_new_tokens=4).answer
@@ -300,7 +296,7 @@ def test_a_backbone_with_other_weights_is_refused(tmp_path, tiny_backbone, embed
     assert impostor.fingerprint.digest != tiny_backbone.fingerprint.digest
     with pytest.raises(BackboneMismatchError, match="weights"):
         ComprExITCompressor(impostor, head)
-    build(tmp_path / "rag", tiny_backbone, embedder, head).index(FIRST)
+    untrained_pipeline(tmp_path / "rag", tiny_backbone, embedder, head=head).index(FIRST)
     with pytest.raises(BackboneMismatchError, match="was built with backbone"):
         load(tmp_path / "rag", impostor, embedder)
 
@@ -322,7 +318,7 @@ def test_checkpoints_and_pipelines_saved_before_the_weights_hash_still_load(tmp_
     assert old_head.fingerprint.weights_sha256 is None
     ComprExITCompressor(tiny_backbone, old_head)  # accepted: compared on the fields it records
 
-    build(tmp_path / "rag", tiny_backbone, embedder, head).index(FIRST)
+    untrained_pipeline(tmp_path / "rag", tiny_backbone, embedder, head=head).index(FIRST)
     record_path = tmp_path / "rag" / PIPELINE_FILE
     record = json.loads(record_path.read_text())
     record["backbone_fingerprint"] = tiny_backbone.fingerprint.layout_digest  # as written before
@@ -408,7 +404,7 @@ def test_a_config_json_that_is_not_an_object_is_a_checkpoint_error(tmp_path, hea
 
 
 def test_a_pipeline_json_that_is_not_an_object_is_a_checkpoint_error(tmp_path, tiny_backbone, embedder, head):
-    build(tmp_path / "rag", tiny_backbone, embedder, head)
+    untrained_pipeline(tmp_path / "rag", tiny_backbone, embedder, head=head)
     (tmp_path / "rag" / PIPELINE_FILE).write_text("[]")
     with pytest.raises(CheckpointError, match="holds a JSON list"):
         load(tmp_path / "rag", tiny_backbone, embedder)

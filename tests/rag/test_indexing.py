@@ -12,7 +12,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import errno
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,13 +25,8 @@ from comprexit_rag import (
 )
 from comprexit_rag.errors import StorageError
 from comprexit_rag.rag import RAGPipeline
-from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
-from comprexit_rag.slots import SlotStore, content_key
-from comprexit_rag.testing import PASSAGES
-
-
-def formatted(record: dict) -> str:
-    return f"{record['title']}\n{record['text']}"
+from comprexit_rag.slots import content_key
+from comprexit_rag.testing import PASSAGES, manifest_keys, passage_text, untrained_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -41,33 +35,9 @@ def compressor(tiny_backbone: Backbone) -> ComprExITCompressor:
     return ComprExITCompressor(tiny_backbone, ComprExITHead.for_backbone(tiny_backbone))
 
 
-def build(directory: Path, backbone: Backbone, embedder, seed: int = 1) -> RAGPipeline:
-    torch.manual_seed(seed)
-    head = ComprExITHead.for_backbone(backbone)
-    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
-    return RAGPipeline.build(directory, backbone=backbone, head=head, retriever=retriever)
-
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory, tiny_backbone, embedder) -> RAGPipeline:
-    pipeline = build(tmp_path_factory.mktemp("hardening") / "rag", tiny_backbone, embedder)
-    pipeline.index(PASSAGES, batch_size=4)
-    return pipeline
-
-
-def manifest_keys(store: SlotStore) -> list[str]:
-    keys = []
-    if store.manifest_path.exists():
-        for line in store.manifest_path.read_bytes().split(b"\n")[:-1]:
-            record = json.loads(line)
-            if record["op"] == "shard":
-                keys.extend(entry["key"] for entry in record["entries"])
-    return keys
-
-
 def test_store_checks_itself_on_open_and_index_repairs_after_a_crash(tmp_path, tiny_backbone, embedder, caplog):
     directory = tmp_path / "rag"
-    pipeline = build(directory, tiny_backbone, embedder)
+    pipeline = untrained_pipeline(directory, tiny_backbone, embedder)
     pipeline.index(PASSAGES, batch_size=2, chunk_size=2)  # four shards
     store = pipeline.store
     first = json.loads(store.manifest_path.read_bytes().split(b"\n")[0])
@@ -85,7 +55,7 @@ def test_store_checks_itself_on_open_and_index_repairs_after_a_crash(tmp_path, t
         problems = reopened.store.open_problems
     assert len(problems) == 1 and victim.name in problems[0] and "truncated" in problems[0]
     assert "found on open" in caplog.text and "comprexit-rag index" in caplog.text
-    by_key = {content_key(formatted(r)): r for r in PASSAGES}
+    by_key = {content_key(passage_text(r)): r for r in PASSAGES}
     with pytest.raises(CheckpointError, match="comprexit-rag index"):
         reopened.store.get_many(lost)
 
@@ -95,11 +65,11 @@ def test_store_checks_itself_on_open_and_index_repairs_after_a_crash(tmp_path, t
     assert not victim.exists() and not list(reopened.store.path.glob("*deadbeef*"))
     assert not list(reopened.store.path.glob(".*.tmp"))
     assert reopened.store.manifest_path.read_bytes().endswith(b"\n")
-    keys = [key for key in manifest_keys(reopened.store)]
+    keys = [key for key in manifest_keys(reopened.store.manifest_path)]
     assert sorted(set(keys)) == sorted(by_key) and len(keys) == len(by_key) + len(lost)  # lost keys re-put once
-    clean = reopened.compressor.compress(list(map(formatted, PASSAGES)), ratio=reopened.ratio)
+    clean = reopened.compressor.compress(list(map(passage_text, PASSAGES)), ratio=reopened.ratio)
     for record, slots in zip(PASSAGES, clean.passages(), strict=True):
-        stored = reopened.store.get(content_key(formatted(record)))
+        stored = reopened.store.get(content_key(passage_text(record)))
         torch.testing.assert_close(stored, slots, atol=2e-3, rtol=2e-3)  # fp16 on disk; batching moves last bits
     again = RAGPipeline.load(directory, backbone=tiny_backbone, embedder=embedder)
     assert again.store.open_problems == [] and again.index(PASSAGES).compressed == 0
@@ -107,7 +77,7 @@ def test_store_checks_itself_on_open_and_index_repairs_after_a_crash(tmp_path, t
 
 def test_disk_full_while_indexing_keeps_committed_slots_and_resumes(tmp_path, tiny_backbone, embedder, monkeypatch):
     directory = tmp_path / "rag"
-    pipeline = build(directory, tiny_backbone, embedder)
+    pipeline = untrained_pipeline(directory, tiny_backbone, embedder)
     real_pwrite = os.pwrite
     calls = [0]
 
@@ -130,8 +100,8 @@ def test_disk_full_while_indexing_keeps_committed_slots_and_resumes(tmp_path, ti
     resumed = RAGPipeline.load(directory, backbone=tiny_backbone, embedder=embedder)
     report = resumed.index(PASSAGES, batch_size=2, chunk_size=3)
     assert (report.added, report.compressed, report.stored) == (0, len(PASSAGES) - 3, len(PASSAGES))
-    keys = manifest_keys(resumed.store)
-    assert sorted(keys) == sorted(content_key(formatted(r)) for r in PASSAGES)  # nothing lost, nothing twice
+    keys = manifest_keys(resumed.store.manifest_path)
+    assert sorted(keys) == sorted(content_key(passage_text(r)) for r in PASSAGES)  # nothing lost, nothing twice
     assert resumed.store.verify() == []
 
 

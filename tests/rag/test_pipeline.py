@@ -20,7 +20,6 @@ import torch
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.errors import (
     BackboneMismatchError,
-    DefaultModelUnavailableError,
     InvalidInputError,
     RatioMismatchError,
 )
@@ -31,26 +30,10 @@ from comprexit_rag.rag.results import Answer
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
 from comprexit_rag.slots import content_key
-from comprexit_rag.testing import PASSAGES, tiny_llama
+from comprexit_rag.testing import PASSAGES, manifest_keys, passage_text, tiny_llama, untrained_pipeline
 
 
-def formatted(record: dict) -> str:
-    return f"{record['title']}\n{record['text']}"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from comprexit_rag.default_model import default_backbone_dir
-
-    try:
-        return AutoTokenizer.from_pretrained(default_backbone_dir())
-    except DefaultModelUnavailableError as error:
-        pytest.skip(f"default tokenizer unavailable: {error}")
-
-
-def tiny_backbone(tokenizer, seed: int = 0, layers: int = 2) -> Backbone:
+def nameless_llama(tokenizer, seed: int = 0, layers: int = 2) -> Backbone:
     """A tiny random Llama with no name: a pipeline built over it records no backbone to reload."""
     return tiny_llama(tokenizer, seed=seed, layers=layers, max_positions=2048, name="")
 
@@ -61,48 +44,17 @@ def fresh_head(backbone: Backbone, seed: int) -> ComprExITHead:
 
 
 @pytest.fixture(scope="module")
-def backbone(tokenizer) -> Backbone:
-    return tiny_backbone(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    from sentence_transformers import SentenceTransformer
-
-    from comprexit_rag.retrieval import default_embedder_path
-
-    try:
-        return SentenceTransformer(str(default_embedder_path()), device="cpu")
-    except DefaultModelUnavailableError as error:
-        pytest.skip(f"default embedder unavailable: {error}")
-
-
-def build(directory, backbone, embedder, head=None, **kwargs) -> RAGPipeline:
-    head = head if head is not None else fresh_head(backbone, seed=1)
-    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
-    return RAGPipeline.build(directory, backbone=backbone, head=head, retriever=retriever, **kwargs)
+def backbone(default_tokenizer) -> Backbone:
+    return nameless_llama(default_tokenizer)
 
 
 def load(directory, backbone, embedder, **kwargs) -> RAGPipeline:
     return RAGPipeline.load(directory, backbone=backbone, embedder=embedder, **kwargs)
 
 
-def manifest_keys(pipeline: RAGPipeline) -> list[str]:
-    """Every key of every committed shard line of the current store (duplicates kept)."""
-    path = pipeline.store.manifest_path
-    if not path.exists():
-        return []
-    keys = []
-    for line in path.read_bytes().split(b"\n")[:-1]:
-        record = json.loads(line)
-        if record["op"] == "shard":
-            keys.extend(entry["key"] for entry in record["entries"])
-    return keys
-
-
 @pytest.fixture
 def indexed(tmp_path, backbone, embedder) -> RAGPipeline:
-    pipeline = build(tmp_path / "rag", backbone, embedder)
+    pipeline = untrained_pipeline(tmp_path / "rag", backbone, embedder)
     pipeline.index(PASSAGES, batch_size=4)
     return pipeline
 
@@ -126,7 +78,7 @@ def test_ask_returns_sources_timings_and_stats(indexed):
     assert answer.timings["total"] == pytest.approx(parts)
 
     by_id = {record["id"]: record for record in PASSAGES}
-    token_counts = [len(ids) for ids in indexed.backbone.tokenize([formatted(by_id[s.id]) for s in answer.sources])]
+    token_counts = [len(ids) for ids in indexed.backbone.tokenize([passage_text(by_id[s.id]) for s in answer.sources])]
     config = indexed.compressor.config
     assert answer.stats.context_tokens == sum(token_counts)
     assert answer.stats.slots == sum(config.slots_for(n, indexed.ratio) for n in token_counts)
@@ -157,17 +109,17 @@ def test_methods_share_retriever_reader_and_k(indexed, backbone, embedder):
     assert len(indexed.store) == len(PASSAGES)
 
 
-def test_comi_slots_are_read_through_the_adapter_its_merger_was_trained_with(tmp_path, tokenizer, embedder):
+def test_comi_slots_are_read_through_the_adapter_its_merger_was_trained_with(tmp_path, default_tokenizer, embedder):
     from comprexit_rag.methods.comi import COMIMerger
     from comprexit_rag.rag.answering import reader_for
     from comprexit_rag.reading.adapter import ReaderAdapter, ReaderAdapterConfig
     from comprexit_rag.training.trainer import save_module_and_adapter
 
-    backbone = tiny_backbone(tokenizer)  # its own: the merger's adapter attaches to it
+    backbone = nameless_llama(default_tokenizer)  # its own: the merger's adapter attaches to it
     merger_dir = tmp_path / "comi"
-    adapter = ReaderAdapter.create(tiny_backbone(tokenizer), ReaderAdapterConfig(rank=2))
+    adapter = ReaderAdapter.create(nameless_llama(default_tokenizer), ReaderAdapterConfig(rank=2))
     save_module_and_adapter(merger_dir, COMIMerger.for_backbone(backbone), adapter)
-    pipeline = build(tmp_path / "rag", backbone, embedder, comi_merger=merger_dir)
+    pipeline = untrained_pipeline(tmp_path / "rag", backbone, embedder, comi_merger=merger_dir)
     pipeline.index(PASSAGES, batch_size=4)
 
     answer = pipeline.ask("Where was Beethoven born?", method="comi", k=2, max_new_tokens=3)
@@ -184,7 +136,7 @@ def test_k_larger_than_the_corpus_returns_every_passage(indexed):
         answer = indexed.ask("Tell me everything.", method=method, k=100, max_new_tokens=2)
         assert sorted(source.id for source in answer.sources) == sorted(record["id"] for record in PASSAGES)
     assert answer.stats.context_tokens == sum(
-        len(ids) for ids in indexed.backbone.tokenize([formatted(r) for r in PASSAGES])
+        len(ids) for ids in indexed.backbone.tokenize([passage_text(r) for r in PASSAGES])
     )
 
 
@@ -209,18 +161,18 @@ def test_save_load_round_trip(indexed, backbone, embedder):
     assert json.loads((indexed.directory / PIPELINE_FILE).read_text()) == record  # nothing changed
 
     with pytest.raises(InvalidInputError, match="already holds a pipeline"):
-        build(indexed.directory, backbone, embedder)
+        untrained_pipeline(indexed.directory, backbone, embedder)
     with pytest.raises(InvalidInputError, match="pass the same backbone"):
         RAGPipeline.load(indexed.directory, embedder=embedder)
     with pytest.raises(InvalidInputError, match="ratio"):
         load(indexed.directory, backbone, embedder, ratio=0)
     with pytest.raises(BackboneMismatchError):
-        load(indexed.directory, tiny_backbone(backbone.tokenizer, layers=3), embedder)
+        load(indexed.directory, nameless_llama(backbone.tokenizer, layers=3), embedder)
 
 
 def test_interrupted_indexing_resumes_without_loss_or_duplicates(tmp_path, backbone, embedder, monkeypatch):
     directory = tmp_path / "rag"
-    pipeline = build(directory, backbone, embedder)
+    pipeline = untrained_pipeline(directory, backbone, embedder)
     real_compress = pipeline.compressor.compress
     calls = []
 
@@ -245,14 +197,14 @@ def test_interrupted_indexing_resumes_without_loss_or_duplicates(tmp_path, backb
 
     assert (report.added, report.compressed, report.stored) == (0, 3, len(PASSAGES))
     assert sum(len(texts) for texts in seen) == 3  # only what was missing
-    expected = [content_key(formatted(record)) for record in PASSAGES]
-    keys = manifest_keys(resumed)
+    expected = [content_key(passage_text(record)) for record in PASSAGES]
+    keys = manifest_keys(resumed.store.manifest_path)
     assert sorted(keys) == sorted(expected)  # nothing lost, nothing stored twice
     assert resumed.retriever.ids == [record["id"] for record in PASSAGES]
     assert resumed.store.verify() == []
     # The resumed slots are what one uninterrupted pass computes. Batching differently can move the
     # last float32 bits (chunked matmuls), which may flip one fp16 rounding step of the stored value.
-    clean = real_compress([formatted(record) for record in PASSAGES], ratio=resumed.ratio)
+    clean = real_compress([passage_text(record) for record in PASSAGES], ratio=resumed.ratio)
     for key, slots in zip(expected, clean.passages(), strict=True):
         torch.testing.assert_close(resumed.store.get(key), slots.half().float(), rtol=1e-3, atol=1e-4)
 
@@ -265,8 +217,8 @@ def test_a_new_head_never_serves_stale_slots(indexed, backbone, embedder):
 
     answer = other.ask("Who created Python?", k=3, max_new_tokens=2)
     assert (answer.stats.store_hits, answer.stats.store_misses) == (0, 3)  # recomputed, not served
-    key = content_key(formatted(PASSAGES[-1]))
-    fresh = other.compressor.compress([formatted(PASSAGES[-1])]).passage(0)
+    key = content_key(passage_text(PASSAGES[-1]))
+    fresh = other.compressor.compress([passage_text(PASSAGES[-1])]).passage(0)
     torch.testing.assert_close(other.store.get(key), fresh.half().float())
     assert not torch.allclose(indexed.store.get(key), other.store.get(key), atol=1e-2)
 
@@ -287,7 +239,7 @@ def test_each_ratio_has_its_own_slots(indexed):
 
 
 def test_index_inputs(tmp_path, backbone, embedder):
-    pipeline = build(tmp_path / "rag", backbone, embedder)
+    pipeline = untrained_pipeline(tmp_path / "rag", backbone, embedder)
     report = pipeline.index(["Plain text passage one.", "Plain text passage one.", {"text": "A dict without title."}])
     assert (report.passages, report.added, report.compressed) == (2, 2, 2)
     assert pipeline.retriever.ids == [content_key("Plain text passage one."), content_key("A dict without title.")]
@@ -301,7 +253,7 @@ def test_index_inputs(tmp_path, backbone, embedder):
         pipeline.ask("question?", method="magic")
     with pytest.raises(InvalidInputError, match="k must be"):
         pipeline.ask("question?", k=0)
-    empty = build(tmp_path / "empty", backbone, embedder)
+    empty = untrained_pipeline(tmp_path / "empty", backbone, embedder)
     with pytest.raises(InvalidInputError, match="no passages"):
         empty.ask("question?")
     answers = pipeline.ask_many(["first?", "second?"], k=1, max_new_tokens=1)
@@ -342,7 +294,7 @@ def test_closed_book_reads_no_passages_through_the_same_reader(indexed, tmp_path
     assert answer.timings["retrieve"] < 0.01
     assert answer.answer == expected
     # It needs no index, unlike every method that reads passages.
-    empty = build(tmp_path / "empty", backbone, embedder)
+    empty = untrained_pipeline(tmp_path / "empty", backbone, embedder)
     assert isinstance(empty.ask("Who discovered penicillin?", method="closed-book", max_new_tokens=2).answer, str)
     with pytest.raises(InvalidInputError, match="no passages"):
         empty.ask("Who discovered penicillin?", method="full")
@@ -385,7 +337,7 @@ def test_default_backbone_end_to_end(tmp_path):
     # The frozen reader answers from raw text: a sanity check of the prompt and reading path.
     assert "fleming" in pipeline.ask("Who discovered penicillin?", method="full", k=1).answer.lower()
     assert answers["comprexit"].stats.store_hits == 2
-    by_id = {record["id"]: formatted(record) for record in PASSAGES}
+    by_id = {record["id"]: passage_text(record) for record in PASSAGES}
     counts = [len(ids) for ids in pipeline.backbone.tokenize([by_id[s.id] for s in answers["comprexit"].sources])]
     assert answers["comprexit"].stats.slots == sum(math.ceil(n / pipeline.ratio) for n in counts)
     reloaded = RAGPipeline.load(tmp_path / "rag")

@@ -7,11 +7,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import dataclasses
-import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from comprexit_rag import (
     Backbone,
@@ -23,38 +20,12 @@ from comprexit_rag import (
 )
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.rag.directory import PIPELINE_FILE
-from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
-from comprexit_rag.slots import SlotStore
-from comprexit_rag.testing import CONTROL, LONE_SURROGATE, PASSAGES, QUESTIONS, run_concurrently
+from comprexit_rag.testing import CONTROL, LONE_SURROGATE, PASSAGES, QUESTIONS, manifest_keys, run_concurrently
 
 
 @pytest.fixture(scope="module")
 def reader(tiny_backbone: Backbone) -> Reader:
     return Reader(tiny_backbone, max_new_tokens=4)
-
-
-def build(directory: Path, backbone: Backbone, embedder, seed: int = 1) -> RAGPipeline:
-    torch.manual_seed(seed)
-    head = ComprExITHead.for_backbone(backbone)
-    retriever = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
-    return RAGPipeline.build(directory, backbone=backbone, head=head, retriever=retriever)
-
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory, tiny_backbone, embedder) -> RAGPipeline:
-    pipeline = build(tmp_path_factory.mktemp("hardening") / "rag", tiny_backbone, embedder)
-    pipeline.index(PASSAGES, batch_size=4)
-    return pipeline
-
-
-def manifest_keys(store: SlotStore) -> list[str]:
-    keys = []
-    if store.manifest_path.exists():
-        for line in store.manifest_path.read_bytes().split(b"\n")[:-1]:
-            record = json.loads(line)
-            if record["op"] == "shard":
-                keys.extend(entry["key"] for entry in record["entries"])
-    return keys
 
 
 def test_head_for_another_backbone_is_refused_by_the_pipeline(tmp_path, tiny_backbone, indexed, embedder):
@@ -135,7 +106,7 @@ def test_pipeline_ask_from_8_threads_equals_sequential(indexed):
     results = run_concurrently(jobs + fresh, ask)
     assert [(a.answer, a.sources) for a in results[: len(jobs)]] == [(a.answer, a.sources) for a in expected]
     store = indexed.store_for(16)
-    keys = manifest_keys(store)
+    keys = manifest_keys(store.manifest_path)
     assert len(keys) == len(set(keys)) == len(store)  # concurrent misses stored each passage once
     assert store.verify() == []
     hits = [ask(job) for job in fresh]  # now served from the store: same answers as the misses

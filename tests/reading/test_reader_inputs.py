@@ -23,11 +23,15 @@ from comprexit_rag import (
 )
 from comprexit_rag.data import Passage
 from comprexit_rag.prompts import QAPrompt
-from comprexit_rag.testing import CONTROL, LONE_SURROGATE, PASSAGES, QUESTIONS, long_document, run_concurrently
-
-
-def formatted(record: dict) -> str:
-    return f"{record['title']}\n{record['text']}"
+from comprexit_rag.testing import (
+    CONTROL,
+    LONE_SURROGATE,
+    PASSAGES,
+    QUESTIONS,
+    long_document,
+    passage_text,
+    run_concurrently,
+)
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +148,10 @@ def test_reader_reads_control_characters_and_the_prompt_marker(reader, compresso
 
 
 def test_reader_generate_from_8_threads_equals_sequential(reader, compressor):
-    contexts = [compressor.compress([formatted(record)]) for record in PASSAGES[:4]] + [
-        formatted(PASSAGES[4]),
+    contexts = [compressor.compress([passage_text(record)]) for record in PASSAGES[:4]] + [
+        passage_text(PASSAGES[4]),
         None,
-        compressor.compress([formatted(PASSAGES[5])]).embeddings(),
+        compressor.compress([passage_text(PASSAGES[5])]).embeddings(),
         [CONTROL],
     ]
     jobs = list(zip(QUESTIONS, contexts, strict=True))
@@ -166,7 +170,7 @@ def test_reader_generate_from_8_threads_equals_sequential(reader, compressor):
 def test_real_smollm2_reader_threads_and_length_policy(real_backbone):
     """The real SmolLM2 (8192 positions): 8 threads answer as sequential calls do; too long is refused."""
     reader = Reader(real_backbone, max_new_tokens=8)
-    by_id = {record["id"]: formatted(record) for record in PASSAGES}
+    by_id = {record["id"]: passage_text(record) for record in PASSAGES}
     sources = ["fleming", "bonn", "baikal", "apollo", "python", "eiffel", "curie", "baikal"]  # one per question
     jobs = [(question, by_id[source]) for question, source in zip(QUESTIONS, sources, strict=True)]
     expected = [reader.generate(question, context) for question, context in jobs]

@@ -18,17 +18,13 @@ from comprexit_rag import (
 )
 from comprexit_rag.errors import StorageError
 from comprexit_rag.retrieval import DEFAULT_EMBEDDER, DenseRetriever
-from comprexit_rag.testing import CONTROL, LONE_SURROGATE, PASSAGES, long_document
-
-
-def formatted(record: dict) -> str:
-    return f"{record['title']}\n{record['text']}"
+from comprexit_rag.testing import CONTROL, LONE_SURROGATE, PASSAGES, long_document, passage_text
 
 
 @pytest.fixture(scope="module")
 def retriever(embedder) -> DenseRetriever:
     built = DenseRetriever(embedder, embedder_name=DEFAULT_EMBEDDER)
-    built.add([formatted(record) for record in PASSAGES])
+    built.add([passage_text(record) for record in PASSAGES])
     return built
 
 

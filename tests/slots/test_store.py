@@ -19,6 +19,7 @@ import torch
 from comprexit_rag.errors import CheckpointError
 from comprexit_rag.slots import SlotStore, content_key
 from comprexit_rag.slots.store import fingerprint_dirname
+from comprexit_rag.testing import manifest_keys as committed_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = 16
@@ -45,14 +46,8 @@ def put(store: SlotStore, keys: list[str]) -> list[str]:
 
 
 def manifest_keys(store_dir: Path, fingerprint: str = FP) -> list[str]:
-    """Every key of every complete shard line of the manifest (duplicates kept)."""
-    manifest = store_dir / fingerprint_dirname(fingerprint) / "manifest.jsonl"
-    keys: list[str] = []
-    for line in manifest.read_bytes().split(b"\n")[:-1]:
-        record = json.loads(line)
-        if record["op"] == "shard":
-            keys.extend(entry["key"] for entry in record["entries"])
-    return keys
+    """Every key the manifest of ``fingerprint``'s store commits (duplicates kept)."""
+    return committed_keys(store_dir / fingerprint_dirname(fingerprint) / "manifest.jsonl")
 
 
 def files_of(store_dir: Path, fingerprint: str = FP) -> dict[str, bytes]:
