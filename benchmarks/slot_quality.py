@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.commands.evaluate import load_examples, load_reader_adapter
@@ -51,11 +50,10 @@ from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
+from comprexit_rag.evaluation.reconstruction import reconstruction_scores
 from comprexit_rag.methods import MethodSpec, get_method, method_names
-from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Context, Reader
 from comprexit_rag.training.data import tokenize_passages
-from comprexit_rag.training.teacher_forcing import target_logits
 
 WINDOW = 128
 # Slot methods (stored or query-aware), the trained methods that give the reader text through their own adapter,
@@ -106,25 +104,12 @@ def reconstruction(method: EvalMethod, reader: Reader, count: int, ratio: int) -
     return result
 
 
-@torch.no_grad()
 def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context]) -> tuple[float, float]:
     """Teacher-forced nats per token and token accuracy of regenerating each window from its context."""
-    stop = answer_end_token_id(reader.backbone.tokenizer)
-    loss, correct, total = 0.0, 0, 0
-    for start in range(0, len(windows), 16):
-        batch = windows[start : start + 16]
-        inputs = reader.build_inputs(
-            [""] * len(batch),
-            contexts[start : start + 16],
-            [[*ids, stop] for ids in batch],
-            prompt=ReconstructionPrompt(),
-            padding_side="right",
-        )
-        logits, labels = target_logits(reader, inputs)
-        loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += labels.numel()
-    return round(loss / total, 4), round(correct / total, 4)
+    scores = reconstruction_scores(reader, windows, contexts)
+    losses = torch.cat([loss for loss, _ in scores])
+    hits = torch.cat([hit for _, hit in scores])
+    return round(losses.mean().item(), 4), round(hits.float().mean().item(), 4)
 
 
 def qa(method: EvalMethod, reader: Reader, examples: list[QAExample], ratio: int, batch: int) -> dict:

@@ -28,16 +28,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.data import load_split
+from comprexit_rag.evaluation.reconstruction import reconstruction_scores
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
-from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Context, Reader
 from comprexit_rag.training.data import tokenize_passages
-from comprexit_rag.training.teacher_forcing import target_logits
 
 WINDOW = 128
 BATCH = 16
@@ -78,28 +74,12 @@ def token_groups(tokenizer, ids: list[int], answers: tuple[str, ...]) -> list[li
     return groups
 
 
-@torch.no_grad()
 def token_losses(reader: Reader, windows: list[list[int]], contexts: list[Context]) -> list[list[tuple[float, bool]]]:
     """Per window, each token's teacher-forced loss (nats) and whether the reader's top token is right."""
-    stop = answer_end_token_id(reader.backbone.tokenizer)
-    result = []
-    for start in range(0, len(windows), BATCH):
-        batch = windows[start : start + BATCH]
-        inputs = reader.build_inputs(
-            [""] * len(batch),
-            contexts[start : start + BATCH],
-            [[*ids, stop] for ids in batch],
-            prompt=ReconstructionPrompt(),
-            padding_side="right",
-        )
-        logits, labels = target_logits(reader, inputs)
-        losses = F.cross_entropy(logits.float(), labels, reduction="none").tolist()
-        hits = (logits.argmax(-1) == labels).tolist()
-        offset = 0
-        for ids in batch:  # each row's targets in order: its tokens, then the end token (left out)
-            result.append(list(zip(losses[offset : offset + len(ids)], hits[offset : offset + len(ids)], strict=True)))
-            offset += len(ids) + 1
-    return result
+    return [
+        list(zip(losses[:-1].tolist(), hits[:-1].tolist(), strict=True))  # the end token left out
+        for losses, hits in reconstruction_scores(reader, windows, contexts, BATCH)
+    ]
 
 
 def summarise(groups: list[list[list[str]]], losses: dict[str, list[list[tuple[float, bool]]]]) -> dict:

@@ -1,0 +1,35 @@
+"""Held-out reconstruction scores: one loss and one hit per target token, each window's in order."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from comprexit_rag.evaluation.reconstruction import reconstruction_scores
+from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
+from comprexit_rag.reading.batch_layout import IGNORE_INDEX
+from comprexit_rag.reading.reader import Reader
+from comprexit_rag.testing import PASSAGES, passage_text
+
+
+def test_scores_are_each_windows_token_losses_in_batches_of_any_size(tiny_backbone):
+    reader = Reader(tiny_backbone)
+    texts = [passage_text(record) for record in PASSAGES[:5]]
+    windows = tiny_backbone.tokenize(texts)
+    contexts = [texts[1], None, texts[0], texts[3], None]  # text and no context, in one batch
+    scores = reconstruction_scores(reader, windows, contexts, batch_size=2)
+    assert [losses.shape[0] for losses, _ in scores] == [len(ids) + 1 for ids in windows]  # + the end token
+    stop = answer_end_token_id(tiny_backbone.tokenizer)
+    for ids, context, (losses, hits) in zip(windows, contexts, scores, strict=True):
+        alone = reader.build_inputs(
+            [""], [context], [[*ids, stop]], prompt=ReconstructionPrompt(), padding_side="right"
+        )
+        with torch.no_grad():
+            logits = tiny_backbone.model(inputs_embeds=alone.inputs_embeds, attention_mask=alone.attention_mask).logits[
+                0, :-1
+            ]
+        labels = alone.labels[0, 1:]
+        logits, labels = logits[labels != IGNORE_INDEX], labels[labels != IGNORE_INDEX]
+        expected = F.cross_entropy(logits.float(), labels, reduction="none")
+        torch.testing.assert_close(losses, expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(hits, logits.argmax(-1) == labels)
