@@ -1,0 +1,244 @@
+"""The learning curves of the long run behind the shipped head: where each stage stopped moving.
+
+Reads a run manifest (``benchmarks/results/reader_adapter/long_run.json``: the pretraining pieces' logs
+and held-out scores at their checkpoints, the QA stages of several lengths, and a baseline trained on the
+same batches) and writes a Markdown report and a figure from the committed files alone (no model, no
+GPU)::
+
+    python benchmarks/learning_curves.py --out benchmarks/results/reader_adapter/learning_curves.md \\
+        --plot benchmarks/results/reader_adapter/learning_curves.png
+
+Training losses are single logged steps (every 10th), averaged over blocks of steps; a QA stage's steps mix
+objectives (QA, and 30% text steps: reconstruction, reading tasks, continuation), so its QA curve keeps
+the QA steps only. The held-out scores are the quality files' (``benchmarks/slot_quality.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+QA_OBJECTIVE = "QAPrompt"
+
+
+@dataclass
+class Block:
+    """Mean training loss of the logged steps in ``[first, last]`` (of one objective, or all)."""
+
+    first: int
+    last: int
+    loss: float
+    logged: int
+
+
+def read_curve(paths: list[Path]) -> list[dict]:
+    """The logged steps of a run's pieces, in order; a step logged by two pieces counts once."""
+    records: dict[int, dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records.setdefault(record["step"], record)
+    return [records[step] for step in sorted(records)]
+
+
+def block_means(records: list[dict], size: int, objective: str | None = None) -> list[Block]:
+    """Mean loss per block of ``size`` steps (steps 1-size, size+1-2*size, ...) of ``objective``'s steps."""
+    blocks: dict[int, list[float]] = {}
+    end = max((record["step"] for record in records), default=0)
+    for record in records:
+        if objective is None or record["objective"] == objective:
+            blocks.setdefault((record["step"] - 1) // size, []).append(record["loss"])
+    return [
+        Block(index * size + 1, min((index + 1) * size, end), sum(losses) / len(losses), len(losses))
+        for index, losses in sorted(blocks.items())
+    ]
+
+
+def held_out(path: Path) -> dict[str, float | None]:
+    """F1 (x100) and reconstruction nats of a ``slot_quality.py`` result; None where it did not measure a row."""
+    report = json.loads(path.read_text())
+
+    def f1(family: str, row: str) -> float | None:
+        value = report.get(family, {}).get(row)
+        value = value.get("f1") if isinstance(value, dict) else value
+        return None if value is None else round(100 * value, 1)
+
+    scores: dict[str, float | None] = {}
+    for family, name in (("qa_nq", "NQ"), ("qa_hotpotqa", "HotpotQA")):
+        for row in ("own", "other", "closed_book", "raw_text", "content_gap_f1"):
+            scores[f"{name} {row}"] = f1(family, row)
+        own, gap = scores[f"{name} own"], scores[f"{name} content_gap_f1"]
+        if scores[f"{name} other"] is None and own is not None and gap is not None:
+            scores[f"{name} other"] = round(own - gap, 1)  # a recovered result kept only own and the gap
+    reconstruction = report.get("reconstruction_nq", {})
+    for row in ("own", "none", "raw_text"):
+        scores[f"reconstruction {row}"] = reconstruction.get(f"{row}_nats")
+    return scores
+
+
+def per_doubling(steps: list[int], values: list[float]) -> tuple[float, float]:
+    """Least-squares fit value = a + b * log2(steps): returns (a, b), b the gain per doubling."""
+    xs = [math.log2(step) for step in steps]
+    mean_x, mean_y = sum(xs) / len(xs), sum(values) / len(values)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs
+    )
+    return mean_y - slope * mean_x, slope
+
+
+def cell(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def report(manifest_path: Path) -> tuple[str, dict]:
+    """The Markdown report of a run manifest, and the series the figure draws."""
+    manifest = json.loads(manifest_path.read_text())
+    root = manifest_path.parent
+    lines = [f"# Learning curves of the long run\n\n{manifest['description']}\n"]
+
+    pretraining = manifest["pretraining"]
+    curve = read_curve([root / path for path in pretraining["curves"]])
+    checkpoints = {point["step"]: held_out(root / point["quality"]) for point in pretraining["checkpoints"]}
+    lines += [
+        f"## Pretraining (`{pretraining['config']}`)\n",
+        "Training loss (reconstruction, nats/token) by block of 250 steps; held-out NQ reconstruction "
+        f"(64 windows, own slots) at the checkpoints that were scored. {pretraining['note']}\n",
+        "| steps | training loss | logged steps | held-out reconstruction at a checkpoint in the block |",
+        "|---|---|---|---|",
+    ]
+    for block in block_means(curve, 250):
+        scored = [
+            f"{checkpoints[s]['reconstruction own']:.3f} (step {s})"
+            for s in checkpoints
+            if block.first <= s <= block.last
+        ]
+        lines.append(f"| {block.first}-{block.last} | {block.loss:.4f} | {block.logged} | {', '.join(scored)} |")
+
+    stages = sorted(manifest["qa_stages"], key=lambda stage: stage["session"])
+    baseline = manifest["baseline"]
+    baseline_scores = held_out(root / baseline["quality"])
+    lines += [
+        "\n## QA stage length\n",
+        "Each stage starts from a pretraining checkpoint and runs the mixed QA stage "
+        "(`experiments/reader_adapter/sft-4x-mixed.json`, batch 32; session 9's before answers over 64 tokens "
+        "were left out) for its number of steps, its cosine fitted to them; session 9 kept only the own and gap "
+        "rows. F1 on the held-out dev splits (NQ 400 gold passage, HotpotQA 200 distractor); "
+        f"`{baseline['name']}`: {baseline['description']}.\n",
+        "| stage | QA steps | from pretraining step | NQ own | another passage | closed-book | raw text | NQ gap "
+        "| HotpotQA own | HotpotQA gap | reconstruction (none) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    points = []
+    for stage in stages:
+        steps = read_curve([root / stage["curve"]])[-1]["step"]
+        scores = held_out(root / stage["quality"])
+        points.append((steps, scores))
+        name = f"session {stage['session']}" + (" (shipped)" if stage.get("shipped") else "")
+        lines.append(
+            f"| {name} | {steps} | {stage['from_pretraining_step']} | {cell(scores['NQ own'])} | "
+            f"{cell(scores['NQ other'])} | {cell(scores['NQ closed_book'])} | {cell(scores['NQ raw_text'])} | "
+            f"{cell(scores['NQ content_gap_f1'])} | {cell(scores['HotpotQA own'])} | "
+            f"{cell(scores['HotpotQA content_gap_f1'])} | {cell(scores['reconstruction own'], 3)} "
+            f"({cell(scores['reconstruction none'], 2)}) |"
+        )
+    baseline_steps = read_curve([root / baseline["curve"]])[-1]["step"]
+    b = baseline_scores
+    lines.append(
+        f"| `{baseline['name']}` (raw text) | {baseline_steps} | | {cell(b['NQ own'])} | {cell(b['NQ other'])} | "
+        f"{cell(b['NQ closed_book'])} | {cell(b['NQ raw_text'])} | {cell(b['NQ content_gap_f1'])} | "
+        f"{cell(b['HotpotQA own'])} | {cell(b['HotpotQA content_gap_f1'])} | |"
+    )
+    steps = [step for step, _ in points]
+    intercept, gain = per_doubling(steps, [scores["NQ own"] for _, scores in points])
+    _, hotpot_gain = per_doubling(steps, [scores["HotpotQA own"] for _, scores in points])
+    longest = max(steps)
+    lines += [
+        "",
+        f"A least-squares line in log2(QA steps) through the {len(points)} stages: NQ F1 {intercept:.1f} + "
+        f"{gain:.1f} per doubling of the QA steps (HotpotQA {hotpot_gain:+.1f} per doubling). Read along it "
+        f"(an extrapolation, not a measurement; the stages also start from different pretraining "
+        f"checkpoints): {2 * longest} steps would give NQ F1 "
+        f"{intercept + gain * math.log2(2 * longest):.1f}, {4 * longest} steps "
+        f"{intercept + gain * math.log2(4 * longest):.1f}.",
+    ]
+
+    shipped = next(stage for stage in stages if stage.get("shipped"))
+    slots_curve = read_curve([root / shipped["curve"]])
+    baseline_curve = read_curve([root / baseline["curve"]])
+    slot_blocks = {block.first: block for block in block_means(slots_curve, 100, QA_OBJECTIVE)}
+    baseline_blocks = {block.first: block for block in block_means(baseline_curve, 100, QA_OBJECTIVE)}
+    lines += [
+        f"\n## QA training loss, shipped stage against `{baseline['name']}` on the same batches\n",
+        "Mean loss of the logged QA steps per block of 100 steps (same seed and config, so the same batches "
+        f"at every step). The shipped stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
+        f"teacher; `{baseline['name']}`'s is the cross-entropy alone.\n",
+        f"| steps | slots (shipped stage) | `{baseline['name']}` | logged QA steps |",
+        "|---|---|---|---|",
+    ]
+    for first, block in sorted(slot_blocks.items()):
+        other = baseline_blocks.get(first)
+        baseline_loss = cell(other.loss if other else None, 3)
+        lines.append(f"| {block.first}-{block.last} | {block.loss:.3f} | {baseline_loss} | {block.logged} |")
+    series = {
+        "pretraining": [(record["step"], record["loss"]) for record in curve],
+        "checkpoints": [(step, scores["reconstruction own"]) for step, scores in sorted(checkpoints.items())],
+        "slots_qa": [(record["step"], record["loss"]) for record in slots_curve if record["objective"] == QA_OBJECTIVE],
+        "baseline_qa": [
+            (record["step"], record["loss"]) for record in baseline_curve if record["objective"] == QA_OBJECTIVE
+        ],
+        "stage_f1": [(step, scores["NQ own"], scores["HotpotQA own"]) for step, scores in points],
+        "baseline_f1": (b["NQ own"], b["HotpotQA own"]),
+        "references": manifest["references"],
+        "baseline_name": baseline["name"],
+    }
+    return "\n".join(lines) + "\n", series
+
+
+def plot(series: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (pretraining, qa, length) = plt.subplots(1, 3, figsize=(15, 4.2))
+    pretraining.plot(*zip(*series["pretraining"], strict=True), lw=0.8, label="training (reconstruction)")
+    pretraining.plot(*zip(*series["checkpoints"], strict=True), "o-", label="held-out NQ windows")
+    pretraining.set(
+        xlabel="pretraining step (batch 256)", ylabel="nats / token", yscale="log", title="Pretraining at 4x"
+    )
+    pretraining.legend()
+    qa.plot(*zip(*series["slots_qa"], strict=True), lw=0.8, label="slots (CE + 0.5 KL)")
+    qa.plot(*zip(*series["baseline_qa"], strict=True), lw=0.8, label=f"{series['baseline_name']} (CE)")
+    qa.set(xlabel="QA step (batch 32)", ylabel="loss of QA steps", title="Shipped QA stage, same batches")
+    qa.legend()
+    steps, nq, hotpotqa = zip(*series["stage_f1"], strict=True)
+    length.plot(steps, nq, "o-", label="NQ, slots")
+    length.plot(steps, hotpotqa, "s-", label="HotpotQA, slots")
+    length.axhline(series["baseline_f1"][0], ls="--", c="C0", lw=0.8, label=f"NQ, {series['baseline_name']}")
+    length.axhline(series["references"]["full-tuned NQ F1"], ls=":", c="C0", lw=0.8, label="NQ, full-tuned")
+    length.set(xlabel="QA steps (log scale)", ylabel="F1", xscale="log", title="QA stage length, held-out F1")
+    length.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", type=Path, default=Path("benchmarks/results/reader_adapter/long_run.json"))
+    parser.add_argument("--out", type=Path, required=True, help="Markdown report")
+    parser.add_argument("--plot", type=Path, help="PNG figure")
+    args = parser.parse_args()
+    text, series = report(args.manifest)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    if args.plot:
+        plot(series, args.plot)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
