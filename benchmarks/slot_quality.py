@@ -5,6 +5,10 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
 * **Reconstruction** of the first 128 tokens of NQ dev gold passages (teacher-forced nats/token and
   token accuracy): from the passage's own slots, from another passage's slots, with no context, and
   from the raw text.
+* **Reconstruction by length** (``--recon-lengths``): the same passages cut to each length, own slots
+  against no context. Passages come in every length, and a head pretrained on one window length may read
+  only that one (BENCHMARKS.md, session 17). The passages are random windows of the longest length from
+  the token stream of a Wikipedia shard that no reader-adapter run trains on (``HELD_OUT_SHARD``).
 * **QA** on the NQ dev gold passage and HotpotQA dev (distractor paragraphs): EM / F1 / accuracy from
   the question's own slots, from another question's slots (the content gap), closed-book, and the
   raw text, all through the same reader (so closed-book and raw text include the adapter's effect).
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -53,9 +58,11 @@ from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, S
 from comprexit_rag.evaluation.reconstruction import reconstruction_scores
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.reading.reader import Context, Reader
-from comprexit_rag.training.data import tokenize_passages
+from comprexit_rag.training.data import PretrainCorpus, tokenize_passages
 
 WINDOW = 128
+# The long run pretrained on AB-AD; the AA shards fed only the frozen-reader heads of rounds 1-6.
+HELD_OUT_SHARD = "wiki/enwiki_2015_AA_shard0.txt.gz"
 # Slot methods (stored or query-aware), the trained methods that give the reader text through their own adapter,
 # and truncation (untrained; read through --reader-adapter for an adapter budget).
 METHODS = (*method_names(context="slots"), *method_names(context="text", adapter_only=True), "truncate")
@@ -104,6 +111,30 @@ def reconstruction(method: EvalMethod, reader: Reader, count: int, ratio: int) -
     return result
 
 
+@torch.no_grad()
+def reconstruction_by_length(
+    method: EvalMethod, reader: Reader, count: int, ratio: int, lengths: list[int], stream_tokens: int = 2_000_000
+) -> dict[str, dict]:
+    """Own-slot and no-context reconstruction of the same ``count`` passages cut to each of ``lengths``, drawn
+    from the first ``stream_tokens`` of the held-out shard (plenty for a few hundred windows)."""
+    backbone = reader.backbone
+    corpus = PretrainCorpus.build(backbone.tokenizer, None, stream_tokens, [HELD_OUT_SHARD])
+    longest = corpus.sample(random.Random(0), count, max(lengths), continuation=0)
+    result = {}
+    for length in lengths:
+        windows = [example.passage_ids[0][:length] for example in longest]
+        texts = [backbone.tokenizer.decode(ids) for ids in windows]
+        row: dict = {"windows": len(windows)}
+        conditions = {"own": window_contexts(method, windows, texts, ratio), "none": [None] * len(windows)}
+        for name, contexts in conditions.items():
+            row[f"{name}_nats"], row[f"{name}_token_accuracy"] = regenerated(reader, windows, contexts)
+        result[str(length)] = row
+        logging.info(
+            "reconstruction, %d tokens: %.3f nats (no context %.3f)", length, row["own_nats"], row["none_nats"]
+        )
+    return result
+
+
 def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context]) -> tuple[float, float]:
     """Teacher-forced nats per token and token accuracy of regenerating each window from its context."""
     scores = reconstruction_scores(reader, windows, contexts)
@@ -142,6 +173,12 @@ def main() -> None:
     )
     parser.add_argument("--ratio", type=int, default=4)
     parser.add_argument("--recon", type=int, default=64, help="NQ dev windows for reconstruction (0: skip)")
+    parser.add_argument(
+        "--recon-lengths",
+        type=int,
+        nargs="+",
+        help="also reconstruct --recon held-out Wikipedia passages cut to each of these lengths (tokens)",
+    )
     parser.add_argument("--nq", type=int, default=400, help="NQ dev questions (0: skip)")
     parser.add_argument("--hotpotqa", type=int, default=200, help="HotpotQA dev questions (0: skip)")
     parser.add_argument(
@@ -173,13 +210,21 @@ def main() -> None:
         else {"scope": adapter.config.scope, "parameters": adapter.num_parameters()},
         "device": str(backbone.device),
         "command": "python benchmarks/slot_quality.py "
-        + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if value is not None),
+        + " ".join(
+            f"--{key.replace('_', '-')} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+            for key, value in vars(args).items()
+            if value is not None
+        ),
     }
     if args.recon and spec.query_aware:
         logging.info("No reconstruction rows: %s compresses a passage with its question, and they ask none", spec.name)
     elif args.recon:
         report["reconstruction_nq"] = reconstruction(method, reader, args.recon, args.ratio)
         logging.info("reconstruction: %s", report["reconstruction_nq"])
+        if args.recon_lengths:
+            report["reconstruction_by_length"] = reconstruction_by_length(
+                method, reader, args.recon, args.ratio, args.recon_lengths
+            )
     tables = (("qa_nq", "nq", args.nq), ("qa_hotpotqa", "hotpotqa", args.hotpotqa))
     for table, dataset, count in (*tables, ("qa_nq_retrieved", "nq", args.nq_retrieved)):
         if not count:

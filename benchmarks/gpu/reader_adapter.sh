@@ -11,7 +11,8 @@
 #      the lowest mean own-slot loss sets the long run's lr (results in lr-sweep.json).
 #   3. QA fine-tuning of the piece's head and adapter, or of $SFT_INIT's without a piece ($SFT_CONFIG, SFT_S
 #      seconds; 0: none), then the held-out table (slot_quality.py: reconstruction, NQ and HotpotQA own /
-#      other / closed-book / raw text).
+#      other / closed-book / raw text). The piece's and the QA stage's heads also reconstruct held-out passages
+#      cut to RECON_LENGTHS tokens (default "32 64 128 256 512"; slot_quality.py --recon-lengths).
 #      OTHER_RATIOS="8 16" scores the piece's and the QA stage's head at those ratios too.
 #      NQ_RETRIEVED (default 400; 0: none): the first N NQ dev questions read among 4 retrieved passages
 #      (slot_quality.py --nq-retrieved), for the QA head, the shipped head and each baseline, each in a call of
@@ -51,7 +52,7 @@ mkdir -p "$RUNS" "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$RESULTS/device.txt"
 python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" \
   | tee -a "$RESULTS/device.txt"
-SAVE_EVERY=${SAVE_EVERY:-100}
+SAVE_EVERY=${SAVE_EVERY:-100} RECON_LENGTHS=${RECON_LENGTHS:-32 64 128 256 512}
 train() { python3 -m comprexit_rag.cli -v train --save-every "$SAVE_EVERY" "$@"; }
 # pack DEST PATH...: PATHs under $RUNS as one tar in 15 MiB parts DEST.tar.part-* (a device call brings back
 # files of <= 16 MiB), for collect.sh to bring back.
@@ -129,8 +130,9 @@ if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ]; then
   # takes everything on it; the resumable state is what a long run cannot lose).
   pack "$RESULTS/piece/piece" pretrain/checkpoint pretrain/log.jsonl
   echo PIECE READY
+  # shellcheck disable=SC2086  # RECON_LENGTHS: one argument per length
   python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 \
-    --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
+    --recon-lengths $RECON_LENGTHS --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
   # OTHER_RATIOS="8 16": the same tables at other ratios (a head trained at several, e.g. pretrain-multi-ratio-b256.json).
   for ratio in $OTHER_RATIOS; do
     python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --ratio "$ratio" --device cuda --nq 0 --hotpotqa 0 \
@@ -167,8 +169,9 @@ if { [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; } && sft_finished; then
   # The QA head in 15 MiB parts, before it is scored (the piece's state is in $RESULTS/sft-piece, above).
   pack "$RESULTS/state/state" sft/final
   echo "QA HEAD READY"
+  # shellcheck disable=SC2086
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
-    --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
+    --recon-lengths $RECON_LENGTHS --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
   grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
   retrieved sft --head "$RUNS/sft/final"
   retrieved shipped

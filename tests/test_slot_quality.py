@@ -1,0 +1,37 @@
+"""benchmarks/slot_quality.py's reconstruction by passage length, on the real default model and head."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from comprexit_rag.methods import get_method
+from comprexit_rag.reading.reader import Reader
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def slot_quality():
+    spec = importlib.util.spec_from_file_location("slot_quality", ROOT / "benchmarks" / "slot_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_reconstruction_by_length_reads_the_same_passages_cut_short(slot_quality, real_backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPREXIT_CACHE", str(tmp_path))  # the held-out stream is tokenised afresh
+    method = slot_quality.build(get_method("comprexit"), real_backbone, None, ratio=4, batch_size=4)
+    reader = Reader(real_backbone, adapter=method.reader_adapter)
+    rows = slot_quality.reconstruction_by_length(method, reader, 3, 4, [24, 160], stream_tokens=20_000)
+    assert list(rows) == ["24", "160"]
+    for row in rows.values():
+        assert row["windows"] == 3
+        # The shipped head's own slots carry the passage at both lengths (one and two transport windows).
+        assert row["own_nats"] < row["none_nats"] / 2
+        assert 0.0 <= row["own_token_accuracy"] <= 1.0
