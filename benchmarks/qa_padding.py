@@ -62,7 +62,8 @@ def main() -> None:
             }
         )
     result = {
-        "command": f"python benchmarks/qa_padding.py --config {args.config} --steps {args.steps}",
+        "command": f"python benchmarks/qa_padding.py --config {args.config} --steps {args.steps} "
+        f"--budgets {' '.join(map(str, args.budgets))}",
         "config": str(args.config),
         "steps": args.steps,
         "real_tokens_per_step": round(real / len(batches)),
