@@ -55,11 +55,12 @@ def main() -> None:
     backbone = Backbone.from_pretrained(device="cpu")
     base = json.loads(Path(args.config).read_text())
     # One Wikipedia shard is enough for a few steps' text windows (all of them take a minute to tokenise).
+    # Another method's module starts fresh: the operators a step dispatches do not depend on its weights.
     base.update(
         max_steps=args.steps,
         warmup_steps=1,
         log_every=1,
-        init_from=str(DEFAULT_HEAD),
+        init_from=str(DEFAULT_HEAD) if base["method"] == "comprexit" else None,
         seed=0,
         wikipedia=["wiki/enwiki_2015_AB_shard0.txt.gz"],
     )

@@ -140,10 +140,20 @@ class ReaderAdapter:
 
     @classmethod
     def create(
-        cls, backbone: Backbone, config: ReaderAdapterConfig | None = None, name: str = "reader"
+        cls, backbone: Backbone, config: ReaderAdapterConfig | None = None, name: str | None = None
     ) -> ReaderAdapter:
-        """Attach a fresh adapter (LoRA B = 0, so it starts as the frozen reader)."""
-        if name in backbone.reader_adapters:
+        """Attach a fresh adapter (LoRA B = 0, so it starts as the frozen reader).
+
+        ``name``: the adapter's name in the backbone's model (peft's adapter name; saved files do not hold
+        it). By default the first free one of "reader", "reader-2", ...: one backbone can carry the fresh
+        adapters of several training runs in one process.
+        """
+        if name is None:
+            name, count = "reader", 1
+            while name in backbone.reader_adapters:
+                count += 1
+                name = f"reader-{count}"
+        elif name in backbone.reader_adapters:
             raise InvalidInputError(f"The backbone already holds a reader adapter named {name!r}; pick another name.")
         adapter = cls(backbone, config or ReaderAdapterConfig(), name)
         for parameter in adapter.parameters():  # fp32 master weights, whatever the backbone's dtype

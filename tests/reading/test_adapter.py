@@ -280,6 +280,14 @@ def test_several_attached_adapters_must_be_chosen(fresh_tiny_backbone):
         ReaderAdapter.create(fresh_tiny_backbone, name="first")
 
 
+def test_fresh_adapters_on_one_backbone_get_names_of_their_own(fresh_tiny_backbone):
+    first = ReaderAdapter.create(fresh_tiny_backbone, ReaderAdapterConfig(rank=4))
+    second = ReaderAdapter.create(fresh_tiny_backbone, ReaderAdapterConfig(rank=4))
+    assert (first.name, second.name) == ("reader", "reader-2")
+    assert fresh_tiny_backbone.reader_adapters == {"reader": first, "reader-2": second}
+    assert first.state_dict().keys() == second.state_dict().keys()  # saved files do not hold the name
+
+
 @pytest.mark.slow
 def test_the_shipped_head_reads_through_its_adapter_on_the_real_backbone(real_backbone):
     compressor = ComprExITCompressor.from_pretrained(backbone=real_backbone)

@@ -778,6 +778,17 @@ def test_a_reader_adapter_trains_with_the_head_and_ships_with_it(make_tiny_backb
     assert (Path(sft.output_dir) / "final" / "reader_adapter").is_dir()
 
 
+def test_two_runs_with_fresh_adapters_share_one_backbone(make_tiny_backbone, data, tmp_path):
+    # A notebook or a benchmark trains several runs in one process, on one loaded backbone.
+    backbone = make_tiny_backbone()
+    for run in ("first", "second"):
+        config = tiny_config(tmp_path / run, data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+        assert train(config, backbone)["finished"]
+    first, second = (adapter_weights(tmp_path / run / "final") for run in ("first", "second"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)  # same seed, same start, same run
+
+
 @pytest.mark.parametrize(("method", "stage"), [("comprexit", "pretrain"), ("full-lora", "sft")])
 def test_a_run_in_pieces_equals_an_uninterrupted_one(make_tiny_backbone, data, tmp_path, method, stage):
     options = {"reader_adapter": True, "adapter_rank": 4, "max_steps": 3}
