@@ -55,7 +55,7 @@ from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
-from comprexit_rag.evaluation.reconstruction import reconstruction_scores
+from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.reading.reader import Context, Reader
 from comprexit_rag.training.data import PretrainCorpus, tokenize_passages
@@ -137,10 +137,8 @@ def reconstruction_by_length(
 
 def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context]) -> tuple[float, float]:
     """Teacher-forced nats per token and token accuracy of regenerating each window from its context."""
-    scores = reconstruction_scores(reader, windows, contexts)
-    losses = torch.cat([loss for loss, _ in scores])
-    hits = torch.cat([hit for _, hit in scores])
-    return round(losses.mean().item(), 4), round(hits.float().mean().item(), 4)
+    nats, accuracy = mean_window_scores(reconstruction_scores(reader, windows, contexts))
+    return round(nats, 4), round(accuracy, 4)
 
 
 def qa(method: EvalMethod, reader: Reader, examples: list[QAExample], ratio: int, batch: int) -> dict:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.evaluation.reconstruction import reconstruction_scores
+from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.data import PretrainCorpus
@@ -41,12 +41,9 @@ def pieces_of(window: list[int], count: int) -> list[list[int]]:
 
 
 def mean_nats(reader: Reader, windows: list[list[int]], contexts: list) -> dict[str, float]:
-    losses = hits = tokens = 0.0
-    for window_losses, window_hits in reconstruction_scores(reader, windows, contexts, BATCH):
-        losses += float(window_losses[:-1].sum())  # the end token left out
-        hits += float(window_hits[:-1].sum())
-        tokens += len(window_losses) - 1
-    return {"nats": round(losses / tokens, 3), "accuracy": round(hits / tokens, 3)}
+    """Mean nats per token and top-1 accuracy over the windows' tokens (the end token left out)."""
+    nats, accuracy = mean_window_scores(reconstruction_scores(reader, windows, contexts, BATCH), with_end_token=False)
+    return {"nats": round(nats, 3), "accuracy": round(accuracy, 3)}
 
 
 def main() -> None:

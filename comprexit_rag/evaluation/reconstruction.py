@@ -13,7 +13,7 @@ from ..prompts import ReconstructionPrompt, answer_end_token_id
 from ..reading.reader import Context, Reader
 from ..training.teacher_forcing import target_logits
 
-__all__ = ["reconstruction_scores"]
+__all__ = ["mean_window_scores", "reconstruction_scores"]
 
 
 @torch.no_grad()
@@ -43,3 +43,14 @@ def reconstruction_scores(
         sizes = [len(ids) + 1 for ids in batch]
         scores.extend(zip(losses.split(sizes), hits.split(sizes), strict=True))
     return scores
+
+
+def mean_window_scores(
+    scores: list[tuple[torch.Tensor, torch.Tensor]], with_end_token: bool = True
+) -> tuple[float, float]:
+    """Mean nats per token and top-1 accuracy over all windows' target tokens (each window weighs by its
+    length). ``with_end_token=False`` leaves each window's end-of-answer token out: the text's tokens only."""
+    keep = slice(None) if with_end_token else slice(None, -1)
+    losses = torch.cat([window_losses[keep] for window_losses, _ in scores])
+    hits = torch.cat([window_hits[keep] for _, window_hits in scores])
+    return losses.mean().item(), hits.float().mean().item()

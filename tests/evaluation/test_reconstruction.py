@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from comprexit_rag.evaluation.reconstruction import reconstruction_scores
+from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.batch_layout import IGNORE_INDEX
 from comprexit_rag.reading.reader import Reader
@@ -33,3 +34,12 @@ def test_scores_are_each_windows_token_losses_in_batches_of_any_size(tiny_backbo
         expected = F.cross_entropy(logits.float(), labels, reduction="none")
         torch.testing.assert_close(losses, expected, atol=1e-4, rtol=1e-4)
         assert torch.equal(hits, logits.argmax(-1) == labels)
+
+
+def test_means_weigh_every_token_alike_with_or_without_the_end_token():
+    scores = [
+        (torch.tensor([1.0, 2.0, 9.0]), torch.tensor([True, False, True])),
+        (torch.tensor([4.0, 0.0]), torch.tensor([True, True])),
+    ]
+    assert mean_window_scores(scores) == pytest.approx((16.0 / 5, 4 / 5))
+    assert mean_window_scores(scores, with_end_token=False) == pytest.approx((7.0 / 3, 2 / 3))
