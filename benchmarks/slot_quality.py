@@ -9,7 +9,8 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
   against no context. Passages come in every length, and a head pretrained on one window length may read
   only that one (BENCHMARKS.md, session 17). The passages are random windows of the longest length from
   the token stream of a Wikipedia shard that no reader-adapter run trains on (``HELD_OUT_SHARD``).
-* **QA** on the NQ dev gold passage and HotpotQA dev (distractor paragraphs): EM / F1 / accuracy from
+* **QA** on the NQ dev gold passage, HotpotQA dev (distractor paragraphs) and SQuAD dev (the gold
+  paragraph): EM / F1 / accuracy from
   the question's own slots, from another question's slots (the content gap), closed-book, and the
   raw text, all through the same reader (so closed-book and raw text include the adapter's effect).
 * **QA among retrieved passages** (``--nq-retrieved N``): the first N NQ dev questions, each reading its
@@ -34,7 +35,7 @@ GPU::
 
 CPU (a smaller sample)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/slot_quality.py --nq 50 --hotpotqa 0 --recon 16 --out /tmp/q.json
+    HF_HUB_OFFLINE=1 python benchmarks/slot_quality.py --nq 50 --hotpotqa 0 --squad 0 --recon 16 --out /tmp/q.json
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ def main() -> None:
     )
     parser.add_argument("--nq", type=int, default=400, help="NQ dev questions (0: skip)")
     parser.add_argument("--hotpotqa", type=int, default=200, help="HotpotQA dev questions (0: skip)")
+    parser.add_argument("--squad", type=int, default=200, help="SQuAD dev questions, gold paragraph (0: skip)")
     parser.add_argument(
         "--nq-retrieved", type=int, default=0, help="NQ dev questions read among retrieved passages (0: skip)"
     )
@@ -223,7 +225,7 @@ def main() -> None:
             report["reconstruction_by_length"] = reconstruction_by_length(
                 method, reader, args.recon, args.ratio, args.recon_lengths
             )
-    tables = (("qa_nq", "nq", args.nq), ("qa_hotpotqa", "hotpotqa", args.hotpotqa))
+    tables = (("qa_nq", "nq", args.nq), ("qa_hotpotqa", "hotpotqa", args.hotpotqa), ("qa_squad", "squad", args.squad))
     for table, dataset, count in (*tables, ("qa_nq_retrieved", "nq", args.nq_retrieved)):
         if not count:
             continue
