@@ -8,7 +8,8 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
 * **Reconstruction by length** (``--recon-lengths``): the same passages cut to each length, own slots
   against no context. Passages come in every length, and a head pretrained on one window length may read
   only that one (BENCHMARKS.md, session 17). The passages are random windows of the longest length from
-  the token stream of a Wikipedia shard that no reader-adapter run trains on (``HELD_OUT_SHARD``).
+  the token stream of a Wikipedia shard that no reader-adapter run trains on
+  (``comprexit_rag.evaluation.reconstruction.HELD_OUT_SHARD``).
 * **QA** on the NQ dev gold passage, HotpotQA dev (distractor paragraphs) and SQuAD dev (the gold
   paragraph): EM / F1 / accuracy from
   the question's own slots, from another question's slots (the content gap), closed-book, and the
@@ -43,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
@@ -56,14 +56,12 @@ from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
-from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores
+from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores, stream_windows
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.reading.reader import Context, Reader
-from comprexit_rag.training.data import PretrainCorpus, tokenize_passages
+from comprexit_rag.training.data import tokenize_passages
 
 WINDOW = 128
-# The long run pretrained on AB-AD; the AA shards fed only the frozen-reader heads of rounds 1-6.
-HELD_OUT_SHARD = "wiki/enwiki_2015_AA_shard0.txt.gz"
 # Slot methods (stored or query-aware), the trained methods that give the reader text through their own adapter,
 # and truncation (untrained; read through --reader-adapter for an adapter budget).
 METHODS = (*method_names(context="slots"), *method_names(context="text", adapter_only=True), "truncate")
@@ -119,11 +117,10 @@ def reconstruction_by_length(
     """Own-slot and no-context reconstruction of the same ``count`` passages cut to each of ``lengths``, drawn
     from the first ``stream_tokens`` of the held-out shard (plenty for a few hundred windows)."""
     backbone = reader.backbone
-    corpus = PretrainCorpus.build(backbone.tokenizer, None, stream_tokens, [HELD_OUT_SHARD])
-    longest = corpus.sample(random.Random(0), count, max(lengths), continuation=0)
+    longest = stream_windows(backbone.tokenizer, count, max(lengths), stream_tokens=stream_tokens)
     result = {}
     for length in lengths:
-        windows = [example.passage_ids[0][:length] for example in longest]
+        windows = [ids[:length] for ids in longest]
         texts = [backbone.tokenizer.decode(ids) for ids in windows]
         row: dict = {"windows": len(windows)}
         conditions = {"own": window_contexts(method, windows, texts, ratio), "none": [None] * len(windows)}

@@ -28,16 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.data import load_split
-from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores
+from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores, stream_windows
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.reading.reader import Context, Reader
-from comprexit_rag.training.data import PretrainCorpus, tokenize_passages
+from comprexit_rag.training.data import tokenize_passages
 
 WINDOW = 128
 BATCH = 16
@@ -67,13 +66,6 @@ def documentation_windows(backbone: Backbone, count: int) -> list[list[int]]:
     return windows
 
 
-def stream_windows(backbone: Backbone, shard: str, count: int) -> list[list[int]]:
-    """Random ``WINDOW``-token windows of a Wikipedia shard's token stream (its first 2M tokens), as the
-    pretraining sampler draws them, from a fixed seed."""
-    corpus = PretrainCorpus.build(backbone.tokenizer, None, 2_000_000, [f"wiki/enwiki_2015_{shard}.txt.gz"])
-    return [example.passage_ids[0] for example in corpus.sample(random.Random(0), count, WINDOW, continuation=0)]
-
-
 def domains(backbone: Backbone, count: int) -> dict[str, list[list[int]]]:
     policies = [example.passages[0] for split in ("train", "dev") for example in load_split("policyqa", split)]
     return {
@@ -82,8 +74,12 @@ def domains(backbone: Backbone, count: int) -> dict[str, list[list[int]]]:
         ),
         "privacy policies (PolicyQA segments)": passage_windows(backbone, policies, count),
         "technical documentation (this repository's Markdown)": documentation_windows(backbone, count),
-        "Wikipedia windows, a pretraining shard (AB shard 0)": stream_windows(backbone, "AB_shard0", count),
-        "Wikipedia windows, an unseen shard (AD shard 0)": stream_windows(backbone, "AD_shard0", count),
+        "Wikipedia windows, a pretraining shard (AB shard 0)": stream_windows(
+            backbone.tokenizer, count, WINDOW, "wiki/enwiki_2015_AB_shard0.txt.gz"
+        ),
+        "Wikipedia windows, an unseen shard (AD shard 0)": stream_windows(
+            backbone.tokenizer, count, WINDOW, "wiki/enwiki_2015_AD_shard0.txt.gz"
+        ),
     }
 
 

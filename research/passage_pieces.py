@@ -18,20 +18,17 @@ import argparse
 import itertools
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
 from comprexit_rag.backbone import Backbone
-from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores
+from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores, stream_windows
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.reading.reader import Reader
-from comprexit_rag.training.data import PretrainCorpus
 
 WINDOW = 128
 BATCH = 16
 DEFAULT = "DEFAULT"  # the shipped head, as ComprExITCompressor.from_pretrained() loads it
-HELD_OUT_SHARD = "wiki/enwiki_2015_AA_shard0.txt.gz"  # as benchmarks/slot_quality.py's by-length rows
 
 
 def pieces_of(window: list[int], count: int) -> list[list[int]]:
@@ -59,8 +56,7 @@ def main() -> None:
     started = time.perf_counter()
 
     backbone = Backbone.from_pretrained(device=args.device)
-    corpus = PretrainCorpus.build(backbone.tokenizer, None, 2_000_000, [HELD_OUT_SHARD])
-    windows = [e.passage_ids[0] for e in corpus.sample(random.Random(0), args.windows, WINDOW, continuation=0)]
+    windows = stream_windows(backbone.tokenizer, args.windows, WINDOW)  # the held-out shard, as slot_quality.py
     results: dict[str, dict] = {}
     for item in args.heads:
         name, _, directory = item.partition("=")

@@ -1,19 +1,39 @@
 """Held-out reconstruction: how well a reader regenerates token windows from their contexts, teacher-forced.
 
-The held-out reconstruction rows of ``benchmarks/slot_quality.py`` and the per-token probe
-``research/reconstruction_by_token.py`` both read these scores.
+The held-out reconstruction rows of ``benchmarks/slot_quality.py`` and the reconstruction probes in
+``research/`` read these scores, and draw their Wikipedia windows with :func:`stream_windows`.
 """
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
 
 from ..prompts import ReconstructionPrompt, answer_end_token_id
 from ..reading.reader import Context, Reader
+from ..training.data import PretrainCorpus
 from ..training.teacher_forcing import target_logits
 
-__all__ = ["mean_window_scores", "reconstruction_scores"]
+__all__ = ["HELD_OUT_SHARD", "mean_window_scores", "reconstruction_scores", "stream_windows"]
+
+# The reader-adapter runs pretrain on the AB-AD shards; the AA shards fed only the frozen-reader heads of rounds 1-6.
+HELD_OUT_SHARD = "wiki/enwiki_2015_AA_shard0.txt.gz"
+
+
+def stream_windows(
+    tokenizer: PreTrainedTokenizerBase,
+    count: int,
+    length: int,
+    shard: str = HELD_OUT_SHARD,
+    stream_tokens: int = 2_000_000,
+) -> list[list[int]]:
+    """``count`` random ``length``-token windows of a Wikipedia shard's token stream (its first ``stream_tokens``,
+    plenty for a few hundred windows), drawn as the pretraining sampler draws them, from seed 0."""
+    corpus = PretrainCorpus.build(tokenizer, None, stream_tokens, [shard])
+    return [example.passage_ids[0] for example in corpus.sample(random.Random(0), count, length, continuation=0)]
 
 
 @torch.no_grad()
