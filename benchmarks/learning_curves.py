@@ -94,16 +94,23 @@ def cell(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def report(manifest_path: Path) -> tuple[str, dict]:
-    """The Markdown report of a run manifest, and the series the figure draws."""
-    manifest = json.loads(manifest_path.read_text())
-    root = manifest_path.parent
-    lines = [f"# Learning curves of the long run\n\n{manifest['description']}\n"]
+def qa_row(name: str, steps: int, start: int | str, scores: dict, reconstruction: bool = True) -> str:
+    """One row of the QA stage length table."""
+    recon = (
+        f"{cell(scores['reconstruction own'], 3)} ({cell(scores['reconstruction none'], 2)})" if reconstruction else ""
+    )
+    return (
+        f"| {name} | {steps} | {start} | {cell(scores['NQ own'])} | {cell(scores['NQ other'])} | "
+        f"{cell(scores['NQ closed_book'])} | {cell(scores['NQ raw_text'])} | {cell(scores['NQ content_gap_f1'])} | "
+        f"{cell(scores['HotpotQA own'])} | {cell(scores['HotpotQA content_gap_f1'])} | {recon} |"
+    )
 
-    pretraining = manifest["pretraining"]
+
+def pretraining_section(pretraining: dict, root: Path) -> tuple[list[str], list[dict], dict[int, dict]]:
+    """The pretraining table, its logged steps and the held-out scores at its checkpoints."""
     curve = read_curve([root / path for path in pretraining["curves"]])
     checkpoints = {point["step"]: held_out(root / point["quality"]) for point in pretraining["checkpoints"]}
-    lines += [
+    lines = [
         f"## Pretraining (`{pretraining['config']}`)\n",
         "Training loss (reconstruction, nats/token) by block of 250 steps; held-out NQ reconstruction "
         f"(64 windows, own slots) at the checkpoints that were scored. {pretraining['note']}\n",
@@ -117,11 +124,15 @@ def report(manifest_path: Path) -> tuple[str, dict]:
             if block.first <= s <= block.last
         ]
         lines.append(f"| {block.first}-{block.last} | {block.loss:.4f} | {block.logged} | {', '.join(scored)} |")
+    return lines, curve, checkpoints
 
-    stages = sorted(manifest["qa_stages"], key=lambda stage: stage["session"])
-    baseline = manifest["baseline"]
-    baseline_scores = held_out(root / baseline["quality"])
-    lines += [
+
+def qa_length_section(
+    stages: list[dict], baseline: dict, baseline_scores: dict, root: Path
+) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The table of QA stage lengths against held-out scores, the baseline's row and the per-doubling fit;
+    returns each stage's (steps, scores) too."""
+    lines = [
         "\n## QA stage length\n",
         "Each stage starts from a pretraining checkpoint and runs the mixed QA stage "
         "(`experiments/reader_adapter/sft-4x-mixed.json`, batch 32; session 9's before answers over 64 tokens "
@@ -138,20 +149,9 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         scores = held_out(root / stage["quality"])
         points.append((steps, scores))
         name = f"session {stage['session']}" + (" (shipped)" if stage.get("shipped") else "")
-        lines.append(
-            f"| {name} | {steps} | {stage['from_pretraining_step']} | {cell(scores['NQ own'])} | "
-            f"{cell(scores['NQ other'])} | {cell(scores['NQ closed_book'])} | {cell(scores['NQ raw_text'])} | "
-            f"{cell(scores['NQ content_gap_f1'])} | {cell(scores['HotpotQA own'])} | "
-            f"{cell(scores['HotpotQA content_gap_f1'])} | {cell(scores['reconstruction own'], 3)} "
-            f"({cell(scores['reconstruction none'], 2)}) |"
-        )
+        lines.append(qa_row(name, steps, stage["from_pretraining_step"], scores))
     baseline_steps = read_curve([root / baseline["curve"]])[-1]["step"]
-    b = baseline_scores
-    lines.append(
-        f"| `{baseline['name']}` (raw text) | {baseline_steps} | | {cell(b['NQ own'])} | {cell(b['NQ other'])} | "
-        f"{cell(b['NQ closed_book'])} | {cell(b['NQ raw_text'])} | {cell(b['NQ content_gap_f1'])} | "
-        f"{cell(b['HotpotQA own'])} | {cell(b['HotpotQA content_gap_f1'])} | |"
-    )
+    lines.append(qa_row(f"`{baseline['name']}` (raw text)", baseline_steps, "", baseline_scores, reconstruction=False))
     steps = [step for step, _ in points]
     intercept, gain = per_doubling(steps, [scores["NQ own"] for _, scores in points])
     _, hotpot_gain = per_doubling(steps, [scores["HotpotQA own"] for _, scores in points])
@@ -165,33 +165,58 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         f"{intercept + gain * math.log2(2 * longest):.1f}, {4 * longest} steps "
         f"{intercept + gain * math.log2(4 * longest):.1f}.",
     ]
+    return lines, points
 
-    shipped = next(stage for stage in stages if stage.get("shipped"))
-    slots_curve = read_curve([root / shipped["curve"]])
-    baseline_curve = read_curve([root / baseline["curve"]])
+
+def qa_loss_section(slots_curve: list[dict], baseline_curve: list[dict], baseline: str) -> list[str]:
+    """Mean loss of the QA steps per 100 steps, the shipped stage against the baseline on the same batches."""
     slot_blocks = {block.first: block for block in block_means(slots_curve, 100, QA_OBJECTIVE)}
     baseline_blocks = {block.first: block for block in block_means(baseline_curve, 100, QA_OBJECTIVE)}
-    lines += [
-        f"\n## QA training loss, shipped stage against `{baseline['name']}` on the same batches\n",
+    lines = [
+        f"\n## QA training loss, shipped stage against `{baseline}` on the same batches\n",
         "Mean loss of the logged QA steps per block of 100 steps (same seed and config, so the same batches "
         f"at every step). The shipped stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
-        f"teacher; `{baseline['name']}`'s is the cross-entropy alone.\n",
-        f"| steps | slots (shipped stage) | `{baseline['name']}` | logged QA steps |",
+        f"teacher; `{baseline}`'s is the cross-entropy alone.\n",
+        f"| steps | slots (shipped stage) | `{baseline}` | logged QA steps |",
         "|---|---|---|---|",
     ]
     for first, block in sorted(slot_blocks.items()):
         other = baseline_blocks.get(first)
         baseline_loss = cell(other.loss if other else None, 3)
         lines.append(f"| {block.first}-{block.last} | {block.loss:.3f} | {baseline_loss} | {block.logged} |")
+    return lines
+
+
+def qa_losses(curve: list[dict]) -> list[tuple[int, float]]:
+    return [(record["step"], record["loss"]) for record in curve if record["objective"] == QA_OBJECTIVE]
+
+
+def report(manifest_path: Path) -> tuple[str, dict]:
+    """The Markdown report of a run manifest, and the series the figure draws."""
+    manifest = json.loads(manifest_path.read_text())
+    root = manifest_path.parent
+    stages = sorted(manifest["qa_stages"], key=lambda stage: stage["session"])
+    baseline = manifest["baseline"]
+    shipped = next(stage for stage in stages if stage.get("shipped"))
+    slots_curve = read_curve([root / shipped["curve"]])
+    baseline_curve = read_curve([root / baseline["curve"]])
+
+    baseline_scores = held_out(root / baseline["quality"])
+    pretraining, curve, checkpoints = pretraining_section(manifest["pretraining"], root)
+    qa_length, points = qa_length_section(stages, baseline, baseline_scores, root)
+    lines = [
+        f"# Learning curves of the long run\n\n{manifest['description']}\n",
+        *pretraining,
+        *qa_length,
+        *qa_loss_section(slots_curve, baseline_curve, baseline["name"]),
+    ]
     series = {
         "pretraining": [(record["step"], record["loss"]) for record in curve],
         "checkpoints": [(step, scores["reconstruction own"]) for step, scores in sorted(checkpoints.items())],
-        "slots_qa": [(record["step"], record["loss"]) for record in slots_curve if record["objective"] == QA_OBJECTIVE],
-        "baseline_qa": [
-            (record["step"], record["loss"]) for record in baseline_curve if record["objective"] == QA_OBJECTIVE
-        ],
+        "slots_qa": qa_losses(slots_curve),
+        "baseline_qa": qa_losses(baseline_curve),
         "stage_f1": [(step, scores["NQ own"], scores["HotpotQA own"]) for step, scores in points],
-        "baseline_f1": (b["NQ own"], b["HotpotQA own"]),
+        "baseline_f1": (baseline_scores["NQ own"], baseline_scores["HotpotQA own"]),
         "references": manifest["references"],
         "baseline_name": baseline["name"],
     }
