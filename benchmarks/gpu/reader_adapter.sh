@@ -54,6 +54,8 @@ python3 -c "import torch, transformers, peft; print(torch.__version__, transform
   | tee -a "$RESULTS/device.txt"
 SAVE_EVERY=${SAVE_EVERY:-100} RECON_LENGTHS=${RECON_LENGTHS:-32 64 128 256 512}
 train() { python3 -m comprexit_rag.cli -v train --save-every "$SAVE_EVERY" "$@"; }
+# The QA families slot_quality.py reads by default, none of them: its reconstruction-only and retrieved-only tables.
+NO_QA=(--nq 0 --hotpotqa 0 --squad 0)
 # pack DEST PATH...: PATHs under $RUNS as one tar in 15 MiB parts DEST.tar.part-* (a device call brings back
 # files of <= 16 MiB), for collect.sh to bring back.
 pack() { local dest=$1; shift; mkdir -p "$(dirname "$dest")"; tar cf - -C "$RUNS" "$@" | split -b 15m - "$dest.tar.part-"; }
@@ -63,7 +65,7 @@ NQ_RETRIEVED=${NQ_RETRIEVED:-400}
 retrieved() {
   local name=$1; shift
   [ "$NQ_RETRIEVED" = 0 ] && return
-  python3 benchmarks/slot_quality.py "$@" --device cuda --batch-size 64 --recon 0 --nq 0 --hotpotqa 0 --squad 0 \
+  python3 benchmarks/slot_quality.py "$@" --device cuda --batch-size 64 --recon 0 "${NO_QA[@]}" \
     --nq-retrieved "$NQ_RETRIEVED" --out "$RESULTS/$name-quality-retrieved.json" > "$RUNS/$name-quality-retrieved.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality-retrieved.log" | tail -1
 }
@@ -73,7 +75,7 @@ if [ "$COMPARE" = 1 ]; then
   for config in "$EXP"/compare-*.json; do
     arm=$(basename "$config" .json)
     train --config "$config" --time-budget "$COMPARE_S" --output-dir "$RUNS/$arm" > "$RUNS/$arm.log" 2>&1
-    python3 benchmarks/slot_quality.py --head "$RUNS/$arm/final" --device cuda --nq 0 --hotpotqa 0 --squad 0 \
+    python3 benchmarks/slot_quality.py --head "$RUNS/$arm/final" --device cuda "${NO_QA[@]}" \
       --out "$RESULTS/$arm.json" > "$RUNS/$arm-quality.log" 2>&1
     tail -n 1 "$RUNS/$arm/log.jsonl"; grep -o '"own_nats": [0-9.]*' "$RESULTS/$arm.json"
   done
@@ -98,8 +100,8 @@ if [ -n "$LR_SWEEP" ]; then
     train --config "$RESULTS/pretrain.json" ${PRETRAIN_INIT:+--init-from "$PRETRAIN_INIT"} --lr "$lr" \
       --adapter-lr "$adapter_lr" --time-budget "$LR_SWEEP_S" --output-dir "$RUNS/lr-$lr" > "$RUNS/lr-$lr.log" 2>&1
     for ratio in 4 $OTHER_RATIOS; do
-      python3 benchmarks/slot_quality.py --head "$RUNS/lr-$lr/final" --ratio "$ratio" --device cuda --nq 0 \
-        --hotpotqa 0 --squad 0 --out "$RESULTS/lr-$lr-${ratio}x.json" > "$RUNS/lr-$lr-${ratio}x.log" 2>&1
+      python3 benchmarks/slot_quality.py --head "$RUNS/lr-$lr/final" --ratio "$ratio" --device cuda "${NO_QA[@]}" \
+        --out "$RESULTS/lr-$lr-${ratio}x.json" > "$RUNS/lr-$lr-${ratio}x.log" 2>&1
     done
   done
   python3 - "$RESULTS" $LR_SWEEP <<'EOF'
@@ -131,11 +133,11 @@ if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ]; then
   pack "$RESULTS/piece/piece" pretrain/checkpoint pretrain/log.jsonl
   echo PIECE READY
   # shellcheck disable=SC2086  # RECON_LENGTHS: one argument per length
-  python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda --nq 0 --hotpotqa 0 --squad 0 \
+  python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda "${NO_QA[@]}" \
     --recon-lengths $RECON_LENGTHS --out "$RESULTS/pretrain-quality.json" > "$RUNS/pretrain-quality.log" 2>&1
   # OTHER_RATIOS="8 16": the same tables at other ratios (a head trained at several, e.g. pretrain-multi-ratio-b256.json).
   for ratio in $OTHER_RATIOS; do
-    python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --ratio "$ratio" --device cuda --nq 0 --hotpotqa 0 --squad 0 \
+    python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --ratio "$ratio" --device cuda "${NO_QA[@]}" \
       --out "$RESULTS/pretrain-quality-${ratio}x.json" > "$RUNS/pretrain-quality-${ratio}x.log" 2>&1
     grep -a "reconstruction" "$RUNS/pretrain-quality-${ratio}x.log" | tail -1
   done
