@@ -1,14 +1,15 @@
 """Make a trained ComprExIT run the packaged default (maintainers' step after a GPU session).
 
-    python scripts/ship_head.py /tmp/s12/sft/final \
-        --recorded-output-dir runs/sft --recorded-init-from runs/pretrain-b256/final
+    python scripts/ship_head.py /tmp/s19/sft/final --recorded-output-dir runs/sft-continue \
+        --recorded-init-from runs/sft-mixed/final --recorded-distill-teacher runs/full-lora/final
 
 Reads the run's ``final`` directory (head + ``reader_adapter/``) on the CPU with the embedded default
 backbone, which refuses a head or adapter trained for another backbone, and writes into ``--to``:
 
 - ``config.json`` + ``model.safetensors``: the head, its fingerprint completed with the weights hash of
   the backbone it is checked against here (a GPU machine's run may not record it), and its training
-  record with the run's machine-local paths replaced by the ones the model card's commands use;
+  record with the run's machine-local paths (output, start, distillation teacher) replaced by the ones
+  the model card's commands use;
 - ``reader_adapter/``: the adapter re-saved in bfloat16 (half the size; loading casts it back).
 
 The model card (``README.md``) is left as it is: update its tables from the run's results, then check
@@ -65,9 +66,15 @@ def main() -> None:
     parser.add_argument("--to", type=Path, default=DEFAULT_HEAD, help="where to write (default: the shipped head)")
     parser.add_argument("--recorded-output-dir", required=True, help="output_dir as the model card's commands name it")
     parser.add_argument("--recorded-init-from", required=True, help="init_from as the model card's commands name it")
+    parser.add_argument(
+        "--recorded-distill-teacher", help="distill_teacher as the model card's commands name it (a run that had one)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ship(args.source, args.to, {"output_dir": args.recorded_output_dir, "init_from": args.recorded_init_from})
+    recorded = {"output_dir": args.recorded_output_dir, "init_from": args.recorded_init_from}
+    if args.recorded_distill_teacher:
+        recorded["distill_teacher"] = args.recorded_distill_teacher
+    ship(args.source, args.to, recorded)
 
 
 if __name__ == "__main__":
