@@ -1,9 +1,9 @@
 """The learning curves of the long run behind the shipped head: where each stage stopped moving.
 
 Reads a run manifest (``benchmarks/results/reader_adapter/long_run.json``: the pretraining pieces' logs
-and held-out scores at their checkpoints, the QA stages of several lengths, and a baseline trained on the
-same batches) and writes a Markdown report and a figure from the committed files alone (no model, no
-GPU)::
+and held-out scores at their checkpoints, the QA stages of several lengths, second passes over the QA data
+from one of them, and a baseline trained on the same batches as that stage) and writes a Markdown report
+and a figure from the committed files alone (no model, no GPU)::
 
     python benchmarks/learning_curves.py --out benchmarks/results/reader_adapter/learning_curves.md \\
         --plot benchmarks/results/reader_adapter/learning_curves.png
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 QA_OBJECTIVE = "QAPrompt"
+QA_STAGE_BATCH = 32  # examples per step of the first-pass QA stages (sft-4x-mixed.json)
 
 
 @dataclass
@@ -129,9 +130,9 @@ def pretraining_section(pretraining: dict, root: Path) -> tuple[list[str], list[
 
 def qa_length_section(
     stages: list[dict], baseline: dict, baseline_scores: dict, root: Path
-) -> tuple[list[str], list[tuple[int, dict]]]:
+) -> tuple[list[str], list[tuple[int, dict]], tuple[float, float]]:
     """The table of QA stage lengths against held-out scores, the baseline's row and the per-doubling fit;
-    returns each stage's (steps, scores) too."""
+    returns each stage's (steps, scores) and the NQ fit (intercept, gain per doubling) too."""
     lines = [
         "\n## QA stage length\n",
         "Each stage starts from a pretraining checkpoint and runs the mixed QA stage "
@@ -148,8 +149,7 @@ def qa_length_section(
         steps = read_curve([root / stage["curve"]])[-1]["step"]
         scores = held_out(root / stage["quality"])
         points.append((steps, scores))
-        name = f"session {stage['session']}" + (" (shipped)" if stage.get("shipped") else "")
-        lines.append(qa_row(name, steps, stage["from_pretraining_step"], scores))
+        lines.append(qa_row(f"session {stage['session']}", steps, stage["from_pretraining_step"], scores))
     baseline_steps = read_curve([root / baseline["curve"]])[-1]["step"]
     lines.append(qa_row(f"`{baseline['name']}` (raw text)", baseline_steps, "", baseline_scores, reconstruction=False))
     steps = [step for step, _ in points]
@@ -165,19 +165,52 @@ def qa_length_section(
         f"{intercept + gain * math.log2(2 * longest):.1f}, {4 * longest} steps "
         f"{intercept + gain * math.log2(4 * longest):.1f}.",
     ]
+    return lines, points, (intercept, gain)
+
+
+def second_pass_section(
+    second: dict, first_steps: int, fit: tuple[float, float], root: Path
+) -> tuple[list[str], list[tuple[float, float, float, str]]]:
+    """Second passes over the QA data from one stage, against that stage and against the per-doubling fit
+    read at the same number of examples; returns each run's (batch-32 steps, NQ F1, HotpotQA F1, name) too."""
+    examples = first_steps * QA_STAGE_BATCH
+    lines = [
+        f"\n## Second pass over the QA data (from the session-{second['from_session']} stage)\n",
+        f"Each run is {second['description']}. Examples count both passes ({examples:,} in the first; 30% of "
+        "them text steps); "
+        f'"fit" reads the line above at that many batch-{QA_STAGE_BATCH} steps.\n',
+        "| run | steps of the second pass | examples in all | NQ own | fit | another passage | closed-book "
+        "| raw text | NQ gap | HotpotQA own | HotpotQA gap | reconstruction (none) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    intercept, gain = fit
+    points = []
+    for run in second["runs"]:
+        steps = read_curve([root / run["curve"]])[-1]["step"]
+        seen = examples + steps * second["batch_size"]
+        scores = held_out(root / run["quality"])
+        predicted = intercept + gain * math.log2(seen / QA_STAGE_BATCH)
+        points.append((seen / QA_STAGE_BATCH, scores["NQ own"], scores["HotpotQA own"], run["name"]))
+        name = run["name"] + (" (shipped)" if run.get("shipped") else "")
+        lines.append(
+            f"| {name} | {steps} | {seen:,} | {cell(scores['NQ own'])} | {predicted:.1f} | {cell(scores['NQ other'])} "
+            f"| {cell(scores['NQ closed_book'])} | {cell(scores['NQ raw_text'])} | {cell(scores['NQ content_gap_f1'])} "
+            f"| {cell(scores['HotpotQA own'])} | {cell(scores['HotpotQA content_gap_f1'])} "
+            f"| {cell(scores['reconstruction own'], 3)} ({cell(scores['reconstruction none'], 2)}) |"
+        )
     return lines, points
 
 
-def qa_loss_section(slots_curve: list[dict], baseline_curve: list[dict], baseline: str) -> list[str]:
-    """Mean loss of the QA steps per 100 steps, the shipped stage against the baseline on the same batches."""
+def qa_loss_section(slots_curve: list[dict], baseline_curve: list[dict], baseline: str, session: int) -> list[str]:
+    """Mean loss of the QA steps per 100 steps, a slots stage against the baseline on the same batches."""
     slot_blocks = {block.first: block for block in block_means(slots_curve, 100, QA_OBJECTIVE)}
     baseline_blocks = {block.first: block for block in block_means(baseline_curve, 100, QA_OBJECTIVE)}
     lines = [
-        f"\n## QA training loss, shipped stage against `{baseline}` on the same batches\n",
+        f"\n## QA training loss, the session-{session} stage against `{baseline}` on the same batches\n",
         "Mean loss of the logged QA steps per block of 100 steps (same seed and config, so the same batches "
-        f"at every step). The shipped stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
+        f"at every step). The slots stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
         f"teacher; `{baseline}`'s is the cross-entropy alone.\n",
-        f"| steps | slots (shipped stage) | `{baseline}` | logged QA steps |",
+        f"| steps | slots (session-{session} stage) | `{baseline}` | logged QA steps |",
         "|---|---|---|---|",
     ]
     for first, block in sorted(slot_blocks.items()):
@@ -197,18 +230,24 @@ def report(manifest_path: Path) -> tuple[str, dict]:
     root = manifest_path.parent
     stages = sorted(manifest["qa_stages"], key=lambda stage: stage["session"])
     baseline = manifest["baseline"]
-    shipped = next(stage for stage in stages if stage.get("shipped"))
-    slots_curve = read_curve([root / shipped["curve"]])
+    paired = next(stage for stage in stages if stage["session"] == baseline["same_batches_as_session"])
+    slots_curve = read_curve([root / paired["curve"]])
     baseline_curve = read_curve([root / baseline["curve"]])
 
     baseline_scores = held_out(root / baseline["quality"])
     pretraining, curve, checkpoints = pretraining_section(manifest["pretraining"], root)
-    qa_length, points = qa_length_section(stages, baseline, baseline_scores, root)
+    qa_length, points, fit = qa_length_section(stages, baseline, baseline_scores, root)
+    second = manifest["second_passes"]
+    first_steps = next(
+        steps for (steps, _), stage in zip(points, stages, strict=True) if stage["session"] == second["from_session"]
+    )
+    second_lines, second_points = second_pass_section(second, first_steps, fit, root)
     lines = [
         f"# Learning curves of the long run\n\n{manifest['description']}\n",
         *pretraining,
         *qa_length,
-        *qa_loss_section(slots_curve, baseline_curve, baseline["name"]),
+        *second_lines,
+        *qa_loss_section(slots_curve, baseline_curve, baseline["name"], paired["session"]),
     ]
     series = {
         "pretraining": [(record["step"], record["loss"]) for record in curve],
@@ -216,6 +255,7 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         "slots_qa": qa_losses(slots_curve),
         "baseline_qa": qa_losses(baseline_curve),
         "stage_f1": [(step, scores["NQ own"], scores["HotpotQA own"]) for step, scores in points],
+        "second_pass_f1": second_points,
         "baseline_f1": (baseline_scores["NQ own"], baseline_scores["HotpotQA own"]),
         "references": manifest["references"],
         "baseline_name": baseline["name"],
@@ -238,14 +278,22 @@ def plot(series: dict, path: Path) -> None:
     pretraining.legend()
     qa.plot(*zip(*series["slots_qa"], strict=True), lw=0.8, label="slots (CE + 0.5 KL)")
     qa.plot(*zip(*series["baseline_qa"], strict=True), lw=0.8, label=f"{series['baseline_name']} (CE)")
-    qa.set(xlabel="QA step (batch 32)", ylabel="loss of QA steps", title="Shipped QA stage, same batches")
+    qa.set(xlabel="QA step (batch 32)", ylabel="loss of QA steps", title="Longest QA stage, same batches")
     qa.legend()
     steps, nq, hotpotqa = zip(*series["stage_f1"], strict=True)
     length.plot(steps, nq, "o-", label="NQ, slots")
     length.plot(steps, hotpotqa, "s-", label="HotpotQA, slots")
+    for marker, (steps, nq, hotpotqa, name) in zip("*Pxd", series["second_pass_f1"], strict=False):
+        length.plot([steps], [nq], marker, c="C0", ms=9, label=f"NQ, second pass ({name})")
+        length.plot([steps], [hotpotqa], marker, c="C1", ms=9)
     length.axhline(series["baseline_f1"][0], ls="--", c="C0", lw=0.8, label=f"NQ, {series['baseline_name']}")
     length.axhline(series["references"]["full-tuned NQ F1"], ls=":", c="C0", lw=0.8, label="NQ, full-tuned")
-    length.set(xlabel="QA steps (log scale)", ylabel="F1", xscale="log", title="QA stage length, held-out F1")
+    length.set(
+        xlabel="QA steps of 32 examples, or their equivalent (log scale)",
+        ylabel="F1",
+        xscale="log",
+        title="QA stage length, held-out F1",
+    )
     length.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

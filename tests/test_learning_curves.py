@@ -52,15 +52,40 @@ def test_per_doubling_recovers_a_log_linear_series(curves):
 def test_the_committed_report_reads_the_quality_files(curves):
     text, series = curves.report(MANIFEST)
     manifest = json.loads(MANIFEST.read_text())
-    shipped = next(stage for stage in manifest["qa_stages"] if stage.get("shipped"))
-    quality = json.loads((MANIFEST.parent / shipped["quality"]).read_text())
-    f1 = round(100 * quality["qa_nq"]["own"]["f1"], 1)
-    assert f"| {f1} |" in text.split("## QA stage length")[1]
+
+    def nq_f1(quality: str) -> float:
+        return round(100 * json.loads((MANIFEST.parent / quality).read_text())["qa_nq"]["own"]["f1"], 1)
+
+    longest = max(
+        manifest["qa_stages"], key=lambda stage: curves.read_curve([MANIFEST.parent / stage["curve"]])[-1]["step"]
+    )
+    f1 = nq_f1(longest["quality"])
+    assert f"| {f1} |" in text.split("## QA stage length")[1].split("## Second pass")[0]
     assert f1 in [nq for _, nq, _ in series["stage_f1"]]
     assert len(series["stage_f1"]) == len(manifest["qa_stages"])
+    shipped = next(run for run in manifest["second_passes"]["runs"] if run.get("shipped"))
+    shipped_row = next(line for line in text.split("## Second pass")[1].splitlines() if "(shipped)" in line)
+    assert f"| {nq_f1(shipped['quality'])} |" in shipped_row
+    assert [name for *_, name in series["second_pass_f1"]] == [run["name"] for run in manifest["second_passes"]["runs"]]
     assert (
         series["checkpoints"][-1][1]
         == json.loads((MANIFEST.parent / manifest["pretraining"]["checkpoints"][-1]["quality"]).read_text())[
             "reconstruction_nq"
         ]["own_nats"]
     )
+
+
+def test_a_second_pass_is_set_against_the_fit_at_its_number_of_examples(curves, tmp_path):
+    quality = {"qa_nq": {"own": {"f1": 0.5}}, "reconstruction_nq": {}}
+    (tmp_path / "q.json").write_text(json.dumps(quality))
+    (tmp_path / "c.jsonl").write_text('{"step": 100, "loss": 1.0, "objective": "QAPrompt"}\n')
+    second = {
+        "from_session": 1,
+        "batch_size": 96,
+        "description": "a test",
+        "runs": [{"name": "arm", "curve": "c.jsonl", "quality": "q.json"}],
+    }
+    lines, points = curves.second_pass_section(second, 200, (10.0, 2.0), tmp_path)
+    # 200 steps of 32 + 100 of 96 = 16,000 examples = 500 steps of 32: the fit gives 10 + 2 * log2(500)
+    assert points == [(500.0, 50.0, None, "arm")]
+    assert f"| 16,000 | 50.0 | {10 + 2 * math.log2(500):.1f} |" in lines[-1]
