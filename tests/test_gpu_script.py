@@ -147,10 +147,31 @@ def test_a_qa_stage_in_pieces_with_teacher_pairs(tmp_path):
     teacher = next(i for i, call in enumerate(calls) if "teacher-qa" in call)
     (qa,) = trainings(calls)
     assert teacher < calls.index(qa) and "--out runs/teacher-qa/2wiki.jsonl" in calls[teacher]
+    assert "--teacher comprexit_rag/pretrained/comprexit-smollm2-135m " in calls[teacher]  # the shipped head answers
     assert f"--config {config} --init-from /tmp/init --piece-seconds 900 --output-dir {tmp_path}/runs/sft" in qa
     assert "SFT PIECE READY" in out and list((results / "sft-piece").glob("piece.tar.part-*"))
     assert (results / "teacher-qa" / "2wiki.manifest.json").is_file()
     assert "QA HEAD READY" in out and any("--head" in call and "runs/sft/final" in call for call in calls)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_teacher_pairs_answered_by_the_full_lora_reader(tmp_path):
+    config = "experiments/reader_adapter/sft-4x-mixed-continue-teacher-qa-b128.json"
+    calls, _, _ = run_script(
+        tmp_path,
+        PIECE_S="0",
+        SFT_INIT="/tmp/init",
+        SFT_S="500",
+        TEACHER_QA="wikipedia",
+        TEACHER_QA_LIMIT="12000",
+        TEACHER_QA_FROM="/tmp/teacher",
+        DISTILL_TEACHER="/tmp/teacher",
+        SFT_CONFIG=config,
+    )
+    teacher = next(call for call in calls if "teacher-qa" in call)
+    assert "--teacher /tmp/teacher --source wikipedia --limit 12000 --out runs/teacher-qa/wikipedia.jsonl" in teacher
+    (qa,) = trainings(calls)
+    assert f"--config {config} --init-from /tmp/init --distill-teacher /tmp/teacher --time-budget 500" in qa
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
