@@ -162,14 +162,13 @@ def test_teacher_pairs_answered_by_the_full_lora_reader(tmp_path):
         PIECE_S="0",
         SFT_INIT="/tmp/init",
         SFT_S="500",
-        TEACHER_QA="wikipedia",
-        TEACHER_QA_LIMIT="12000",
+        TEACHER_QA="2wiki",
         TEACHER_QA_FROM="/tmp/teacher",
         DISTILL_TEACHER="/tmp/teacher",
         SFT_CONFIG=config,
     )
     teacher = next(call for call in calls if "teacher-qa" in call)
-    assert "--teacher /tmp/teacher --source wikipedia --limit 12000 --out runs/teacher-qa/wikipedia.jsonl" in teacher
+    assert "--teacher /tmp/teacher --source 2wiki --limit 6119 --out runs/teacher-qa/2wiki.jsonl" in teacher
     (qa,) = trainings(calls)
     assert f"--config {config} --init-from /tmp/init --distill-teacher /tmp/teacher --time-budget 500" in qa
 

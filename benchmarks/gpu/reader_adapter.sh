@@ -17,10 +17,9 @@
 #      NQ_RETRIEVED (default 400; 0: none): the first N NQ dev questions read among 4 retrieved passages
 #      (slot_quality.py --nq-retrieved), for the QA head, the shipped head and each baseline, each in a call of
 #      its own; the neighbours come from the carried cache (pack_payload.sh), as the GPU has no embedder.
-#      TEACHER_QA=2wiki first writes runs/teacher-qa/2wiki.jsonl (comprexit-rag teacher-qa on the first
-#      TEACHER_QA_LIMIT passages outside the evaluation splits, default 6119: all 6,108 of 2Wiki), the QA family
-#      that sft-4x-mixed-teacher-qa.json names; TEACHER_QA=wikipedia reads 100-word windows of the carried AB-AD
-#      shards into runs/teacher-qa/wikipedia.jsonl instead. Its manifest comes back in results.tgz. The answers come from TEACHER_QA_FROM's reader adapter reading the
+#      TEACHER_QA=2wiki first writes runs/teacher-qa/2wiki.jsonl (comprexit-rag teacher-qa on the 6,108 2Wiki
+#      passages outside the evaluation splits), the QA family that sft-4x-mixed-teacher-qa.json names; its
+#      manifest comes back in results.tgz. The answers come from TEACHER_QA_FROM's reader adapter reading the
 #      raw passages (default: the shipped head; /tmp/teacher: the carried full-lora checkpoint).
 #      DISTILL_TEACHER: a full-lora checkpoint (pack_payload.sh TEACHER=, lands in /tmp/teacher) whose adapter is
 #      the QA stage's distillation teacher (--distill-teacher) instead of the head's own adapter.
@@ -147,7 +146,7 @@ fi
 SFT_FROM=${SFT_INIT:-$RUNS/pretrain/final}
 if [ -n "${TEACHER_QA:-}" ]; then
   python3 -m comprexit_rag.cli -v teacher-qa --teacher "${TEACHER_QA_FROM:-comprexit_rag/pretrained/comprexit-smollm2-135m}" \
-    --source "$TEACHER_QA" --limit "${TEACHER_QA_LIMIT:-6119}" --out "runs/teacher-qa/$TEACHER_QA.jsonl" --batch-size 256 --device cuda \
+    --source "$TEACHER_QA" --limit 6119 --out "runs/teacher-qa/$TEACHER_QA.jsonl" --batch-size 256 --device cuda \
     > "$RUNS/teacher-qa.log" 2>&1
   tail -n 2 "$RUNS/teacher-qa.log"
   mkdir -p "$RESULTS/teacher-qa" && cp "runs/teacher-qa/$TEACHER_QA.manifest.json" "$RESULTS/teacher-qa/"
