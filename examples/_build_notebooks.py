@@ -57,7 +57,7 @@ print(f"{len(examples)} questions, {len(passages)} paragraphs (supporting + dist
 
 HEAD_NOTE = """
 > **Note.** The shipped ComprExIT head (`comprexit_rag/pretrained/comprexit-smollm2-135m`) and its reader
-> adapter read NQ gold passages at 4x with 48.4 F1 (56.3 from the raw text), but SmolLM2-135M is a very
+> adapter read NQ gold passages at 4x with 49.2 F1 (59.6 from the raw text), but SmolLM2-135M is a very
 > small reader: on multi-hop HotpotQA questions expect modest F1 from slots and text alike (the model card
 > and BENCHMARKS.md give the numbers). Every step below runs the same way with a better head.
 """
