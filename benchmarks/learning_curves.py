@@ -95,16 +95,23 @@ def cell(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def qa_row(name: str, steps: int, start: int | str, scores: dict, reconstruction: bool = True) -> str:
-    """One row of the QA stage length table."""
+def score_cells(scores: dict, reconstruction: bool = True) -> list[str]:
+    """The held-out cells of a row: NQ own, another passage, closed-book, raw text, gap; HotpotQA own, gap;
+    reconstruction (no context)."""
     recon = (
         f"{cell(scores['reconstruction own'], 3)} ({cell(scores['reconstruction none'], 2)})" if reconstruction else ""
     )
-    return (
-        f"| {name} | {steps} | {start} | {cell(scores['NQ own'])} | {cell(scores['NQ other'])} | "
-        f"{cell(scores['NQ closed_book'])} | {cell(scores['NQ raw_text'])} | {cell(scores['NQ content_gap_f1'])} | "
-        f"{cell(scores['HotpotQA own'])} | {cell(scores['HotpotQA content_gap_f1'])} | {recon} |"
-    )
+    nq = [cell(scores[f"NQ {row}"]) for row in ("own", "other", "closed_book", "raw_text", "content_gap_f1")]
+    return [*nq, cell(scores["HotpotQA own"]), cell(scores["HotpotQA content_gap_f1"]), recon]
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(value) for value in cells) + " |"
+
+
+def qa_row(name: str, steps: int, start: int | str, scores: dict, reconstruction: bool = True) -> str:
+    """One row of the QA stage length table."""
+    return row(name, steps, start, *score_cells(scores, reconstruction))
 
 
 def pretraining_section(pretraining: dict, root: Path) -> tuple[list[str], list[dict], dict[int, dict]]:
@@ -192,12 +199,9 @@ def second_pass_section(
         predicted = intercept + gain * math.log2(seen / QA_STAGE_BATCH)
         points.append((seen / QA_STAGE_BATCH, scores["NQ own"], scores["HotpotQA own"], run["name"]))
         name = run["name"] + (" (shipped)" if run.get("shipped") else "")
-        lines.append(
-            f"| {name} | {steps} | {seen:,} | {cell(scores['NQ own'])} | {predicted:.1f} | {cell(scores['NQ other'])} "
-            f"| {cell(scores['NQ closed_book'])} | {cell(scores['NQ raw_text'])} | {cell(scores['NQ content_gap_f1'])} "
-            f"| {cell(scores['HotpotQA own'])} | {cell(scores['HotpotQA content_gap_f1'])} "
-            f"| {cell(scores['reconstruction own'], 3)} ({cell(scores['reconstruction none'], 2)}) |"
-        )
+        cells = score_cells(scores)
+        cells.insert(1, f"{predicted:.1f}")  # the fit next to the NQ F1 it predicts
+        lines.append(row(name, steps, f"{seen:,}", *cells))
     return lines, points
 
 
@@ -259,6 +263,7 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         "baseline_f1": (baseline_scores["NQ own"], baseline_scores["HotpotQA own"]),
         "references": manifest["references"],
         "baseline_name": baseline["name"],
+        "paired_session": paired["session"],
     }
     return "\n".join(lines) + "\n", series
 
@@ -278,7 +283,8 @@ def plot(series: dict, path: Path) -> None:
     pretraining.legend()
     qa.plot(*zip(*series["slots_qa"], strict=True), lw=0.8, label="slots (CE + 0.5 KL)")
     qa.plot(*zip(*series["baseline_qa"], strict=True), lw=0.8, label=f"{series['baseline_name']} (CE)")
-    qa.set(xlabel="QA step (batch 32)", ylabel="loss of QA steps", title="Longest QA stage, same batches")
+    title = f"Session-{series['paired_session']} QA stage, same batches"
+    qa.set(xlabel="QA step (batch 32)", ylabel="loss of QA steps", title=title)
     qa.legend()
     steps, nq, hotpotqa = zip(*series["stage_f1"], strict=True)
     length.plot(steps, nq, "o-", label="NQ, slots")
