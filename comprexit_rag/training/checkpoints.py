@@ -87,5 +87,7 @@ def resume(directory: Path, state: dict, adapter: ReaderAdapter | None, optimize
         )
     if adapter is not None:
         adapter.load_weights(saved_adapter)
-    optimizer.load_state_dict(torch.load(files / "optimizer.pt", weights_only=True))
+    # On the CPU first: a run saved on a GPU may continue on another machine, and load_state_dict moves each
+    # state tensor to its parameter's device.
+    optimizer.load_state_dict(torch.load(files / "optimizer.pt", weights_only=True, map_location="cpu"))
     return {key: value for key, value in state.items() if key != "files"}

@@ -40,6 +40,7 @@ from comprexit_rag.reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdap
 from comprexit_rag.reading.batch_layout import IGNORE_INDEX
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training import checkpoints, trainer
+from comprexit_rag.training.checkpoints import checkpoint_files, read_state
 from comprexit_rag.training.data import MAX_ANSWER_TOKENS, QATrainingSet
 from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.teacher_forcing import target_logits
@@ -818,6 +819,21 @@ def test_a_resumed_run_rebuilds_its_module_from_the_checkpoint(make_tiny_backbon
     steps += [train(config, make_tiny_backbone())["steps"] for _ in range(2)]
     assert steps == [1, 2, 3]
     assert "depth.layer_scale" in final_weights(config)
+
+
+def test_a_run_saved_on_a_gpu_resumes_on_a_cpu(make_tiny_backbone, data, tmp_path, monkeypatch):
+    # Session 20: a QA piece trained on an H100 did not resume here ("Attempting to deserialize object on a
+    # CUDA device"). Its optimizer file is made the same: storages tagged as on cuda:0.
+    config = tiny_config(tmp_path / "run", data, "full-lora", "sft", reader_adapter=True, adapter_rank=4, max_steps=2)
+    train(replace(config, piece_seconds=0.0), make_tiny_backbone())
+    checkpoint = Path(config.output_dir) / "checkpoint"
+    optimizer_file = checkpoint_files(checkpoint, read_state(checkpoint)) / "optimizer.pt"
+    state = torch.load(optimizer_file, weights_only=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, optimizer_file)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train(config, make_tiny_backbone())["steps"] == 2
 
 
 def test_resuming_on_other_data_or_without_the_adapter_is_refused(make_tiny_backbone, data, tmp_path):
