@@ -1,7 +1,7 @@
 """The learning curves of the long run behind the shipped head: where each stage stopped moving.
 
 Reads a run manifest (``benchmarks/results/reader_adapter/long_run.json``: the pretraining pieces' logs
-and held-out scores at their checkpoints, the QA stages of several lengths, second passes over the QA data
+and held-out scores at their checkpoints, the QA stages of several lengths, later passes over the QA data
 from one of them, and a baseline trained on the same batches as that stage) and writes a Markdown report
 and a figure from the committed files alone (no model, no GPU)::
 
@@ -175,33 +175,36 @@ def qa_length_section(
     return lines, points, (intercept, gain)
 
 
-def second_pass_section(
-    second: dict, first_steps: int, fit: tuple[float, float], root: Path
+def later_pass_section(
+    later: dict, first_steps: int, fit: tuple[float, float], root: Path
 ) -> tuple[list[str], list[tuple[float, float, float, str]]]:
-    """Second passes over the QA data from one stage, against that stage and against the per-doubling fit
-    read at the same number of examples; returns each run's (batch-32 steps, NQ F1, HotpotQA F1, name) too."""
+    """Passes over the QA data after one stage's first, against the per-doubling fit read at the same number of
+    examples; returns each run's (batch-32 steps, NQ F1, HotpotQA F1, name) too. A run that continues another
+    (``"after"``: that run's name) counts that run's examples before its own."""
     examples = first_steps * QA_STAGE_BATCH
     lines = [
-        f"\n## Second pass over the QA data (from the session-{second['from_session']} stage)\n",
-        f"Each run is {second['description']}. Examples count both passes ({examples:,} in the first; 30% of "
-        "them text steps); "
+        f"\n## Later passes over the QA data (from the session-{later['from_session']} stage)\n",
+        f"{later['description']} Examples count every pass ({examples:,} in the first; 30% of them text steps); "
         f'"fit" reads the line above at that many batch-{QA_STAGE_BATCH} steps.\n',
-        "| run | steps of the second pass | examples in all | NQ own | fit | another passage | closed-book "
+        "| run | pass | steps of this pass | examples in all | NQ own | fit | another passage | closed-book "
         "| raw text | NQ gap | HotpotQA own | HotpotQA gap | reconstruction (none) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     intercept, gain = fit
     points = []
-    for run in second["runs"]:
+    seen_after: dict[str, tuple[int, int]] = {}  # run name -> (examples seen at its end, its pass)
+    for run in later["runs"]:
         steps = read_curve([root / run["curve"]])[-1]["step"]
-        seen = examples + steps * second["batch_size"]
+        before, previous_pass = seen_after[run["after"]] if "after" in run else (examples, 1)
+        seen = before + steps * later["batch_size"]
+        seen_after[run["name"]] = (seen, previous_pass + 1)
         scores = held_out(root / run["quality"])
         predicted = intercept + gain * math.log2(seen / QA_STAGE_BATCH)
         points.append((seen / QA_STAGE_BATCH, scores["NQ own"], scores["HotpotQA own"], run["name"]))
         name = run["name"] + (" (shipped)" if run.get("shipped") else "")
         cells = score_cells(scores)
         cells.insert(1, f"{predicted:.1f}")  # the fit next to the NQ F1 it predicts
-        lines.append(row(name, steps, f"{seen:,}", *cells))
+        lines.append(row(name, previous_pass + 1, steps, f"{seen:,}", *cells))
     return lines, points
 
 
@@ -241,16 +244,16 @@ def report(manifest_path: Path) -> tuple[str, dict]:
     baseline_scores = held_out(root / baseline["quality"])
     pretraining, curve, checkpoints = pretraining_section(manifest["pretraining"], root)
     qa_length, points, fit = qa_length_section(stages, baseline, baseline_scores, root)
-    second = manifest["second_passes"]
+    later = manifest["later_passes"]
     first_steps = next(
-        steps for (steps, _), stage in zip(points, stages, strict=True) if stage["session"] == second["from_session"]
+        steps for (steps, _), stage in zip(points, stages, strict=True) if stage["session"] == later["from_session"]
     )
-    second_lines, second_points = second_pass_section(second, first_steps, fit, root)
+    later_lines, later_points = later_pass_section(later, first_steps, fit, root)
     lines = [
         f"# Learning curves of the long run\n\n{manifest['description']}\n",
         *pretraining,
         *qa_length,
-        *second_lines,
+        *later_lines,
         *qa_loss_section(slots_curve, baseline_curve, baseline["name"], paired["session"]),
     ]
     series = {
@@ -259,7 +262,7 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         "slots_qa": qa_losses(slots_curve),
         "baseline_qa": qa_losses(baseline_curve),
         "stage_f1": [(step, scores["NQ own"], scores["HotpotQA own"]) for step, scores in points],
-        "second_pass_f1": second_points,
+        "later_pass_f1": later_points,
         "baseline_f1": (baseline_scores["NQ own"], baseline_scores["HotpotQA own"]),
         "references": manifest["references"],
         "baseline_name": baseline["name"],
@@ -270,11 +273,12 @@ def report(manifest_path: Path) -> tuple[str, dict]:
 
 def plot(series: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (pretraining, qa, length) = plt.subplots(1, 3, figsize=(15, 4.2))
+    figure, (pretraining, qa, length) = plt.subplots(1, 3, figsize=(18, 4.2))
     pretraining.plot(*zip(*series["pretraining"], strict=True), lw=0.8, label="training (reconstruction)")
     pretraining.plot(*zip(*series["checkpoints"], strict=True), "o-", label="held-out NQ windows")
     pretraining.set(
@@ -289,8 +293,8 @@ def plot(series: dict, path: Path) -> None:
     steps, nq, hotpotqa = zip(*series["stage_f1"], strict=True)
     length.plot(steps, nq, "o-", label="NQ, slots")
     length.plot(steps, hotpotqa, "s-", label="HotpotQA, slots")
-    for marker, (steps, nq, hotpotqa, name) in zip("*Pxd", series["second_pass_f1"], strict=False):
-        length.plot([steps], [nq], marker, c="C0", ms=9, label=f"NQ, second pass ({name})")
+    for marker, (steps, nq, hotpotqa, name) in zip("*Pxd", series["later_pass_f1"], strict=False):
+        length.plot([steps], [nq], marker, c="C0", ms=9, label=f"NQ, later pass ({name})")
         length.plot([steps], [hotpotqa], marker, c="C1", ms=9)
     length.axhline(series["baseline_f1"][0], ls="--", c="C0", lw=0.8, label=f"NQ, {series['baseline_name']}")
     length.axhline(series["references"]["full-tuned NQ F1"], ls=":", c="C0", lw=0.8, label="NQ, full-tuned")
@@ -300,7 +304,9 @@ def plot(series: dict, path: Path) -> None:
         xscale="log",
         title="QA stage length, held-out F1",
     )
-    length.legend(fontsize=8)
+    length.set_xticks([200, 500, 1000, 2000, 3000], ["200", "500", "1,000", "2,000", "3,000"])
+    length.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on this range
+    length.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: the points fill the axes
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

@@ -60,13 +60,13 @@ def test_the_committed_report_reads_the_quality_files(curves):
         manifest["qa_stages"], key=lambda stage: curves.read_curve([MANIFEST.parent / stage["curve"]])[-1]["step"]
     )
     f1 = nq_f1(longest["quality"])
-    assert f"| {f1} |" in text.split("## QA stage length")[1].split("## Second pass")[0]
+    assert f"| {f1} |" in text.split("## QA stage length")[1].split("## Later passes")[0]
     assert f1 in [nq for _, nq, _ in series["stage_f1"]]
     assert len(series["stage_f1"]) == len(manifest["qa_stages"])
-    shipped = next(run for run in manifest["second_passes"]["runs"] if run.get("shipped"))
-    shipped_row = next(line for line in text.split("## Second pass")[1].splitlines() if "(shipped)" in line)
+    shipped = next(run for run in manifest["later_passes"]["runs"] if run.get("shipped"))
+    shipped_row = next(line for line in text.split("## Later passes")[1].splitlines() if "(shipped)" in line)
     assert f"| {nq_f1(shipped['quality'])} |" in shipped_row
-    assert [name for *_, name in series["second_pass_f1"]] == [run["name"] for run in manifest["second_passes"]["runs"]]
+    assert [name for *_, name in series["later_pass_f1"]] == [run["name"] for run in manifest["later_passes"]["runs"]]
     assert (
         series["checkpoints"][-1][1]
         == json.loads((MANIFEST.parent / manifest["pretraining"]["checkpoints"][-1]["quality"]).read_text())[
@@ -75,17 +75,22 @@ def test_the_committed_report_reads_the_quality_files(curves):
     )
 
 
-def test_a_second_pass_is_set_against_the_fit_at_its_number_of_examples(curves, tmp_path):
+def test_a_later_pass_is_set_against_the_fit_at_its_number_of_examples(curves, tmp_path):
     quality = {"qa_nq": {"own": {"f1": 0.5}}, "reconstruction_nq": {}}
     (tmp_path / "q.json").write_text(json.dumps(quality))
     (tmp_path / "c.jsonl").write_text('{"step": 100, "loss": 1.0, "objective": "QAPrompt"}\n')
-    second = {
+    later = {
         "from_session": 1,
         "batch_size": 96,
-        "description": "a test",
-        "runs": [{"name": "arm", "curve": "c.jsonl", "quality": "q.json"}],
+        "description": "A test.",
+        "runs": [
+            {"name": "arm", "curve": "c.jsonl", "quality": "q.json"},
+            {"name": "next", "after": "arm", "curve": "c.jsonl", "quality": "q.json"},
+        ],
     }
-    lines, points = curves.second_pass_section(second, 200, (10.0, 2.0), tmp_path)
-    # 200 steps of 32 + 100 of 96 = 16,000 examples = 500 steps of 32: the fit gives 10 + 2 * log2(500)
-    assert points == [(500.0, 50.0, None, "arm")]
-    assert f"| 16,000 | 50.0 | {10 + 2 * math.log2(500):.1f} |" in lines[-1]
+    lines, points = curves.later_pass_section(later, 200, (10.0, 2.0), tmp_path)
+    # 200 steps of 32 + 100 of 96 = 16,000 examples = 500 steps of 32: the fit gives 10 + 2 * log2(500);
+    # the run after it adds its own 100 of 96: 25,600 = 800 steps of 32
+    assert points == [(500.0, 50.0, None, "arm"), (800.0, 50.0, None, "next")]
+    assert f"| arm | 2 | 100 | 16,000 | 50.0 | {10 + 2 * math.log2(500):.1f} |" in lines[-2]
+    assert f"| next | 3 | 100 | 25,600 | 50.0 | {10 + 2 * math.log2(800):.1f} |" in lines[-1]
