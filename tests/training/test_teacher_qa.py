@@ -11,6 +11,7 @@ import gzip
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from comprexit_rag.training.teacher_qa import (
     DROP_REASONS,
     SOURCES,
     Teacher,
+    about_the_passage,
     in_passage,
     question_of,
     source_passages,
@@ -51,8 +53,9 @@ class ScriptedTeacher(Teacher):
     """A teacher whose replies depend on the passage's number ``i``, so that every outcome occurs:
 
     i % 6 == 0: no question; 1: empty answer; 2: an answer over the cap; 3: the closed-book answer is the same
-    (normalised); 4: kept; 5: an answer that is not in the passage. ``fail_on_batch`` raises in that batch's
-    question writing (a kill).
+    (normalised); 4: kept; 5: an answer that is not in the passage. A passage titled "Elsewhere" gets a
+    question about something it does not mention, one titled "Echo" a question that holds its answer.
+    ``fail_on_batch`` raises in that batch's question writing (a kill).
     """
 
     def __init__(self, backbone: Backbone, fail_on_batch: int | None = None) -> None:
@@ -65,10 +68,17 @@ class ScriptedTeacher(Teacher):
         if len(self.batches) == self.fail_on_batch:
             raise KeyboardInterrupt
         self.batches.append(len(passages))
-        return [
-            f"Town {number(p)} is a town." if number(p) % 6 == 0 else f"Question: Who founded Town {number(p)}?\nMore"
-            for p in passages
-        ]
+        return [self.reply(passage) for passage in passages]
+
+    @staticmethod
+    def reply(passage: Passage) -> str:
+        if passage.title == "Elsewhere":
+            return "Who won the 2018 Oscar for Best Actress?"
+        if passage.title == "Echo":
+            return f"Who is Ada{number(passage)}, the founder of Town {number(passage)}?"
+        if number(passage) % 6 == 0:
+            return f"Town {number(passage)} is a town."
+        return f"Question: Who founded Town {number(passage)}?\nMore"
 
     def answer(self, questions: list[str], passages: list[Passage] | None) -> list[str]:
         if passages is None:
@@ -100,10 +110,19 @@ def test_question_of_keeps_the_first_question_and_drops_replies_that_are_none():
     assert question_of("What is the name of the person who sings, plays and writes?") is not None
 
 
+def test_a_question_is_about_the_passage_when_half_its_words_are_the_passages():
+    passage = Passage(text="Daniela Sea (born 1977) is an American actress, known for The L Word.", title="Daniela Sea")
+    assert about_the_passage("What is the name of the actress who was born in 1977?", passage)
+    assert about_the_passage("Which actress is known for The L Word?", passage)
+    assert not about_the_passage("Who won the 2018 Oscar for Best Actress in a Comedy?", passage)
+    assert not about_the_passage("What is the name of the person?", passage)  # nothing but framing words
+
+
 def test_pairs_are_kept_only_when_the_answer_needs_the_passage(tiny_backbone, tmp_path):
     teacher = ScriptedTeacher(tiny_backbone)
     passages = [town(i) for i in range(12)] + [Passage(text="word " * 1100, title="Long", id="long/4")]
-    manifest = write_teacher_qa(tmp_path / "pairs.jsonl", teacher, passages, source="2wiki", limit=13, batch_size=5)
+    passages += [replace(town(7), title="Elsewhere", id="elsewhere/7"), replace(town(4), title="Echo", id="echo/4")]
+    manifest = write_teacher_qa(tmp_path / "pairs.jsonl", teacher, passages, source="2wiki", limit=15, batch_size=5)
 
     records = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert [record["id"] for record in records] == ["town/4", "town/10"]
@@ -115,18 +134,20 @@ def test_pairs_are_kept_only_when_the_answer_needs_the_passage(tiny_backbone, tm
         "answer": "Ada4",
         "closed_book": "Bob",
     }
-    assert manifest["kept"] == 2 and manifest["passages_read"] == 13
+    assert manifest["kept"] == 2 and manifest["passages_read"] == 15
     assert manifest["dropped"] == {
         "long_passage": 1,  # the student would read only its first MAX_PASSAGE_TOKENS
         "no_question": 2,
+        "question_not_about_passage": 1,  # none of "won 2018 oscar best actress" is in "Town 7 was founded by Ada7."
         "empty_answer": 2,
         "long_answer": 2,
         "answer_not_in_passage": 2,  # "Adam" is not a word of "Town 5 was founded by Ada5."
+        "answer_in_question": 1,
         "closed_book_answer": 2,
     }
     assert json.loads(manifest_path(tmp_path / "pairs.jsonl").read_text()) == manifest
     # Batches of --batch-size passages (less the long one); closed-book only for the pairs still in the running.
-    assert teacher.batches == [5, 5, 2]
+    assert teacher.batches == [5, 5, 4]
     assert sum(teacher.closed_book_calls) == 4
 
 
