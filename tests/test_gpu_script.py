@@ -108,6 +108,24 @@ def test_a_baselines_only_session_trains_and_packs_each_baseline(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_baseline_trained_in_an_earlier_session_is_scored_not_trained_again(tmp_path):
+    carried = tmp_path / "runs" / "baseline-comi-sft"  # as unpack_payload.sh lays out pack_payload.sh TRAINED=
+    (carried / "final").mkdir(parents=True)
+    (carried / "final" / "config.json").write_text("{}")
+    (carried / "summary.json").write_text('{"steps": 918, "finished": true}')
+    calls, out, results = run_script(
+        tmp_path, PIECE_S="0", SFT_S="0", BASELINES="baseline-comi-sft same-budget-comprexit-sft"
+    )
+    (training,) = trainings(calls)
+    assert "--config experiments/reader_adapter/same-budget-comprexit-sft.json" in training
+    assert f"--method comi --head {carried}/final" in " ".join(calls)
+    assert "baseline-comi-sft READY" in out and "same-budget-comprexit-sft READY" in out
+    assert not list((results / "state").glob("baseline-comi-sft.final.tar.part-*"))  # its weights are already back
+    with tarfile.open(results / "out" / "baseline-comi-sft.tgz") as packed:
+        assert {"baseline-comi-sft-quality.json", "baseline-comi-sft/summary.json"} <= set(packed.getnames())
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_a_piece_then_its_qa_stage_then_baselines_for_as_many_steps(tmp_path):
     calls, out, results = run_script(tmp_path, PIECE_S="5", SFT_S="9", BASELINES="baseline-mean-pool-sft")
     runs = tmp_path / "runs"
@@ -209,8 +227,10 @@ def save_generation(run: Path, step: int, size: int) -> None:
     (run / "checkpoint" / "state.json").write_text(f'{{"step": {step}, "files": "step-{step:07d}"}}')
 
 
-def unpack(out: Path, run: str, into: Path) -> Path:
-    parts = sorted(out.glob(f"{run}.ckpt.tar.part-*"))
+def unpack(out: Path | list[Path], run: str, into: Path) -> Path:
+    """Join a run's checkpoint parts, from one poll's folder or several, and untar them into ``into``."""
+    polls = out if isinstance(out, list) else [out]
+    parts = sorted((part for poll in polls for part in poll.glob(f"{run}.*.ckpt.tar.part-*")), key=lambda p: p.name)
     into.mkdir()
     subprocess.run(["tar", "xf", "-", "-C", str(into)], input=b"".join(p.read_bytes() for p in parts), check=True)
     return into / run
@@ -233,7 +253,7 @@ def test_each_poll_brings_back_the_progress_and_a_running_runs_newest_checkpoint
 
     first = tmp_path / "poll1"
     printed = collect(tmp_path, first)
-    assert "baseline-comi-sft: checkpoint step-0000100 in 2 parts" in printed
+    assert "baseline-comi-sft: checkpoint step-0000100, parts sent in this poll: 2, left for the next: 0" in printed
     back = unpack(first, "baseline-comi-sft", tmp_path / "back1")
     state = running / "checkpoint" / "state.json"
     assert back.joinpath("checkpoint", "state.json").read_text() == state.read_text()
@@ -260,7 +280,7 @@ def test_each_poll_brings_back_the_progress_and_a_running_runs_newest_checkpoint
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_a_poll_skips_a_checkpoint_being_replaced_or_too_large_for_the_call(tmp_path):
+def test_a_poll_skips_a_checkpoint_being_replaced_and_sends_a_large_one_over_several_polls(tmp_path):
     running = tmp_path / "runs" / "sft"
     save_generation(running, 300, 1 << 10)
     shutil.rmtree(running / "checkpoint" / "step-0000300")  # the next save removed it after state.json was read
@@ -268,11 +288,20 @@ def test_a_poll_skips_a_checkpoint_being_replaced_or_too_large_for_the_call(tmp_
     assert "was replaced while copying" in collect(tmp_path, out)
     assert [path.name for path in out.iterdir()] == ["progress.tgz"]
 
+    # An optimizer state makes a checkpoint larger than a call brings back (session 21: 5 parts of 15 MiB):
+    # it comes back over two polls, whole, and a newer generation saved meanwhile waits until it has.
     shutil.rmtree(running / "checkpoint")
-    save_generation(running, 400, 110 << 20)  # 8 parts: with progress.tgz, more than a call brings back
-    out = tmp_path / "poll2"
-    assert "needs 8 files, more than this call has room for" in collect(tmp_path, out)
-    assert [path.name for path in out.iterdir()] == ["progress.tgz"]
+    save_generation(running, 400, 110 << 20)  # 8 parts
+    expected = (running / "checkpoint" / "step-0000400" / "optimizer.pt").read_bytes()
+    polls = [tmp_path / "poll2", tmp_path / "poll3", tmp_path / "poll4"]
+    assert "step-0000400, parts sent in this poll: 4, left for the next: 4" in collect(tmp_path, polls[0])
+    shutil.rmtree(running / "checkpoint")
+    save_generation(running, 500, 1 << 10)
+    assert "step-0000400, parts sent in this poll: 4, left for the next: 0" in collect(tmp_path, polls[1])
+    back = unpack(polls[:2], "sft", tmp_path / "back")
+    assert back.joinpath("checkpoint", "step-0000400", "optimizer.pt").read_bytes() == expected
+    assert "step-0000500, parts sent in this poll: 1, left for the next: 0" in collect(tmp_path, polls[2])
+    assert [path.name for path in polls[2].glob("sft.*")] == ["sft.step-0000500.ckpt.tar.part-aa"]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

@@ -6,9 +6,11 @@
 #                         ($RESULTS/out/*.tgz and JSON files), as they stand now: every poll, whole
 #   <part files>          the parts the script packs, each once: a piece's state ($RESULTS/piece, sft-piece), the
 #                         QA head and each trained baseline's weights ($RESULTS/state)
-#   <run>.ckpt.tar.part-* the newest checkpoint of a run still training, once a step: its state.json, the
-#                         generation it names and its log.jsonl; `cat` the parts | `tar x` gives
-#                         <run>/checkpoint, which `pack_payload.sh STATE=... STATE_RUN=<run>` carries back
+#   <run>.<generation>.ckpt.tar.part-*
+#                         the newest checkpoint of a run still training, once a generation: its state.json,
+#                         the generation it names and its log.jsonl, over one poll or more; `cat` one
+#                         generation's parts | `tar x` gives <run>/checkpoint, which
+#                         `pack_payload.sh STATE=... STATE_RUN=<run>` carries back
 # The checkpoint is copied state.json first, then the files it names (training/checkpoints.py: those are
 # complete and never rewritten), so a copy taken while the run saves is whole, or skipped until next time.
 set -uo pipefail
@@ -51,30 +53,36 @@ for part in "$RESULTS"/piece/* "$RESULTS"/sft-piece/* "$RESULTS"/state/*; do
   files=$((files + 1))
 done
 
-# The newest checkpoint of each run still training (no summary.json yet), when it is newer than the last one sent.
+# The newest checkpoint of each run still training (no summary.json yet). One with an optimizer state is larger
+# than a call brings back, so it is staged once, whole ($SENT/ckpt-<run>: its parts, named by its generation),
+# and sent over as many polls as it takes; a newer one is staged only after every part of the last has gone.
 for state in "$RUNS"/*/checkpoint/state.json; do
   [ -f "$state" ] || continue
   run_dir=$(dirname "$(dirname "$state")") && run=$(basename "$run_dir")
   [ -f "$run_dir/summary.json" ] && continue
-  mkdir -p "$STAGE/$run/checkpoint"
-  cp "$state" "$STAGE/$run/checkpoint/state.json" || continue
-  generation=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1])).get('files', ''))" \
-    "$STAGE/$run/checkpoint/state.json")
-  [ -n "$generation" ] || continue  # a checkpoint without generations is only read whole at a piece's end
-  [ "$(cat "$SENT/$run.ckpt" 2> /dev/null)" = "$generation" ] && continue
-  if ! cp -r "$run_dir/checkpoint/$generation" "$STAGE/$run/checkpoint/" 2> /dev/null; then
-    echo "$run: $generation was replaced while copying; next poll"
-    continue
+  staged="$SENT/ckpt-$run"
+  if ! compgen -G "$staged/*.part-*" > /dev/null; then
+    rm -rf "$STAGE/$run" && mkdir -p "$STAGE/$run/checkpoint"
+    cp "$state" "$STAGE/$run/checkpoint/state.json" || continue
+    generation=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1])).get('files', ''))" \
+      "$STAGE/$run/checkpoint/state.json")
+    [ -n "$generation" ] || continue  # a checkpoint without generations is only read whole at a piece's end
+    [ "$(cat "$SENT/$run.ckpt" 2> /dev/null)" = "$generation" ] && continue
+    if ! cp -r "$run_dir/checkpoint/$generation" "$STAGE/$run/checkpoint/" 2> /dev/null; then
+      echo "$run: $generation was replaced while copying; next poll"
+      continue
+    fi
+    cp "$run_dir/log.jsonl" "$STAGE/$run/" 2> /dev/null
+    mkdir -p "$staged"
+    tar cf - -C "$STAGE" "$run" | split -b "$PART" - "$staged/$run.$generation.ckpt.tar.part-"
+    echo "$generation" > "$SENT/$run.ckpt"
   fi
-  cp "$run_dir/log.jsonl" "$STAGE/$run/" 2> /dev/null
-  tar cf - -C "$STAGE" "$run" | split -b "$PART" - "$STAGE/$run.ckpt.tar.part-"
-  parts=("$STAGE/$run.ckpt.tar.part-"*)
-  if ! room $(du -k "${parts[@]}" | cut -f1); then
-    echo "$run: $generation needs ${#parts[@]} files, more than this call has room for; next poll"
-    continue
-  fi
-  mv "${parts[@]}" "$OUT/" && echo "$generation" > "$SENT/$run.ckpt"
-  files=$((files + ${#parts[@]}))
-  echo "$run: checkpoint $generation in ${#parts[@]} parts"
+  sent=0
+  for part in "$staged"/*.part-*; do
+    room "$(du -k "$part" | cut -f1)" || break
+    mv "$part" "$OUT/" && files=$((files + 1)) && sent=$((sent + 1))
+  done
+  waiting=$(find "$staged" -name '*.part-*' | wc -l)
+  echo "$run: checkpoint $(cat "$SENT/$run.ckpt"), parts sent in this poll: $sent, left for the next: $waiting"
 done
 ls -la "$OUT"

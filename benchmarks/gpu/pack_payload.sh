@@ -10,7 +10,9 @@
 #   SHARDS="AB AD" INIT=/tmp/state/training-state/reader-adapter-4x-b256/checkpoint/module benchmarks/gpu/pack_payload.sh
 #   STATE=/tmp/state/training-state/sft-4x-mixed-2pass/checkpoint STATE_RUN=sft benchmarks/gpu/pack_payload.sh
 #   STATE=/tmp/back/baseline-comi-sft/checkpoint STATE_RUN=baseline-comi-sft benchmarks/gpu/pack_payload.sh
-#     (a checkpoint collect.sh brought back: cat baseline-comi-sft.ckpt.tar.part-* | tar x -C /tmp/back)
+#     (a checkpoint collect.sh brought back: cat baseline-comi-sft.step-0000500.ckpt.tar.part-* | tar x -C /tmp/back)
+#   TRAINED="/tmp/back/baseline-comi-sft" benchmarks/gpu/pack_payload.sh
+#     (a baseline's weights collect.sh brought back: cat state-baseline-comi-sft.final.tar.part-* | tar x -C /tmp/back)
 #
 # SHARDS: the Wikipedia shard groups the run reads (AB: its four shards; AB_shard0: one, for a QA stage whose
 # 30% text steps need far less than a group; AA shard 0 always comes: held-out windows); the cached
@@ -21,11 +23,13 @@
 # (a run to resume: pretrain, the default, sft for a QA stage run in pieces, or a baseline's name), with the
 # run's log.jsonl when it lies beside the checkpoint; INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
 # PRETRAIN_INIT=/tmp/init in reader_adapter.sh); TEACHER: a full-lora checkpoint (final/) that lands in /tmp/teacher,
-# the distillation teacher of a QA stage (DISTILL_TEACHER=/tmp/teacher in reader_adapter.sh).
+# the distillation teacher of a QA stage (DISTILL_TEACHER=/tmp/teacher in reader_adapter.sh); TRAINED: finished runs
+# (each a directory with final/ and summary.json) that land in /tmp/runs/<its name>, where reader_adapter.sh's
+# BASELINES scores them without training them again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${COMPREXIT_DATA:-../shared/data}
-SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} PART_MB=${PART_MB:-26}
+SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} TRAINED=${TRAINED:-} PART_MB=${PART_MB:-26}
 WORK=$(mktemp -d) PARTS=$(mktemp -d)
 trap 'rm -rf "$WORK" "$PARTS"' EXIT
 
@@ -47,6 +51,10 @@ fi
 if [ -n "$TEACHER" ]; then
   cp -r "$TEACHER" "$WORK/teacher"
 fi
+for run in $TRAINED; do
+  mkdir -p "$WORK/finished/$(basename "$run")"
+  cp -r "$run/final" "$run/summary.json" "$WORK/finished/$(basename "$run")/"
+done
 # The retrieved neighbours the GPU session reads (read back from the cache once made; see the script).
 python benchmarks/gpu/prepare_neighbours.py
 NEIGHBOURS=${COMPREXIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/comprexit_rag}/distractors

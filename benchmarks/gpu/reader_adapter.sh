@@ -31,7 +31,9 @@
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results:
 #      each one's weights packed into state/<name>.final.tar.part-* once trained ("<name> TRAINED"), its scores
 #      into out/<name>.tgz ("<name> READY"). full-lora's adapter also reads truncated text at TRUNCATE_RATIOS
-#      (default "4 8 16"): truncation with the same adapter budget.
+#      (default "4 8 16"): truncation with the same adapter budget. One trained in an earlier session and carried
+#      back (pack_payload.sh TRAINED=: its final/ and a summary.json that says finished) is only scored.
+#      same-budget-comprexit-sft is ComprExIT itself on the baselines' recipe (a fresh head, no pretraining).
 #   5. THROUGHPUT=1 (after the results are packed): training throughput at THROUGHPUT_SHAPES (context x batch; benchmarks/train_throughput.py)
 #      and a profile of a few 512-token steps; THROUGHPUT_COMPILE=1 measures the same with compiled decoder
 #      layers too (--compile: TrainConfig.compile_layers) into throughput-compiled.json.
@@ -55,6 +57,8 @@ python3 -c "import torch, transformers, peft; print(torch.__version__, transform
   | tee -a "$RESULTS/device.txt"
 SAVE_EVERY=${SAVE_EVERY:-100} RECON_LENGTHS=${RECON_LENGTHS:-32 64 128 256 512}
 train() { python3 -m comprexit_rag.cli -v train --save-every "$SAVE_EVERY" "$@"; }
+# finished SUMMARY: whether a run's summary.json says it ran to its last step.
+finished() { [ -f "$1" ] && python3 -c "import json, sys; sys.exit(not json.load(open(sys.argv[1]))['finished'])" "$1"; }
 # The QA families slot_quality.py reads by default, none of them: its reconstruction-only and retrieved-only tables.
 NO_QA=(--nq 0 --hotpotqa 0 --squad 0)
 # pack DEST PATH...: PATHs under $RUNS as one tar in 15 MiB parts DEST.tar.part-* (a device call brings back
@@ -167,8 +171,7 @@ elif [ "$SFT_S" != 0 ]; then
   tail -n 1 "$RUNS/sft/log.jsonl"
 fi
 # A QA piece that did not reach its last step is scored in the session that finishes it.
-sft_finished() { python3 -c "import json, sys; sys.exit(not json.load(open(sys.argv[1]))['finished'])" "$RUNS/sft/summary.json"; }
-if { [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; } && sft_finished; then
+if { [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; } && finished "$RUNS/sft/summary.json"; then
   # The QA head in 15 MiB parts, before it is scored (the piece's state is in $RESULTS/sft-piece, above).
   pack "$RESULTS/state/state" sft/final
   echo "QA HEAD READY"
@@ -200,10 +203,14 @@ qa_steps=""
 [ -f "$RUNS/sft/summary.json" ] && qa_steps=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$RUNS/sft/summary.json")
 for name in $BASELINES; do
   method=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['method'])" "$EXP/$name.json")
-  train --config "$EXP/$name.json" ${qa_steps:+--max-steps "$qa_steps"} --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
-  # Its weights first (a machine lost while scoring keeps them: the scores can be made again elsewhere).
-  pack "$RESULTS/state/$name.final" "$name/final" "$name/summary.json"
-  echo "$name TRAINED"
+  if [ -f "$RUNS/$name/final/config.json" ] && finished "$RUNS/$name/summary.json"; then
+    echo "$name TRAINED (carried: pack_payload.sh TRAINED=)"  # trained in an earlier session, scored here
+  else
+    train --config "$EXP/$name.json" ${qa_steps:+--max-steps "$qa_steps"} --output-dir "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+    # Its weights first (a machine lost while scoring keeps them: the scores can be made again elsewhere).
+    pack "$RESULTS/state/$name.final" "$name/final" "$name/summary.json"
+    echo "$name TRAINED"
+  fi
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
     --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
@@ -216,8 +223,9 @@ for name in $BASELINES; do
       grep -a "F1" "$RUNS/$name-truncate-${ratio}x-quality.log" | tail -2
     done
   fi
+  # (a carried run brings no training log: its log.jsonl and $name.log came back in the session that trained it)
   tar czf "$RESULTS/out/$name.tgz" -C "$RESULTS" $(cd "$RESULTS" && ls "$name"-*quality*.json) \
-    -C "$RUNS" "$name/log.jsonl" "$name/summary.json" "$name.log" "$name-quality.log"
+    -C "$RUNS" $(cd "$RUNS" && ls -d "$name/log.jsonl" "$name/summary.json" "$name.log" "$name-quality.log" 2> /dev/null)
   echo "$name READY"
 done
 # Last, so the results above can be collected while it runs.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, after the last part has been copied to /tmp/parts (see pack_payload.sh): join the
 # parts and put wheels in /tmp/x, data in /tmp/data and a carried training state in
-# /tmp/runs/<its run>/checkpoint (pretrain, or sft for a QA stage in pieces; or a carried head + adapter to start from in /tmp/init), where setup.sh
+# /tmp/runs/<its run>/checkpoint (pretrain, or sft for a QA stage in pieces; or a carried head + adapter to start from in /tmp/init;
+# finished runs to score in /tmp/runs/<name>), where setup.sh
 # and reader_adapter.sh look for them; carried retrieved neighbours go to /tmp/cache/distractors (setup.sh's cache).
 set -euo pipefail
 rm -rf /tmp/pl && mkdir -p /tmp/pl /tmp/x /tmp/data
@@ -17,6 +18,9 @@ if [ -d /tmp/pl/state/checkpoint ]; then
 fi
 if [ -d /tmp/pl/cache ]; then
   mkdir -p /tmp/cache && cp -r /tmp/pl/cache/. /tmp/cache/ && ls /tmp/cache/distractors
+fi
+if [ -d /tmp/pl/finished ]; then
+  mkdir -p /tmp/runs && cp -r /tmp/pl/finished/. /tmp/runs/ && ls /tmp/pl/finished
 fi
 if [ -d /tmp/pl/teacher ]; then
   rm -rf /tmp/teacher && cp -r /tmp/pl/teacher /tmp/teacher
