@@ -157,6 +157,19 @@ def test_a_qa_stage_distilled_from_a_full_lora_teacher(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_an_80_gb_card_reads_a_batch_128_stage_in_smaller_passes(tmp_path):
+    config = "experiments/reader_adapter/sft-4x-mixed-continue-reading-b128.json"  # asks for 131,072
+    settings = dict(PIECE_S="0", SFT_INIT="/tmp/init", SFT_S="700", SFT_CONFIG=config)
+    calls, _, _ = run_script(tmp_path / "h100", GPU_MIB="81559", **settings)
+    assert f"--config {config} --max-pass-tokens 65536 --init-from /tmp/init" in trainings(calls)[0]
+    calls, _, _ = run_script(tmp_path / "h200", GPU_MIB="143771", **settings)
+    assert "--max-pass-tokens" not in trainings(calls)[0]
+    batch_32 = dict(settings, SFT_CONFIG="experiments/reader_adapter/sft-4x-mixed.json")  # 32,768: left alone
+    calls, _, _ = run_script(tmp_path / "b32", GPU_MIB="81559", **batch_32)
+    assert "--max-pass-tokens" not in trainings(calls)[0]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_a_qa_stage_in_pieces_with_teacher_pairs(tmp_path):
     config = "experiments/reader_adapter/sft-4x-mixed-teacher-qa.json"
     calls, out, results = run_script(

@@ -57,6 +57,15 @@ python3 -c "import torch, transformers, peft; print(torch.__version__, transform
   | tee -a "$RESULTS/device.txt"
 SAVE_EVERY=${SAVE_EVERY:-100} RECON_LENGTHS=${RECON_LENGTHS:-32 64 128 256 512}
 train() { python3 -m comprexit_rag.cli -v train --save-every "$SAVE_EVERY" "$@"; }
+# pass_cap CONFIG: on a card of under 100 GB (an H100), --max-pass-tokens 65536 when CONFIG asks for more: the
+# batch-128 configs read a QA batch in passes of 131,072 padded tokens, sized for the H200 (session 20 set 65,536
+# by hand on an H100). A pass's size does not change what a step computes. GPU_MIB: the card's memory.
+GPU_MIB=${GPU_MIB:-$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2> /dev/null | head -n 1)}
+pass_cap() {
+  python3 -c "import json, sys; asked = json.load(open(sys.argv[1])).get('max_pass_tokens') or 0
+small = sys.argv[2].isdigit() and int(sys.argv[2]) < 100_000
+print('--max-pass-tokens 65536' if small and asked > 65536 else '')" "$1" "$GPU_MIB"
+}
 # finished SUMMARY: whether a run's summary.json says it ran to its last step.
 finished() { [ -f "$1" ] && python3 -c "import json, sys; sys.exit(not json.load(open(sys.argv[1]))['finished'])" "$1"; }
 # The QA families slot_quality.py reads by default, none of them: its reconstruction-only and retrieved-only tables.
@@ -159,14 +168,14 @@ fi
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 if [ -n "${SFT_PIECE_S:-}" ]; then
   # A resumed run rebuilds its head and adapter from the checkpoint (--init-from serves the first piece).
-  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --piece-seconds "$SFT_PIECE_S" \
+  train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --piece-seconds "$SFT_PIECE_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
   pack "$RESULTS/sft-piece/piece" sft/checkpoint sft/log.jsonl
   echo SFT PIECE READY
 elif [ "$SFT_S" != 0 ]; then
   rm -rf "$RUNS/sft"
-  train --config "$SFT_CONFIG" --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --time-budget "$SFT_S" \
+  train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --time-budget "$SFT_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
 fi
