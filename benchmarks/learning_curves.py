@@ -2,7 +2,7 @@
 
 Reads a run manifest (``benchmarks/results/reader_adapter/long_run.json``: the pretraining pieces' logs
 and held-out scores at their checkpoints, the QA stages of several lengths, later passes over the QA data
-from one of them, and a baseline trained on the same batches as that stage) and writes a Markdown report
+from one of them, and the baselines trained on the same batches as that stage) and writes a Markdown report
 and a figure from the committed files alone (no model, no GPU)::
 
     python benchmarks/learning_curves.py --out benchmarks/results/reader_adapter/learning_curves.md \\
@@ -95,12 +95,11 @@ def cell(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def score_cells(scores: dict, reconstruction: bool = True) -> list[str]:
+def score_cells(scores: dict) -> list[str]:
     """The held-out cells of a row: NQ own, another passage, closed-book, raw text, gap; HotpotQA own, gap;
-    reconstruction (no context)."""
-    recon = (
-        f"{cell(scores['reconstruction own'], 3)} ({cell(scores['reconstruction none'], 2)})" if reconstruction else ""
-    )
+    reconstruction (no context), where measured."""
+    own, none = scores["reconstruction own"], scores["reconstruction none"]
+    recon = "" if own is None else f"{cell(own, 3)} ({cell(none, 2)})"
     nq = [cell(scores[f"NQ {row}"]) for row in ("own", "other", "closed_book", "raw_text", "content_gap_f1")]
     return [*nq, cell(scores["HotpotQA own"]), cell(scores["HotpotQA content_gap_f1"]), recon]
 
@@ -109,9 +108,9 @@ def row(*cells: object) -> str:
     return "| " + " | ".join(str(value) for value in cells) + " |"
 
 
-def qa_row(name: str, steps: int, start: int | str, scores: dict, reconstruction: bool = True) -> str:
+def qa_row(name: str, steps: int, start: int | str, scores: dict) -> str:
     """One row of the QA stage length table."""
-    return row(name, steps, start, *score_cells(scores, reconstruction))
+    return row(name, steps, start, *score_cells(scores))
 
 
 def pretraining_section(pretraining: dict, root: Path) -> tuple[list[str], list[dict], dict[int, dict]]:
@@ -136,17 +135,18 @@ def pretraining_section(pretraining: dict, root: Path) -> tuple[list[str], list[
 
 
 def qa_length_section(
-    stages: list[dict], baseline: dict, baseline_scores: dict, root: Path
+    stages: list[dict], baselines: list[dict], root: Path
 ) -> tuple[list[str], list[tuple[int, dict]], tuple[float, float]]:
-    """The table of QA stage lengths against held-out scores, the baseline's row and the per-doubling fit;
+    """The table of QA stage lengths against held-out scores, a row per baseline and the per-doubling fit;
     returns each stage's (steps, scores) and the NQ fit (intercept, gain per doubling) too."""
+    described = "; ".join(f"`{baseline['name']}`: {baseline['description']}" for baseline in baselines)
     lines = [
         "\n## QA stage length\n",
         "Each stage starts from a pretraining checkpoint and runs the mixed QA stage "
         "(`experiments/reader_adapter/sft-4x-mixed.json`, batch 32; session 9's before answers over 64 tokens "
         "were left out) for its number of steps, its cosine fitted to them; session 9 kept only the own and gap "
         "rows. F1 on the held-out dev splits (NQ 400 gold passage, HotpotQA 200 distractor); "
-        f"`{baseline['name']}`: {baseline['description']}.\n",
+        f"{described}.\n",
         "| stage | QA steps | from pretraining step | NQ own | another passage | closed-book | raw text | NQ gap "
         "| HotpotQA own | HotpotQA gap | reconstruction (none) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -157,8 +157,10 @@ def qa_length_section(
         scores = held_out(root / stage["quality"])
         points.append((steps, scores))
         lines.append(qa_row(f"session {stage['session']}", steps, stage["from_pretraining_step"], scores))
-    baseline_steps = read_curve([root / baseline["curve"]])[-1]["step"]
-    lines.append(qa_row(f"`{baseline['name']}` (raw text)", baseline_steps, "", baseline_scores, reconstruction=False))
+    for baseline in baselines:
+        steps = read_curve([root / baseline["curve"]])[-1]["step"]
+        scores = held_out(root / baseline["quality"])
+        lines.append(qa_row(f"`{baseline['name']}` ({baseline['reads']})", steps, "", scores))
     steps = [step for step, _ in points]
     intercept, gain = per_doubling(steps, [scores["NQ own"] for _, scores in points])
     _, hotpot_gain = per_doubling(steps, [scores["HotpotQA own"] for _, scores in points])
@@ -208,22 +210,25 @@ def later_pass_section(
     return lines, points
 
 
-def qa_loss_section(slots_curve: list[dict], baseline_curve: list[dict], baseline: str, session: int) -> list[str]:
-    """Mean loss of the QA steps per 100 steps, a slots stage against the baseline on the same batches."""
-    slot_blocks = {block.first: block for block in block_means(slots_curve, 100, QA_OBJECTIVE)}
-    baseline_blocks = {block.first: block for block in block_means(baseline_curve, 100, QA_OBJECTIVE)}
-    lines = [
-        f"\n## QA training loss, the session-{session} stage against `{baseline}` on the same batches\n",
-        "Mean loss of the logged QA steps per block of 100 steps (same seed and config, so the same batches "
-        f"at every step). The slots stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
-        f"teacher; `{baseline}`'s is the cross-entropy alone.\n",
-        f"| steps | slots (session-{session} stage) | `{baseline}` | logged QA steps |",
-        "|---|---|---|---|",
+def qa_loss_section(slots_curve: list[dict], baselines: list[dict], root: Path, session: int) -> list[str]:
+    """Mean loss of the QA steps per 100 steps, a slots stage against each baseline on the same batches."""
+    slot_blocks = block_means(slots_curve, 100, QA_OBJECTIVE)
+    baseline_blocks = [
+        {block.first: block for block in block_means(read_curve([root / baseline["curve"]]), 100, QA_OBJECTIVE)}
+        for baseline in baselines
     ]
-    for first, block in sorted(slot_blocks.items()):
-        other = baseline_blocks.get(first)
-        baseline_loss = cell(other.loss if other else None, 3)
-        lines.append(f"| {block.first}-{block.last} | {block.loss:.3f} | {baseline_loss} | {block.logged} |")
+    names = [f"`{baseline['name']}` ({baseline['loss']})" for baseline in baselines]
+    lines = [
+        f"\n## QA training loss, the session-{session} stage against the baselines on the same batches\n",
+        "Mean loss of the logged QA steps per block of 100 steps (same seed and config, so the same batches "
+        "at every step). The slots stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
+        "teacher; each baseline's is named in its column.\n",
+        row("steps", f"slots (session-{session} stage, CE + 0.5 KL)", *names, "logged QA steps"),
+        row(*["---"] * (len(baselines) + 3)),
+    ]
+    for block in slot_blocks:
+        losses = [cell(blocks[block.first].loss if block.first in blocks else None, 3) for blocks in baseline_blocks]
+        lines.append(row(f"{block.first}-{block.last}", f"{block.loss:.3f}", *losses, block.logged))
     return lines
 
 
@@ -236,14 +241,13 @@ def report(manifest_path: Path) -> tuple[str, dict]:
     manifest = json.loads(manifest_path.read_text())
     root = manifest_path.parent
     stages = sorted(manifest["qa_stages"], key=lambda stage: stage["session"])
-    baseline = manifest["baseline"]
-    paired = next(stage for stage in stages if stage["session"] == baseline["same_batches_as_session"])
+    baselines = manifest["baselines"]
+    reference = baselines[0]  # the full-text baseline: the figure's reference line
+    paired = next(stage for stage in stages if stage["session"] == reference["same_batches_as_session"])
     slots_curve = read_curve([root / paired["curve"]])
-    baseline_curve = read_curve([root / baseline["curve"]])
 
-    baseline_scores = held_out(root / baseline["quality"])
     pretraining, curve, checkpoints = pretraining_section(manifest["pretraining"], root)
-    qa_length, points, fit = qa_length_section(stages, baseline, baseline_scores, root)
+    qa_length, points, fit = qa_length_section(stages, baselines, root)
     later = manifest["later_passes"]
     first_steps = next(
         steps for (steps, _), stage in zip(points, stages, strict=True) if stage["session"] == later["from_session"]
@@ -254,18 +258,21 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         *pretraining,
         *qa_length,
         *later_lines,
-        *qa_loss_section(slots_curve, baseline_curve, baseline["name"], paired["session"]),
+        *qa_loss_section(slots_curve, baselines, root, paired["session"]),
     ]
     series = {
         "pretraining": [(record["step"], record["loss"]) for record in curve],
         "checkpoints": [(step, scores["reconstruction own"]) for step, scores in sorted(checkpoints.items())],
         "slots_qa": qa_losses(slots_curve),
-        "baseline_qa": qa_losses(baseline_curve),
+        "baselines_qa": [
+            (f"{baseline['name']} ({baseline['loss']})", qa_losses(read_curve([root / baseline["curve"]])))
+            for baseline in baselines
+        ],
         "stage_f1": [(step, scores["NQ own"], scores["HotpotQA own"]) for step, scores in points],
         "later_pass_f1": later_points,
-        "baseline_f1": (baseline_scores["NQ own"], baseline_scores["HotpotQA own"]),
+        "reference_nq_f1": held_out(root / reference["quality"])["NQ own"],
         "references": manifest["references"],
-        "baseline_name": baseline["name"],
+        "reference_name": reference["name"],
         "paired_session": paired["session"],
     }
     return "\n".join(lines) + "\n", series
@@ -286,7 +293,8 @@ def plot(series: dict, path: Path) -> None:
     )
     pretraining.legend()
     qa.plot(*zip(*series["slots_qa"], strict=True), lw=0.8, label="slots (CE + 0.5 KL)")
-    qa.plot(*zip(*series["baseline_qa"], strict=True), lw=0.8, label=f"{series['baseline_name']} (CE)")
+    for name, losses in series["baselines_qa"]:
+        qa.plot(*zip(*losses, strict=True), lw=0.8, label=name)
     title = f"Session-{series['paired_session']} QA stage, same batches"
     qa.set(xlabel="QA step (batch 32)", ylabel="loss of QA steps", title=title)
     qa.legend()
@@ -296,7 +304,7 @@ def plot(series: dict, path: Path) -> None:
     for marker, (steps, nq, hotpotqa, name) in zip("*Pxd", series["later_pass_f1"], strict=False):
         length.plot([steps], [nq], marker, c="C0", ms=9, label=f"NQ, later pass ({name})")
         length.plot([steps], [hotpotqa], marker, c="C1", ms=9)
-    length.axhline(series["baseline_f1"][0], ls="--", c="C0", lw=0.8, label=f"NQ, {series['baseline_name']}")
+    length.axhline(series["reference_nq_f1"], ls="--", c="C0", lw=0.8, label=f"NQ, {series['reference_name']}")
     length.axhline(series["references"]["full-tuned NQ F1"], ls=":", c="C0", lw=0.8, label="NQ, full-tuned")
     length.set(
         xlabel="QA steps of 32 examples, or their equivalent (log scale)",
