@@ -201,6 +201,44 @@ class ReaderAdapter:
         logger.info("Loaded reader adapter %s (%s scope) from %s", name, config.scope, directory)
         return adapter
 
+    def widened(self, config: ReaderAdapterConfig) -> ReaderAdapter:
+        """A trainable adapter of ``config`` (a higher rank; the same layers and scope) that starts out computing
+        exactly what this one does, which is detached from the backbone.
+
+        Its first components are this adapter's (B rescaled by the ratio of the two alpha / rank scalings);
+        the rest are fresh, B = 0. A trained head's adapter grows this way for a later stage without
+        starting its reading over (a larger budget for reading slots and text at once).
+        """
+        if config.rank <= self.config.rank:
+            raise InvalidInputError(
+                f"A reader adapter of rank {self.config.rank} can only be widened to a higher rank, not {config.rank}."
+            )
+        if config.target_modules != self.config.target_modules or config.scope != self.config.scope:
+            raise InvalidInputError(
+                "A widened reader adapter keeps its target modules and scope; only its rank and alpha change."
+            )
+        name, rank = self.name, self.config.rank
+        with torch.no_grad():
+            narrow = [
+                (layer.lora_A[name].weight.float(), layer.lora_B[name].weight.float(), layer.scaling[name])
+                for layer in self._layers
+            ]
+        self.detach()
+        wide = ReaderAdapter.create(self.backbone, config, name=name)
+        with torch.no_grad():
+            for (a, b, scaling), layer in zip(narrow, wide._layers, strict=True):
+                layer.lora_A[name].weight[:rank] = a
+                layer.lora_B[name].weight[:, :rank] = b * (scaling / layer.scaling[name])
+        wide.paired_head = self.paired_head
+        return wide
+
+    def detach(self) -> None:
+        """Remove this adapter's LoRA weights from the backbone's model (the object is unusable after)."""
+        for layer in self._layers:
+            layer.delete_adapter(self.name)
+        self.backbone.reader_adapters.pop(self.name, None)
+        _SLOT_MASKS.pop(id(self), None)
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for layer in self._layers for m in (layer.lora_A, layer.lora_B) for p in m[self.name].parameters()]
 

@@ -28,6 +28,7 @@ HEAD_METHOD = "comprexit"  # the method whose head the ``head`` options shape
 ADAPTER_SCOPES = ("all", "slots")  # comprexit_rag.reading.adapter.SCOPES, repeated here to keep this module torch-free
 # A QA family read from a file of teacher-answered questions (``comprexit-rag teacher-qa``): "teacher:<path>".
 TEACHER_FAMILY_PREFIX = "teacher:"
+DEFAULT_ADAPTER_RANK = 16  # a fresh reader adapter's LoRA rank (the shipped head's)
 
 
 def option(default: Any = None, help: str = "", *, factory: Any = None, **metadata: Any) -> Any:
@@ -102,7 +103,11 @@ class TrainConfig:
         "train a LoRA on the reader (peft) with the head; the pass that feeds the head stays frozen "
         "(full-lora: the adapter is all it trains)",
     )
-    adapter_rank: int = option(16, "reader adapter: LoRA rank")
+    adapter_rank: int | None = option(
+        help=f"reader adapter: LoRA rank (default {DEFAULT_ADAPTER_RANK}; with --init-from, its adapter's rank: a "
+        "higher one widens that adapter, which starts out computing the same)",
+        positive=True,
+    )
     adapter_alpha: float = option(32.0, "reader adapter: LoRA alpha")
     adapter_scope: str = option(
         "all",
@@ -181,6 +186,10 @@ class TrainConfig:
             raise InvalidInputError(
                 f"{self.method} gives the reader {spec.context}, no slots: its adapter needs adapter_scope 'all'."
             )
+        if self.adapter_rank is None and not self.init_from:
+            self.adapter_rank = DEFAULT_ADAPTER_RANK
+        if self.adapter_rank is not None:
+            check_positive_int(self.adapter_rank, "adapter_rank")
         if self.context_lengths is None:
             self.context_lengths = [128, 256, 384, self.context_length]
         if not self.context_lengths or any(length <= 0 for length in self.context_lengths):

@@ -66,10 +66,20 @@ def resumed_module(config: TrainConfig, checkpoint: Path, state: dict) -> TrainC
 
 
 def build_reader_adapter(config: TrainConfig, backbone: Backbone) -> ReaderAdapter | None:
-    """The reader adapter trained with the module: the init checkpoint's, a fresh one, or none."""
+    """The reader adapter trained with the module: the init checkpoint's (widened when ``adapter_rank`` is
+    higher than its own), a fresh one, or none."""
     saved = Path(config.init_from) / ADAPTER_DIR if config.init_from else None
     if saved is not None and saved.is_dir():
         adapter = ReaderAdapter.from_pretrained(saved, backbone)
+        if config.adapter_rank is not None and config.adapter_rank < adapter.config.rank:
+            raise InvalidInputError(
+                f"{saved} is a rank-{adapter.config.rank} reader adapter and adapter_rank is {config.adapter_rank}: "
+                f"set adapter_rank to {adapter.config.rank} to continue it, or higher to widen it."
+            )
+        if config.adapter_rank is not None and config.adapter_rank > adapter.config.rank:
+            wide = replace(adapter.config, rank=config.adapter_rank, alpha=config.adapter_alpha)
+            logger.info("Widening the reader adapter of %s from rank %d to %d", saved, adapter.config.rank, wide.rank)
+            adapter = adapter.widened(wide)
     elif config.reader_adapter:
         adapter_config = ReaderAdapterConfig(
             rank=config.adapter_rank, alpha=config.adapter_alpha, scope=config.adapter_scope

@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 
 from comprexit_rag import ComprExITHead, Reader, SoftContext
-from comprexit_rag.backbone import autocast_for
+from comprexit_rag.backbone import Backbone, autocast_for
 from comprexit_rag.errors import AdapterMismatchError, BackboneMismatchError, CheckpointError, InvalidInputError
 from comprexit_rag.methods.base import head_digest
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
@@ -203,6 +203,41 @@ def test_saved_adapter_is_a_peft_checkpoint_and_round_trips(fresh_tiny_backbone,
     adapter.save_pretrained(tmp_path / "half", dtype=torch.bfloat16)
     size = (tmp_path / "half" / PEFT_WEIGHTS_NAME).stat().st_size
     assert size < 0.6 * (tmp_path / "adapter" / PEFT_WEIGHTS_NAME).stat().st_size
+
+
+def test_a_widened_adapter_reads_as_before_and_trains_its_new_components(fresh_tiny_backbone, tmp_path):
+    backbone = fresh_tiny_backbone
+    adapter = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4, alpha=8.0)))
+    expected, narrow = logits(backbone, adapter), adapter.num_parameters()
+    # Another alpha / rank scaling (8 / 4 -> 8 / 12): the copied B is rescaled, so the delta is the same.
+    wide = adapter.widened(ReaderAdapterConfig(rank=12, alpha=8.0)).train()
+    assert wide.num_parameters() == 3 * narrow and backbone.reader_adapters == {wide.name: wide}
+    assert torch.allclose(logits(backbone, wide), expected, atol=1e-5)
+    # The new components start with B = 0 and a random A, so B's new columns get gradients at once.
+    with backbone.lock, wide.reading():
+        backbone.model(input_ids=IDS).logits.sum().backward()
+    layer = wide._layers[0]
+    assert layer.lora_B[wide.name].weight.grad[:, 4:].abs().sum() > 0
+    saved = json.loads((wide.save_pretrained(tmp_path / "wide") / "adapter_config.json").read_text())
+    assert saved["r"] == 12
+    with pytest.raises(InvalidInputError, match="only be widened to a higher rank"):
+        wide.widened(ReaderAdapterConfig(rank=12))
+    with pytest.raises(InvalidInputError, match="keeps its target modules and scope"):
+        wide.widened(ReaderAdapterConfig(rank=16, scope="slots"))
+
+
+def test_the_shipped_adapter_widened_on_the_real_backbone_answers_as_before():
+    backbone = Backbone.from_pretrained(device="cpu")  # its own copy: the shared one keeps the shipped adapter
+    compressor = ComprExITCompressor.from_pretrained(backbone=backbone)
+    passage = "The Eiffel Tower was built by Gustave Eiffel's company from 1887 to 1889."
+    question = "Whose company built the Eiffel Tower?"
+    expected = Reader(backbone).generate(question, passage)  # the raw text, read through the shipped adapter
+    wide = compressor.reader_adapter.widened(ReaderAdapterConfig(rank=32, alpha=64.0))
+    assert wide.num_parameters() == 2 * 4_884_480
+    assert Reader(backbone, adapter=wide).generate(question, passage) == expected
+    # Slots stay paired with the adapter they were trained with: a widened one is another adapter.
+    with pytest.raises(AdapterMismatchError):
+        Reader(backbone, adapter=wide).generate(question, compressor.compress([passage], ratio=4))
 
 
 def test_bad_adapter_files_raise_typed_errors(fresh_tiny_backbone, make_tiny_backbone, tmp_path):

@@ -798,6 +798,22 @@ def test_a_reader_adapter_trains_with_the_head_and_ships_with_it(make_tiny_backb
     assert (Path(sft.output_dir) / "final" / "reader_adapter").is_dir()
 
 
+def test_a_later_stage_can_widen_the_init_checkpoints_adapter(make_tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "run", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+    train(config, make_tiny_backbone())
+    final = str(Path(config.output_dir) / "final")
+    narrow = adapter_weights(Path(final))
+    wide = tiny_config(tmp_path / "wide", data, "comprexit", "sft", init_from=final, adapter_rank=8, max_steps=1)
+    summary = train(wide, make_tiny_backbone())
+    assert summary["reader_adapter"]["parameters"] == 2 * sum(t.numel() for t in narrow.values())
+    saved = json.loads((Path(wide.output_dir) / "final" / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert saved["r"] == 8
+    # Without adapter_rank a later stage continues the adapter as it is; a lower rank is refused.
+    assert tiny_config(tmp_path / "same", data, "comprexit", "sft", init_from=final).adapter_rank is None
+    with pytest.raises(InvalidInputError, match="set adapter_rank to 4 to continue it"):
+        train(replace(wide, output_dir=str(tmp_path / "narrower"), adapter_rank=2), make_tiny_backbone())
+
+
 def test_two_runs_with_fresh_adapters_share_one_backbone(make_tiny_backbone, data, tmp_path):
     # A notebook or a benchmark trains several runs in one process, on one loaded backbone.
     backbone = make_tiny_backbone()
