@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkab
 from ..backbone import Backbone
 from ..checkpoint import CheckpointedModule, check_fingerprint, state_digest
 from ..errors import AdapterMismatchError, InvalidInputError
-from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
+from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
+from ..reading.pairing import FROZEN_READER
 from ..soft_context import PassageDetails, SoftContext
 from ..validation import check_positive_int, check_texts, resolve_ratio
 

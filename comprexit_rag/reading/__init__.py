@@ -1,7 +1,9 @@
 """Reading: the frozen LLM answering from slots, text or nothing, optionally through a reader adapter."""
 
-from .adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter, ReaderAdapterConfig, require_adapter
+from .adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
+from .pairing import FROZEN_READER, require_adapter
 from .reader import Context, Reader, ReaderBatch
+from .widening import widen
 
 __all__ = [
     "ADAPTER_DIR",
@@ -12,4 +14,5 @@ __all__ = [
     "ReaderAdapterConfig",
     "ReaderBatch",
     "require_adapter",
+    "widen",
 ]

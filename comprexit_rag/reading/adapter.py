@@ -51,7 +51,7 @@ from ..checkpoint import (
     state_digest,
 )
 from ..durable import atomic_write, atomic_write_json
-from ..errors import AdapterMismatchError, CheckpointError, InvalidInputError
+from ..errors import CheckpointError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 METADATA_NAME = "comprexit_adapter.json"
 PEFT_KEY_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before the model's own keys
 LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Recorded with slots whose head was trained for the frozen reader (no adapter).
-FROZEN_READER = "frozen"
 # Largest merged copy of the adapted weights made without being asked (``merged_reading=None``).
 MERGED_READING_MAX_BYTES = 1 << 30
 Scope = Literal["all", "slots"]
@@ -201,36 +199,10 @@ class ReaderAdapter:
         logger.info("Loaded reader adapter %s (%s scope) from %s", name, config.scope, directory)
         return adapter
 
-    def widened(self, config: ReaderAdapterConfig) -> ReaderAdapter:
-        """A trainable adapter of ``config`` (a higher rank; the same layers and scope) that starts out computing
-        exactly what this one does, which is detached from the backbone.
-
-        Its first components are this adapter's (B rescaled by the ratio of the two alpha / rank scalings);
-        the rest are fresh, B = 0. A trained head's adapter grows this way for a later stage without
-        starting its reading over (a larger budget for reading slots and text at once).
-        """
-        if config.rank <= self.config.rank:
-            raise InvalidInputError(
-                f"A reader adapter of rank {self.config.rank} can only be widened to a higher rank, not {config.rank}."
-            )
-        if config.target_modules != self.config.target_modules or config.scope != self.config.scope:
-            raise InvalidInputError(
-                "A widened reader adapter keeps its target modules and scope; only its rank and alpha change."
-            )
-        name, rank = self.name, self.config.rank
-        with torch.no_grad():
-            narrow = [
-                (layer.lora_A[name].weight.float(), layer.lora_B[name].weight.float(), layer.scaling[name])
-                for layer in self._layers
-            ]
-        self.detach()
-        wide = ReaderAdapter.create(self.backbone, config, name=name)
-        with torch.no_grad():
-            for (a, b, scaling), layer in zip(narrow, wide._layers, strict=True):
-                layer.lora_A[name].weight[:rank] = a
-                layer.lora_B[name].weight[:, :rank] = b * (scaling / layer.scaling[name])
-        wide.paired_head = self.paired_head
-        return wide
+    @property
+    def lora_layers(self) -> list[nn.Module]:
+        """The peft LoRA layers that hold this adapter's weights, one per adapted linear layer."""
+        return self._layers
 
     def detach(self) -> None:
         """Remove this adapter's LoRA weights from the backbone's model (the object is unusable after)."""
@@ -452,29 +424,4 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_safetensors(directory / PEFT_WEIGHTS_NAME, missing)
 
 
-def require_adapter(expected: str, adapter: ReaderAdapter | None, what: str) -> None:
-    """Refuse to read slots through another adapter than the one their head was trained with.
-
-    ``expected``: the adapter digest recorded with the slots, or :data:`FROZEN_READER` for slots of
-    a head trained for the frozen reader.
-    """
-    actual = adapter.digest if adapter is not None else FROZEN_READER
-    if expected == actual:
-        return
-    if adapter is None:
-        raise AdapterMismatchError(
-            f"{what} come from a head trained with reader adapter {expected}, but this reader has none. Build the "
-            "reader with the compressor's adapter: Reader(compressor.backbone, adapter=compressor.reader_adapter)."
-        )
-    if expected == FROZEN_READER:
-        raise AdapterMismatchError(
-            f"{what} come from a head trained for the frozen reader, but this reader reads through adapter "
-            f"{adapter.name}. Read them with Reader(backbone, adapter=None)."
-        )
-    raise AdapterMismatchError(
-        f"{what} come from a head trained with reader adapter {expected}, but this reader uses adapter "
-        f"{actual}. Read them with the adapter shipped with their head."
-    )
-
-
-__all__ = ["ADAPTER_DIR", "FROZEN_READER", "SCOPES", "ReaderAdapter", "ReaderAdapterConfig", "require_adapter"]
+__all__ = ["ADAPTER_DIR", "SCOPES", "ReaderAdapter", "ReaderAdapterConfig"]

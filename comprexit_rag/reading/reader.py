@@ -20,8 +20,9 @@ from ..errors import InvalidInputError
 from ..prompts import QAPrompt, prompt_pieces, stop_token_ids
 from ..soft_context import SoftContext
 from ..validation import check_positive_int, check_text
-from .adapter import ReaderAdapter, require_adapter
+from .adapter import ReaderAdapter
 from .batch_layout import BatchLayout
+from .pairing import require_adapter
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,8 @@ from ..data.splits import TWOWIKI_FILE, load_split
 from ..errors import CheckpointError, InvalidInputError
 from ..evaluation.metrics import normalize_answer
 from ..prompts import QAPrompt
-from ..reading.adapter import ADAPTER_DIR, FROZEN_READER, ReaderAdapter
+from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
+from ..reading.pairing import FROZEN_READER
 from ..reading.reader import Reader
 from ..validation import check_positive_int
 from .data import MAX_ANSWER_TOKENS, MAX_PASSAGE_TOKENS, tokenize_passages

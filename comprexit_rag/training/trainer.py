@@ -31,6 +31,7 @@ from ..methods.full_lora import FullLoRA
 from ..prompts import ContinuationPrompt, Prompt, QAPrompt, ReconstructionPrompt, answer_end_token_id
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from ..reading.reader import Reader
+from ..reading.widening import widen
 from .checkpoints import checkpoint_files, read_state, resume, save_checkpoint, save_module_and_adapter
 from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
@@ -79,7 +80,7 @@ def build_reader_adapter(config: TrainConfig, backbone: Backbone) -> ReaderAdapt
         if config.adapter_rank is not None and config.adapter_rank > adapter.config.rank:
             wide = replace(adapter.config, rank=config.adapter_rank, alpha=config.adapter_alpha)
             logger.info("Widening the reader adapter of %s from rank %d to %d", saved, adapter.config.rank, wide.rank)
-            adapter = adapter.widened(wide)
+            adapter = widen(adapter, wide)
     elif config.reader_adapter:
         adapter_config = ReaderAdapterConfig(
             rank=config.adapter_rank, alpha=config.adapter_alpha, scope=config.adapter_scope

@@ -14,13 +14,9 @@ from comprexit_rag.backbone import Backbone, autocast_for
 from comprexit_rag.errors import AdapterMismatchError, BackboneMismatchError, CheckpointError, InvalidInputError
 from comprexit_rag.methods.base import head_digest
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
-from comprexit_rag.reading.adapter import (
-    ADAPTER_DIR,
-    FROZEN_READER,
-    PEFT_WEIGHTS_NAME,
-    ReaderAdapter,
-    ReaderAdapterConfig,
-)
+from comprexit_rag.reading.adapter import ADAPTER_DIR, PEFT_WEIGHTS_NAME, ReaderAdapter, ReaderAdapterConfig
+from comprexit_rag.reading.pairing import FROZEN_READER
+from comprexit_rag.reading.widening import widen
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
@@ -210,20 +206,20 @@ def test_a_widened_adapter_reads_as_before_and_trains_its_new_components(fresh_t
     adapter = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4, alpha=8.0)))
     expected, narrow = logits(backbone, adapter), adapter.num_parameters()
     # Another alpha / rank scaling (8 / 4 -> 8 / 12): the copied B is rescaled, so the delta is the same.
-    wide = adapter.widened(ReaderAdapterConfig(rank=12, alpha=8.0)).train()
+    wide = widen(adapter, ReaderAdapterConfig(rank=12, alpha=8.0)).train()
     assert wide.num_parameters() == 3 * narrow and backbone.reader_adapters == {wide.name: wide}
     assert torch.allclose(logits(backbone, wide), expected, atol=1e-5)
     # The new components start with B = 0 and a random A, so B's new columns get gradients at once.
     with backbone.lock, wide.reading():
         backbone.model(input_ids=IDS).logits.sum().backward()
-    layer = wide._layers[0]
+    layer = wide.lora_layers[0]
     assert layer.lora_B[wide.name].weight.grad[:, 4:].abs().sum() > 0
     saved = json.loads((wide.save_pretrained(tmp_path / "wide") / "adapter_config.json").read_text())
     assert saved["r"] == 12
     with pytest.raises(InvalidInputError, match="only be widened to a higher rank"):
-        wide.widened(ReaderAdapterConfig(rank=12))
+        widen(wide, ReaderAdapterConfig(rank=12))
     with pytest.raises(InvalidInputError, match="keeps its target modules and scope"):
-        wide.widened(ReaderAdapterConfig(rank=16, scope="slots"))
+        widen(wide, ReaderAdapterConfig(rank=16, scope="slots"))
 
 
 def test_the_shipped_adapter_widened_on_the_real_backbone_answers_as_before():
@@ -232,7 +228,7 @@ def test_the_shipped_adapter_widened_on_the_real_backbone_answers_as_before():
     passage = "The Eiffel Tower was built by Gustave Eiffel's company from 1887 to 1889."
     question = "Whose company built the Eiffel Tower?"
     expected = Reader(backbone).generate(question, passage)  # the raw text, read through the shipped adapter
-    wide = compressor.reader_adapter.widened(ReaderAdapterConfig(rank=32, alpha=64.0))
+    wide = widen(compressor.reader_adapter, ReaderAdapterConfig(rank=32, alpha=64.0))
     assert wide.num_parameters() == 2 * 4_884_480
     assert Reader(backbone, adapter=wide).generate(question, passage) == expected
     # Slots stay paired with the adapter they were trained with: a widened one is another adapter.
