@@ -135,7 +135,7 @@ def pretraining_section(pretraining: dict, root: Path) -> tuple[list[str], list[
 
 
 def qa_length_section(
-    stages: list[dict], baselines: list[dict], root: Path
+    stages: list[dict], baselines: list[dict], baseline_curves: list[list[dict]], root: Path
 ) -> tuple[list[str], list[tuple[int, dict]], tuple[float, float]]:
     """The table of QA stage lengths against held-out scores, a row per baseline and the per-doubling fit;
     returns each stage's (steps, scores) and the NQ fit (intercept, gain per doubling) too."""
@@ -157,10 +157,9 @@ def qa_length_section(
         scores = held_out(root / stage["quality"])
         points.append((steps, scores))
         lines.append(qa_row(f"session {stage['session']}", steps, stage["from_pretraining_step"], scores))
-    for baseline in baselines:
-        steps = read_curve([root / baseline["curve"]])[-1]["step"]
+    for baseline, curve in zip(baselines, baseline_curves, strict=True):
         scores = held_out(root / baseline["quality"])
-        lines.append(qa_row(f"`{baseline['name']}` ({baseline['reads']})", steps, "", scores))
+        lines.append(qa_row(f"`{baseline['name']}` ({baseline['reads']})", curve[-1]["step"], "", scores))
     steps = [step for step, _ in points]
     intercept, gain = per_doubling(steps, [scores["NQ own"] for _, scores in points])
     _, hotpot_gain = per_doubling(steps, [scores["HotpotQA own"] for _, scores in points])
@@ -210,12 +209,13 @@ def later_pass_section(
     return lines, points
 
 
-def qa_loss_section(slots_curve: list[dict], baselines: list[dict], root: Path, session: int) -> list[str]:
+def qa_loss_section(
+    slots_curve: list[dict], baselines: list[dict], baseline_curves: list[list[dict]], session: int
+) -> list[str]:
     """Mean loss of the QA steps per 100 steps, a slots stage against each baseline on the same batches."""
     slot_blocks = block_means(slots_curve, 100, QA_OBJECTIVE)
     baseline_blocks = [
-        {block.first: block for block in block_means(read_curve([root / baseline["curve"]]), 100, QA_OBJECTIVE)}
-        for baseline in baselines
+        {block.first: block for block in block_means(curve, 100, QA_OBJECTIVE)} for curve in baseline_curves
     ]
     names = [f"`{baseline['name']}` ({baseline['loss']})" for baseline in baselines]
     lines = [
@@ -245,9 +245,10 @@ def report(manifest_path: Path) -> tuple[str, dict]:
     reference = baselines[0]  # the full-text baseline: the figure's reference line
     paired = next(stage for stage in stages if stage["session"] == reference["same_batches_as_session"])
     slots_curve = read_curve([root / paired["curve"]])
+    baseline_curves = [read_curve([root / baseline["curve"]]) for baseline in baselines]
 
     pretraining, curve, checkpoints = pretraining_section(manifest["pretraining"], root)
-    qa_length, points, fit = qa_length_section(stages, baselines, root)
+    qa_length, points, fit = qa_length_section(stages, baselines, baseline_curves, root)
     later = manifest["later_passes"]
     first_steps = next(
         steps for (steps, _), stage in zip(points, stages, strict=True) if stage["session"] == later["from_session"]
@@ -258,15 +259,15 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         *pretraining,
         *qa_length,
         *later_lines,
-        *qa_loss_section(slots_curve, baselines, root, paired["session"]),
+        *qa_loss_section(slots_curve, baselines, baseline_curves, paired["session"]),
     ]
     series = {
         "pretraining": [(record["step"], record["loss"]) for record in curve],
         "checkpoints": [(step, scores["reconstruction own"]) for step, scores in sorted(checkpoints.items())],
         "slots_qa": qa_losses(slots_curve),
         "baselines_qa": [
-            (f"{baseline['name']} ({baseline['loss']})", qa_losses(read_curve([root / baseline["curve"]])))
-            for baseline in baselines
+            (f"{baseline['name']} ({baseline['loss']})", qa_losses(curve))
+            for baseline, curve in zip(baselines, baseline_curves, strict=True)
         ],
         "stage_f1": [(step, scores["NQ own"], scores["HotpotQA own"]) for step, scores in points],
         "later_pass_f1": later_points,

@@ -17,8 +17,12 @@ __all__ = ["widen"]
 
 
 def widen(adapter: ReaderAdapter, config: ReaderAdapterConfig) -> ReaderAdapter:
-    """A trainable adapter of ``config`` (a higher rank; the same layers and scope) on ``adapter``'s backbone,
-    under its name, that reads exactly as ``adapter`` does; ``adapter`` is detached from the backbone."""
+    """An adapter of ``config`` (a higher rank; the same layers and scope) on ``adapter``'s backbone that reads
+    exactly as ``adapter`` does; ``adapter`` is detached from the backbone.
+
+    The new adapter takes a fresh name: a loaded adapter's name stands for its file's weights, which another
+    load of that file would reuse.
+    """
     narrow = adapter.config
     if config.rank <= narrow.rank:
         raise InvalidInputError(
@@ -28,17 +32,20 @@ def widen(adapter: ReaderAdapter, config: ReaderAdapterConfig) -> ReaderAdapter:
         raise InvalidInputError(
             "A widened reader adapter keeps its target modules and scope; only its rank and alpha change."
         )
-    name = adapter.name
     with torch.no_grad():
         trained = [
-            (layer.lora_A[name].weight.float(), layer.lora_B[name].weight.float(), layer.scaling[name])
+            (
+                layer.lora_A[adapter.name].weight.float(),
+                layer.lora_B[adapter.name].weight.float(),
+                layer.scaling[adapter.name],
+            )
             for layer in adapter.lora_layers
         ]
     adapter.detach()
-    wide = ReaderAdapter.create(adapter.backbone, config, name=name)
+    wide = ReaderAdapter.create(adapter.backbone, config)
     with torch.no_grad():
         for (a, b, scaling), layer in zip(trained, wide.lora_layers, strict=True):
-            layer.lora_A[name].weight[: narrow.rank] = a
-            layer.lora_B[name].weight[:, : narrow.rank] = b * (scaling / layer.scaling[name])
+            layer.lora_A[wide.name].weight[: narrow.rank] = a
+            layer.lora_B[wide.name].weight[:, : narrow.rank] = b * (scaling / layer.scaling[wide.name])
     wide.paired_head = adapter.paired_head
     return wide

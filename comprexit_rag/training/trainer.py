@@ -72,15 +72,15 @@ def build_reader_adapter(config: TrainConfig, backbone: Backbone) -> ReaderAdapt
     saved = Path(config.init_from) / ADAPTER_DIR if config.init_from else None
     if saved is not None and saved.is_dir():
         adapter = ReaderAdapter.from_pretrained(saved, backbone)
-        if config.adapter_rank is not None and config.adapter_rank < adapter.config.rank:
+        rank = adapter.config.rank
+        if config.adapter_rank is not None and config.adapter_rank < rank:
             raise InvalidInputError(
-                f"{saved} is a rank-{adapter.config.rank} reader adapter and adapter_rank is {config.adapter_rank}: "
-                f"set adapter_rank to {adapter.config.rank} to continue it, or higher to widen it."
+                f"{saved} is a rank-{rank} reader adapter and adapter_rank is {config.adapter_rank}: "
+                f"set adapter_rank to {rank} to continue it, or higher to widen it."
             )
-        if config.adapter_rank is not None and config.adapter_rank > adapter.config.rank:
-            wide = replace(adapter.config, rank=config.adapter_rank, alpha=config.adapter_alpha)
-            logger.info("Widening the reader adapter of %s from rank %d to %d", saved, adapter.config.rank, wide.rank)
-            adapter = widen(adapter, wide)
+        if config.adapter_rank is not None and config.adapter_rank > rank:
+            logger.info("Widening the reader adapter of %s from rank %d to %d", saved, rank, config.adapter_rank)
+            adapter = widen(adapter, replace(adapter.config, rank=config.adapter_rank, alpha=config.adapter_alpha))
     elif config.reader_adapter:
         adapter_config = ReaderAdapterConfig(
             rank=config.adapter_rank, alpha=config.adapter_alpha, scope=config.adapter_scope
