@@ -19,6 +19,10 @@ For one head checkpoint (with its reader adapter, if it has one), through one re
   retriever's embedder, as a pipeline's top hits would come (``comprexit_rag.evaluation.retrieved_contexts``;
   the same as ``comprexit-rag eval --retrieved-distractors 4`` on that file; the neighbours are cached, so a
   machine without the embedder reads them from a carried cache).
+* **Reading tasks** (``--reading-tasks N``): N questions about 128-token windows of the held-out Wikipedia
+  shard that only the window answers, span cloze and "what follows" half and half
+  (``comprexit_rag.evaluation.reading_tasks``; the kinds the QA stage can train on): whether the reader finds
+  an arbitrary fact of the passage in the slots, not only the kinds the labelled QA sets ask about.
 
 ``--method`` scores another stored-slot head (``mean-pool``), the query-aware ``comi`` (each passage
 compressed with its question; no reconstruction rows, which ask no question), a trained text baseline
@@ -56,6 +60,7 @@ from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
+from comprexit_rag.evaluation.reading_tasks import held_out_reading_tasks
 from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores, stream_windows
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.reading.reader import Context, Reader
@@ -182,6 +187,9 @@ def main() -> None:
         "--nq-retrieved", type=int, default=0, help="NQ dev questions read among retrieved passages (0: skip)"
     )
     parser.add_argument("--retrieved", type=int, default=4, help="retrieved passages read with the gold one")
+    parser.add_argument(
+        "--reading-tasks", type=int, default=0, help="held-out span-cloze / what-follows questions (0: skip)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, required=True)
@@ -223,12 +231,15 @@ def main() -> None:
                 method, reader, args.recon, args.ratio, args.recon_lengths
             )
     tables = (("qa_nq", "nq", args.nq), ("qa_hotpotqa", "hotpotqa", args.hotpotqa), ("qa_squad", "squad", args.squad))
-    for table, dataset, count in (*tables, ("qa_nq_retrieved", "nq", args.nq_retrieved)):
+    extra = (("qa_nq_retrieved", "nq", args.nq_retrieved), ("reading_tasks", "wikipedia", args.reading_tasks))
+    for table, dataset, count in (*tables, *extra):
         if not count:
             continue
         if table == "qa_nq_retrieved":  # exactly `comprexit-rag eval --retrieved-distractors` on the NQ-open file
             nq_open = str(data_file(NQ_OPEN_FILE))
             examples = load_examples(nq_open, "nq-open", "dev", "distractor", count, args.retrieved)
+        elif table == "reading_tasks":
+            examples = held_out_reading_tasks(backbone.tokenizer, count)
         else:
             examples = load_split(dataset, "dev")[:count]
         report[table] = qa(method, reader, examples, args.ratio, args.batch_size)

@@ -17,6 +17,8 @@
 #      NQ_RETRIEVED (default 400; 0: none): the first N NQ dev questions read among 4 retrieved passages
 #      (slot_quality.py --nq-retrieved), for the QA head, the shipped head and each baseline, each in a call of
 #      its own; the neighbours come from the carried cache (pack_payload.sh), as the GPU has no embedder.
+#      READING_TASKS (default 200; 0: none): held-out span-cloze and what-follows questions in the QA head's
+#      and each baseline's table (slot_quality.py --reading-tasks).
 #      TEACHER_QA=2wiki first writes runs/teacher-qa/2wiki.jsonl (comprexit-rag teacher-qa on the 6,108 2Wiki
 #      passages outside the evaluation splits), the QA family that sft-4x-mixed-teacher-qa.json names; its
 #      manifest comes back in results.tgz. The answers come from TEACHER_QA_FROM's reader adapter reading the
@@ -74,6 +76,7 @@ NO_QA=(--nq 0 --hotpotqa 0 --squad 0)
 # files of <= 16 MiB), for collect.sh to bring back.
 pack() { local dest=$1; shift; mkdir -p "$(dirname "$dest")"; tar cf - -C "$RUNS" "$@" | split -b 15m - "$dest.tar.part-"; }
 NQ_RETRIEVED=${NQ_RETRIEVED:-400}
+READING_TASKS=${READING_TASKS:-200}
 # retrieved NAME [slot_quality.py options]: the NQ table among retrieved passages into $NAME-quality-retrieved.json;
 # a call of its own, so that missing neighbours (and no embedder to make them) cost no other table.
 retrieved() {
@@ -186,7 +189,7 @@ if { [ -n "${SFT_PIECE_S:-}" ] || [ "$SFT_S" != 0 ]; } && finished "$RUNS/sft/su
   echo "QA HEAD READY"
   # shellcheck disable=SC2086
   python3 benchmarks/slot_quality.py --head "$RUNS/sft/final" --device cuda --batch-size 64 \
-    --recon-lengths $RECON_LENGTHS --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
+    --recon-lengths $RECON_LENGTHS --reading-tasks "$READING_TASKS" --out "$RESULTS/sft-quality.json" > "$RUNS/sft-quality.log" 2>&1
   grep -A3 '"own"\|content_gap\|own_nats' "$RESULTS/sft-quality.json" | grep -v examples | head -40
   retrieved sft --head "$RUNS/sft/final"
   retrieved shipped
@@ -221,7 +224,7 @@ for name in $BASELINES; do
     echo "$name TRAINED"
   fi
   python3 benchmarks/slot_quality.py --method "$method" --head "$RUNS/$name/final" --device cuda --batch-size 64 \
-    --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
+    --reading-tasks "$READING_TASKS" --out "$RESULTS/$name-quality.json" > "$RUNS/$name-quality.log" 2>&1
   grep -a "F1" "$RUNS/$name-quality.log" | tail -2
   retrieved "$name" --method "$method" --head "$RUNS/$name/final"
   if [ "$method" = full-lora ]; then
