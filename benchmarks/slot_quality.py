@@ -49,6 +49,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,7 +61,8 @@ from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
-from comprexit_rag.evaluation.reading_tasks import held_out_reading_tasks
+from comprexit_rag.evaluation.metrics import compute_scores
+from comprexit_rag.evaluation.reading_tasks import held_out_reading_tasks, task_kind
 from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores, stream_windows
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.reading.reader import Context, Reader
@@ -144,7 +146,15 @@ def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context
     return round(nats, 4), round(accuracy, 4)
 
 
-def qa(method: EvalMethod, reader: Reader, examples: list[QAExample], ratio: int, batch: int) -> dict:
+def qa(
+    method: EvalMethod,
+    reader: Reader,
+    examples: list[QAExample],
+    ratio: int,
+    batch: int,
+    kind: Callable[[QAExample], str] | None = None,
+) -> dict:
+    """Own / another / closed-book / raw-text scores; with ``kind``, each condition's scores by kind too."""
     runs = {"own": (method, "own"), "other": (method, "other"), "closed_book": (ClosedBook(), "own")}
     if not isinstance(method, FullText):  # a text method's own context is the raw text: its raw_text row is "own"
         runs["raw_text"] = (FullText(reader.backbone), "own")
@@ -152,12 +162,27 @@ def qa(method: EvalMethod, reader: Reader, examples: list[QAExample], ratio: int
     for name, (context, source) in runs.items():
         scored = evaluate(context, reader, examples, ratio=ratio, batch_size=batch, contexts_from=source)
         result[name] = {key: round(getattr(scored, key), 4) for key in ("em", "f1", "accuracy")}
+        if kind is not None:
+            result[name]["by_kind"] = scores_by_kind(scored.predictions, examples, kind)
         result[name]["examples"] = [
             {"question": e.question, "gold": list(e.answers), "prediction": p}
             for e, p in zip(examples[:5], scored.predictions[:5], strict=False)
         ]
     result.setdefault("raw_text", result["own"])
     result["content_gap_f1"] = round(result["own"]["f1"] - result["other"]["f1"], 4)
+    return result
+
+
+def scores_by_kind(predictions: list[str], examples: list[QAExample], kind: Callable[[QAExample], str]) -> dict:
+    """EM / F1 / accuracy of each kind of example (predictions in the examples' order)."""
+    kinds: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        kinds.setdefault(kind(example), []).append(index)
+    result = {}
+    for name, indices in kinds.items():
+        scores = compute_scores([predictions[i] for i in indices], [examples[i] for i in indices])
+        result[name] = {"n": len(indices), "em": round(scores.em, 4), "f1": round(scores.f1, 4)}
+        result[name]["accuracy"] = round(scores.accuracy, 4)
     return result
 
 
@@ -242,7 +267,8 @@ def main() -> None:
             examples = held_out_reading_tasks(backbone.tokenizer, count)
         else:
             examples = load_split(dataset, "dev")[:count]
-        report[table] = qa(method, reader, examples, args.ratio, args.batch_size)
+        kind = task_kind if table == "reading_tasks" else None
+        report[table] = qa(method, reader, examples, args.ratio, args.batch_size, kind)
         logging.info("%s F1: %s", table, {k: v["f1"] for k, v in report[table].items() if isinstance(v, dict)})
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from comprexit_rag.data import Passage, QAExample
 from comprexit_rag.methods import get_method
 from comprexit_rag.reading.reader import Reader
 
@@ -35,3 +36,15 @@ def test_reconstruction_by_length_reads_the_same_passages_cut_short(slot_quality
         # The shipped head's own slots carry the passage at both lengths (one and two transport windows).
         assert row["own_nats"] < row["none_nats"] / 2
         assert 0.0 <= row["own_token_accuracy"] <= 1.0
+
+
+def test_scores_by_kind_score_each_kind_on_its_own_examples(slot_quality):
+    examples = [
+        QAExample(f"{kind}-{i}", "q", (answer,), (Passage("p"),))
+        for i, (kind, answer) in enumerate([("cloze", "red fox"), ("follows", "jumped over"), ("cloze", "lazy dog")])
+    ]
+    predictions = ["red fox", "jumped", "cat"]
+    rows = slot_quality.scores_by_kind(predictions, examples, lambda example: example.id.split("-")[0])
+    assert rows["cloze"] == {"n": 2, "em": 0.5, "f1": 0.5, "accuracy": 0.5}
+    assert rows["follows"]["n"] == 1 and rows["follows"]["em"] == 0.0
+    assert rows["follows"]["f1"] == pytest.approx(2 / 3, abs=1e-4)  # precision 1, recall 1/2

@@ -16,10 +16,12 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data import Passage, QAExample
 from ..prompts import answer_end_token_id
-from ..training.data import PretrainCorpus
+from ..training.data import CLOZE_QUESTION, PretrainCorpus
 from .reconstruction import HELD_OUT_SHARD
 
-__all__ = ["held_out_reading_tasks"]
+__all__ = ["READING_TASK_KINDS", "held_out_reading_tasks", "task_kind"]
+
+READING_TASK_KINDS = ("cloze", "follows")
 
 
 def held_out_reading_tasks(
@@ -37,7 +39,7 @@ def held_out_reading_tasks(
     tasks = corpus.sample_reading_tasks(random.Random(seed), count, length, tokenizer, stop)
     return [
         QAExample(
-            id=f"reading-task-{i}",
+            id=f"{'cloze' if task.question.startswith(CLOZE_QUESTION) else 'follows'}-{i}",
             question=task.question,
             answers=(tokenizer.decode(task.target_ids[:-1]).strip(),),
             passages=(Passage(tokenizer.decode(task.passage_ids[0])),),
@@ -45,3 +47,11 @@ def held_out_reading_tasks(
         )
         for i, task in enumerate(tasks)
     ]
+
+
+def task_kind(example: QAExample) -> str:
+    """Which kind of reading task ``example`` is (one of :data:`READING_TASK_KINDS`)."""
+    kind = example.id.split("-", 1)[0]
+    if kind not in READING_TASK_KINDS:
+        raise ValueError(f"{example.id!r} is not a held-out reading task (made by held_out_reading_tasks).")
+    return kind

@@ -44,6 +44,8 @@ MAX_PASSAGE_TOKENS = 1024
 # whole tables and lists as answers (up to 4,227 tokens): one in a batch pads every row of the reader's
 # input to its length (an out-of-memory at batch 32 on an H200). 64 keeps 99% of NQ and all of the rest.
 MAX_ANSWER_TOKENS = 64
+# How a span-cloze reading task opens (the other kind asks what follows a phrase).
+CLOZE_QUESTION = "Fill in the blank:"
 
 
 def document_separator(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -182,7 +184,7 @@ class PretrainCorpus:
                 start = rng.randrange(1, max(2, len(ids) - length - 1))
                 before = tokenizer.decode(ids[max(0, start - 24) : start])
                 after = tokenizer.decode(ids[start + length : start + length + 24])
-                question = f"Fill in the blank: ...{before} ____ {after}..."
+                question = f"{CLOZE_QUESTION} ...{before} ____ {after}..."
                 answer = ids[start : start + length]
             else:
                 phrase, length = rng.randint(6, 10), rng.randint(8, 16)
