@@ -186,6 +186,15 @@ def scores_by_kind(predictions: list[str], examples: list[QAExample], kind: Call
     return result
 
 
+def table_examples(table: str, count: int, backbone: Backbone, retrieved: int) -> list[QAExample]:
+    """The first ``count`` held-out examples of a QA table."""
+    if table == "qa_nq_retrieved":  # exactly `comprexit-rag eval --retrieved-distractors` on the NQ-open file
+        return load_examples(str(data_file(NQ_OPEN_FILE)), "nq-open", "dev", "distractor", count, retrieved)
+    if table == "reading_tasks":
+        return held_out_reading_tasks(backbone.tokenizer, count)
+    return load_split(table.removeprefix("qa_"), "dev")[:count]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", choices=METHODS, default="comprexit", help="what --head holds (default: comprexit)")
@@ -255,18 +264,17 @@ def main() -> None:
             report["reconstruction_by_length"] = reconstruction_by_length(
                 method, reader, args.recon, args.ratio, args.recon_lengths
             )
-    tables = (("qa_nq", "nq", args.nq), ("qa_hotpotqa", "hotpotqa", args.hotpotqa), ("qa_squad", "squad", args.squad))
-    extra = (("qa_nq_retrieved", "nq", args.nq_retrieved), ("reading_tasks", "wikipedia", args.reading_tasks))
-    for table, dataset, count in (*tables, *extra):
+    counts = {
+        "qa_nq": args.nq,
+        "qa_hotpotqa": args.hotpotqa,
+        "qa_squad": args.squad,
+        "qa_nq_retrieved": args.nq_retrieved,
+        "reading_tasks": args.reading_tasks,
+    }
+    for table, count in counts.items():
         if not count:
             continue
-        if table == "qa_nq_retrieved":  # exactly `comprexit-rag eval --retrieved-distractors` on the NQ-open file
-            nq_open = str(data_file(NQ_OPEN_FILE))
-            examples = load_examples(nq_open, "nq-open", "dev", "distractor", count, args.retrieved)
-        elif table == "reading_tasks":
-            examples = held_out_reading_tasks(backbone.tokenizer, count)
-        else:
-            examples = load_split(dataset, "dev")[:count]
+        examples = table_examples(table, count, backbone, args.retrieved)
         kind = task_kind if table == "reading_tasks" else None
         report[table] = qa(method, reader, examples, args.ratio, args.batch_size, kind)
         logging.info("%s F1: %s", table, {k: v["f1"] for k, v in report[table].items() if isinstance(v, dict)})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from comprexit_rag.data import Passage, QAExample
+from comprexit_rag.data import Passage, QAExample, load_split
+from comprexit_rag.evaluation.reading_tasks import task_kind
 from comprexit_rag.methods import get_method
 from comprexit_rag.reading.reader import Reader
 
@@ -48,3 +50,14 @@ def test_scores_by_kind_score_each_kind_on_its_own_examples(slot_quality):
     assert rows["cloze"] == {"n": 2, "em": 0.5, "f1": 0.5, "accuracy": 0.5}
     assert rows["follows"]["n"] == 1 and rows["follows"]["em"] == 0.0
     assert rows["follows"]["f1"] == pytest.approx(2 / 3, abs=1e-4)  # precision 1, recall 1/2
+
+
+def test_each_table_reads_its_own_held_out_examples(slot_quality, default_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPREXIT_CACHE", str(tmp_path))
+    backbone = SimpleNamespace(tokenizer=default_tokenizer)
+    nq = slot_quality.table_examples("qa_nq", 3, backbone, retrieved=4)
+    assert [e.id for e in nq] == [e.id for e in load_split("nq", "dev")[:3]]
+    squad = slot_quality.table_examples("qa_squad", 2, backbone, retrieved=4)
+    assert [e.id for e in squad] == [e.id for e in load_split("squad", "dev")[:2]]
+    tasks = slot_quality.table_examples("reading_tasks", 4, backbone, retrieved=4)
+    assert len(tasks) == 4 and {task_kind(task) for task in tasks} <= {"cloze", "follows"}
