@@ -181,8 +181,7 @@ def scores_by_kind(predictions: list[str], examples: list[QAExample], kind: Call
     result = {}
     for name, indices in kinds.items():
         scores = compute_scores([predictions[i] for i in indices], [examples[i] for i in indices])
-        result[name] = {"n": len(indices), "em": round(scores.em, 4), "f1": round(scores.f1, 4)}
-        result[name]["accuracy"] = round(scores.accuracy, 4)
+        result[name] = {key: round(value, 4) for key, value in scores.as_dict().items()}
     return result
 
 
