@@ -23,8 +23,10 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.data import QAExample
@@ -65,25 +67,36 @@ def classify(prediction: str, gold: str, window: str) -> tuple[str, int | None]:
     return "another place", len(text[:found].split()) - len(text[:span_at].split())
 
 
+class Sorted(NamedTuple):
+    """One answer, sorted: its task's kind, its class and offset (:func:`classify`), the answer and the span."""
+
+    kind: str
+    cls: str
+    offset: int | None
+    answer: str
+    span: str
+
+
 def summarise(predictions: list[str], examples: list[QAExample]) -> dict:
     """Share of each class, by kind of task and in all, and the answers' and spans' mean lengths in words."""
     rows = [
-        (task_kind(e), *classify(p, e.answers[0], e.passages[0].text), p, e.answers[0])
+        Sorted(task_kind(e), *classify(p, e.answers[0], e.passages[0].text), p, e.answers[0])
         for p, e in zip(predictions, examples, strict=True)
     ]
     report: dict = {}
     for kind in ("all", *READING_TASK_KINDS):
-        chosen = [row for row in rows if kind in ("all", row[0])]
-        offsets = [row[2] for row in chosen if row[2] is not None]
+        chosen = [row for row in rows if kind in ("all", row.kind)]
+        offsets = [abs(row.offset) for row in chosen if row.offset is not None]
         report[kind] = {
             "n": len(chosen),
-            **{name: round(sum(row[1] == name for row in chosen) / len(chosen), 3) for name in CLASSES},
-            "median_abs_offset_words": statistics.median(map(abs, offsets)) if offsets else None,
-            "answer_words": round(statistics.mean(len(normalize_answer(row[3]).split()) for row in chosen), 1),
-            "span_words": round(statistics.mean(len(normalize_answer(row[4]).split()) for row in chosen), 1),
+            **{name: round(sum(row.cls == name for row in chosen) / len(chosen), 3) for name in CLASSES},
+            "median_abs_offset_words": statistics.median(offsets) if offsets else None,
+            "answer_words": round(statistics.mean(len(normalize_answer(row.answer).split()) for row in chosen), 1),
+            "span_words": round(statistics.mean(len(normalize_answer(row.span).split()) for row in chosen), 1),
         }
     report["examples"] = [
-        {"kind": row[0], "class": row[1], "offset": row[2], "answer": row[3], "span": row[4]} for row in rows[:12]
+        {"kind": row.kind, "class": row.cls, "offset": row.offset, "answer": row.answer, "span": row.span}
+        for row in rows[:12]
     ]
     return report
 
@@ -104,21 +117,16 @@ def main() -> None:
     backbone = Backbone.from_pretrained(device=args.device)
     examples = held_out_reading_tasks(backbone.tokenizer, args.tasks)
     slots = build_method("comprexit", backbone, args.ratio, args.head)
-    readers = {
-        "slots": (slots, Reader(backbone, adapter=slots.reader_adapter)),
-        "raw text, head's adapter": (FullText(backbone), Reader(backbone, adapter=slots.reader_adapter)),
-    }
+    head_reader = Reader(backbone, adapter=slots.reader_adapter)
+    readers = {"slots": (slots, head_reader), "raw text, head's adapter": (FullText(backbone), head_reader)}
     if args.full_lora:
         text_reader = build_method("full-lora", backbone, args.ratio, args.full_lora)
         readers["raw text, full-lora"] = (text_reader, Reader(backbone, adapter=text_reader.reader_adapter))
-    report: dict = {
-        "command": "python research/span_boundaries.py "
-        + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if value is not None)
-    }
+    report: dict = {"command": "python " + " ".join(sys.argv)}
     for name, (method, reader) in readers.items():
         scored = evaluate(method, reader, examples, ratio=args.ratio, batch_size=args.batch_size)
         report[name] = {"f1": round(scored.f1, 4), **summarise(scored.predictions, examples)}
-        logging.info("%s: %s", name, {k: v for k, v in report[name]["all"].items()})
+        logging.info("%s: %s", name, report[name]["all"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
