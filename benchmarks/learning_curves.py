@@ -16,6 +16,7 @@ the QA steps only. The held-out scores are the quality files' (``benchmarks/slot
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -302,7 +303,8 @@ def plot(series: dict, path: Path) -> None:
     steps, nq, hotpotqa = zip(*series["stage_f1"], strict=True)
     length.plot(steps, nq, "o-", label="NQ, slots")
     length.plot(steps, hotpotqa, "s-", label="HotpotQA, slots")
-    for marker, (steps, nq, hotpotqa, name) in zip("*Pxd", series["later_pass_f1"], strict=False):
+    # One marker per later pass; itertools.cycle keeps a long list of passes on the plot rather than dropping some.
+    for marker, (steps, nq, hotpotqa, name) in zip(itertools.cycle("*Pxdv^s"), series["later_pass_f1"], strict=False):
         length.plot([steps], [nq], marker, c="C0", ms=9, label=f"NQ, later pass ({name})")
         length.plot([steps], [hotpotqa], marker, c="C1", ms=9)
     length.axhline(series["reference_nq_f1"], ls="--", c="C0", lw=0.8, label=f"NQ, {series['reference_name']}")
