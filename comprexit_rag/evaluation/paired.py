@@ -20,7 +20,7 @@ from pathlib import Path
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.evaluation.metrics import answer_contained, exact_match, f1_score
 
-__all__ = ["PairedDifference", "load_predictions", "paired_difference"]
+__all__ = ["METRICS", "PairedDifference", "load_predictions", "paired_difference"]
 
 METRICS: dict[str, Callable[[str, Sequence[str]], float]] = {
     "em": exact_match,
