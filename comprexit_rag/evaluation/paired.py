@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -120,11 +120,6 @@ def _bootstrap_interval(values: Sequence[float], resamples: int, confidence: flo
     """Percentile interval of the mean of ``values`` over resamples drawn with replacement."""
     rng = random.Random(seed)
     n = len(values)
-    means = sorted(_mean(rng.choices(values, k=n)) for _ in range(resamples))
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
     tail = (1.0 - confidence) / 2
     return means[int(tail * (resamples - 1))], means[math.ceil((1.0 - tail) * (resamples - 1))]
-
-
-def _mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return sum(values) / len(values)
