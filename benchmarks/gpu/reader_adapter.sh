@@ -27,8 +27,8 @@
 #      the QA stage's distillation teacher (--distill-teacher) instead of the head's own adapter.
 #      SFT_PIECE_S: the QA stage is a long run in pieces instead (an SFT_CONFIG with a fixed max_steps, e.g.
 #      sft-4x-mixed-2pass.json): one piece of SFT_PIECE_S seconds, resumed from $RUNS/sft/checkpoint when it is
-#      there (pack_payload.sh STATE_RUN=sft), its state packed first into $RESULTS/sft-piece ("SFT PIECE READY");
-#      a piece that ends before the run's last step is not scored.
+#      there (pack_payload.sh STATE_RUN=sft); a piece that ends before the run's last step packs its state into
+#      $RESULTS/sft-piece ("SFT PIECE READY") and is not scored, the piece that reaches it is scored as SFT_S's run.
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results:
 #      each one's weights packed into state/<name>.final.tar.part-* once trained ("<name> TRAINED"), its scores
@@ -174,8 +174,11 @@ if [ -n "${SFT_PIECE_S:-}" ]; then
   train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --piece-seconds "$SFT_PIECE_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
-  pack "$RESULTS/sft-piece/piece" sft/checkpoint sft/log.jsonl
-  echo SFT PIECE READY
+  # A finished run's final head is what comes back (below): its optimizer state would only delay it.
+  if ! finished "$RUNS/sft/summary.json"; then
+    pack "$RESULTS/sft-piece/piece" sft/checkpoint sft/log.jsonl
+    echo SFT PIECE READY
+  fi
 elif [ "$SFT_S" != 0 ]; then
   rm -rf "$RUNS/sft"
   train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --time-budget "$SFT_S" \
