@@ -257,6 +257,16 @@ def cut_in_order(examples: list[TrainExample], max_tokens: int) -> list[list[Tra
     return passes
 
 
+def expects_reader_adapter(config: TrainConfig) -> bool | None:
+    """Whether ``config`` trains a reader adapter, or None when its init checkpoint is gone and cannot say."""
+    if config.init_from is None:
+        return config.reader_adapter
+    init = Path(config.init_from)
+    if not init.is_dir():
+        return None
+    return (init / ADAPTER_DIR).is_dir() or config.reader_adapter
+
+
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < config.warmup_steps:
@@ -281,9 +291,17 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
     resuming = saved_state is not None
     # A resumed run rebuilds its module from the checkpoint, whatever first made it (a fresh head with a
     # calibrated standardisation, or --init-from): a fresh module may not have the same buffers.
-    encoder = build_encoder(resumed_module(config, checkpoint, saved_state) if resuming else config, backbone)
+    start = resumed_module(config, checkpoint, saved_state) if resuming else config
+    encoder = build_encoder(start, backbone)
     module = encoder.trainable
-    adapter = build_reader_adapter(config, backbone)
+    # The adapter too: a first piece's --init-from may be gone by now (session 26: it was a generation of
+    # this run's own checkpoint, removed when the next one was saved).
+    adapter = build_reader_adapter(start, backbone)
+    if resuming and expects_reader_adapter(config) not in (None, adapter is not None):
+        raise InvalidInputError(
+            f"The checkpoint in {checkpoint} was saved {'with' if adapter is not None else 'without'} a reader "
+            "adapter; resume with the configuration it was started with."
+        )
     reader = Reader(backbone, adapter=adapter)
     groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr_scale": 1.0}]
     if adapter is not None:

@@ -856,6 +856,26 @@ def test_a_resumed_run_rebuilds_its_module_from_the_checkpoint(make_tiny_backbon
     assert "depth.layer_scale" in final_weights(config)
 
 
+def test_a_run_resumes_after_its_init_checkpoint_is_gone(make_tiny_backbone, data, tmp_path):
+    # Session 26: a QA run started from a generation of its own checkpoint folder (the adapter came from
+    # there, not from reader_adapter); the next save removed that generation, and the third piece built
+    # no adapter and refused to resume.
+    first = tiny_config(tmp_path / "first", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+    train(replace(first, max_steps=1), make_tiny_backbone())
+    start = tmp_path / "start"
+    shutil.copytree(Path(first.output_dir) / "final", start)
+    straight = tiny_config(tmp_path / "straight", data, "comprexit", "sft", init_from=str(start), max_steps=3)
+    train(straight, make_tiny_backbone())
+    pieces = replace(straight, output_dir=str(tmp_path / "pieces"), piece_seconds=0.0)
+    assert train(pieces, make_tiny_backbone())["steps"] == 1
+    shutil.rmtree(start)
+    assert [train(pieces, make_tiny_backbone())["steps"] for _ in range(2)] == [2, 3]
+    want = adapter_weights(Path(straight.output_dir) / "final")
+    got = adapter_weights(Path(pieces.output_dir) / "final")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[name], want[name]) for name in want)
+
+
 def test_a_run_saved_on_a_gpu_resumes_on_a_cpu(make_tiny_backbone, data, tmp_path, monkeypatch):
     # Session 20: a QA piece trained on an H100 did not resume here ("Attempting to deserialize object on a
     # CUDA device"). Its optimizer file is made the same: storages tagged as on cuda:0.
