@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from ..durable import atomic_write, atomic_write_json, fsync_directory
-from ..errors import InvalidInputError
 from ..methods.base import head_digest
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
 
@@ -79,14 +78,10 @@ def resume(directory: Path, state: dict, adapter: ReaderAdapter | None, optimize
     (:func:`read_state`); returns the loop state. The module is built from the same files
     (:func:`checkpoint_files`), before the optimizer that holds its parameters."""
     files = checkpoint_files(directory, state)
-    saved_adapter = files / "module" / ADAPTER_DIR
-    if (adapter is None) != (not saved_adapter.is_dir()):
-        raise InvalidInputError(
-            f"The checkpoint in {directory} was saved {'without' if adapter is not None else 'with'} a reader adapter; "
-            "resume with the configuration it was started with."
-        )
+    # ``adapter`` was built from these files (the trainer checks it against the run's configuration); loaded
+    # again here into its float32 weights, which an adapter attached to a bf16 backbone first rounded.
     if adapter is not None:
-        adapter.load_weights(saved_adapter)
+        adapter.load_weights(files / "module" / ADAPTER_DIR)
     # On the CPU first: a run saved on a GPU may continue on another machine, and load_state_dict moves each
     # state tensor to its parameter's device.
     optimizer.load_state_dict(torch.load(files / "optimizer.pt", weights_only=True, map_location="cpu"))
