@@ -17,8 +17,9 @@
 # SHARDS: the Wikipedia shard groups the run reads (AB: its four shards; AB_shard0: one, for a QA stage whose
 # 30% text steps need far less than a group; AA shard 0 always comes: held-out windows); the cached
 # retrieved neighbours ($COMPREXIT_CACHE/distractors, made by benchmarks/gpu/prepare_neighbours.py, see
-# comprexit_rag/retrieval/nearest.py) always come, so the GPU machine needs no embedder for retrieved
-# distractors or --nq-retrieved;
+# comprexit_rag/retrieval/nearest.py) come unless NEIGHBOURS=0, so the GPU machine needs no embedder for retrieved
+# distractors or --nq-retrieved (NEIGHBOURS=0: a session with NQ_RETRIEVED=0 and no retrieved-distractor share,
+# which reads none; making them takes about 15 minutes on a fresh cache);
 # STATE: a checkpoint directory (state.json and the files it names) that lands in /tmp/runs/$STATE_RUN
 # (a run to resume: pretrain, the default, sft for a QA stage run in pieces, or a baseline's name), with the
 # run's log.jsonl when it lies beside the checkpoint; INIT: a head + adapter directory that lands in /tmp/init (a new run starts from it:
@@ -30,6 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${COMPREXIT_DATA:-../shared/data}
 SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} TRAINED=${TRAINED:-} PART_MB=${PART_MB:-26}
+NEIGHBOURS=${NEIGHBOURS:-1}
 WORK=$(mktemp -d) PARTS=$(mktemp -d)
 trap 'rm -rf "$WORK" "$PARTS"' EXIT
 
@@ -56,10 +58,12 @@ for run in $TRAINED; do
   cp -r "$run/final" "$run/summary.json" "$WORK/finished/$(basename "$run")/"
 done
 # The retrieved neighbours the GPU session reads (read back from the cache once made; see the script).
-python benchmarks/gpu/prepare_neighbours.py
-NEIGHBOURS=${COMPREXIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/comprexit_rag}/distractors
-if compgen -G "$NEIGHBOURS/*.npy" > /dev/null; then
-  mkdir -p "$WORK/cache" && cp -r "$NEIGHBOURS" "$WORK/cache/"
+if [ "$NEIGHBOURS" = 1 ]; then
+  python benchmarks/gpu/prepare_neighbours.py
+  cached=${COMPREXIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/comprexit_rag}/distractors
+  if compgen -G "$cached/*.npy" > /dev/null; then
+    mkdir -p "$WORK/cache" && cp -r "$cached" "$WORK/cache/"
+  fi
 fi
 
 rm -rf .carry
