@@ -90,12 +90,18 @@ class CheckpointedModule(nn.Module):
     def from_pretrained(
         cls, directory: str | os.PathLike | None = None, device: str | torch.device | None = None
     ) -> Self:
-        """Load a saved module; ``None`` loads the one shipped for the default backbone."""
-        directory = Path(directory) if directory is not None else cls.default_checkpoint
+        """Load a saved module: a checkpoint directory, the name of one shipped with the package (see
+        :func:`packaged_checkpoints`), or ``None`` for the one shipped for the default backbone."""
+        directory = resolve_checkpoint(directory) if directory is not None else cls.default_checkpoint
         if directory == cls.default_checkpoint and not directory.is_dir():
             raise CheckpointError(
                 f"No default {cls.description} is shipped at {directory}; train one with `comprexit-rag train` "
                 "or pass a checkpoint directory."
+            )
+        if not directory.exists():
+            raise CheckpointError(
+                f"{directory} does not exist. Pass a checkpoint directory, or the name of one shipped with "
+                f"comprexit-rag: {', '.join(packaged_checkpoints())}."
             )
         metadata = read_metadata(directory, cls.checkpoint_kind)
         try:
@@ -109,6 +115,26 @@ class CheckpointedModule(nn.Module):
         load_into(module, load_state_dict(directory), directory)
         logger.info("Loaded %s from %s (%d parameters)", cls.description, directory, module.num_parameters())
         return module.to(device) if device is not None else module
+
+
+def packaged_checkpoints() -> list[str]:
+    """The names of the checkpoints shipped with the package, each loadable by name with ``from_pretrained``."""
+    return sorted(path.name for path in PRETRAINED_DIR.iterdir() if (path / CONFIG_NAME).is_file())
+
+
+def packaged_checkpoint(source: str | os.PathLike) -> Path | None:
+    """The shipped checkpoint ``source`` names (a bare name such as ``"comprexit-smollm2-135m-multi-ratio"``),
+    or ``None``: a path, or a name that is not shipped. An existing local path of that name wins, as a local
+    directory does over a Hub name in ``transformers``."""
+    if not isinstance(source, str) or Path(source).name != source or Path(source).exists():
+        return None
+    directory = PRETRAINED_DIR / source
+    return directory if (directory / CONFIG_NAME).is_file() else None
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """The directory of ``source``: a shipped checkpoint's name, or a path."""
+    return packaged_checkpoint(source) or Path(source).expanduser()
 
 
 def save_module(

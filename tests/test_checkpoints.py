@@ -15,16 +15,17 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from comprexit_rag.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from comprexit_rag.checkpoint import CONFIG_NAME, PRETRAINED_DIR, WEIGHTS_NAME, packaged_checkpoints
 from comprexit_rag.errors import CheckpointError
 from comprexit_rag.methods.comi import DEFAULT_MERGER, COMIConfig, COMIMerger
 from comprexit_rag.methods.comprexit.config import ComprExITConfig
-from comprexit_rag.methods.comprexit.head import DEFAULT_HEAD, ComprExITHead
+from comprexit_rag.methods.comprexit.head import DEFAULT_HEAD, MULTI_RATIO_HEAD, ComprExITHead
 from comprexit_rag.methods.mean_pool import DEFAULT_MEAN_POOL, MeanPoolConfig, MeanPoolHead
 from comprexit_rag.methods.soft_prompt import SoftPrompt
 
 SHIPPED = [
     (ComprExITHead, DEFAULT_HEAD, "comprexit-head"),
+    (ComprExITHead, MULTI_RATIO_HEAD, "comprexit-head"),
     (MeanPoolHead, DEFAULT_MEAN_POOL, "mean-pool-head"),
     (COMIMerger, DEFAULT_MERGER, "comi-merger"),
 ]
@@ -38,7 +39,7 @@ def fresh(module_class: type, backbone) -> torch.nn.Module:
     return module_class.for_backbone(backbone)
 
 
-@pytest.mark.parametrize(("module_class", "directory", "kind"), SHIPPED, ids=[kind for *_, kind in SHIPPED])
+@pytest.mark.parametrize(("module_class", "directory", "kind"), SHIPPED, ids=[path.name for _, path, _ in SHIPPED])
 def test_shipped_checkpoints_load_and_resave_byte_for_byte(module_class, directory, kind, tmp_path):
     if not directory.is_dir():
         pytest.skip(f"{directory} is not shipped in this checkout")
@@ -99,8 +100,11 @@ def test_another_kind_or_a_bad_config_is_a_checkpoint_error(module_class, tiny_b
     (directory / CONFIG_NAME).write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=r"config\.json has an invalid .* config"):
         module_class.from_pretrained(directory)
-    with pytest.raises(CheckpointError, match="not a comprexit-rag checkpoint"):
+    with pytest.raises(CheckpointError, match=r"missing does not exist\. Pass a checkpoint directory, or the name"):
         module_class.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a comprexit-rag checkpoint"):
+        module_class.from_pretrained(tmp_path / "empty")
 
 
 def test_a_loaded_module_goes_to_the_requested_device(tmp_path, tiny_backbone):
@@ -108,6 +112,22 @@ def test_a_loaded_module_goes_to_the_requested_device(tmp_path, tiny_backbone):
         directory = fresh(module_class, tiny_backbone).save_pretrained(tmp_path / module_class.__name__)
         loaded = module_class.from_pretrained(directory, device="cpu")
         assert all(p.device == torch.device("cpu") for p in loaded.parameters())
+
+
+def test_a_shipped_checkpoint_loads_by_name_and_a_local_directory_of_that_name_wins(
+    tmp_path, tiny_backbone, monkeypatch
+):
+    assert {DEFAULT_HEAD.name, MULTI_RATIO_HEAD.name, DEFAULT_MERGER.name} <= set(packaged_checkpoints())
+    by_name = ComprExITHead.from_pretrained(MULTI_RATIO_HEAD.name)
+    assert by_name.config.trained_ratios == [4, 8, 16]
+    assert by_name.state_dict().keys() == ComprExITHead.from_pretrained(MULTI_RATIO_HEAD).state_dict().keys()
+
+    monkeypatch.chdir(tmp_path)  # a folder named like a shipped checkpoint, here, is what the name means
+    fresh(ComprExITHead, tiny_backbone).save_pretrained(tmp_path / MULTI_RATIO_HEAD.name)
+    assert ComprExITHead.from_pretrained(MULTI_RATIO_HEAD.name).config.hidden_size == tiny_backbone.hidden_size
+    with pytest.raises(CheckpointError, match=f"the name of one shipped with comprexit-rag: .*{DEFAULT_HEAD.name}"):
+        ComprExITHead.from_pretrained("comprexit-smollm2-135m-typo")
+    assert not (PRETRAINED_DIR / "comprexit-smollm2-135m-typo").exists()
 
 
 def test_checkpoint_paths_may_be_strings(tmp_path, tiny_backbone):

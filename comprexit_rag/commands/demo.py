@@ -218,5 +218,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=positive_int, default=5, help="passages to retrieve per question")
     parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="longest answer, in tokens")
     parser.add_argument("--backbone", help="HF causal-LM name or path (default: embedded SmolLM2)")
-    parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
+    parser.add_argument(
+        "--head",
+        help="ComprExIT head: a checkpoint directory or the name of a shipped one (default: the shipped head, "
+        "trained at 4x; comprexit-smollm2-135m-multi-ratio reads 8x and 16x)",
+    )
     parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")

@@ -173,7 +173,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one-passage files (NQ-open, SQuAD, PolicyQA): read each gold passage among the K passages of the file "
         "closest to the question by the retriever's embedder (all-MiniLM-L6-v2), as a RAG pipeline's top hits come",
     )
-    parser.add_argument("--checkpoint", help="trained module of the method (default: the shipped one)")
+    parser.add_argument(
+        "--checkpoint",
+        help="trained module of the method: a checkpoint directory or the name of a shipped one "
+        "(default: the shipped one)",
+    )
     parser.add_argument(
         "--reader-adapter",
         help="read through this reader adapter (a head checkpoint with reader_adapter/, or the adapter directory), "

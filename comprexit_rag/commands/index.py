@@ -72,7 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-size", type=positive_int, help="passages compressed and committed together (default: 8 x batch size)"
     )
     parser.add_argument("--limit", type=positive_int, help="index only the first N passages of the corpus")
-    parser.add_argument("--head", help="ComprExIT head checkpoint directory (default: the shipped head)")
+    parser.add_argument(
+        "--head",
+        help="ComprExIT head: a checkpoint directory or the name of a shipped one (default: the shipped head, "
+        "trained at 4x; comprexit-smollm2-135m-multi-ratio reads 8x and 16x)",
+    )
     parser.add_argument("--backbone", help="HF causal-LM name or path for a new pipeline (default: embedded SmolLM2)")
     parser.add_argument("--device", help="torch device of the backbone (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")

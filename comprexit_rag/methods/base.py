@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 from ..backbone import Backbone
-from ..checkpoint import CheckpointedModule, check_fingerprint, state_digest
+from ..checkpoint import CheckpointedModule, check_fingerprint, resolve_checkpoint, state_digest
 from ..errors import AdapterMismatchError, InvalidInputError
 from ..reading.adapter import ADAPTER_DIR, ReaderAdapter
 from ..reading.pairing import FROZEN_READER
@@ -26,6 +26,8 @@ from ..validation import check_positive_int, check_texts, resolve_ratio
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Compressor", "ModuleCompressor", "Query", "Texts", "head_digest"]
 
@@ -85,6 +87,8 @@ class ModuleCompressor(abc.ABC):
     query_aware: ClassVar[bool] = False
     # What the slots of a module trained for the frozen reader (no adapter) record as their reader adapter.
     frozen_reader_mark: ClassVar[str | None] = FROZEN_READER
+    # What to load for a ratio the module was not trained at, appended to checked_ratio's warning.
+    other_ratios_advice: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -108,6 +112,7 @@ class ModuleCompressor(abc.ABC):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.reader_adapter = reader_adapter
         self._fingerprint: str | None = None
+        self._warned_ratios: set[int] = set()
 
     @classmethod
     def load(
@@ -119,8 +124,8 @@ class ModuleCompressor(abc.ABC):
         device: str | torch.device | None = None,
         batch_size: int = 8,
     ) -> Self:
-        """A compressor of ``source``: a ``module_class`` instance (used as it is), a checkpoint directory, or
-        ``None`` for the one shipped for the default backbone.
+        """A compressor of ``source``: a ``module_class`` instance (used as it is), a checkpoint directory, the
+        name of a checkpoint shipped with the package, or ``None`` for the one shipped for the default backbone.
 
         A checkpoint directory holding a ``reader_adapter/`` (a module trained with a reader LoRA) attaches that
         adapter to the backbone; :class:`~comprexit_rag.reading.reader.Reader` then reads through it.
@@ -128,8 +133,8 @@ class ModuleCompressor(abc.ABC):
         backbone = Backbone.resolve(backbone, device)
         if isinstance(source, module_class):
             return cls(backbone, source, batch_size=batch_size)
-        directory = Path(source) if source is not None else module_class.default_checkpoint
-        module = module_class.from_pretrained(source)
+        directory = resolve_checkpoint(source) if source is not None else module_class.default_checkpoint
+        module = module_class.from_pretrained(directory)
         reader_adapter = None
         if (directory / ADAPTER_DIR).is_dir():
             # The module's backbone first: a checkpoint for another model is refused for what it is.
@@ -148,6 +153,28 @@ class ModuleCompressor(abc.ABC):
     @property
     def default_ratio(self) -> int:
         return self.config.ratio
+
+    @property
+    def trained_ratios(self) -> list[int] | None:
+        """The ratios its module was trained at; ``None`` where the checkpoint does not record them."""
+        return None
+
+    def checked_ratio(self, ratio: int | None) -> int:
+        """``ratio`` validated (its default when ``None``), with a WARNING, once per ratio, when the module was
+        not trained at it: a head trained at 4x reads 16x far worse (see the model cards)."""
+        ratio = resolve_ratio(self, ratio)
+        trained = self.trained_ratios
+        if trained is not None and ratio not in trained and ratio not in self._warned_ratios:
+            self._warned_ratios.add(ratio)
+            logger.warning(
+                "This %s was trained at ratio %s, not %d: its slots carry much less of the passage at %dx.%s",
+                type(self.module).__name__,
+                " and ".join(str(value) for value in trained),
+                ratio,
+                ratio,
+                self.other_ratios_advice,
+            )
+        return ratio
 
     @property
     def fingerprint(self) -> str:
@@ -199,7 +226,7 @@ class ModuleCompressor(abc.ABC):
         texts = check_texts(texts)
         if batch_size is not None:
             check_positive_int(batch_size, "batch_size")
-        ratio = resolve_ratio(self, ratio)
+        ratio = self.checked_ratio(ratio)
         self.check_queries(query, len(texts))
         if not texts:
             return SoftContext.empty(self.backbone.hidden_size)

@@ -21,7 +21,6 @@ from ..backbone import Backbone, autocast_for
 from ..errors import InvalidInputError
 from ..layout import concatenated_ranges, to_device
 from ..soft_context import PassageDetails, SoftContext
-from ..validation import resolve_ratio
 from .base import ModuleCompressor
 from .segments import SegmentBatch, encode_segments
 
@@ -91,7 +90,7 @@ class SlotCompressor(ModuleCompressor):
         show_progress: bool | None = None,
     ) -> SoftContext:
         """Like :meth:`compress`, for passages that are already tokenised (no special tokens)."""
-        ratio = resolve_ratio(self, ratio)
+        ratio = self.checked_ratio(ratio)
         if return_details and not self.head_class.returns_details:
             raise InvalidInputError("return_details=True needs a ComprExIT head (layer weights and transport plans).")
 

@@ -17,7 +17,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from ..backbone import Backbone
-from ..checkpoint import CheckpointedModule
+from ..checkpoint import CheckpointedModule, packaged_checkpoint, resolve_checkpoint
 from ..errors import CheckpointError, InvalidInputError
 from ..methods.base import head_digest
 from ..methods.comprexit.compressor import ComprExITCompressor
@@ -140,7 +140,7 @@ def resolve_compressor(
     save: bool = True,
 ) -> tuple[ComprExITCompressor, str]:
     """The compressor of the head to use (with the head's reader adapter, if it has one) and how
-    ``pipeline.json`` refers to the head (``"default"`` or a path).
+    ``pipeline.json`` refers to the head (``"default"``, a shipped head's name, or a path).
 
     A head instance is saved to ``directory/head`` (unless ``save`` is false: build saves it under
     the index lock, so that a racing build cannot overwrite the head of another's pipeline).
@@ -152,6 +152,9 @@ def resolve_compressor(
     source = os.fspath(head) if head is not None else recorded
     if source == DEFAULT:
         return load_compressor(backbone, untrained_dir=directory / UNTRAINED_HEAD_DIR), DEFAULT
+    packaged = packaged_checkpoint(source)
+    if packaged is not None:  # recorded by name, so the pipeline loads with another install of the package
+        return load_compressor(backbone, packaged), source
     head_dir = Path(source) if Path(source).is_absolute() or head is not None else directory / source
     return load_compressor(backbone, head_dir), source if head is None else str(head_dir.resolve())
 
@@ -164,9 +167,9 @@ def load_compressor(
 ) -> ComprExITCompressor:
     """The ComprExIT compressor of ``head`` over ``backbone``, with the head's reader adapter if it has one.
 
-    ``head``: a head instance (used as it is), a checkpoint directory (its ``reader_adapter/`` is
-    attached), or ``None`` for the shipped head and its adapter, or an untrained head when none fits
-    ``backbone`` (see :func:`load_head_or_untrained`; ``untrained_dir`` keeps it across runs).
+    ``head``: a head instance (used as it is), a checkpoint directory or a shipped head's name (its
+    ``reader_adapter/`` is attached), or ``None`` for the default head and its adapter, or an untrained
+    head when none fits ``backbone`` (see :func:`load_head_or_untrained`; ``untrained_dir`` keeps it across runs).
     """
     if isinstance(head, ComprExITHead):
         return ComprExITCompressor(backbone, head)
@@ -174,7 +177,7 @@ def load_compressor(
         module = load_head_or_untrained(backbone, untrained_dir)
         head_dir = DEFAULT_HEAD if _is_saved_head(module, DEFAULT_HEAD) else None  # not the untrained fallback
     else:
-        head_dir = Path(head)
+        head_dir = resolve_checkpoint(head)
         module = ComprExITHead.from_pretrained(head_dir)
     adapter = None
     if head_dir is not None and (head_dir / ADAPTER_DIR).is_dir():

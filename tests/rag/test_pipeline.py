@@ -23,7 +23,7 @@ from comprexit_rag.errors import (
     InvalidInputError,
     RatioMismatchError,
 )
-from comprexit_rag.methods.comprexit.head import ComprExITHead
+from comprexit_rag.methods.comprexit.head import MULTI_RATIO_HEAD, ComprExITHead
 from comprexit_rag.rag import RAGPipeline
 from comprexit_rag.rag.directory import HEAD_DIR, PIPELINE_FILE, UNTRAINED_HEAD_DIR, PipelineRecord
 from comprexit_rag.rag.results import Answer
@@ -372,3 +372,21 @@ def test_a_record_written_before_the_typed_record_still_loads(indexed, backbone,
     reloaded = load(indexed.directory, backbone, embedder)
     assert reloaded.compressor.fingerprint == indexed.compressor.fingerprint
     assert json.loads(path.read_text())["head_fingerprint"] == indexed.compressor.fingerprint  # rewritten in full
+
+
+@pytest.mark.slow
+def test_the_multi_ratio_head_by_name_reads_16x_on_the_default_backbone(tmp_path, caplog):
+    """A shipped head chosen by name is recorded by name, and reads at a ratio it was trained for without a warning."""
+    with caplog.at_level(logging.WARNING, logger="comprexit_rag.methods.base"):
+        pipeline = RAGPipeline.open(tmp_path / "rag", head=MULTI_RATIO_HEAD.name, ratio=16)
+        pipeline.index(PASSAGES[:4])
+        answer = pipeline.ask("Who discovered penicillin?", k=1, max_new_tokens=12)
+    assert not [record for record in caplog.records if "was trained at ratio" in record.getMessage()]
+    assert json.loads((tmp_path / "rag" / PIPELINE_FILE).read_text())["head"] == MULTI_RATIO_HEAD.name
+    assert answer.sources[0].id == "fleming" and "fleming" in answer.answer.lower()
+    fleming = next(passage_text(record) for record in PASSAGES if record["id"] == "fleming")
+    assert answer.stats.slots == math.ceil(len(pipeline.backbone.tokenize([fleming])[0]) / 16)
+
+    reloaded = RAGPipeline.load(tmp_path / "rag")
+    assert (reloaded.ratio, reloaded.compressor.fingerprint) == (16, pipeline.compressor.fingerprint)
+    assert reloaded.index(PASSAGES[:4]).compressed == 0  # the stored 16x slots are the ones it reads

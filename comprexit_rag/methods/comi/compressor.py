@@ -32,7 +32,6 @@ import torch
 from ...backbone import Backbone
 from ...errors import InvalidInputError
 from ...soft_context import SoftContext
-from ...validation import resolve_ratio
 from ..base import ModuleCompressor
 from ..segments import Segment, split_into_segments
 from .merger import COMIMerger, encode_pairs, question_token_ids
@@ -116,6 +115,10 @@ class COMICompressor(ModuleCompressor):
     def max_ratio(self) -> int:
         return self.config.max_ratio
 
+    @property
+    def trained_ratios(self) -> list[int]:
+        return self.config.trained_ratios
+
     def check_queries(self, query: str | Sequence[str] | None, count: int) -> list[str]:
         return _check_queries(query, count)
 
@@ -130,7 +133,7 @@ class COMICompressor(ModuleCompressor):
         show_progress: bool | None = None,
     ) -> SoftContext:
         """Like :meth:`compress`, for passages already tokenised (no special tokens)."""
-        ratio = resolve_ratio(self, ratio)
+        ratio = self.checked_ratio(ratio)
         queries = _check_queries(query, len(token_ids))
         if not token_ids:
             return SoftContext.empty(self.backbone.hidden_size)

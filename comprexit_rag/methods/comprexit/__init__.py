@@ -6,6 +6,6 @@ and ``compressor`` (texts -> slots). The reader adapter a head may carry is :mod
 
 from .compressor import ComprExITCompressor
 from .config import ComprExITConfig
-from .head import DEFAULT_HEAD, ComprExITHead
+from .head import DEFAULT_HEAD, MULTI_RATIO_HEAD, ComprExITHead
 
-__all__ = ["DEFAULT_HEAD", "ComprExITCompressor", "ComprExITConfig", "ComprExITHead"]
+__all__ = ["DEFAULT_HEAD", "MULTI_RATIO_HEAD", "ComprExITCompressor", "ComprExITConfig", "ComprExITHead"]

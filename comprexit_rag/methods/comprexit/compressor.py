@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..slot_head import SlotCompressor
-from .head import ComprExITHead
+from .head import MULTI_RATIO_HEAD, ComprExITHead
 
 
 class ComprExITCompressor(SlotCompressor):
@@ -16,3 +16,11 @@ class ComprExITCompressor(SlotCompressor):
 
     kind = "comprexit"
     head_class = ComprExITHead
+    other_ratios_advice = (
+        f" The head trained at 4, 8 and 16x ships as {MULTI_RATIO_HEAD.name!r}: "
+        f"ComprExITCompressor.from_pretrained({MULTI_RATIO_HEAD.name!r}) (CLI: --head {MULTI_RATIO_HEAD.name})."
+    )
+
+    @property
+    def trained_ratios(self) -> list[int]:
+        return self.config.trained_ratios

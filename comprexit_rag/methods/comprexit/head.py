@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "comprexit-head"
 DEFAULT_HEAD = PRETRAINED_DIR / "comprexit-smollm2-135m"
+MULTI_RATIO_HEAD = PRETRAINED_DIR / "comprexit-smollm2-135m-multi-ratio"  # trained at 4, 8 and 16x: for 8x and 16x
 
 
 class ComprExITHead(CheckpointedModule):

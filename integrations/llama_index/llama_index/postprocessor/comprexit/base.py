@@ -192,7 +192,8 @@ class ComprExITNodePostprocessor(NamedComponent, BaseNodePostprocessor):
         Args:
             backbone: a :class:`Backbone`, a Hugging Face name or path, or ``None`` for the
                 embedded SmolLM2-135M-Instruct.
-            head: a :class:`ComprExITHead`, a checkpoint directory, or ``None`` for the shipped
+            head: a :class:`ComprExITHead`, a checkpoint directory, the name of a shipped head
+                (``"comprexit-smollm2-135m-multi-ratio"`` reads 8x and 16x), or ``None`` for the default
                 head (an untrained one, with a WARNING, while none ships: see
                 :func:`comprexit_rag.rag.loading.load_head_or_untrained`; it is saved under
                 ``store_dir`` so stored slots stay valid across runs). A head directory's reader
