@@ -70,7 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="closed-book runs whatever is chosen"
     )
     parser.add_argument("--ratio", type=int, default=4, help="compression ratio (stored slots and COMI)")
-    parser.add_argument("--head", default=None, help="ComprExIT head directory (default: the shipped head)")
+    parser.add_argument(
+        "--head", default=None, help="ComprExIT head: a directory or a shipped head's name (default: the 4x head)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the backbone and the embedder")
     parser.add_argument("--batch-size", type=int, default=8, help="compressor batch size at indexing time")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer, in tokens")

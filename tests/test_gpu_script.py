@@ -157,6 +157,30 @@ def test_a_qa_stage_distilled_from_a_full_lora_teacher(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_multi_ratio_pretraining_session_then_its_shorter_qa_pass(tmp_path):
+    """experiments/reader-adapter-multi-ratio-pretrain.json's two sessions, as its description prescribes."""
+    pretrain = "experiments/reader_adapter/pretrain-multi-ratio-continue-b256.json"
+    calls, out, _ = run_script(
+        tmp_path / "pretrain",
+        PRETRAIN_CONFIG=pretrain,
+        PRETRAIN_INIT="/tmp/init",
+        PIECE_S="1000",
+        SFT_S="0",
+        OTHER_RATIOS="8 16",
+        NQ_RETRIEVED="0",
+    )
+    (piece,) = trainings(calls)
+    assert "--init-from /tmp/init --piece-seconds 1000" in piece and "PIECE READY" in out
+    scored = [call for call in calls if "--ratio" in call and "pretrain/final" in call]
+    assert [call.split("--ratio ")[1].split()[0] for call in scored] == ["8", "16"]
+    config = "experiments/reader_adapter/sft-multi-ratio-reading-b128.json"
+    settings = dict(PIECE_S="0", SFT_INIT="/tmp/init", SFT_PIECE_S="900", SFT_CONFIG=config, SFT_MAX_STEPS="460")
+    calls, _, _ = run_script(tmp_path / "qa", DISTILL_TEACHER="/tmp/teacher", **settings)
+    (qa,) = trainings(calls)
+    assert f"--config {config} --max-steps 460 --init-from /tmp/init --distill-teacher /tmp/teacher" in qa
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_an_80_gb_card_reads_a_batch_128_stage_in_smaller_passes(tmp_path):
     config = "experiments/reader_adapter/sft-4x-mixed-continue-reading-b128.json"  # asks for 131,072
     settings = dict(PIECE_S="0", SFT_INIT="/tmp/init", SFT_S="700", SFT_CONFIG=config)

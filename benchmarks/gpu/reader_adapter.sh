@@ -29,6 +29,7 @@
 #      sft-4x-mixed-2pass.json): one piece of SFT_PIECE_S seconds, resumed from $RUNS/sft/checkpoint when it is
 #      there (pack_payload.sh STATE_RUN=sft); a piece that ends before the run's last step packs its state into
 #      $RESULTS/sft-piece ("SFT PIECE READY") and is not scored, the piece that reaches it is scored as SFT_S's run.
+#      SFT_MAX_STEPS: the QA stage's max_steps instead of its config's (a shorter pass with the same recipe).
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results:
 #      each one's weights packed into state/<name>.final.tar.part-* once trained ("<name> TRAINED"), its scores
@@ -171,7 +172,7 @@ fi
 mkdir -p "$RESULTS/out" "$RESULTS/state"
 if [ -n "${SFT_PIECE_S:-}" ]; then
   # A resumed run rebuilds its head and adapter from the checkpoint (--init-from serves the first piece).
-  train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --piece-seconds "$SFT_PIECE_S" \
+  train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") ${SFT_MAX_STEPS:+--max-steps "$SFT_MAX_STEPS"} --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --piece-seconds "$SFT_PIECE_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
   # A finished run's final head is what comes back (below): its optimizer state would only delay it.
@@ -181,7 +182,7 @@ if [ -n "${SFT_PIECE_S:-}" ]; then
   fi
 elif [ "$SFT_S" != 0 ]; then
   rm -rf "$RUNS/sft"
-  train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --time-budget "$SFT_S" \
+  train --config "$SFT_CONFIG" $(pass_cap "$SFT_CONFIG") ${SFT_MAX_STEPS:+--max-steps "$SFT_MAX_STEPS"} --init-from "$SFT_FROM" ${DISTILL_TEACHER:+--distill-teacher "$DISTILL_TEACHER"} --time-budget "$SFT_S" \
     --output-dir "$RUNS/sft" > "$RUNS/sft.log" 2>&1
   tail -n 1 "$RUNS/sft/log.jsonl"
 fi
