@@ -2,8 +2,9 @@
 
 Reads a run manifest (``benchmarks/results/reader_adapter/long_run.json``: the pretraining pieces' logs
 and held-out scores at their checkpoints, the QA stages of several lengths, later passes over the QA data
-from one of them, and the baselines trained on the same batches as that stage) and writes a Markdown report
-and a figure from the committed files alone (no model, no GPU)::
+from one of them, the baselines trained on the same batches as that stage, and the run that continued the
+QA stage at 4, 8 and 16x with its held-out answers at each ratio) and writes a Markdown report and a figure
+from the committed files alone (no model, no GPU)::
 
     python benchmarks/learning_curves.py --out benchmarks/results/reader_adapter/learning_curves.md \\
         --plot benchmarks/results/reader_adapter/learning_curves.png
@@ -21,6 +22,8 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from comprexit_rag.evaluation.metrics import f1_score
 
 QA_OBJECTIVE = "QAPrompt"
 QA_STAGE_BATCH = 32  # examples per step of the first-pass QA stages (sft-4x-mixed.json)
@@ -80,6 +83,12 @@ def held_out(path: Path) -> dict[str, float | None]:
     for row in ("own", "none", "raw_text"):
         scores[f"reconstruction {row}"] = reconstruction.get(f"{row}_nats")
     return scores
+
+
+def predictions_f1(path: Path) -> float:
+    """Mean F1 (x100) of a ``comprexit-rag eval --predictions`` file, each answer against its best gold."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return round(100 * sum(f1_score(row["prediction"], row["answers"]) for row in rows) / len(rows), 1)
 
 
 def per_doubling(steps: list[int], values: list[float]) -> tuple[float, float]:
@@ -233,6 +242,47 @@ def qa_loss_section(
     return lines
 
 
+def multi_ratio_section(multi: dict, root: Path) -> tuple[list[str], dict[int, list[tuple[int, float]]]]:
+    """Held-out NQ F1 and reconstruction at each ratio, checkpoint by checkpoint, and the QA loss by ratio per
+    block of 250 steps; returns each ratio's (step, NQ F1) too."""
+    ratios = multi["ratios"]
+    lines = [
+        f"\n## Training at {', '.join(map(str, ratios))}x (`{multi['config']}`)\n",
+        f"{multi['description']}\n",
+        row(
+            "step", "head", *[f"NQ F1 {ratio}x" for ratio in ratios], *[f"reconstruction {ratio}x" for ratio in ratios]
+        ),
+        row(*["---"] * (2 + 2 * len(ratios))),
+    ]
+    f1_by_ratio: dict[int, list[tuple[int, float]]] = {ratio: [] for ratio in ratios}
+    for point in multi["checkpoints"]:
+        f1 = [predictions_f1(root / point["nq"][str(ratio)]) for ratio in ratios]
+        recon = [
+            json.loads((root / point["reconstruction"][str(ratio)]).read_text())["reconstruction_nq"]["own_nats"]
+            for ratio in ratios
+        ]
+        for ratio, value in zip(ratios, f1, strict=True):
+            f1_by_ratio[ratio].append((point["step"], value))
+        lines.append(row(point["step"], point["name"], *map(cell, f1), *(cell(value, 2) for value in recon)))
+    curve = read_curve([root / path for path in multi["curves"]])
+    by_ratio = [
+        {block.first: block for block in block_means([r for r in curve if r["ratio"] == ratio], 250, QA_OBJECTIVE)}
+        for ratio in ratios
+    ]
+    lines += [
+        "",
+        "Mean loss of the logged QA steps (CE + 0.5 KL) per block of 250 steps, by the ratio the step drew:\n",
+        row("steps", *[f"QA loss {ratio}x (logged)" for ratio in ratios]),
+        row(*["---"] * (1 + len(ratios))),
+    ]
+    for first in sorted(set().union(*by_ratio)):
+        blocks = [blocks.get(first) for blocks in by_ratio]
+        last = min(first + 249, curve[-1]["step"])
+        cells = ["" if block is None else f"{block.loss:.3f} ({block.logged})" for block in blocks]
+        lines.append(row(f"{first}-{last}", *cells))
+    return lines, f1_by_ratio
+
+
 def qa_losses(curve: list[dict]) -> list[tuple[int, float]]:
     return [(record["step"], record["loss"]) for record in curve if record["objective"] == QA_OBJECTIVE]
 
@@ -255,12 +305,14 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         steps for (steps, _), stage in zip(points, stages, strict=True) if stage["session"] == later["from_session"]
     )
     later_lines, later_points = later_pass_section(later, first_steps, fit, root)
+    multi_ratio_lines, multi_ratio_f1 = multi_ratio_section(manifest["multi_ratio"], root)
     lines = [
         f"# Learning curves of the long run\n\n{manifest['description']}\n",
         *pretraining,
         *qa_length,
         *later_lines,
         *qa_loss_section(slots_curve, baselines, baseline_curves, paired["session"]),
+        *multi_ratio_lines,
     ]
     series = {
         "pretraining": [(record["step"], record["loss"]) for record in curve],
@@ -276,6 +328,7 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         "references": manifest["references"],
         "reference_name": reference["name"],
         "paired_session": paired["session"],
+        "multi_ratio_f1": multi_ratio_f1,
     }
     return "\n".join(lines) + "\n", series
 
@@ -287,7 +340,7 @@ def plot(series: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (pretraining, qa, length) = plt.subplots(1, 3, figsize=(18, 4.2))
+    figure, ((pretraining, qa), (length, ratios)) = plt.subplots(2, 2, figsize=(16, 9))
     pretraining.plot(*zip(*series["pretraining"], strict=True), lw=0.8, label="training (reconstruction)")
     pretraining.plot(*zip(*series["checkpoints"], strict=True), "o-", label="held-out NQ windows")
     pretraining.set(
@@ -317,7 +370,15 @@ def plot(series: dict, path: Path) -> None:
     )
     length.set_xticks([200, 500, 1000, 2000, 3000], ["200", "500", "1,000", "2,000", "3,000"])
     length.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on this range
-    length.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: the points fill the axes
+    length.set_ylim(top=length.get_ylim()[1] + 14)  # a band above the full-lora line for the legend
+    length.legend(fontsize=7, loc="upper left", ncols=2)
+    for ratio, points in series["multi_ratio_f1"].items():
+        ratios.plot(*zip(*points, strict=True), "o-", label=f"NQ, slots at {ratio}x")
+    full_tuned = series["references"]["full-tuned NQ F1"]
+    ratios.axhline(full_tuned, ls=":", c="k", lw=0.8, label="NQ, full-tuned")
+    ratios.axhline(0.85 * full_tuned, ls="--", c="C2", lw=0.8, label="16x goal (0.85x full-tuned)")
+    ratios.set(xlabel="step of the run at 4, 8 and 16x (batch 128)", ylabel="F1", title="Training at 4, 8 and 16x")
+    ratios.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.88))  # under 4x, left of the other lines
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

@@ -85,6 +85,24 @@ def test_the_committed_report_reads_the_quality_files(curves):
     )
 
 
+def test_the_multi_ratio_rows_score_the_answers_as_the_eval_harness_did(curves):
+    """The run at 4, 8 and 16x: F1 recomputed from each checkpoint's answers is the F1 its eval summary reports."""
+    text, series = curves.report(MANIFEST)
+    multi = json.loads(MANIFEST.read_text())["multi_ratio"]
+    section = text.split("## Training at 4, 8, 16x")[1]
+    for point in multi["checkpoints"]:
+        for ratio in multi["ratios"]:
+            answers = MANIFEST.parent / point["nq"][str(ratio)]
+            summary = answers.with_suffix(".json")
+            if summary.is_file():  # session 24's 4x answers were kept without their summary
+                expected = round(100 * json.loads(summary.read_text())["f1"], 1)
+                assert (point["step"], expected) in series["multi_ratio_f1"][ratio]
+    final = multi["checkpoints"][-1]
+    final_row = next(line for line in section.splitlines() if line.startswith(f"| {final['step']} |"))
+    assert f"| {series['multi_ratio_f1'][16][-1][1]} |" in final_row
+    assert section.count("\n| 1-250 |") == 1  # the QA loss by ratio, block by block
+
+
 def test_a_later_pass_is_set_against_the_fit_at_its_number_of_examples(curves, tmp_path):
     quality = {"qa_nq": {"own": {"f1": 0.5}}, "reconstruction_nq": {}}
     (tmp_path / "q.json").write_text(json.dumps(quality))
