@@ -257,10 +257,7 @@ def multi_ratio_section(multi: dict, root: Path) -> tuple[list[str], dict[int, l
     f1_by_ratio: dict[int, list[tuple[int, float]]] = {ratio: [] for ratio in ratios}
     for point in multi["checkpoints"]:
         f1 = [predictions_f1(root / point["nq"][str(ratio)]) for ratio in ratios]
-        recon = [
-            json.loads((root / point["reconstruction"][str(ratio)]).read_text())["reconstruction_nq"]["own_nats"]
-            for ratio in ratios
-        ]
+        recon = [held_out(root / point["reconstruction"][str(ratio)])["reconstruction own"] for ratio in ratios]
         for ratio, value in zip(ratios, f1, strict=True):
             f1_by_ratio[ratio].append((point["step"], value))
         lines.append(row(point["step"], point["name"], *map(cell, f1), *(cell(value, 2) for value in recon)))
