@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,36 @@ def test_the_multi_ratio_pretraining_session_then_its_shorter_qa_pass(tmp_path):
     calls, _, _ = run_script(tmp_path / "qa", DISTILL_TEACHER="/tmp/teacher", **settings)
     (qa,) = trainings(calls)
     assert f"--config {config} --max-steps 460 --init-from /tmp/init --distill-teacher /tmp/teacher" in qa
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_one_session_chains_the_pretraining_and_a_qa_piece_until_a_deadline(tmp_path):
+    """Both stages of the multi-ratio pretraining experiment on one machine: the QA piece gets the time left."""
+    config = "experiments/reader_adapter/sft-multi-ratio-reading-b128.json"
+    settings = dict(
+        PRETRAIN_CONFIG="experiments/reader_adapter/pretrain-multi-ratio-continue-b256.json",
+        PRETRAIN_INIT="/tmp/init",
+        PIECE_S="900",
+        SFT_CONFIG=config,
+        SFT_MAX_STEPS="460",
+        DISTILL_TEACHER="/tmp/teacher",
+        NQ_RETRIEVED="0",
+    )
+    deadline = int(time.time()) + 1000
+    calls, out, _ = run_script(tmp_path / "chained", SFT_UNTIL=str(deadline), **settings)
+    piece, qa = trainings(calls)
+    assert "--piece-seconds 900" in piece
+    runs = tmp_path / "chained" / "runs"
+    assert f"--max-steps 460 --init-from {runs}/pretrain/final --distill-teacher /tmp/teacher" in qa
+    seconds = int(qa.split("--piece-seconds ")[1].split()[0])
+    assert 900 <= seconds <= 1000
+    # A pretraining piece that stopped short is not a head to fine-tune: its state comes back, no QA stage runs.
+    calls, out, results = run_script(tmp_path / "short", SFT_UNTIL=str(deadline), FINISHED="false", **settings)
+    assert len(trainings(calls)) == 1 and "no QA stage this session" in out
+    assert "PIECE READY" in out and list((results / "piece").glob("piece.tar.part-*"))
+    # A deadline already past: the pretraining's results, no QA piece.
+    calls, out, _ = run_script(tmp_path / "late", SFT_UNTIL=str(int(time.time()) - 5), **settings)
+    assert len(trainings(calls)) == 1 and "under 60 s left" in out
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

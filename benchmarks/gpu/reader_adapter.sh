@@ -30,6 +30,9 @@
 #      there (pack_payload.sh STATE_RUN=sft); a piece that ends before the run's last step packs its state into
 #      $RESULTS/sft-piece ("SFT PIECE READY") and is not scored, the piece that reaches it is scored as SFT_S's run.
 #      SFT_MAX_STEPS: the QA stage's max_steps instead of its config's (a shorter pass with the same recipe).
+#      SFT_UNTIL: a QA piece that runs until this time (epoch seconds) instead of for SFT_PIECE_S, so that a
+#      session chains pretraining and a QA piece without knowing how long the pretraining takes. A QA stage
+#      after this session's pretraining runs only when the pretraining reached its last step.
 #   4. BASELINES="baseline-full-lora-sft baseline-mean-pool-sft baseline-comi-sft": same-budget baselines (the
 #      QA stage's step count, or their files' max_steps without one), trained and scored after the head's results:
 #      each one's weights packed into state/<name>.final.tar.part-* once trained ("<name> TRAINED"), its scores
@@ -161,6 +164,17 @@ if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ]; then
   done
 fi
 SFT_FROM=${SFT_INIT:-$RUNS/pretrain/final}
+# A QA stage that starts from this session's pretraining needs the pretraining's last step, not a piece's end.
+if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ] && ! finished "$RUNS/pretrain/summary.json"; then
+  echo "pretraining did not reach its last step: no QA stage this session"
+  SFT_S=0 SFT_PIECE_S="" SFT_UNTIL=""
+fi
+# SFT_UNTIL (epoch seconds): the QA piece runs until then, however long the stages before it took.
+if [ -n "${SFT_UNTIL:-}" ]; then
+  SFT_PIECE_S=$((SFT_UNTIL - $(date +%s)))
+  echo "QA piece: $SFT_PIECE_S s"
+  [ "$SFT_PIECE_S" -lt 60 ] && { echo "under 60 s left: no QA stage this session"; SFT_S=0 SFT_PIECE_S=""; }
+fi
 if [ -n "${TEACHER_QA:-}" ]; then
   python3 -m comprexit_rag.cli -v teacher-qa --teacher "${TEACHER_QA_FROM:-comprexit_rag/pretrained/comprexit-smollm2-135m}" \
     --source "$TEACHER_QA" --limit 6119 --out "runs/teacher-qa/$TEACHER_QA.jsonl" --batch-size 256 --device cuda \
