@@ -30,7 +30,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${COMPREXIT_DATA:-../shared/data}
-SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} TRAINED=${TRAINED:-} PART_MB=${PART_MB:-26}
+SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} TRAINED=${TRAINED:-}
+# PART_MB: what a call's 64 MiB leave beside the working tree that travels with every call (tracked and
+# untracked-not-ignored files; 53 MiB in session 28, when parts of 26 MiB no longer fit), less 1 MiB of slack.
+tree_mib=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2> /dev/null | tail -n 1 | cut -f1)
+PART_MB=${PART_MB:-$((63 - tree_mib / 1048576))}
+[ "$PART_MB" -ge 1 ] || { echo "the working tree leaves no room for a part (PART_MB=$PART_MB)" >&2; exit 2; }
 NEIGHBOURS=${NEIGHBOURS:-1}
 WORK=$(mktemp -d) PARTS=$(mktemp -d)
 trap 'rm -rf "$WORK" "$PARTS"' EXIT
