@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from comprexit_rag.evaluation.metrics import f1_score
+from comprexit_rag.evaluation.paired import load_predictions
 
 QA_OBJECTIVE = "QAPrompt"
 QA_STAGE_BATCH = 32  # examples per step of the first-pass QA stages (sft-4x-mixed.json)
@@ -87,8 +88,8 @@ def held_out(path: Path) -> dict[str, float | None]:
 
 def predictions_f1(path: Path) -> float:
     """Mean F1 (x100) of a ``comprexit-rag eval --predictions`` file, each answer against its best gold."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return round(100 * sum(f1_score(row["prediction"], row["answers"]) for row in rows) / len(rows), 1)
+    records = load_predictions(path).values()
+    return round(100 * sum(f1_score(prediction, answers) for answers, prediction in records) / len(records), 1)
 
 
 def per_doubling(steps: list[int], values: list[float]) -> tuple[float, float]:

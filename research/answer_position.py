@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,11 +26,13 @@ from comprexit_rag.commands.evaluate import load_examples
 from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.default_model import default_backbone_dir
-from comprexit_rag.evaluation.metrics import f1_score, normalize_answer
+from comprexit_rag.evaluation.metrics import normalize_answer
+from comprexit_rag.evaluation.paired import load_predictions, paired_difference
 
 # Upper bounds (exclusive) of the groups, in tokens.
 POSITION_EDGES = (32, 64, 128)
 LENGTH_EDGES = (64, 128, 192)
+NOT_IN_PASSAGE = "answer not in the passage"
 
 
 def group(value: int, edges: tuple[int, ...], unit: str) -> str:
@@ -66,56 +66,43 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    runs = dict(item.split("=", 1) for item in args.predictions)
-    predictions = {name: list(map(json.loads, Path(path).read_text().splitlines())) for name, path in runs.items()}
-    count = len(next(iter(predictions.values())))
+    runs = {name: load_predictions(path) for name, path in (item.split("=", 1) for item in args.predictions)}
+    count = len(next(iter(runs.values())))
     examples = load_examples(str(data_file(NQ_OPEN_FILE)), "nq-open", "dev", "gold", count)
     tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
 
-    groups: list[dict[str, str]] = []
+    # Each question's group under each grouping, by id.
+    orders = {
+        "by answer position": [*group_names(POSITION_EDGES, "tokens"), NOT_IN_PASSAGE],
+        "by passage length": group_names(LENGTH_EDGES, "tokens"),
+    }
+    groups: dict[str, dict[str, list[str]]] = {grouping: defaultdict(list) for grouping in orders}
     for example in examples:
         text = example.passages[0].text
         start = answer_start(text, example.answers, tokenizer)
         length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        groups.append(
-            {
-                "by answer position": "answer not in the passage"
-                if start is None
-                else group(start, POSITION_EDGES, "tokens"),
-                "by passage length": group(length, LENGTH_EDGES, "tokens"),
-            }
-        )
+        position = NOT_IN_PASSAGE if start is None else group(start, POSITION_EDGES, "tokens")
+        groups["by answer position"][position].append(example.id)
+        groups["by passage length"][group(length, LENGTH_EDGES, "tokens")].append(example.id)
 
+    # Each group's F1 per run, and each later run against the first, question by question.
     report: dict = {"made_by": "the commands of research/answer_position.py's docstring", "questions": count}
-    orders = {
-        "by answer position": [*group_names(POSITION_EDGES, "tokens"), "answer not in the passage"],
-        "by passage length": group_names(LENGTH_EDGES, "tokens"),
-    }
-    per_question: dict[tuple[str, str, str], list[float]] = {}
+    first, *later = runs
     for grouping, order in orders.items():
-        table: dict[str, dict] = defaultdict(dict)
-        for name, rows in predictions.items():
-            scores: dict[str, list[float]] = defaultdict(list)
-            for example, row, named in zip(examples, rows, groups, strict=True):
-                if row["id"] != example.id:
-                    raise SystemExit(f"{runs[name]} does not follow the examples' order (at {example.id}).")
-                scores[named[grouping]].append(f1_score(row["prediction"], example.answers))
-            for key, values in scores.items():
-                table[key]["n"] = len(values)
-                table[key][name] = round(100 * sum(values) / len(values), 1)
-                per_question[grouping, key, name] = values
-        # Each later run against the first, question by question: the change and its standard error.
-        first, *later = predictions
-        for key in table:
+        report[grouping] = {}
+        for key in (key for key in order if key in groups[grouping]):
+            ids = groups[grouping][key]
+            subset = {name: {i: run[i] for i in ids} for name, run in runs.items()}
+            cell: dict = {"n": len(ids)}
             for name in later:
-                pairs = zip(per_question[grouping, key, first], per_question[grouping, key, name], strict=True)
-                differences = [b - a for a, b in pairs]
-                spread = statistics.stdev(differences) if len(differences) > 1 else float("nan")
-                table[key][f"{name} - {first}"] = {
-                    "f1": round(100 * statistics.mean(differences), 1),
-                    "se": round(100 * spread / math.sqrt(len(differences)), 1),
+                change = paired_difference(subset[first], subset[name], resamples=1)
+                cell[first] = round(100 * change.mean_a, 1)
+                cell[name] = round(100 * change.mean_b, 1)
+                cell[f"{name} - {first}"] = {
+                    "f1": round(100 * change.difference, 1),
+                    "se": round(100 * change.standard_error, 1),
                 }
-        report[grouping] = {key: table[key] for key in order if key in table}
+            report[grouping][key] = cell
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
