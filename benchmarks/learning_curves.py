@@ -3,8 +3,9 @@
 Reads a run manifest (``benchmarks/results/reader_adapter/long_run.json``: the pretraining pieces' logs
 and held-out scores at their checkpoints, the QA stages of several lengths, later passes over the QA data
 from one of them, the baselines trained on the same batches as that stage, and the run that continued the
-QA stage at 4, 8 and 16x with its held-out answers at each ratio) and writes a Markdown report and a figure
-from the committed files alone (no model, no GPU)::
+QA stage at 4, 8 and 16x with its held-out answers at each ratio, then that run's head continued by stages:
+reconstruction only, then QA) and writes a Markdown report and a figure from the committed files alone (no model,
+no GPU)::
 
     python benchmarks/learning_curves.py --out benchmarks/results/reader_adapter/learning_curves.md \\
         --plot benchmarks/results/reader_adapter/learning_curves.png
@@ -243,6 +244,36 @@ def qa_loss_section(
     return lines
 
 
+def ratio_checkpoint_rows(checkpoints: list[dict], ratios: list[int], root: Path) -> list[str]:
+    """One row per checkpoint: its held-out NQ F1 and reconstruction at each ratio."""
+    lines = [
+        row(
+            "step", "head", *[f"NQ F1 {ratio}x" for ratio in ratios], *[f"reconstruction {ratio}x" for ratio in ratios]
+        ),
+        row(*["---"] * (2 + 2 * len(ratios))),
+    ]
+    for point in checkpoints:
+        f1 = [predictions_f1(root / point["nq"][str(ratio)]) for ratio in ratios]
+        recon = [held_out(root / point["reconstruction"][str(ratio)])["reconstruction own"] for ratio in ratios]
+        lines.append(row(point["step"], point["name"], *map(cell, f1), *(cell(value, 2) for value in recon)))
+    return lines
+
+
+def ratio_loss_rows(curve: list[dict], ratios: list[int], objective: str, size: int) -> list[str]:
+    """Mean loss of ``objective``'s logged steps per block of ``size`` steps, by the ratio the step drew."""
+    by_ratio = [
+        {block.first: block for block in block_means([r for r in curve if r["ratio"] == ratio], size, objective)}
+        for ratio in ratios
+    ]
+    lines = [row("steps", *[f"loss {ratio}x (logged)" for ratio in ratios]), row(*["---"] * (1 + len(ratios)))]
+    for first in sorted(set().union(*by_ratio)):
+        blocks = [blocks.get(first) for blocks in by_ratio]
+        last = min(first + size - 1, curve[-1]["step"])
+        cells = ["" if block is None else f"{block.loss:.3f} ({block.logged})" for block in blocks]
+        lines.append(row(f"{first}-{last}", *cells))
+    return lines
+
+
 def multi_ratio_section(multi: dict, root: Path) -> tuple[list[str], dict[int, list[tuple[int, float]]]]:
     """Held-out NQ F1 and reconstruction at each ratio, checkpoint by checkpoint, and the QA loss by ratio per
     block of 250 steps; returns each ratio's (step, NQ F1) too."""
@@ -250,35 +281,37 @@ def multi_ratio_section(multi: dict, root: Path) -> tuple[list[str], dict[int, l
     lines = [
         f"\n## Training at {', '.join(map(str, ratios))}x (`{multi['config']}`)\n",
         f"{multi['description']}\n",
-        row(
-            "step", "head", *[f"NQ F1 {ratio}x" for ratio in ratios], *[f"reconstruction {ratio}x" for ratio in ratios]
-        ),
-        row(*["---"] * (2 + 2 * len(ratios))),
-    ]
-    f1_by_ratio: dict[int, list[tuple[int, float]]] = {ratio: [] for ratio in ratios}
-    for point in multi["checkpoints"]:
-        f1 = [predictions_f1(root / point["nq"][str(ratio)]) for ratio in ratios]
-        recon = [held_out(root / point["reconstruction"][str(ratio)])["reconstruction own"] for ratio in ratios]
-        for ratio, value in zip(ratios, f1, strict=True):
-            f1_by_ratio[ratio].append((point["step"], value))
-        lines.append(row(point["step"], point["name"], *map(cell, f1), *(cell(value, 2) for value in recon)))
-    curve = read_curve([root / path for path in multi["curves"]])
-    by_ratio = [
-        {block.first: block for block in block_means([r for r in curve if r["ratio"] == ratio], 250, QA_OBJECTIVE)}
-        for ratio in ratios
-    ]
-    lines += [
+        *ratio_checkpoint_rows(multi["checkpoints"], ratios, root),
         "",
         "Mean loss of the logged QA steps (CE + 0.5 KL) per block of 250 steps, by the ratio the step drew:\n",
-        row("steps", *[f"QA loss {ratio}x (logged)" for ratio in ratios]),
-        row(*["---"] * (1 + len(ratios))),
+        *ratio_loss_rows(read_curve([root / path for path in multi["curves"]]), ratios, QA_OBJECTIVE, 250),
     ]
-    for first in sorted(set().union(*by_ratio)):
-        blocks = [blocks.get(first) for blocks in by_ratio]
-        last = min(first + 249, curve[-1]["step"])
-        cells = ["" if block is None else f"{block.loss:.3f} ({block.logged})" for block in blocks]
-        lines.append(row(f"{first}-{last}", *cells))
+    f1_by_ratio = {
+        ratio: [(point["step"], predictions_f1(root / point["nq"][str(ratio)])) for point in multi["checkpoints"]]
+        for ratio in ratios
+    }
     return lines, f1_by_ratio
+
+
+def multi_ratio_pretraining_section(experiment: dict, root: Path) -> list[str]:
+    """The multi-ratio head continued by stages (reconstruction only, then QA): held-out scores after each
+    stage, and each stage's training loss by ratio."""
+    ratios = experiment["ratios"]
+    lines = [
+        f"\n## Reconstruction pretraining at {', '.join(map(str, ratios))}x, then QA (`{experiment['experiment']}`)\n",
+        f"{experiment['description']}\n",
+        *ratio_checkpoint_rows(experiment["checkpoints"], ratios, root),
+    ]
+    for stage in experiment["stages"]:
+        lines += [
+            "",
+            f"{stage['name']} (`{stage['config']}`): mean loss of the logged {stage['objective']} steps per block of "
+            f"{stage['block']} steps, by the ratio the step drew:\n",
+            *ratio_loss_rows(
+                read_curve([root / path for path in stage["curves"]]), ratios, stage["objective"], stage["block"]
+            ),
+        ]
+    return lines
 
 
 def qa_losses(curve: list[dict]) -> list[tuple[int, float]]:
@@ -311,6 +344,7 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         *later_lines,
         *qa_loss_section(slots_curve, baselines, baseline_curves, paired["session"]),
         *multi_ratio_lines,
+        *multi_ratio_pretraining_section(manifest["multi_ratio_pretraining"], root),
     ]
     series = {
         "pretraining": [(record["step"], record["loss"]) for record in curve],

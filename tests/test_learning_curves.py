@@ -89,7 +89,7 @@ def test_the_multi_ratio_rows_score_the_answers_as_the_eval_harness_did(curves):
     """The run at 4, 8 and 16x: F1 recomputed from each checkpoint's answers is the F1 its eval summary reports."""
     text, series = curves.report(MANIFEST)
     multi = json.loads(MANIFEST.read_text())["multi_ratio"]
-    section = text.split("## Training at 4, 8, 16x")[1]
+    section = text.split("## Training at 4, 8, 16x")[1].split("\n## ")[0]
     for point in multi["checkpoints"]:
         for ratio in multi["ratios"]:
             answers = MANIFEST.parent / point["nq"][str(ratio)]
@@ -101,6 +101,22 @@ def test_the_multi_ratio_rows_score_the_answers_as_the_eval_harness_did(curves):
     final_row = next(line for line in section.splitlines() if line.startswith(f"| {final['step']} |"))
     assert f"| {series['multi_ratio_f1'][16][-1][1]} |" in final_row
     assert section.count("\n| 1-250 |") == 1  # the QA loss by ratio, block by block
+
+
+def test_the_staged_rows_score_each_stage_and_table_each_stage_loss(curves):
+    """The multi-ratio head continued by stages: each row's F1 is its answers' eval summary, each stage has its
+    loss table, and a reconstruction-only stage has no QA steps to average."""
+    text, _ = curves.report(MANIFEST)
+    experiment = json.loads(MANIFEST.read_text())["multi_ratio_pretraining"]
+    section = text.split("## Reconstruction pretraining at 4, 8, 16x, then QA")[1]
+    for point in experiment["checkpoints"]:
+        point_row = next(line for line in section.splitlines() if line.startswith(f"| {point['step']} |"))
+        for ratio in experiment["ratios"]:
+            summary = (MANIFEST.parent / point["nq"][str(ratio)]).with_suffix(".json")
+            assert f"| {100 * json.loads(summary.read_text())['f1']:.1f} |" in point_row
+    for stage in experiment["stages"]:
+        assert f"{stage['name']} (`{stage['config']}`): mean loss of the logged {stage['objective']} steps" in section
+        assert section.count(f"\n| 1-{stage['block']} |") == 1
 
 
 def test_a_later_pass_is_set_against_the_fit_at_its_number_of_examples(curves, tmp_path):
