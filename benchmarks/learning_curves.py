@@ -244,8 +244,12 @@ def qa_loss_section(
     return lines
 
 
-def ratio_checkpoint_rows(checkpoints: list[dict], ratios: list[int], root: Path) -> list[str]:
-    """One row per checkpoint: its held-out NQ F1 and reconstruction at each ratio."""
+def ratio_checkpoint_rows(
+    checkpoints: list[dict], ratios: list[int], root: Path
+) -> tuple[list[str], dict[int, list[tuple[int | str, float]]]]:
+    """One row per checkpoint: its held-out NQ F1 and reconstruction at each ratio; and each ratio's
+    (step, NQ F1)."""
+    f1_by_ratio: dict[int, list[tuple[int | str, float]]] = {ratio: [] for ratio in ratios}
     lines = [
         row(
             "step", "head", *[f"NQ F1 {ratio}x" for ratio in ratios], *[f"reconstruction {ratio}x" for ratio in ratios]
@@ -255,8 +259,10 @@ def ratio_checkpoint_rows(checkpoints: list[dict], ratios: list[int], root: Path
     for point in checkpoints:
         f1 = [predictions_f1(root / point["nq"][str(ratio)]) for ratio in ratios]
         recon = [held_out(root / point["reconstruction"][str(ratio)])["reconstruction own"] for ratio in ratios]
+        for ratio, value in zip(ratios, f1, strict=True):
+            f1_by_ratio[ratio].append((point["step"], value))
         lines.append(row(point["step"], point["name"], *map(cell, f1), *(cell(value, 2) for value in recon)))
-    return lines
+    return lines, f1_by_ratio
 
 
 def ratio_loss_rows(curve: list[dict], ratios: list[int], objective: str, size: int) -> list[str]:
@@ -278,18 +284,15 @@ def multi_ratio_section(multi: dict, root: Path) -> tuple[list[str], dict[int, l
     """Held-out NQ F1 and reconstruction at each ratio, checkpoint by checkpoint, and the QA loss by ratio per
     block of 250 steps; returns each ratio's (step, NQ F1) too."""
     ratios = multi["ratios"]
+    checkpoint_rows, f1_by_ratio = ratio_checkpoint_rows(multi["checkpoints"], ratios, root)
     lines = [
         f"\n## Training at {', '.join(map(str, ratios))}x (`{multi['config']}`)\n",
         f"{multi['description']}\n",
-        *ratio_checkpoint_rows(multi["checkpoints"], ratios, root),
+        *checkpoint_rows,
         "",
         "Mean loss of the logged QA steps (CE + 0.5 KL) per block of 250 steps, by the ratio the step drew:\n",
         *ratio_loss_rows(read_curve([root / path for path in multi["curves"]]), ratios, QA_OBJECTIVE, 250),
     ]
-    f1_by_ratio = {
-        ratio: [(point["step"], predictions_f1(root / point["nq"][str(ratio)])) for point in multi["checkpoints"]]
-        for ratio in ratios
-    }
     return lines, f1_by_ratio
 
 
@@ -300,7 +303,7 @@ def multi_ratio_pretraining_section(experiment: dict, root: Path) -> list[str]:
     lines = [
         f"\n## Reconstruction pretraining at {', '.join(map(str, ratios))}x, then QA (`{experiment['experiment']}`)\n",
         f"{experiment['description']}\n",
-        *ratio_checkpoint_rows(experiment["checkpoints"], ratios, root),
+        *ratio_checkpoint_rows(experiment["checkpoints"], ratios, root)[0],
     ]
     for stage in experiment["stages"]:
         lines += [
