@@ -280,7 +280,7 @@ def ratio_loss_rows(curve: list[dict], ratios: list[int], objective: str, size: 
     return lines
 
 
-def multi_ratio_section(multi: dict, root: Path) -> tuple[list[str], dict[int, list[tuple[int, float]]]]:
+def multi_ratio_section(multi: dict, root: Path) -> tuple[list[str], dict[int, list[tuple[int | str, float]]]]:
     """Held-out NQ F1 and reconstruction at each ratio, checkpoint by checkpoint, and the QA loss by ratio per
     block of 250 steps; returns each ratio's (step, NQ F1) too."""
     ratios = multi["ratios"]

@@ -104,8 +104,8 @@ def test_the_multi_ratio_rows_score_the_answers_as_the_eval_harness_did(curves):
 
 
 def test_the_staged_rows_score_each_stage_and_table_each_stage_loss(curves):
-    """The multi-ratio head continued by stages: each row's F1 is its answers' eval summary, each stage has its
-    loss table, and a reconstruction-only stage has no QA steps to average."""
+    """The multi-ratio head continued by stages: each row's F1 is its answers' eval summary, and each stage has
+    a loss table of its own objective and block size."""
     text, _ = curves.report(MANIFEST)
     experiment = json.loads(MANIFEST.read_text())["multi_ratio_pretraining"]
     section = text.split("## Reconstruction pretraining at 4, 8, 16x, then QA")[1]
