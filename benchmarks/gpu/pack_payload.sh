@@ -32,9 +32,10 @@ cd "$(dirname "$0")/../.."
 DATA=${COMPREXIT_DATA:-../shared/data}
 SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} TRAINED=${TRAINED:-}
 # PART_MB: what a call's 64 MiB leave beside the working tree that travels with every call (tracked and
-# untracked-not-ignored files; 53 MiB in session 28, when parts of 26 MiB no longer fit), less 1 MiB of slack.
-tree_mib=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2> /dev/null | tail -n 1 | cut -f1)
-PART_MB=${PART_MB:-$((63 - tree_mib / 1048576))}
+# untracked-not-ignored files; 54 MiB in session 30), less 1 MiB of slack. Counted in bytes: rounding the
+# tree down to whole MiB made session 30's parts overflow the limit.
+tree_bytes=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2> /dev/null | tail -n 1 | cut -f1)
+PART_MB=${PART_MB:-$(((64 * 1048576 - tree_bytes) / 1048576 - 1))}
 [ "$PART_MB" -ge 1 ] || { echo "the working tree leaves no room for a part (PART_MB=$PART_MB)" >&2; exit 2; }
 NEIGHBOURS=${NEIGHBOURS:-1}
 WORK=$(mktemp -d) PARTS=$(mktemp -d)
