@@ -231,10 +231,10 @@ def qa_loss_section(
     ]
     names = [f"`{baseline['name']}` ({baseline['loss']})" for baseline in baselines]
     lines = [
-        f"\n## QA training loss, the session-{session} stage against the baselines on the same batches\n",
+        f"\n## QA training loss, the session-{session} stage against the other runs on the same batches\n",
         "Mean loss of the logged QA steps per block of 100 steps (same seed and config, so the same batches "
         "at every step). The slots stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
-        "teacher; each baseline's is named in its column.\n",
+        "teacher; each other run's is named in its column.\n",
         row("steps", f"slots (session-{session} stage, CE + 0.5 KL)", *names, "logged QA steps"),
         row(*["---"] * (len(baselines) + 3)),
     ]
