@@ -2,7 +2,8 @@
 
 Reads a run manifest (``benchmarks/results/reader_adapter/long_run.json``: the pretraining pieces' logs
 and held-out scores at their checkpoints, the QA stages of several lengths, later passes over the QA data
-from one of them, the baselines trained on the same batches as that stage, and the run that continued the
+from one of them, the runs trained on the same batches as that stage (the baselines, and the stage without
+distillation), and the run that continued the
 QA stage at 4, 8 and 16x with its held-out answers at each ratio, then that run's head continued by stages:
 reconstruction only, then QA) and writes a Markdown report and a figure from the committed files alone (no model,
 no GPU)::
@@ -147,11 +148,11 @@ def pretraining_section(pretraining: dict, root: Path) -> tuple[list[str], list[
 
 
 def qa_length_section(
-    stages: list[dict], baselines: list[dict], baseline_curves: list[list[dict]], root: Path
+    stages: list[dict], same_batch: list[dict], same_batch_curves: list[list[dict]], root: Path
 ) -> tuple[list[str], list[tuple[int, dict]], tuple[float, float]]:
-    """The table of QA stage lengths against held-out scores, a row per baseline and the per-doubling fit;
+    """The table of QA stage lengths against held-out scores, a row per same-batch run and the per-doubling fit;
     returns each stage's (steps, scores) and the NQ fit (intercept, gain per doubling) too."""
-    described = "; ".join(f"`{baseline['name']}`: {baseline['description']}" for baseline in baselines)
+    described = "; ".join(f"`{run['name']}`: {run['description']}" for run in same_batch)
     lines = [
         "\n## QA stage length\n",
         "Each stage starts from a pretraining checkpoint and runs the mixed QA stage "
@@ -169,9 +170,9 @@ def qa_length_section(
         scores = held_out(root / stage["quality"])
         points.append((steps, scores))
         lines.append(qa_row(f"session {stage['session']}", steps, stage["from_pretraining_step"], scores))
-    for baseline, curve in zip(baselines, baseline_curves, strict=True):
-        scores = held_out(root / baseline["quality"])
-        lines.append(qa_row(f"`{baseline['name']}` ({baseline['reads']})", curve[-1]["step"], "", scores))
+    for run, curve in zip(same_batch, same_batch_curves, strict=True):
+        scores = held_out(root / run["quality"])
+        lines.append(qa_row(f"`{run['name']}` ({run['reads']})", curve[-1]["step"], "", scores))
     steps = [step for step, _ in points]
     intercept, gain = per_doubling(steps, [scores["NQ own"] for _, scores in points])
     _, hotpot_gain = per_doubling(steps, [scores["HotpotQA own"] for _, scores in points])
@@ -222,24 +223,24 @@ def later_pass_section(
 
 
 def qa_loss_section(
-    slots_curve: list[dict], baselines: list[dict], baseline_curves: list[list[dict]], session: int
+    slots_curve: list[dict], same_batch: list[dict], same_batch_curves: list[list[dict]], session: int
 ) -> list[str]:
-    """Mean loss of the QA steps per 100 steps, a slots stage against each baseline on the same batches."""
+    """Mean loss of the QA steps per 100 steps, a slots stage against each run on the same batches."""
     slot_blocks = block_means(slots_curve, 100, QA_OBJECTIVE)
-    baseline_blocks = [
-        {block.first: block for block in block_means(curve, 100, QA_OBJECTIVE)} for curve in baseline_curves
+    run_blocks = [
+        {block.first: block for block in block_means(curve, 100, QA_OBJECTIVE)} for curve in same_batch_curves
     ]
-    names = [f"`{baseline['name']}` ({baseline['loss']})" for baseline in baselines]
+    names = [f"`{run['name']}` ({run['loss']})" for run in same_batch]
     lines = [
         f"\n## QA training loss, the session-{session} stage against the other runs on the same batches\n",
         "Mean loss of the logged QA steps per block of 100 steps (same seed and config, so the same batches "
         "at every step). The slots stage's loss is the answer cross-entropy plus 0.5 x the KL to its "
         "teacher; each other run's is named in its column.\n",
         row("steps", f"slots (session-{session} stage, CE + 0.5 KL)", *names, "logged QA steps"),
-        row(*["---"] * (len(baselines) + 3)),
+        row(*["---"] * (len(same_batch) + 3)),
     ]
     for block in slot_blocks:
-        losses = [cell(blocks[block.first].loss if block.first in blocks else None, 3) for blocks in baseline_blocks]
+        losses = [cell(blocks[block.first].loss if block.first in blocks else None, 3) for blocks in run_blocks]
         lines.append(row(f"{block.first}-{block.last}", f"{block.loss:.3f}", *losses, block.logged))
     return lines
 
@@ -326,14 +327,14 @@ def report(manifest_path: Path) -> tuple[str, dict]:
     manifest = json.loads(manifest_path.read_text())
     root = manifest_path.parent
     stages = sorted(manifest["qa_stages"], key=lambda stage: stage["session"])
-    baselines = manifest["baselines"]
-    reference = baselines[0]  # the full-text baseline: the figure's reference line
+    same_batch = manifest["same_batch_runs"]
+    reference = same_batch[0]  # the full-text baseline: the figure's reference line
     paired = next(stage for stage in stages if stage["session"] == reference["same_batches_as_session"])
     slots_curve = read_curve([root / paired["curve"]])
-    baseline_curves = [read_curve([root / baseline["curve"]]) for baseline in baselines]
+    same_batch_curves = [read_curve([root / run["curve"]]) for run in same_batch]
 
     pretraining, curve, checkpoints = pretraining_section(manifest["pretraining"], root)
-    qa_length, points, fit = qa_length_section(stages, baselines, baseline_curves, root)
+    qa_length, points, fit = qa_length_section(stages, same_batch, same_batch_curves, root)
     later = manifest["later_passes"]
     first_steps = next(
         steps for (steps, _), stage in zip(points, stages, strict=True) if stage["session"] == later["from_session"]
@@ -345,7 +346,7 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         *pretraining,
         *qa_length,
         *later_lines,
-        *qa_loss_section(slots_curve, baselines, baseline_curves, paired["session"]),
+        *qa_loss_section(slots_curve, same_batch, same_batch_curves, paired["session"]),
         *multi_ratio_lines,
         *multi_ratio_pretraining_section(manifest["multi_ratio_pretraining"], root),
     ]
@@ -353,9 +354,9 @@ def report(manifest_path: Path) -> tuple[str, dict]:
         "pretraining": [(record["step"], record["loss"]) for record in curve],
         "checkpoints": [(step, scores["reconstruction own"]) for step, scores in sorted(checkpoints.items())],
         "slots_qa": qa_losses(slots_curve),
-        "baselines_qa": [
-            (f"{baseline['name']} ({baseline['loss']})", qa_losses(curve))
-            for baseline, curve in zip(baselines, baseline_curves, strict=True)
+        "same_batch_qa": [
+            (f"{run['name']} ({run['loss']})", qa_losses(curve))
+            for run, curve in zip(same_batch, same_batch_curves, strict=True)
         ],
         "stage_f1": [(step, scores["NQ own"], scores["HotpotQA own"]) for step, scores in points],
         "later_pass_f1": later_points,
@@ -383,7 +384,7 @@ def plot(series: dict, path: Path) -> None:
     )
     pretraining.legend()
     qa.plot(*zip(*series["slots_qa"], strict=True), lw=0.8, label="slots (CE + 0.5 KL)")
-    for name, losses in series["baselines_qa"]:
+    for name, losses in series["same_batch_qa"]:
         qa.plot(*zip(*losses, strict=True), lw=0.8, label=name)
     title = f"Session-{series['paired_session']} QA stage, same batches"
     qa.set(xlabel="QA step (batch 32)", ylabel="loss of QA steps", title=title)

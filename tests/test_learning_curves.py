@@ -67,15 +67,15 @@ def test_the_committed_report_reads_the_quality_files(curves):
     shipped_row = next(line for line in text.split("## Later passes")[1].splitlines() if "(shipped)" in line)
     assert f"| {nq_f1(shipped['quality'])} |" in shipped_row
     assert [name for *_, name in series["later_pass_f1"]] == [run["name"] for run in manifest["later_passes"]["runs"]]
-    # Every baseline trained on the paired stage's batches: its row in the length table, its column of QA losses.
+    # Every run trained on the paired stage's batches: its row in the length table, its column of QA losses.
     length_table = text.split("## QA stage length")[1].split("## Later passes")[0]
     loss_header = text.split("## QA training loss")[1].splitlines()[4]
-    for baseline in manifest["baselines"]:
-        baseline_row = next(line for line in length_table.splitlines() if line.startswith(f"| `{baseline['name']}`"))
-        assert f"| {nq_f1(baseline['quality'])} |" in baseline_row
-        assert f"`{baseline['name']}` ({baseline['loss']})" in loss_header
-    assert [name for name, _ in series["baselines_qa"]] == [
-        f"{baseline['name']} ({baseline['loss']})" for baseline in manifest["baselines"]
+    for run in manifest["same_batch_runs"]:
+        run_row = next(line for line in length_table.splitlines() if line.startswith(f"| `{run['name']}`"))
+        assert f"| {nq_f1(run['quality'])} |" in run_row
+        assert f"`{run['name']}` ({run['loss']})" in loss_header
+    assert [name for name, _ in series["same_batch_qa"]] == [
+        f"{run['name']} ({run['loss']})" for run in manifest["same_batch_runs"]
     ]
     assert (
         series["checkpoints"][-1][1]
