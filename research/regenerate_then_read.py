@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ BATCH = 8
 
 def load_nq(limit: int) -> list:
     """The first ``limit`` NQ dev questions with their gold passage, as ``comprexit-rag eval`` reads them."""
-    return load_examples(str(data_file(NQ_OPEN_FILE)), "nq-open", "dev", "gold", None)[:limit]
+    return load_examples(str(data_file(NQ_OPEN_FILE)), "nq-open", "dev", "gold", limit)
 
 
 def main() -> None:
@@ -109,12 +110,7 @@ def main() -> None:
         for i, e in enumerate(examples)
     ]
     report = {
-        "made_by": "python research/regenerate_then_read.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if v is not None and k not in ("out", "rescore")
-        ),
+        "made_by": "python " + " ".join(sys.argv),
         "head": args.head or "the shipped default",
         "ratio": args.ratio,
         "seconds": round(time.perf_counter() - started),
@@ -135,6 +131,8 @@ def summarise(details: list[dict], examples: list) -> dict:
         return round(100 * sum(f1_score(runs[name][key][1], runs[name][key][0]) for key in rows) / len(rows), 1)
 
     def change(rows: set[str]) -> dict:
+        if not rows:  # e.g. no answer survives a short regeneration
+            return {"n": 0}
         pick = {name: {key: runs[name][key] for key in rows} for name in ("slots", "regenerated")}
         difference = paired_difference(pick["slots"], pick["regenerated"])
         return {
