@@ -14,11 +14,11 @@ passage, through the head's own adapter:
 
 If "regenerated" reads well above "slots", the facts survive compression and the reader's direct answer
 from slots is what loses them; if it reads no better, the slots do not hold them. Regeneration costs a
-passage's length in decoding steps, so this is a diagnostic, not a way to read. CPU, about 10 minutes for
-100 questions at one ratio::
+passage's length in decoding steps, so this is a diagnostic, not a way to read. CPU, 35-45 minutes for
+400 questions at one ratio (the first 100 alone can mislead: session 31's did)::
 
     HF_HUB_OFFLINE=1 python research/regenerate_then_read.py --head comprexit-smollm2-135m-multi-ratio \\
-        --ratio 16 --limit 100 --out research/results/regenerate_then_read_16x.json
+        --ratio 16 --limit 400 --out research/results/regenerate_then_read_16x_400.json
 """
 
 from __future__ import annotations
