@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head", help="ComprExIT checkpoint with its reader adapter (default: the shipped one)")
     parser.add_argument("--ratio", type=int, default=4)
-    parser.add_argument("--limit", type=int, default=100, help="the first N NQ dev questions")
+    parser.add_argument("--limit", type=int, default=400, help="the first N NQ dev questions")
     parser.add_argument("--max-passage-tokens", type=int, default=256, help="regeneration length cap")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, required=True)
