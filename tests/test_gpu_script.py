@@ -8,6 +8,7 @@ would; the script's own JSON-reading snippets run in the real interpreter) and a
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -387,3 +388,51 @@ def test_a_poll_brings_back_no_more_than_a_call_holds_and_the_rest_next_time(tmp
     collect(tmp_path, second)
     sent += sorted(path.name for path in second.iterdir() if path.name != "progress.tgz")
     assert sent == [f"sft-piece-piece.tar.part-a{suffix}" for suffix in "abcdef"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_checkpoint_travels_weights_first_so_a_machine_lost_mid_way_leaves_them_home(tmp_path):
+    """Session 33 got 4 of 6 parts home before the machine went, and the head's weights were in the other two."""
+    running = tmp_path / "runs" / "pretrain"
+    save_generation(running, 300, 50 << 20)
+    module = running / "checkpoint" / "step-0000300" / "module"
+    (module / "reader_adapter").mkdir()
+    weights = {
+        "model.safetensors": os.urandom(8 << 20),
+        "reader_adapter/adapter_model.safetensors": os.urandom(19 << 20),
+    }
+    for name, data in weights.items():
+        (module / name).write_bytes(data)
+
+    first = tmp_path / "poll1"
+    assert "parts sent in this poll: 4, left for the next: 2" in collect(tmp_path, first)
+    parts = sorted(first.glob("pretrain.*.ckpt.tar.part-*"))
+    home = tmp_path / "home"
+    home.mkdir()
+    joined = b"".join(part.read_bytes() for part in parts)
+    subprocess.run(["tar", "xf", "-", "-C", str(home)], input=joined, capture_output=True)  # ends mid-optimizer
+    back = home / "pretrain" / "checkpoint"
+    assert back.joinpath("state.json").is_file()
+    for name, data in weights.items():
+        assert back.joinpath("step-0000300", "module", name).read_bytes() == data, name
+    assert back.joinpath("step-0000300", "module", "config.json").is_file()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_piece_packs_its_weights_before_its_optimizer_state(tmp_path):
+    runs = tmp_path / "runs"
+    save_generation(runs / "sft", 100, 1 << 10)
+    done = subprocess.run(
+        ["bash", "-c", f'source benchmarks/gpu/tar_weights_first.sh && tar_weights_first "{runs}" sft/checkpoint'],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        names = archive.getnames()
+    assert names[-1] == "sft/checkpoint/step-0000100/optimizer.pt"
+    assert set(names) == {
+        "sft/checkpoint/state.json",
+        "sft/checkpoint/step-0000100/module/config.json",
+        "sft/checkpoint/step-0000100/optimizer.pt",
+    }

@@ -14,6 +14,8 @@
 # The checkpoint is copied state.json first, then the files it names (training/checkpoints.py: those are
 # complete and never rewritten), so a copy taken while the run saves is whole, or skipped until next time.
 set -uo pipefail
+# shellcheck source=benchmarks/gpu/tar_weights_first.sh
+source "$(dirname "$0")/tar_weights_first.sh"
 RUNS=${RUNS:-/tmp/runs} RESULTS=${RESULTS:-/tmp/results} LOG=${LOG:-/tmp/run.log}
 SENT=${SENT:-/tmp/collected} MAX_FILES=8 MAX_MIB=${MAX_MIB:-63} PART=15m
 : "${OUT:?collect.sh writes into OUT, the folder a device call brings back}"
@@ -74,7 +76,7 @@ for state in "$RUNS"/*/checkpoint/state.json; do
     fi
     cp "$run_dir/log.jsonl" "$STAGE/$run/" 2> /dev/null
     mkdir -p "$staged"
-    tar cf - -C "$STAGE" "$run" | split -b "$PART" - "$staged/$run.$generation.ckpt.tar.part-"
+    tar_weights_first "$STAGE" "$run" | split -b "$PART" - "$staged/$run.$generation.ckpt.tar.part-"
     echo "$generation" > "$SENT/$run.ckpt"
   fi
   sent=0

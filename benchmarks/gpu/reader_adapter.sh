@@ -78,7 +78,9 @@ finished() { [ -f "$1" ] && python3 -c "import json, sys; sys.exit(not json.load
 NO_QA=(--nq 0 --hotpotqa 0 --squad 0)
 # pack DEST PATH...: PATHs under $RUNS as one tar in 15 MiB parts DEST.tar.part-* (a device call brings back
 # files of <= 16 MiB), for collect.sh to bring back.
-pack() { local dest=$1; shift; mkdir -p "$(dirname "$dest")"; tar cf - -C "$RUNS" "$@" | split -b 15m - "$dest.tar.part-"; }
+# shellcheck source=benchmarks/gpu/tar_weights_first.sh
+source benchmarks/gpu/tar_weights_first.sh
+pack() { local dest=$1; shift; mkdir -p "$(dirname "$dest")"; tar_weights_first "$RUNS" "$@" | split -b 15m - "$dest.tar.part-"; }
 NQ_RETRIEVED=${NQ_RETRIEVED:-400}
 READING_TASKS=${READING_TASKS:-200}
 # retrieved NAME [slot_quality.py options]: the NQ table among retrieved passages into $NAME-quality-retrieved.json;
