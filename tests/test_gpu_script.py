@@ -32,6 +32,7 @@ previous=""
 for argument in "$@"; do
   case "$previous" in
     --output-dir) mkdir -p "$argument/final" "$argument/checkpoint"; echo '{}' > "$argument/checkpoint/state.json"
+                  echo '{}' > "$argument/final/config.json"
                   echo '{"loss": 1.0}' > "$argument/log.jsonl"
                   echo "{\"steps\": 7, \"finished\": ${FINISHED:-true}}" > "$argument/summary.json";;
     --out) mkdir -p "$(dirname "$argument")"; echo '{}' > "$argument"
@@ -69,6 +70,13 @@ def run_script(tmp_path: Path, **settings: str) -> tuple[list[str], str, Path]:
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("ALL DONE"), done.stdout
     return calls.read_text().splitlines(), done.stdout, results
+
+
+def packed(folder: Path) -> set[str]:
+    """The files in the tar that ``folder``'s parts make up."""
+    joined = b"".join(part.read_bytes() for part in sorted(folder.glob("*.tar.part-*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as archive:
+        return set(archive.getnames())
 
 
 def trainings(calls: list[str]) -> list[str]:
@@ -203,10 +211,17 @@ def test_one_session_chains_the_pretraining_and_a_qa_piece_until_a_deadline(tmp_
     assert f"--max-steps 460 --init-from {runs}/pretrain/final --distill-teacher /tmp/teacher" in qa
     seconds = int(qa.split("--piece-seconds ")[1].split()[0])
     assert 900 <= seconds <= 1000
+    # The finished pretraining comes back as its head and adapter, without the optimizer state.
+    assert packed(tmp_path / "chained" / "results" / "piece") == {
+        "pretrain/final/config.json",
+        "pretrain/log.jsonl",
+        "pretrain/summary.json",
+    }
     # A pretraining piece that stopped short is not a head to fine-tune: its state comes back, no QA stage runs.
     calls, out, results = run_script(tmp_path / "short", SFT_UNTIL=str(deadline), FINISHED="false", **settings)
     assert len(trainings(calls)) == 1 and "no QA stage this session" in out
-    assert "PIECE READY" in out and list((results / "piece").glob("piece.tar.part-*"))
+    assert "PIECE READY" in out
+    assert packed(results / "piece") == {"pretrain/checkpoint/state.json", "pretrain/log.jsonl"}
     # A deadline already past: the pretraining's results, no QA piece.
     calls, out, _ = run_script(tmp_path / "late", SFT_UNTIL=str(int(time.time()) - 5), **settings)
     assert len(trainings(calls)) == 1 and "under 60 s left" in out

@@ -152,8 +152,13 @@ if [ -z "${SFT_INIT:-}" ] && [ "$PIECE_S" != 0 ]; then
     > "$RUNS/pretrain.log" 2>&1
   tail -n 2 "$RUNS/pretrain/log.jsonl"
   # The piece's state first, in 15 MiB parts: collect it before anything else (a machine given back
-  # takes everything on it; the resumable state is what a long run cannot lose).
-  pack "$RESULTS/piece/piece" pretrain/checkpoint pretrain/log.jsonl
+  # takes everything on it; the resumable state is what a long run cannot lose). A run at its last step
+  # needs no optimizer state: its head and adapter (what a QA stage starts from) are a third of the parts.
+  if finished "$RUNS/pretrain/summary.json"; then
+    pack "$RESULTS/piece/piece" pretrain/final pretrain/log.jsonl pretrain/summary.json
+  else
+    pack "$RESULTS/piece/piece" pretrain/checkpoint pretrain/log.jsonl
+  fi
   echo PIECE READY
   # shellcheck disable=SC2086  # RECON_LENGTHS: one argument per length
   python3 benchmarks/slot_quality.py --head "$RUNS/pretrain/final" --device cuda "${NO_QA[@]}" \
