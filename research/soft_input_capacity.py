@@ -18,10 +18,11 @@ passages are scored beside the free vectors, and ``--init head`` starts the vect
 much more of the passage this many vectors can make the reader give back than the head puts in them.
 ``--source nq`` takes NQ dev gold passages instead (their first ``--length`` tokens, answer inside), scores
 the answer span's tokens apart and answers each question from the head's slots, the optimised vectors, the
-raw text and no context. The 16x question of session 33 (about 20 s a step on this CPU)::
+raw text, another question's slots (the content gap) and no context. The 16x question of session 33 (about
+20 s a step on this CPU; ``--steps 0`` scores the head alone, in a few minutes)::
 
     HF_HUB_OFFLINE=1 python research/soft_input_capacity.py --head comprexit-smollm2-135m-multi-ratio \
-        --ratio 16 --source nq --passages 8 --init head --steps 100 \
+        --ratio 16 --source nq --passages 16 --init head --steps 100 \
         --out research/results/soft_input_capacity_16x_nq.json
 """
 
@@ -134,9 +135,9 @@ def main() -> None:
     else:
         passages = wikipedia_passages(backbone, args.passages, args.length, args.seed)
     targets = [[*ids, answer_end_token_id(backbone.tokenizer)] for ids in passages]
-    groups = [
-        token_groups(backbone.tokenizer, ids, examples[i].answers if examples else ()) for i, ids in enumerate(passages)
-    ]
+    answer_sets = [example.answers for example in examples] if examples else [()] * len(passages)
+    tokenizer = backbone.tokenizer
+    groups = [token_groups(tokenizer, ids, answers) for ids, answers in zip(passages, answer_sets, strict=True)]
     slots = -(-args.length // args.ratio)
     head_slots = None
     if compressor is not None:
@@ -159,10 +160,10 @@ def main() -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    optimised = [row for row in vectors.detach()]
-    contexts: dict[str, list[Context]] = {"free vectors": optimised, "no context": [None] * len(passages)}
+    contexts: dict[str, list[Context]] = {"free vectors": list(vectors.detach()), "no context": [None] * len(passages)}
     if head_slots is not None:
         contexts["head's slots"] = list(head_slots)
+        contexts["head's slots, another question's"] = list(head_slots.roll(-1, dims=0))  # i reads i+1's
     texts = [backbone.tokenizer.decode(ids) for ids in passages]
     contexts["raw text"] = texts
     with torch.no_grad():
