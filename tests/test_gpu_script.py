@@ -451,3 +451,38 @@ def test_a_piece_packs_its_weights_before_its_optimizer_state(tmp_path):
         "sft/checkpoint/step-0000100/module/config.json",
         "sft/checkpoint/step-0000100/optimizer.pt",
     }
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_shipped_weights_go_away_for_an_upload_and_come_back_unchanged(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "gpu").mkdir(parents=True)
+    shutil.copy(ROOT / "benchmarks" / "gpu" / "shipped_heads.sh", repo / "benchmarks" / "gpu")
+    head = repo / "comprexit_rag" / "pretrained" / "head"
+    (head / "reader_adapter").mkdir(parents=True)
+    weights = {head / "model.safetensors": os.urandom(1 << 10), head / "reader_adapter" / "adapter.safetensors": b"a"}
+    for path, data in weights.items():
+        path.write_bytes(data)
+    (head / "config.json").write_text("{}")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True)
+
+    def shipped(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "benchmarks/gpu/shipped_heads.sh", action], cwd=repo, capture_output=True, text=True
+        )
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "heads")
+    assert shipped("away").returncode == 0
+    assert not any(path.exists() for path in weights)
+    assert (head / "config.json").is_file()  # only the weights leave
+    assert shipped("back").returncode == 0
+    assert all(path.read_bytes() == data for path, data in weights.items())
+
+    (head / "model.safetensors").write_bytes(b"retrained, not committed")
+    refused = shipped("away")
+    assert refused.returncode == 2 and "uncommitted" in refused.stderr
+    assert (head / "model.safetensors").read_bytes() == b"retrained, not committed"
