@@ -36,7 +36,10 @@ for argument in "$@"; do
                   echo '{"loss": 1.0}' > "$argument/log.jsonl"
                   echo "{\"steps\": 7, \"finished\": ${FINISHED:-true}}" > "$argument/summary.json";;
     --out) mkdir -p "$(dirname "$argument")"; echo '{}' > "$argument"
-           case "$argument" in *.jsonl) echo '{}' > "${argument%.jsonl}.manifest.json";; esac;;
+           case "$argument" in *.jsonl) echo '{}' > "${argument%.jsonl}.manifest.json";; esac
+           case "$(basename "$argument")" in
+             binding-*|compare-*) echo '{"reconstruction_nq": {"own_nats": 1.0}}' > "$argument";;
+           esac;;
   esac
   previous=$argument
 done
@@ -486,3 +489,26 @@ def test_shipped_weights_go_away_for_an_upload_and_come_back_unchanged(tmp_path)
     refused = shipped("away")
     assert refused.returncode == 2 and "uncommitted" in refused.stderr
     assert (head / "model.safetensors").read_bytes() == b"retrained, not committed"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_comparison_of_arms_from_a_shipped_head_scores_each_at_its_ratio(tmp_path):
+    calls, output, results = run_script(
+        tmp_path,
+        COMPARE="1",
+        COMPARE_ARMS="experiments/reader_adapter/binding-16x-*.json",
+        PRETRAIN_INIT="comprexit_rag/pretrained/comprexit-smollm2-135m-multi-ratio",
+        PIECE_S="0",
+        SFT_S="0",
+        NQ_RETRIEVED="0",
+    )
+    arms = trainings(calls)
+    assert len(arms) == 2
+    for arm, name in zip(arms, ("binding-16x-off", "binding-16x-on"), strict=True):
+        assert f"--config experiments/reader_adapter/{name}.json" in arm
+        assert "--init-from comprexit_rag/pretrained/comprexit-smollm2-135m-multi-ratio" in arm
+    scored = [call for call in calls if call.startswith("benchmarks/slot_quality.py") and "binding-16x" in call]
+    assert len(scored) == 2 and all(
+        "--ratio 16" in call and "--recon-lengths 32 64 128 256 512" in call for call in scored
+    )
+    assert "winner" in output and (results / "compare.json").is_file()

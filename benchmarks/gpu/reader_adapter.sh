@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reader adapter on one GPU (issue: slots that carry the passage), in one script; start it with setsid.
-#   1. COMPARE=1: short equal-time arms of experiments/reader_adapter/compare-*.json, each scored on
-#      held-out reconstruction (benchmarks/slot_quality.py --recon only); the arm with the lowest NQ
-#      own-slot loss gives its design to the long run (settled in session 7: all positions, 128 tokens).
+#   1. COMPARE=1: short equal-time arms (COMPARE_ARMS, default experiments/reader_adapter/compare-*.json), each
+#      from $PRETRAIN_INIT when given, scored on held-out reconstruction at its config's first ratio, also by
+#      length (benchmarks/slot_quality.py --recon only); the arm with the lowest NQ own-slot loss gives its design
+#      to the long run (settled in session 7: all positions, 128 tokens).
 #   2. The long run ($PRETRAIN_CONFIG, default pretrain-4x.json, + the winning design), one piece of
 #      PIECE_S seconds; resumes from $RUNS/pretrain/checkpoint when it is there (a previous piece).
 #      PIECE_S=0: no piece (a session of baselines only, with SFT_S=0).
@@ -95,20 +96,26 @@ retrieved() {
 
 cp "$PRETRAIN_CONFIG" "$RESULTS/pretrain.json"
 if [ "$COMPARE" = 1 ]; then
-  for config in "$EXP"/compare-*.json; do
+  arms=()
+  # shellcheck disable=SC2086  # COMPARE_ARMS: config files or a glob of them
+  for config in ${COMPARE_ARMS:-$EXP/compare-*.json}; do
+    arms+=("$config")
     arm=$(basename "$config" .json)
-    train --config "$config" --time-budget "$COMPARE_S" --output-dir "$RUNS/$arm" > "$RUNS/$arm.log" 2>&1
-    python3 benchmarks/slot_quality.py --head "$RUNS/$arm/final" --device cuda "${NO_QA[@]}" \
-      --out "$RESULTS/$arm.json" > "$RUNS/$arm-quality.log" 2>&1
+    ratio=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("ratios", [4])[0])' "$config")
+    train --config "$config" ${PRETRAIN_INIT:+--init-from "$PRETRAIN_INIT"} --time-budget "$COMPARE_S" \
+      --output-dir "$RUNS/$arm" > "$RUNS/$arm.log" 2>&1
+    # shellcheck disable=SC2086  # RECON_LENGTHS: one argument per length
+    python3 benchmarks/slot_quality.py --head "$RUNS/$arm/final" --ratio "$ratio" --device cuda "${NO_QA[@]}" \
+      --recon-lengths $RECON_LENGTHS --out "$RESULTS/$arm.json" > "$RUNS/$arm-quality.log" 2>&1
     tail -n 1 "$RUNS/$arm/log.jsonl"; grep -o '"own_nats": [0-9.]*' "$RESULTS/$arm.json"
   done
   # The winner's design (scope, objective mix, window lengths, batch) goes into the long run's config.
-  python3 - "$RESULTS" "$EXP" <<'EOF'
+  python3 - "$RESULTS" "${arms[@]}" <<'EOF'
 import json, pathlib, sys
-results, exp = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-scores = {p.stem: json.loads(p.read_text())["reconstruction_nq"]["own_nats"] for p in results.glob("compare-*.json")}
+results, configs = pathlib.Path(sys.argv[1]), {pathlib.Path(arm).stem: pathlib.Path(arm) for arm in sys.argv[2:]}
+scores = {arm: json.loads((results / f"{arm}.json").read_text())["reconstruction_nq"]["own_nats"] for arm in configs}
 winner = min(scores, key=scores.get)
-design = json.loads((exp / f"{winner}.json").read_text())
+design = json.loads(configs[winner].read_text())
 keys = ("adapter_scope", "reconstruction_prob", "continuation_length", "context_lengths", "batch_size")
 config = json.loads((results / "pretrain.json").read_text()) | {k: design[k] for k in keys if k in design}
 (results / "pretrain.json").write_text(json.dumps(config, indent=1) + "\n")

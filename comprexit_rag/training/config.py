@@ -98,6 +98,11 @@ class TrainConfig:
         help="comprexit: smooth bound on each slot's L2 norm (default: the head's own, none when fresh)",
         head="override",
     )
+    position_binding: bool = option(
+        False,
+        "comprexit: rotate each value by its token's offset from its slot, so slots keep their tokens' order "
+        "(a loaded head without it starts binding at zero frequencies; one with it keeps it)",
+    )
     reader_adapter: bool = option(
         False,
         "train a LoRA on the reader (peft) with the head; the pass that feeds the head stays frozen "
@@ -167,6 +172,8 @@ class TrainConfig:
         for name in head_options("override"):
             if getattr(self, name) is not None and self.method != HEAD_METHOD:
                 raise InvalidInputError(f"{name} applies to the {HEAD_METHOD} head, not to {self.method}.")
+        if self.position_binding and self.method != HEAD_METHOD:
+            raise InvalidInputError(f"position_binding applies to the {HEAD_METHOD} head, not to {self.method}.")
         if self.standardize_layers and (self.method != HEAD_METHOD or self.init_from):
             raise InvalidInputError(
                 f"standardize_layers shapes a fresh {HEAD_METHOD} head; a loaded head keeps the standardisation it was "

@@ -122,6 +122,8 @@ class ComprExITEncoder(SlotHeadEncoder):
             return head
 
         head = load_or_create(spec, config, create)
+        if config.position_binding:
+            head.bind_positions()
         for name in head_options("override"):  # replace() validates them through the head's config
             if getattr(config, name) is not None:
                 head.config = replace(head.config, **{name: getattr(config, name)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -11,7 +12,8 @@ import torch
 from comprexit_rag import BackboneMismatchError, CheckpointError, ComprExITConfig, ComprExITHead, InvalidInputError
 from comprexit_rag.checkpoint import CONFIG_NAME
 from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
-from comprexit_rag.methods.comprexit.width import WidthTransmission, segment_offsets, split_windows
+from comprexit_rag.methods.comprexit.head import MULTI_RATIO_HEAD
+from comprexit_rag.methods.comprexit.width import WidthTransmission, rotate_pairs, segment_offsets, split_windows
 from comprexit_rag.methods.projector import bound_norm
 from comprexit_rag.methods.segments import iter_batches, split_into_segments
 from comprexit_rag.training.trainer import TrainConfig
@@ -205,6 +207,79 @@ def test_invalid_design_options_are_refused():
         TrainConfig(method="mean-pool", stage="sft", output_dir="x", standardize_layers=True)
     with pytest.raises(InvalidInputError, match="locality_weight applies to the comprexit head"):
         TrainConfig(method="comi", stage="sft", output_dir="x", locality_weight=0.25)
+    with pytest.raises(InvalidInputError, match="position_binding must be true or false"):
+        ComprExITConfig(hidden_size=8, num_hidden_states=3, position_binding="yes")
+    with pytest.raises(InvalidInputError, match="hidden_size must be even"):
+        ComprExITConfig(hidden_size=9, num_hidden_states=3, position_binding=True)
+    with pytest.raises(InvalidInputError, match="position_binding applies to the comprexit head"):
+        TrainConfig(method="mean-pool", stage="sft", output_dir="x", position_binding=True)
+
+
+def bound_width(frequency_std: float) -> WidthTransmission:
+    torch.manual_seed(0)
+    width = WidthTransmission(8, 4, 1.0, 0.05, 0.1, 30, position_binding=True)
+    torch.nn.init.normal_(width.position_frequencies, std=frequency_std)
+    return width
+
+
+def random_windows(lengths: list[int], hidden: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    mask = torch.arange(max(lengths)).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return torch.randn(len(lengths), max(lengths), hidden), mask
+
+
+def test_position_binding_rotates_each_value_by_its_offset_from_its_slot():
+    width = bound_width(0.3)
+    anchors, mask = random_windows([16, 11])
+    slots, slot_mask, plan = width(split_windows(anchors, mask, 16), ratio=4)
+    values = width.value(width.norm(anchors)).float()
+    frequencies = width.position_frequencies.detach()
+    for window, length in enumerate([16, 11]):
+        used = -(-length // 4)
+        for k in range(used):
+            centre = (k + 0.5) * length / used
+            expected = sum(
+                plan[window, i, k] * rotate_pairs(values[window, i], (i - centre) * frequencies) for i in range(length)
+            ) / (1 / used)
+            assert torch.allclose(slots[window, k], expected, atol=1e-5), (window, k)
+    assert not slot_mask[1, 3]  # 11 tokens at 4x: three slots
+
+
+def test_a_bound_slot_tells_the_order_of_its_tokens_and_an_unbound_one_cannot():
+    """Without binding a slot is a weighted mean of its tokens' values: swapping two tokens of one segment
+    leaves every slot as it was (the plan's rows swap with them). Bound, the slot they go to changes."""
+    anchors, mask = random_windows([16])
+    swapped = anchors.clone()
+    swapped[0, [0, 1]] = anchors[0, [1, 0]]
+
+    def slots(width: WidthTransmission, states: torch.Tensor) -> torch.Tensor:
+        return width(split_windows(states, mask, 16), ratio=4)[0]
+
+    unbound = bound_width(0.0)
+    assert torch.allclose(slots(unbound, anchors), slots(unbound, swapped), atol=1e-5)
+    bound = bound_width(0.3)
+    assert not torch.allclose(slots(bound, anchors)[:, 0], slots(bound, swapped)[:, 0], atol=1e-3)
+
+
+def test_a_head_that_starts_binding_writes_the_same_slots_until_trained_and_saves_its_frequencies(
+    tiny_backbone, tmp_path
+):
+    torch.manual_seed(0)
+    head = ComprExITHead.for_backbone(tiny_backbone).eval()
+    bound = copy.deepcopy(head)
+    bound.bind_positions()
+    assert bound.config.position_binding and not head.config.position_binding
+    plain = ComprExITCompressor(tiny_backbone, head).compress(TEXTS[0], ratio=4).embeddings()
+    assert torch.allclose(ComprExITCompressor(tiny_backbone, bound).compress(TEXTS[0], ratio=4).embeddings(), plain)
+    assert ComprExITCompressor(tiny_backbone, bound).fingerprint != ComprExITCompressor(tiny_backbone, head).fingerprint
+
+    torch.nn.init.normal_(bound.width.position_frequencies, std=0.3)
+    trained = ComprExITCompressor(tiny_backbone, bound).compress(TEXTS[0], ratio=4).embeddings()
+    assert not torch.allclose(trained, plain, atol=1e-3)
+    loaded = ComprExITHead.from_pretrained(bound.save_pretrained(tmp_path / "bound")).eval()
+    assert loaded.config.position_binding
+    assert torch.equal(loaded.width.position_frequencies, bound.width.position_frequencies)
+    assert torch.equal(ComprExITCompressor(tiny_backbone, loaded).compress(TEXTS[0], ratio=4).embeddings(), trained)
 
 
 @pytest.mark.slow
@@ -223,3 +298,17 @@ def test_standardisation_unsaturates_the_layer_attention_on_smollm2(real_backbon
         standardised_weights = standardised.depth(states)[1][mask]
     assert raw_weights.max(dim=-1).values.mean() > 0.5
     assert standardised_weights.max(dim=-1).values.mean() < 0.2
+
+
+@pytest.mark.slow
+def test_the_shipped_multi_ratio_head_starts_binding_where_it_stands_on_smollm2(real_backbone):
+    """The 16x comparison starts from the shipped multi-ratio head: bound at zero frequencies it must write the
+    slots it writes now, and binding must change them as soon as the frequencies move."""
+    head = ComprExITHead.from_pretrained(MULTI_RATIO_HEAD).eval()
+    bound = copy.deepcopy(head)
+    bound.bind_positions()
+    plain = ComprExITCompressor(real_backbone, head).compress(TEXTS[1], ratio=16).embeddings()
+    assert torch.allclose(ComprExITCompressor(real_backbone, bound).compress(TEXTS[1], ratio=16).embeddings(), plain)
+    torch.nn.init.constant_(bound.width.position_frequencies, 0.1)
+    moved = ComprExITCompressor(real_backbone, bound).compress(TEXTS[1], ratio=16).embeddings()
+    assert not torch.allclose(moved, plain, atol=1e-3)

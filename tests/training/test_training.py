@@ -355,6 +355,25 @@ def test_a_fresh_head_trains_standardised_and_local_and_keeps_its_statistics(tin
     assert torch.equal(tuned.depth.layer_scale, head.depth.layer_scale)
 
 
+def test_a_loaded_head_starts_binding_positions_trains_the_frequencies_and_keeps_them(tiny_backbone, data, tmp_path):
+    pretrain = tiny_config(tmp_path / "pretrain", data, "comprexit", "pretrain", max_steps=1)
+    train(pretrain, tiny_backbone)
+    bound = tiny_config(
+        tmp_path / "bound", data, "comprexit", "sft", max_steps=1, init_from=f"{pretrain.output_dir}/final"
+    )
+    bound.position_binding = True
+    train(bound, tiny_backbone)
+    head = ComprExITHead.from_pretrained(Path(bound.output_dir) / "final")
+    assert head.config.position_binding
+    assert head.width.position_frequencies.abs().min() > 0  # from zero, every frequency got a gradient
+    # A run from a bound head without the option keeps the binding it was trained with.
+    again = tiny_config(
+        tmp_path / "again", data, "comprexit", "sft", max_steps=1, init_from=f"{bound.output_dir}/final"
+    )
+    train(again, tiny_backbone)
+    assert ComprExITHead.from_pretrained(Path(again.output_dir) / "final").config.position_binding
+
+
 @pytest.mark.parametrize(("probability", "objective"), [(1.0, ReconstructionPrompt), (0.0, ContinuationPrompt)])
 def test_pretraining_reconstructs_or_continues_the_compressed_text(
     tiny_backbone, data, tmp_path, probability, objective

@@ -17,13 +17,15 @@ class ComprExITConfig(CheckpointConfig):
     are the reference defaults. ``ratio`` is the default compression ratio; a head can
     compress at any ratio, and ``trained_ratios`` records which ones it was trained for.
 
-    Three departures from the reference, all off by default (BENCHMARKS.md measures them):
+    Four departures from the reference, all off by default (BENCHMARKS.md measures them):
     ``standardize_layers`` standardises each layer's states per dimension with statistics
     calibrated on text (:meth:`ComprExITHead.calibrate`) before the depth-wise attention, and
     ``locality_weight`` adds ``weight * min(distance, 4)`` to the transport cost, the distance
     between a token and a slot measured in segments of the window. ``max_slot_norm`` bounds each
     slot's L2 norm smoothly (``c * tanh(norm / c)``), so a head cannot steer the reader with
-    slots tens of times larger than a token embedding.
+    slots tens of times larger than a token embedding. ``position_binding`` rotates each value by its
+    token's offset from its slot (learned frequencies, zero at first), so that a slot can say in which
+    order its tokens came.
     """
 
     hidden_size: int
@@ -42,6 +44,7 @@ class ComprExITConfig(CheckpointConfig):
     standardize_layers: bool = False
     locality_weight: float = 0.0
     max_slot_norm: float | None = None
+    position_binding: bool = False
 
     def __post_init__(self) -> None:
         # A checkpoint's config.json is user-editable: every field is checked here, so a bad value
@@ -62,6 +65,12 @@ class ComprExITConfig(CheckpointConfig):
         check_real_field(self, "locality_weight", low=0.0, closed=True)
         if not isinstance(self.standardize_layers, bool):
             raise InvalidInputError(f"standardize_layers must be true or false, got {self.standardize_layers!r}.")
+        if not isinstance(self.position_binding, bool):
+            raise InvalidInputError(f"position_binding must be true or false, got {self.position_binding!r}.")
+        if self.position_binding and self.hidden_size % 2:
+            raise InvalidInputError(
+                f"position_binding rotates pairs of dimensions: hidden_size must be even, got {self.hidden_size}."
+            )
         if self.max_slot_norm is not None:
             check_real_field(self, "max_slot_norm", low=0.0, hint=" (or None for no bound)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -56,8 +57,15 @@ class ComprExITHead(CheckpointedModule):
             config.uniform_mix,
             config.sinkhorn_epsilon,
             config.sinkhorn_iterations,
+            position_binding=config.position_binding,
         )
         self.projector = SlotProjector(config.hidden_size)
+
+    def bind_positions(self) -> None:
+        """Start binding values to their offsets from their slots (:meth:`WidthTransmission.bind_positions`):
+        the same slots until the new frequencies train. Saved with the head (``position_binding``)."""
+        self.config = replace(self.config, position_binding=True)
+        self.width.bind_positions()
 
     @classmethod
     def for_backbone(cls, backbone: Backbone, **config_overrides) -> ComprExITHead:

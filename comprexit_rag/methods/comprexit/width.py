@@ -154,6 +154,14 @@ def segment_offsets(mask: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor
     return position.unsqueeze(-1) - centre
 
 
+def rotate_pairs(values: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair of dimensions (0, 1), (2, 3), ... of ``values`` [..., H] by ``angles`` [..., H / 2]."""
+    pairs = values.unflatten(-1, (-1, 2))
+    cos, sin = angles.cos(), angles.sin()
+    first, second = pairs[..., 0], pairs[..., 1]
+    return torch.stack((first * cos - second * sin, first * sin + second * cos), dim=-1).flatten(-2)
+
+
 class WidthTransmission(nn.Module):
     """Optimal-transport allocation of a window's anchors to its slots.
 
@@ -168,6 +176,7 @@ class WidthTransmission(nn.Module):
         uniform_mix: float,
         epsilon: float,
         iterations: int,
+        position_binding: bool = False,
     ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
@@ -179,6 +188,21 @@ class WidthTransmission(nn.Module):
         self.uniform_mix = uniform_mix
         self.epsilon = epsilon
         self.iterations = iterations
+        self.position_frequencies: nn.Parameter | None = None
+        if position_binding:
+            self.bind_positions()
+
+    def bind_positions(self) -> None:
+        """Rotate each value by its token's offset from the slot it goes to, one learned frequency per
+        pair of dimensions (a departure from the paper; BENCHMARKS.md, Departures).
+
+        A slot is otherwise a weighted mean of its tokens' values, which says nothing of their order: at 16x
+        one slot holds about 16 tokens. The frequencies start at zero, so a trained head that starts binding
+        computes the same slots until they move.
+        """
+        if self.position_frequencies is None:
+            pairs = self.value.out_features // 2
+            self.position_frequencies = nn.Parameter(torch.zeros(pairs, device=self.value.weight.device))
 
     def forward(
         self, windows: Windows, ratio: int, locality_weight: float = 0.0
@@ -212,5 +236,14 @@ class WidthTransmission(nn.Module):
         plan = sinkhorn(cost, source_mass, target_mass, self.epsilon, self.iterations, max_cost=max_cost)
         # Capacity-normalised values: each slot is the plan-weighted mean of the values sent to it.
         values = self.value(normed_anchors).float()
+        if self.position_frequencies is not None:
+            # R(i - c_k) v_i for token i and slot k's centre c_k (in tokens) = R(-c_k) R(i) v_i: rotate the
+            # values by their position, pool, then rotate each slot back by its centre.
+            frequencies = self.position_frequencies.float()
+            positions = torch.arange(values.shape[1], device=values.device, dtype=torch.float32)
+            values = rotate_pairs(values, positions[:, None] * frequencies)
         slots = (plan.transpose(1, 2) @ values) / target_mass.clamp(min=1e-12).unsqueeze(-1)
+        if self.position_frequencies is not None:
+            centres = (torch.arange(slots.shape[1], device=slots.device) + 0.5) * tokens / slots_used.clamp(min=1)
+            slots = rotate_pairs(slots, -centres.unsqueeze(-1) * frequencies)
         return slots * slot_mask.unsqueeze(-1), slot_mask, plan
