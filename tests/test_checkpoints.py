@@ -83,7 +83,12 @@ def test_config_dicts_are_the_documented_ones(tiny_backbone):
     assert fresh(SoftPrompt, tiny_backbone).config.to_dict() == {"num_tokens": 5, "hidden_size": hidden}
     assert fresh(MeanPoolHead, tiny_backbone).config.to_dict() == dataclasses.asdict(MeanPoolConfig(hidden, states))
     assert fresh(COMIMerger, tiny_backbone).config.to_dict() == dataclasses.asdict(COMIConfig(hidden, states))
-    assert fresh(ComprExITHead, tiny_backbone).config.to_dict() == dataclasses.asdict(ComprExITConfig(hidden, states))
+    # position_binding came after heads were shipped: written only when on, so their config.json and digests stay.
+    written = dataclasses.asdict(ComprExITConfig(hidden, states))
+    assert written.pop("position_binding") is False
+    assert fresh(ComprExITHead, tiny_backbone).config.to_dict() == written
+    bound = ComprExITConfig(hidden, states, position_binding=True).to_dict()
+    assert bound == written | {"position_binding": True}
 
 
 @pytest.mark.parametrize("module_class", [ComprExITHead, MeanPoolHead, COMIMerger, SoftPrompt])

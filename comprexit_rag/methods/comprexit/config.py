@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ...checkpoint import CheckpointConfig
 from ...errors import InvalidInputError
@@ -73,6 +74,14 @@ class ComprExITConfig(CheckpointConfig):
             )
         if self.max_slot_norm is not None:
             check_real_field(self, "max_slot_norm", low=0.0, hint=" (or None for no bound)")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        # Written only when on: a head saved before the option existed keeps its config.json, its digest, and
+        # so its reader adapter's pairing and the slots stored with it.
+        if not values["position_binding"]:
+            del values["position_binding"]
+        return values
 
     def slots_for(self, num_tokens: int, ratio: int | None = None) -> int:
         """Number of slots produced for a passage of ``num_tokens`` tokens."""
