@@ -512,3 +512,19 @@ def test_a_comparison_of_arms_from_a_shipped_head_scores_each_at_its_ratio(tmp_p
         "--ratio 16" in call and "--recon-lengths 32 64 128 256 512" in call for call in scored
     )
     assert "winner" in output and (results / "compare.json").is_file()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_qa_stage_carried_back_mid_way_resumes_without_its_pretraining(tmp_path):
+    """Session 35's call: the QA stage that session 34 chained after its pretraining, resumed from its checkpoint
+    (unpack_payload.sh puts it in $RUNS/sft) with neither the pretraining nor SFT_INIT there."""
+    save_generation(tmp_path / "runs" / "sft", 126, 1 << 10)
+    calls, out, _ = run_script(
+        tmp_path, PIECE_S="0", SFT_PIECE_S="1330", SFT_MAX_STEPS="918", NQ_RETRIEVED="0", RECON_LENGTHS="32 512"
+    )
+    (qa,) = trainings(calls)
+    assert "--config experiments/reader_adapter/sft-4x-mixed.json" in qa
+    assert f"--output-dir {tmp_path / 'runs' / 'sft'}" in qa
+    assert "--max-steps 918" in qa and "--piece-seconds 1330" in qa
+    assert "QA HEAD READY" in out
+    assert any("slot_quality.py --head" in call and "--recon-lengths 32 512" in call for call in calls)
