@@ -67,9 +67,9 @@ def order_measures(passage: str, regenerated: str) -> dict[str, tuple[int, int]]
     random.Random(0).shuffle(shuffled)
     shuffled_pairs = Counter(pairwise(shuffled))
 
-    def kept_where_both(candidates: list[tuple[str, str]], written_pairs: Counter) -> tuple[int, int]:
+    def kept_where_both(candidates: list[tuple[str, str]], side_by_side: Counter) -> tuple[int, int]:
         both = [pair for pair in candidates if written_words[pair[0]] and written_words[pair[1]]]
-        return sum(1 for pair in both if written_pairs[pair]), len(both)
+        return sum(1 for pair in both if side_by_side[pair]), len(both)
 
     return {
         "word recall": (overlap(Counter(lower), written_words), len(lower)),
