@@ -108,6 +108,11 @@ class TrainConfig:
         "train a LoRA on the reader (peft) with the head; the pass that feeds the head stays frozen "
         "(full-lora: the adapter is all it trains)",
     )
+    freeze_module: bool = option(
+        False,
+        "keep the method's module (the ComprExIT head, the merger, the pooler) as --init-from saved it and train "
+        "the reader adapter alone, on the slots that module makes",
+    )
     adapter_rank: int | None = option(
         help=f"reader adapter: LoRA rank (default {DEFAULT_ADAPTER_RANK}; with --init-from, its adapter's rank: a "
         "higher one widens that adapter, which starts out computing the same)",
@@ -188,6 +193,12 @@ class TrainConfig:
         if spec.adapter_only and not self.reader_adapter:
             raise InvalidInputError(
                 f"{self.method} trains a reader adapter and nothing else: set reader_adapter (--reader-adapter)."
+            )
+        if self.freeze_module and spec.adapter_only:
+            raise InvalidInputError(f"{self.method} trains a reader adapter and no module: drop freeze_module.")
+        if self.freeze_module and not self.init_from:
+            raise InvalidInputError(
+                "freeze_module keeps a loaded module as it is: set init_from (e.g. a pretraining run's final/)."
             )
         if self.reader_adapter and self.adapter_scope == "slots" and spec.context != "slots":
             raise InvalidInputError(

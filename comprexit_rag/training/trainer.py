@@ -302,8 +302,17 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
             f"The checkpoint in {checkpoint} was saved {'with' if adapter is not None else 'without'} a reader "
             "adapter; resume with the configuration it was started with."
         )
+    if config.freeze_module:
+        if adapter is None:
+            raise InvalidInputError(
+                f"freeze_module trains the reader adapter alone, and {config.init_from} has none: set reader_adapter."
+            )
+        # No weight of the module needs a gradient, so autograd records nothing before the reading pass.
+        module.requires_grad_(False)
     reader = Reader(backbone, adapter=adapter)
-    groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    groups = []
+    if not config.freeze_module:
+        groups.append({"params": [p for p in module.parameters() if p.requires_grad], "lr_scale": 1.0})
     if adapter is not None:
         adapter_lr = config.adapter_lr if config.adapter_lr is not None else config.lr / 2
         groups.append({"params": adapter.parameters(), "lr_scale": adapter_lr / config.lr})

@@ -833,6 +833,37 @@ def test_a_later_stage_can_widen_the_init_checkpoints_adapter(make_tiny_backbone
         train(replace(wide, output_dir=str(tmp_path / "narrower"), adapter_rank=2), make_tiny_backbone())
 
 
+def test_a_frozen_module_keeps_its_weights_while_the_adapter_learns(make_tiny_backbone, data, tmp_path):
+    pretrain = tiny_config(tmp_path / "pretrain", data, "comprexit", "pretrain", reader_adapter=True, adapter_rank=4)
+    train(pretrain, make_tiny_backbone())
+    start = Path(pretrain.output_dir) / "final"
+    config = tiny_config(tmp_path / "sft", data, "comprexit", "sft", init_from=str(start), freeze_module=True)
+    assert train(config, make_tiny_backbone())["skipped_steps"] == 0
+    head = final_weights(config)
+    assert head.keys() == final_weights(pretrain).keys()
+    assert all(torch.equal(tensor, final_weights(pretrain)[name]) for name, tensor in head.items())
+    moved = adapter_weights(Path(config.output_dir) / "final")
+    assert any(not torch.equal(tensor, adapter_weights(start)[name]) for name, tensor in moved.items())
+
+    # It resumes (the optimiser holds the adapter's group alone), and is refused where it means nothing.
+    pieces = replace(config, output_dir=str(tmp_path / "pieces"), piece_seconds=0.0)
+    assert [train(pieces, make_tiny_backbone())["steps"] for _ in range(2)] == [1, 2]
+    with pytest.raises(InvalidInputError, match="set init_from"):
+        tiny_config(tmp_path / "x", data, "comprexit", "sft", freeze_module=True)
+    with pytest.raises(InvalidInputError, match="drop freeze_module"):
+        tiny_config(
+            tmp_path / "x", data, "full-lora", "sft", reader_adapter=True, init_from=str(start), freeze_module=True
+        )
+    without_adapter = tiny_config(tmp_path / "plain", data, "comprexit", "pretrain")
+    train(without_adapter, make_tiny_backbone())
+    plain = str(Path(without_adapter.output_dir) / "final")
+    with pytest.raises(InvalidInputError, match="has none: set reader_adapter"):
+        train(
+            tiny_config(tmp_path / "y", data, "comprexit", "sft", init_from=plain, freeze_module=True),
+            make_tiny_backbone(),
+        )
+
+
 def test_two_runs_with_fresh_adapters_share_one_backbone(make_tiny_backbone, data, tmp_path):
     # A notebook or a benchmark trains several runs in one process, on one loaded backbone.
     backbone = make_tiny_backbone()
