@@ -864,6 +864,25 @@ def test_a_frozen_module_keeps_its_weights_while_the_adapter_learns(make_tiny_ba
         )
 
 
+@pytest.mark.slow
+def test_the_frozen_head_experiment_trains_the_shipped_heads_adapter_alone(data, tmp_path):
+    # The committed experiment file on the real backbone, cut to 1 step of batch 2 on the tiny data directory.
+    output = tmp_path / "frozen"
+    argv = ["train", "--config", str(EXPERIMENTS / "sft-4x-mixed-frozen-head.json"), "--output-dir", str(output)]
+    argv += ["--init-from", str(SHIPPED_ADAPTER), "--max-steps", "1", "--batch-size", "2", "--limit-per-family", "4"]
+    argv += ["--max-distractors", "2", "--wikipedia", "wiki/enwiki_2015_AA_shard*.txt.gz", "--data", str(data)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["skipped_steps"] == 0 and summary["config"]["freeze_module"]
+    head = load_state_dict(output / "final")
+    shipped = load_state_dict(SHIPPED_ADAPTER)
+    assert head.keys() == shipped.keys()
+    assert all(torch.equal(head[name].float(), shipped[name].float()) for name in head)
+    moved = float_adapter_weights(output / "final")
+    start = float_adapter_weights(SHIPPED_ADAPTER)
+    assert any(not torch.equal(tensor, start[name]) for name, tensor in moved.items())
+
+
 def test_two_runs_with_fresh_adapters_share_one_backbone(make_tiny_backbone, data, tmp_path):
     # A notebook or a benchmark trains several runs in one process, on one loaded backbone.
     backbone = make_tiny_backbone()
@@ -1325,6 +1344,8 @@ def test_every_committed_experiment_file_is_a_valid_training_config(path, tmp_pa
     # What the GPU script trains from: a typo (an unknown option, a bad choice, options that do not go
     # together) should fail here, not minutes into a GPU session.
     options = json.loads(path.read_text())
+    if options.get("freeze_module"):  # started from a checkpoint, as the GPU script's SFT_INIT gives it
+        options["init_from"] = str(tmp_path / "start")
     config = TrainConfig(**{"method": "comprexit", **options, "output_dir": str(tmp_path)})
     assert config.stage == options["stage"]
 
