@@ -7,13 +7,23 @@ For a few Wikipedia windows of 128 tokens, compressed at 4x (one transport windo
 - ``slot_cosine``: the mean cosine similarity between two different slots of a passage (slots that are all
   the window's mean give 1);
 - ``layer_weight_max``: the mean over tokens of the largest depth-wise attention weight (1 / 31 = 0.032 is a
-  uniform mixture, 1 a single layer).
+  uniform mixture, 1 a single layer);
+- ``mean_layer``: the mean over tokens of the hidden-state index the depth-wise attention draws from (0: the
+  embeddings, 30: the last layer), weighted by its weights.
 
 Rows: the shipped head, fresh heads of each design in ``head_design_probe.ARMS``, then any trained heads given
 with ``--head NAME=DIR``::
 
     HF_HUB_OFFLINE=1 python research/transport_diagnostics.py --out research/results/transport_diagnostics.json \
         [--head round5-raw=runs/comprexit-raw/final ...]
+
+Session 35, the lengths run's head before and after its QA stage (`git archive 639975d training-state`, then
+`git archive fdea39e training-state`)::
+
+    HF_HUB_OFFLINE=1 python research/transport_diagnostics.py \
+        --out research/results/transport_diagnostics_lengths.json \
+        --head lengths-pretrained=training-state/lengths-run/pretrain/final \
+        --head lengths-qa=training-state/lengths-run/sft/final
 """
 
 from __future__ import annotations
@@ -43,10 +53,13 @@ def diagnose(head: ComprExITHead, states: tuple[torch.Tensor, ...], mask: torch.
     slots = torch.nn.functional.normalize(output.slots, dim=-1)
     cosine = slots @ slots.transpose(1, 2)
     off_diagonal = ~torch.eye(cosine.shape[1], dtype=torch.bool)
+    weights = output.layer_weights[mask]  # [tokens, layers]
+    layer_index = weights @ torch.arange(weights.shape[-1], dtype=weights.dtype)
     return {
         "own_segment_share": round(share.mean().item(), 3),
         "slot_cosine": round(cosine[:, off_diagonal].mean().item(), 3),
         "layer_weight_max": round(output.layer_weights[mask].max(dim=-1).values.mean().item(), 3),
+        "mean_layer": round(layer_index.mean().item(), 2),
         "slot_norm": round(output.slots.norm(dim=-1).mean().item(), 1),
     }
 
