@@ -38,6 +38,7 @@ from comprexit_rag.data.paths import data_file
 from comprexit_rag.data.splits import NQ_OPEN_FILE
 from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import StoredSlots
+from comprexit_rag.evaluation.paired import write_predictions
 from comprexit_rag.methods.comprexit import ComprExITCompressor
 from comprexit_rag.reading.reader import Reader
 
@@ -102,11 +103,7 @@ def answers_through_the_qa_adapter(backbone: Backbone, compressors: dict, args: 
         crossed.reader_adapter = adapter
         method = StoredSlots("comprexit", crossed, args.ratio)
         scored = evaluate(method, reader, examples, ratio=args.ratio, batch_size=args.batch_size)
-        answers = args.out.with_name(f"{args.out.stem}-{name}-head.jsonl")
-        with answers.open("w") as handle:
-            for example, prediction in zip(examples, scored.predictions, strict=True):
-                record = {"id": example.id, "question": example.question, "answers": list(example.answers)}
-                handle.write(json.dumps({**record, "prediction": prediction}) + "\n")
+        write_predictions(args.out.with_name(f"{args.out.stem}-{name}-head.jsonl"), examples, scored.predictions)
         rows.append({"context": f"{name} head's slots", "adapter": "after", "nq": len(examples), "f1": scored.f1})
         logging.info("%s", rows[-1])
     return rows

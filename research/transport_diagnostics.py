@@ -58,7 +58,7 @@ def diagnose(head: ComprExITHead, states: tuple[torch.Tensor, ...], mask: torch.
     return {
         "own_segment_share": round(share.mean().item(), 3),
         "slot_cosine": round(cosine[:, off_diagonal].mean().item(), 3),
-        "layer_weight_max": round(output.layer_weights[mask].max(dim=-1).values.mean().item(), 3),
+        "layer_weight_max": round(weights.max(dim=-1).values.mean().item(), 3),
         "mean_layer": round(layer_index.mean().item(), 2),
         "slot_norm": round(output.slots.norm(dim=-1).mean().item(), 1),
     }

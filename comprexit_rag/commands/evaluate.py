@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backbone import Backbone
     from ..evaluation.harness import evaluate
     from ..evaluation.methods import build_method
+    from ..evaluation.paired import write_predictions
     from ..reading.reader import Reader
     from ..validation import validate_ratio
 
@@ -126,10 +127,7 @@ def run(args: argparse.Namespace) -> int:
         contexts_from=args.contexts_from,
     )
     if args.predictions:
-        with Path(args.predictions).open("w") as handle:
-            for example, prediction in zip(examples, result.predictions, strict=True):
-                record = {"id": example.id, "question": example.question, "answers": list(example.answers)}
-                handle.write(json.dumps({**record, "prediction": prediction}) + "\n")
+        write_predictions(args.predictions, examples, result.predictions)
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))

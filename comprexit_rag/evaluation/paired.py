@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from comprexit_rag.data import QAExample
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.evaluation.metrics import answer_contained, exact_match, f1_score
 
-__all__ = ["METRICS", "PairedDifference", "load_predictions", "paired_difference"]
+__all__ = ["METRICS", "PairedDifference", "load_predictions", "paired_difference", "write_predictions"]
 
 METRICS: dict[str, Callable[[str, Sequence[str]], float]] = {
     "em": exact_match,
@@ -47,6 +48,14 @@ class PairedDifference:
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
+
+
+def write_predictions(path: str | Path, examples: Sequence[QAExample], predictions: Sequence[str]) -> None:
+    """One record per example (``id``, ``question``, ``answers``, ``prediction``), as :func:`load_predictions` reads."""
+    with Path(path).open("w") as handle:
+        for example, prediction in zip(examples, predictions, strict=True):
+            record = {"id": example.id, "question": example.question, "answers": list(example.answers)}
+            handle.write(json.dumps({**record, "prediction": prediction}) + "\n")
 
 
 def load_predictions(path: str | Path) -> dict[str, tuple[tuple[str, ...], str]]:

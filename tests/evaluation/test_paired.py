@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from comprexit_rag.data import Passage, QAExample
 from comprexit_rag.errors import InvalidInputError
-from comprexit_rag.evaluation.paired import load_predictions, paired_difference
+from comprexit_rag.evaluation.paired import load_predictions, paired_difference, write_predictions
 
 
 def _write(path, rows):
@@ -45,3 +46,13 @@ def test_a_file_that_is_not_predictions_says_how_to_make_one(tmp_path):
     path.write_text('{"id": "1", "prediction": "x"}\n')
     with pytest.raises(InvalidInputError, match="comprexit-rag eval --predictions"):
         load_predictions(path)
+
+
+def test_written_predictions_read_back_by_id(tmp_path):
+    examples = [QAExample(f"q{i}", f"question {i}?", (f"gold {i}", "other"), (Passage("text"),)) for i in range(3)]
+    write_predictions(tmp_path / "p.jsonl", examples, ["a", "b", "c"])
+    assert load_predictions(tmp_path / "p.jsonl") == {
+        f"q{i}": ((f"gold {i}", "other"), prediction) for i, prediction in enumerate("abc")
+    }
+    with pytest.raises(ValueError):  # one prediction per example
+        write_predictions(tmp_path / "short.jsonl", examples, ["a"])
