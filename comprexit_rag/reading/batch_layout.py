@@ -27,6 +27,7 @@ class PlacedBatch:
     vector_index: torch.Tensor  # [V] flat positions of the context vectors, in order
     target_positions: torch.Tensor  # [N] flat positions that predict a target token
     target_ids: torch.Tensor  # [N]
+    after_positions: torch.Tensor  # [M] flat positions after the context (the prompt's rest and the target)
 
 
 class BatchLayout:
@@ -89,8 +90,10 @@ class BatchLayout:
         predicted = targets % max(width, 1) > 0
         target_positions = targets[predicted] - 1
         target_ids = np.asarray(self.target_tokens, dtype=np.int64)[predicted]
+        contexts = np.asarray(self.context_lengths, dtype=np.int64)
+        after_positions = concatenated_ranges(row_starts + befores + contexts, lengths - befores - contexts)
 
-        indices = [vector_index, target_positions, target_ids]
+        indices = [vector_index, target_positions, target_ids, after_positions]
         sent = to_device(torch.from_numpy(np.concatenate([planes.ravel(), *indices])), device)  # one copy
         sent_planes = sent[: planes.size].view(planes.shape)
         sent_indices = sent[planes.size :].split([len(index) for index in indices])
@@ -104,4 +107,5 @@ class BatchLayout:
             vector_index=sent_indices[0],
             target_positions=sent_indices[1],
             target_ids=sent_indices[2],
+            after_positions=sent_indices[3],
         )

@@ -46,6 +46,9 @@ class ReaderBatch:
     # token, row by row, and those tokens. Selecting with them needs no read of the device.
     target_positions: torch.Tensor | None = None  # [N]
     target_ids: torch.Tensor | None = None  # [N]
+    # The flat positions after the context (the prompt's rest, the question, the targets), row by row: the
+    # same tokens whatever the context was, so two readings of a batch line up there (hidden-state distillation).
+    after_positions: torch.Tensor | None = None  # [M]
 
 
 class Reader:
@@ -223,6 +226,7 @@ class Reader:
             prompt_prefix=layout.prompt_prefix(),
             target_positions=placed.target_positions if with_targets else None,
             target_ids=placed.target_ids if with_targets else None,
+            after_positions=placed.after_positions,
         )
 
     def reading(self, slot_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager:

@@ -155,6 +155,11 @@ class TrainConfig:
     distill_weight: float = option(
         0.0, "comprexit/mean-pool: weight of KL to the same reader reading the raw passages (0: off)"
     )
+    distill_hidden_weight: float = option(
+        0.0,
+        "comprexit/mean-pool: weight of the cosine distance between every reader layer's output after the context "
+        "(prompt, question, target) reading the slots and reading the raw passages (0: off)",
+    )
     distill_teacher: str | None = option(
         help="distillation: a full-lora checkpoint (a `train --method full-lora` run's final/) whose adapter, reading "
         "the raw passages, is the teacher instead of the reader being trained"
@@ -212,12 +217,16 @@ class TrainConfig:
             self.context_lengths = [128, 256, 384, self.context_length]
         if not self.context_lengths or any(length <= 0 for length in self.context_lengths):
             raise InvalidInputError(f"context_lengths must be positive token counts, got {self.context_lengths}.")
-        if self.distill_weight < 0:
-            raise InvalidInputError(f"distill_weight must be >= 0, got {self.distill_weight}.")
-        if self.distill_weight and not spec.distill:
+        for name in ("distill_weight", "distill_hidden_weight"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        distilled = self.distill_weight or self.distill_hidden_weight
+        if distilled and not spec.distill:
             raise InvalidInputError(f"Distillation from the full-text reader applies to {method_names(distill=True)}.")
-        if self.distill_teacher and not self.distill_weight:
-            raise InvalidInputError("distill_teacher is the teacher of distillation: set distill_weight > 0 too.")
+        if self.distill_teacher and not distilled:
+            raise InvalidInputError(
+                "distill_teacher is the teacher of distillation: set distill_weight or distill_hidden_weight > 0 too."
+            )
         if self.max_pass_tokens is not None:
             check_positive_int(self.max_pass_tokens, "max_pass_tokens")
         if self.qa_families is not None and (not self.qa_families or not all(map(is_qa_family, self.qa_families))):

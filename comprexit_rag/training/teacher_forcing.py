@@ -5,19 +5,13 @@ the positions that predict a target token. The trainer's losses and the held-out
 from __future__ import annotations
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..backbone import autocast_for
 from ..prompts import Prompt
 from ..reading.batch_layout import IGNORE_INDEX
 from ..reading.reader import Context, Reader, ReaderBatch
 from .examples import TrainExample
-
-
-def forced_logits(
-    reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's questions and targets read with ``contexts`` (slots, or text): :func:`target_logits`."""
-    return target_logits(reader, reader_inputs(reader, batch, contexts, prompt))
 
 
 def reader_inputs(reader: Reader, batch: list[TrainExample], contexts: list[Context], prompt: Prompt) -> ReaderBatch:
@@ -42,14 +36,34 @@ def target_logits(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, to
 
 def target_states(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """The last hidden states [N, H] at the N positions that predict a target token, and those tokens [N]."""
+    hidden = _decoder_output(reader, inputs, all_layers=False).last_hidden_state
+    return _at_targets(hidden, inputs)
+
+
+def target_and_layer_states(reader: Reader, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`target_states` and, from the same forward pass, every decoder layer's output [L, M, H] at the M
+    positions after the context (``inputs.after_positions``): the prompt's rest, the question and the targets."""
+    output = _decoder_output(reader, inputs, all_layers=True)
+    width = output.last_hidden_state.shape[-1]
+    layers = torch.stack(
+        [states.reshape(-1, width).index_select(0, inputs.after_positions) for states in output.hidden_states[1:]]
+    )
+    return *_at_targets(output.last_hidden_state, inputs), layers
+
+
+def _decoder_output(reader: Reader, inputs: ReaderBatch, all_layers: bool) -> BaseModelOutputWithPast:
     model = reader.backbone.model
     with autocast_for(reader.backbone), reader.reading(inputs.slot_mask):
-        hidden = model.base_model(
+        return model.base_model(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids,
             use_cache=False,
-        ).last_hidden_state
+            output_hidden_states=all_layers,
+        )
+
+
+def _at_targets(hidden: torch.Tensor, inputs: ReaderBatch) -> tuple[torch.Tensor, torch.Tensor]:
     # Only positions that predict a target token go through the (large-vocabulary) LM head.
     if inputs.target_positions is not None:  # known from the host-side layout: no read of the device
         return hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.target_positions), inputs.target_ids

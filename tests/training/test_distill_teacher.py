@@ -59,7 +59,7 @@ def test_a_run_resumes_only_with_the_same_teacher(make_tiny_backbone, data, teac
 
 
 def test_a_teacher_needs_distillation_and_a_full_lora_checkpoint(make_tiny_backbone, data, tmp_path):
-    with pytest.raises(InvalidInputError, match="set distill_weight > 0"):
+    with pytest.raises(InvalidInputError, match="set distill_weight or distill_hidden_weight > 0"):
         tiny_config(tmp_path / "run", data, distill_teacher="anything")
     head = tmp_path / "head"
     train(tiny_config(head, data, max_steps=1), make_tiny_backbone())
