@@ -14,7 +14,7 @@ from comprexit_rag.cli import main
 from comprexit_rag.errors import InvalidInputError
 from comprexit_rag.prompts import QAPrompt
 from comprexit_rag.reading.reader import Reader
-from comprexit_rag.training import trainer
+from comprexit_rag.training import losses
 from comprexit_rag.training.teacher_forcing import reader_inputs, target_and_layer_states
 from comprexit_rag.training.trainer import build_encoder, make_sampler, train
 
@@ -71,8 +71,8 @@ def test_a_student_that_reads_the_text_has_nothing_to_learn(tiny_backbone, data,
     batch, prompt = make_sampler(config, tiny_backbone)[0](random.Random(0))
     reader = Reader(tiny_backbone, adapter=None)
     as_teacher = TextEmbeddingEncoder(tiny_backbone)
-    plain = trainer.answer_loss(reader, as_teacher, batch, 4, prompt)
-    distilled = trainer.distilled_loss(reader, as_teacher, batch, 4, prompt, 0.5, hidden_weight=1.0)
+    plain = losses.answer_loss(reader, as_teacher, batch, 4, prompt)
+    distilled = losses.distilled_loss(reader, as_teacher, batch, 4, prompt, 0.5, hidden_weight=1.0)
     torch.testing.assert_close(distilled, plain)
     states = target_and_layer_states(reader, reader_inputs(reader, batch, as_teacher.encode(batch, 4), prompt))[2]
     assert states.shape[0] == tiny_backbone.model.config.num_hidden_layers
@@ -83,8 +83,8 @@ def test_the_layer_term_adds_to_the_loss_and_reaches_the_head(tiny_backbone, dat
     encoder = build_encoder(config, tiny_backbone)
     batch, prompt = make_sampler(config, tiny_backbone)[0](random.Random(0))
     reader = Reader(tiny_backbone, adapter=None)
-    answers_only = trainer.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
-    with_layers = trainer.distilled_loss(reader, encoder, batch, 4, prompt, 0.5, hidden_weight=1.0)
+    answers_only = losses.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
+    with_layers = losses.distilled_loss(reader, encoder, batch, 4, prompt, 0.5, hidden_weight=1.0)
     assert with_layers.item() > answers_only.item()  # an untrained head's slots are not read as the text is
     with_layers.backward()
     assert all(p.grad is not None for p in encoder.trainable.parameters() if p.requires_grad)

@@ -1,0 +1,79 @@
+"""The training losses: the targets' cross-entropy, and its distillation from the same reader (or a
+``full-lora`` teacher) reading the raw passages instead of the slots."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..prompts import Prompt
+from ..reading.reader import Reader, ReaderBatch
+from .contexts import ContextEncoder
+from .examples import TrainExample
+from .linear_cross_entropy import linear_cross_entropy
+from .teacher_forcing import reader_inputs, target_and_layer_states, target_states
+
+
+def answer_loss(
+    reader: Reader, encoder: ContextEncoder, batch: list[TrainExample], ratio: int, prompt: Prompt
+) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens given prompt + encoded context (through the reader's adapter)."""
+    hidden, labels = target_states(reader, reader_inputs(reader, batch, encoder.encode(batch, ratio), prompt))
+    head = reader.backbone.model.get_output_embeddings()
+    return linear_cross_entropy(hidden, head.weight, labels, head.bias)
+
+
+def distilled_loss(
+    reader: Reader,
+    encoder: ContextEncoder,
+    batch: list[TrainExample],
+    ratio: int,
+    prompt: Prompt,
+    weight: float,
+    teacher_reader: Reader | None = None,
+    hidden_weight: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy on the targets plus ``weight`` x KL(teacher || student) on the same positions, plus
+    ``hidden_weight`` x the cosine distance between the student's and the teacher's layer outputs after the
+    context (every decoder layer, at the prompt's rest, the question and the targets).
+
+    The teacher reads the raw passages (no gradient): ``teacher_reader`` (e.g. a full-lora adapter) or, by
+    default, the same reader; the student reads the slots. Both read the same tokens after the context, so
+    their target positions, and their positions after the context, match one for one. The KL term teaches the
+    answer the text gives; the layer term teaches the whole reading of the question the text gives, many
+    more positions and dimensions a step than the answer's few tokens.
+    """
+    tokenizer = reader.backbone.tokenizer
+    texts = ["\n\n".join(tokenizer.decode(ids) for ids in example.passage_ids) for example in batch]
+    student, labels, layers = read_targets(
+        reader, reader_inputs(reader, batch, encoder.encode(batch, ratio), prompt), hidden_weight > 0
+    )
+    with torch.no_grad():
+        teacher_side = teacher_reader or reader
+        teacher, teacher_labels, teacher_layers = read_targets(
+            teacher_side, reader_inputs(teacher_side, batch, texts, prompt), hidden_weight > 0
+        )
+    if not torch.equal(teacher_labels, labels):
+        raise RuntimeError("Teacher and student target positions differ; the prompts must end alike.")
+    # One log-softmax of the student serves both terms (cross-entropy is its negative log-likelihood).
+    log_probs = F.log_softmax(student.float(), dim=-1)
+    kl = F.kl_div(log_probs, F.log_softmax(teacher.float(), dim=-1), log_target=True, reduction="batchmean")
+    loss = F.nll_loss(log_probs, labels) + weight * kl
+    if hidden_weight:
+        if layers.shape != teacher_layers.shape:
+            raise RuntimeError("Teacher and student positions after the context differ; the prompts must end alike.")
+        distance = 1 - F.cosine_similarity(layers.float(), teacher_layers.float(), dim=-1)
+        loss = loss + hidden_weight * distance.mean()
+    return loss
+
+
+def read_targets(
+    reader: Reader, inputs: ReaderBatch, layers: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits [N, V] at the positions that predict a target token, those tokens [N] and, with ``layers``,
+    every layer's output after the context (:func:`~.teacher_forcing.target_and_layer_states`)."""
+    if layers:
+        hidden, labels, states = target_and_layer_states(reader, inputs)
+    else:
+        (hidden, labels), states = target_states(reader, inputs), None
+    return reader.backbone.model.get_output_embeddings()(hidden), labels, states
