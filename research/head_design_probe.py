@@ -48,8 +48,8 @@ from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.data import PretrainCorpus, calibration_passages, tokenize_passages
 from comprexit_rag.training.encoders import SlotHeadEncoder
 from comprexit_rag.training.examples import TrainExample
+from comprexit_rag.training.losses import answer_loss
 from comprexit_rag.training.teacher_forcing import target_logits
-from comprexit_rag.training.trainer import answer_loss
 
 ARMS: dict[str, dict] = {
     "raw": {},
