@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from test_training import EXPERIMENTS, SHIPPED_ADAPTER, tiny_config, write_tiny_data
+from test_training import shipped_head_run, tiny_config, write_tiny_data
 
 from comprexit_rag.cli import main
 from comprexit_rag.errors import InvalidInputError
@@ -106,14 +106,11 @@ def test_the_layer_weight_is_checked(data, tmp_path):
 
 @pytest.mark.slow
 def test_the_hidden_distillation_experiment_runs_on_the_shipped_head(data, tmp_path):
-    # The committed experiment file on the real backbone, cut to 2 steps of batch 2 on the tiny data directory.
     output = tmp_path / "hidden"
-    argv = ["train", "--config", str(EXPERIMENTS / "sft-4x-mixed-hidden-distill.json"), "--output-dir", str(output)]
-    argv += ["--init-from", str(SHIPPED_ADAPTER), "--max-steps", "2", "--batch-size", "2", "--limit-per-family", "4"]
-    argv += ["--max-distractors", "2", "--wikipedia", "wiki/enwiki_2015_AA_shard*.txt.gz", "--data", str(data)]
-    assert main([*argv, "--device", "cpu", "--log-every", "1"]) == 0
+    argv = shipped_head_run("sft-4x-mixed-hidden-distill.json", output, data, steps=2)
+    assert main([*argv, "--log-every", "1"]) == 0
     summary = json.loads((output / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0
     assert summary["config"]["distill_hidden_weight"] == 10.0 and summary["config"]["distill_weight"] == 0.5
-    losses = [json.loads(line)["loss"] for line in (output / "log.jsonl").read_text().splitlines()]
-    assert len(losses) == 2 and all(0 < loss < 50 for loss in losses)
+    logged = [json.loads(line)["loss"] for line in (output / "log.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and all(0 < loss < 50 for loss in logged)

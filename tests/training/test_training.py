@@ -864,14 +864,19 @@ def test_a_frozen_module_keeps_its_weights_while_the_adapter_learns(make_tiny_ba
         )
 
 
+def shipped_head_run(experiment: str, output: Path, data: Path, steps: int) -> list[str]:
+    """``comprexit-rag train`` arguments for a committed experiment file on the real backbone from the shipped
+    head, cut to ``steps`` steps of batch 2 on the tiny data directory."""
+    argv = ["train", "--config", str(EXPERIMENTS / experiment), "--output-dir", str(output), "--device", "cpu"]
+    argv += ["--init-from", str(SHIPPED_ADAPTER), "--max-steps", str(steps), "--batch-size", "2"]
+    argv += ["--limit-per-family", "4", "--max-distractors", "2", "--data", str(data)]
+    return [*argv, "--wikipedia", "wiki/enwiki_2015_AA_shard*.txt.gz"]
+
+
 @pytest.mark.slow
 def test_the_frozen_head_experiment_trains_the_shipped_heads_adapter_alone(data, tmp_path):
-    # The committed experiment file on the real backbone, cut to 1 step of batch 2 on the tiny data directory.
     output = tmp_path / "frozen"
-    argv = ["train", "--config", str(EXPERIMENTS / "sft-4x-mixed-frozen-head.json"), "--output-dir", str(output)]
-    argv += ["--init-from", str(SHIPPED_ADAPTER), "--max-steps", "1", "--batch-size", "2", "--limit-per-family", "4"]
-    argv += ["--max-distractors", "2", "--wikipedia", "wiki/enwiki_2015_AA_shard*.txt.gz", "--data", str(data)]
-    assert main([*argv, "--device", "cpu"]) == 0
+    assert main(shipped_head_run("sft-4x-mixed-frozen-head.json", output, data, steps=1)) == 0
     summary = json.loads((output / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["skipped_steps"] == 0 and summary["config"]["freeze_module"]
     head = load_state_dict(output / "final")
