@@ -36,7 +36,7 @@ from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import DEFAULT_QA_FAMILIES, PretrainCorpus, QATrainingSet
 from .examples import TrainExample
-from .losses import answer_loss, distilled_loss
+from .losses import answer_loss, distillation_terms
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +159,14 @@ def accumulate_gradients(
     encoder: ContextEncoder,
     state: dict,
     teacher_reader: Reader | None = None,
-) -> tuple[list[torch.Tensor], int, Prompt]:
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], int, Prompt]:
     """The forward and backward passes of one optimiser step: its ``grad_accum`` micro-batches, each read in
     :func:`reading_passes`, their gradients summed in the parameters. Returns the passes' losses, each
-    weighted by its share of the step (on the device: reading one waits for the step), and the last
-    micro-batch's ratio and prompt; counts the examples and target tokens in ``state``."""
+    weighted by its share of the step (on the device: reading one waits for the step), the distilled loss's
+    terms weighted the same way (none without distillation), and the last micro-batch's ratio and prompt;
+    counts the examples and target tokens in ``state``."""
     losses = []
+    parts: dict[str, torch.Tensor] = {}
     for micro in range(config.grad_accum):
         rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
         ratio = rng.choice(config.ratios)
@@ -175,23 +177,18 @@ def accumulate_gradients(
             # whole batch's loss and gradient.
             share = sum(len(example.target_ids) for example in part) / targets / config.grad_accum
             if config.distill_weight or config.distill_hidden_weight:
-                loss = distilled_loss(
-                    reader,
-                    encoder,
-                    part,
-                    ratio,
-                    prompt,
-                    config.distill_weight,
-                    teacher_reader,
-                    config.distill_hidden_weight,
-                )
+                hidden = config.distill_hidden_weight
+                terms = distillation_terms(reader, encoder, part, ratio, prompt, teacher_reader, layers=hidden > 0)
+                loss = terms.loss(config.distill_weight, hidden)
+                for name, value in terms.detached().items():
+                    parts[name] = parts.get(name, 0) + value * share
             else:
                 loss = answer_loss(reader, encoder, part, ratio, prompt)
             (loss * share).backward()
             losses.append(loss.detach() * share)
         state["examples"] += len(batch)
         state["target_tokens"] += targets
-    return losses, ratio, prompt
+    return losses, parts, ratio, prompt
 
 
 def reading_passes(batch: list[TrainExample], max_tokens: int | None) -> list[list[TrainExample]]:
@@ -329,14 +326,17 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
             group["lr"] = lr_at(step, state["total_steps"], config) * group["lr_scale"]
         out_of_memory = False
         try:
-            losses, ratio, prompt = accumulate_gradients(config, step, sample, reader, encoder, state, teacher_reader)
+            losses, parts, ratio, prompt = accumulate_gradients(
+                config, step, sample, reader, encoder, state, teacher_reader
+            )
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         except torch.OutOfMemoryError:
             # One batch too large for the device costs its step, not the run (a time-budgeted stage saves
             # nothing until it ends). Its tensors are freed once the handler is left.
             out_of_memory = True
         if out_of_memory:
-            losses, ratio, prompt, grad_norm = [torch.tensor(math.nan)], None, None, torch.tensor(math.nan)
+            losses, parts, ratio, prompt = [torch.tensor(math.nan)], {}, None, None
+            grad_norm = torch.tensor(math.nan)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         if torch.isfinite(grad_norm):
@@ -376,6 +376,8 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
                 "elapsed_s": round(state["elapsed_s"], 1),
                 "sequences_per_s": round(state["examples"] / max(state["elapsed_s"], 1e-9), 1),
             }
+            if parts:  # the distilled loss's terms, unweighted: which of them the run is still learning
+                record["terms"] = {name: round(float(value), 4) for name, value in parts.items()}
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=f"{total_loss:.3f}", ratio=ratio)

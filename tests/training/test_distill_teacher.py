@@ -11,7 +11,7 @@ from test_training import tiny_config, write_tiny_data
 
 from comprexit_rag.errors import CheckpointError, InvalidInputError
 from comprexit_rag.reading.reader import Reader
-from comprexit_rag.training import trainer
+from comprexit_rag.training import losses, trainer
 from comprexit_rag.training.trainer import build_encoder, make_sampler, train
 
 
@@ -39,8 +39,8 @@ def test_the_teacher_is_the_full_lora_adapter_and_stays_frozen(make_tiny_backbon
     encoder = build_encoder(config, backbone)
     batch, prompt = make_sampler(config, backbone)[0](random.Random(0))
     student = Reader(backbone, adapter=None)
-    by_itself = trainer.distilled_loss(student, encoder, batch, 4, prompt, 0.5)
-    by_teacher = trainer.distilled_loss(student, encoder, batch, 4, prompt, 0.5, teacher)
+    by_itself = losses.distilled_loss(student, encoder, batch, 4, prompt, 0.5)
+    by_teacher = losses.distilled_loss(student, encoder, batch, 4, prompt, 0.5, teacher)
     assert not torch.isclose(by_itself, by_teacher)  # another teacher, another KL
     by_teacher.backward()
     assert all(p.grad is None for p in teacher.adapter.parameters())

@@ -97,6 +97,34 @@ def test_a_run_distils_the_layers_alone(make_tiny_backbone, data, tmp_path):
     assert summary["config"]["distill_hidden_weight"] == 0.5 and summary["config"]["distill_weight"] == 0.0
 
 
+def test_the_log_records_each_term_of_the_distilled_loss(make_tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "run", data, "comprexit", "sft", distill_weight=0.5, distill_hidden_weight=2.0)
+    train(config, make_tiny_backbone())
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        terms = record["terms"]
+        assert set(terms) == {"cross_entropy", "kl", "layer_distance"}
+        assert terms["kl"] > 0 and 0 < terms["layer_distance"] < 2  # an untrained head's slots are not the text
+        # The terms, weighted as configured, are the logged loss (up to the log's rounding).
+        weighted = terms["cross_entropy"] + 0.5 * terms["kl"] + 2.0 * terms["layer_distance"]
+        assert weighted == pytest.approx(record["loss"], abs=2e-3)
+    plain = tiny_config(tmp_path / "plain", data, "comprexit", "sft")
+    train(plain, make_tiny_backbone())
+    assert all("terms" not in json.loads(line) for line in (tmp_path / "plain" / "log.jsonl").read_text().splitlines())
+
+
+def test_terms_without_the_layer_distance_refuse_a_layer_weight(tiny_backbone, data, tmp_path):
+    config = tiny_config(tmp_path / "d", data, "comprexit", "sft", distill_weight=0.5)
+    encoder = build_encoder(config, tiny_backbone)
+    batch, prompt = make_sampler(config, tiny_backbone)[0](random.Random(0))
+    terms = losses.distillation_terms(Reader(tiny_backbone, adapter=None), encoder, batch, 4, prompt)
+    assert terms.layer_distance is None and set(terms.detached()) == {"cross_entropy", "kl"}
+    torch.testing.assert_close(terms.loss(0.5), terms.cross_entropy + 0.5 * terms.kl)
+    with pytest.raises(ValueError, match="layers=True"):
+        terms.loss(0.5, hidden_weight=1.0)
+
+
 def test_the_layer_weight_is_checked(data, tmp_path):
     with pytest.raises(InvalidInputError, match="distill_hidden_weight must be >= 0"):
         tiny_config(tmp_path / "a", data, "comprexit", "sft", distill_hidden_weight=-1.0)

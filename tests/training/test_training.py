@@ -40,7 +40,7 @@ from comprexit_rag.prompts import ContinuationPrompt, QAPrompt, ReconstructionPr
 from comprexit_rag.reading.adapter import ADAPTER_DIR, ReaderAdapter, ReaderAdapterConfig
 from comprexit_rag.reading.batch_layout import IGNORE_INDEX
 from comprexit_rag.reading.reader import Reader
-from comprexit_rag.training import checkpoints, trainer
+from comprexit_rag.training import checkpoints, losses, trainer
 from comprexit_rag.training.checkpoints import checkpoint_files, read_state
 from comprexit_rag.training.data import MAX_ANSWER_TOKENS, PretrainCorpus, QATrainingSet, corpus_key
 from comprexit_rag.training.examples import TrainExample
@@ -1334,7 +1334,7 @@ def test_distillation_adds_the_kl_to_the_full_text_reader(tiny_backbone, data, t
     batch, prompt = sample(random.Random(0))
     reader = Reader(tiny_backbone, adapter=None)
     plain = answer_loss(reader, encoder, batch, 4, prompt)
-    distilled = trainer.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
+    distilled = losses.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
     assert distilled.item() > plain.item()  # an untrained head's slots are not the text: KL > 0
     distilled.backward()
     assert all(p.grad is not None for p in encoder.trainable.parameters() if p.requires_grad)
@@ -1420,7 +1420,7 @@ def batch_gradients(reader: Reader, encoder, batches: list) -> list[tuple[float,
     parameters = [p for p in encoder.trainable.parameters() if p.requires_grad] + reader.adapter.parameters()
     results = []
     for batch, prompt in batches:
-        loss = trainer.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
+        loss = losses.distilled_loss(reader, encoder, batch, 4, prompt, 0.5)
         results.append((loss.item(), torch.autograd.grad(loss, parameters)))
     return results
 
