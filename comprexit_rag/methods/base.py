@@ -9,7 +9,6 @@ their slots are keyed by.
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ Query = str | Sequence[str] | None  # the question: one for all passages, or one
 class Compressor(Protocol):
     """What the pipeline, the slot service and the integrations call, whatever the method.
 
-    ``fingerprint`` names the slots it makes (backbone, weights, config, reader adapter): stores key
+    ``fingerprint`` names the slots it makes (backbone, the module's weights and config): stores key
     on it. ``max_ratio`` bounds the ratio it accepts (the transport window of a slot head, COMI's
     ``max_ratio``), ``default_ratio`` is the one it was configured with. A ``query_aware`` compressor
     reads the question with each passage (``query`` is required), so its slots are made per query and
@@ -189,12 +188,15 @@ class ModuleCompressor(abc.ABC):
 
     def slot_digest(self) -> str:
         """A hash of what the slots depend on besides the passage (and, when query-aware, the question): the
-        module's config and weights and the reader adapter's, since slots are only meaningful read through
-        the adapter they were trained with."""
-        digest = head_digest(self.module, salt=self.backbone.fingerprint.digest)
-        if self.reader_adapter is None:
-            return digest
-        return hashlib.sha256(f"{digest}/reader-adapter:{self.reader_adapter.digest}".encode()).hexdigest()[:16]
+        module's config and weights over this backbone.
+
+        The reader adapter is not part of it: the backbone pass that feeds the module runs with the adapter
+        disabled, so a module's slots are the same whichever adapter reads them, and a store keeps them when the
+        reader is tuned again with the module frozen (``train --freeze-module``). What keeps slots from an
+        adapter trained for another module is the adapter's ``paired_head``, checked when the two are put
+        together, and the mark :meth:`soft_context` puts on the slots, checked by the reader.
+        """
+        return head_digest(self.module, salt=self.backbone.fingerprint.digest)
 
     def soft_context(
         self,

@@ -273,7 +273,7 @@ class ReaderAdapter:
 
     @property
     def digest(self) -> str:
-        """A hash of the weights and config; compressor fingerprints include it. Call
+        """A hash of the weights and config: the mark on the slots read through it, which the reader checks. Call
         :meth:`refresh_digest` after changing the weights in place (training)."""
         if self._digest is None:
             self._digest = state_digest(asdict(self.config), self.state_dict())

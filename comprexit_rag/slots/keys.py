@@ -37,5 +37,5 @@ def query_key(query: str, text: str) -> str:
 
 
 def store_fingerprint(compressor_fingerprint: str, ratio: int) -> str:
-    """The fingerprint of a slot store: the compressor's (backbone, weights, config, adapter) and the ratio."""
+    """The fingerprint of a slot store: the compressor's (backbone, the module's weights and config) and the ratio."""
     return f"{compressor_fingerprint}/ratio={ratio}"

@@ -17,6 +17,7 @@ from comprexit_rag.methods.comprexit.compressor import ComprExITCompressor
 from comprexit_rag.reading.adapter import ADAPTER_DIR, PEFT_WEIGHTS_NAME, ReaderAdapter, ReaderAdapterConfig
 from comprexit_rag.reading.pairing import FROZEN_READER
 from comprexit_rag.reading.widening import widen
+from comprexit_rag.slots.service import SlotService
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
@@ -268,9 +269,9 @@ def test_bad_adapter_files_raise_typed_errors(fresh_tiny_backbone, make_tiny_bac
         ReaderAdapterConfig(scope="answers")
 
 
-def head_with_adapter(backbone, directory) -> None:
-    head = ComprExITHead.for_backbone(backbone, ratio=4)
-    adapter = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4)))
+def head_with_adapter(backbone, directory, head: ComprExITHead | None = None, seed: int = 1) -> None:
+    head = head if head is not None else ComprExITHead.for_backbone(backbone, ratio=4)
+    adapter = randomised(ReaderAdapter.create(backbone, ReaderAdapterConfig(rank=4)), seed)
     head.save_pretrained(directory)
     adapter.paired_head = head_digest(head)
     adapter.save_pretrained(directory / ADAPTER_DIR)
@@ -282,7 +283,8 @@ def test_a_head_checkpoint_brings_its_adapter_and_slots_demand_it(fresh_tiny_bac
     plain = ComprExITCompressor(backbone, ComprExITHead.from_pretrained(tmp_path / "head"))
     compressor = ComprExITCompressor.from_pretrained(tmp_path / "head", backbone)
     assert compressor.reader_adapter is not None
-    assert compressor.fingerprint != plain.fingerprint  # stored slots never meet the wrong adapter
+    # The slots are the head's alone (the pass that feeds it runs without the adapter); the mark says who reads them.
+    assert compressor.fingerprint == plain.fingerprint
 
     soft = compressor.compress(["Gustave Eiffel's company built the tower."], ratio=4)
     assert soft.reader_adapter == compressor.reader_adapter.digest
@@ -299,6 +301,41 @@ def test_a_head_checkpoint_brings_its_adapter_and_slots_demand_it(fresh_tiny_bac
     other_head = ComprExITHead.for_backbone(backbone, ratio=4)
     with pytest.raises(AdapterMismatchError, match="was trained with module"):
         ComprExITCompressor(backbone, other_head, reader_adapter=compressor.reader_adapter)
+
+
+def test_a_store_keeps_a_heads_slots_for_an_adapter_tuned_again_with_the_head_frozen(
+    fresh_tiny_backbone, make_tiny_backbone, tmp_path
+):
+    texts = ["Gustave Eiffel's company built the tower.", "The bridge opened in 1932."]
+    head = ComprExITHead.for_backbone(fresh_tiny_backbone, ratio=4)
+    head_with_adapter(fresh_tiny_backbone, tmp_path / "first", head, seed=1)
+    head_with_adapter(fresh_tiny_backbone, tmp_path / "retuned", head, seed=2)  # the same head, another adapter
+    first = ComprExITCompressor.from_pretrained(tmp_path / "first", make_tiny_backbone())
+    retuned = ComprExITCompressor.from_pretrained(tmp_path / "retuned", make_tiny_backbone())
+    assert first.reader_adapter.digest != retuned.reader_adapter.digest
+    assert first.fingerprint == retuned.fingerprint
+
+    written = SlotService(first, tmp_path / "store").lookup(texts, ratio=4)
+    read = SlotService(retuned, tmp_path / "store").lookup(texts, ratio=4)
+    assert (written.misses, read.hits, read.misses) == (2, 2, 0)  # kept, not compressed again
+    fresh = retuned.compress(texts, ratio=4)
+    for kept, made in zip(read.slots, fresh.passages(), strict=True):
+        torch.testing.assert_close(kept, made.half().float())  # what the retuned compressor makes itself
+    # Read back, the slots are marked for the adapter of the compressor that reads them.
+    assert read.context.reader_adapter == retuned.reader_adapter.digest
+    assert written.context.reader_adapter == first.reader_adapter.digest
+    assert isinstance(
+        Reader(retuned.backbone, adapter=retuned.reader_adapter, max_new_tokens=2).generate(
+            "Who built it?", read.context.select([0])
+        ),
+        str,
+    )
+    with pytest.raises(AdapterMismatchError):
+        Reader(first.backbone, adapter=first.reader_adapter).generate("Who built it?", read.context.select([0]))
+    # An adapter trained with another head still never reaches these slots: the pair is refused.
+    another_head = ComprExITHead.for_backbone(retuned.backbone, ratio=4)
+    with pytest.raises(AdapterMismatchError, match="was trained with module"):
+        ComprExITCompressor(retuned.backbone, another_head, reader_adapter=retuned.reader_adapter)
 
 
 def test_several_attached_adapters_must_be_chosen(fresh_tiny_backbone):

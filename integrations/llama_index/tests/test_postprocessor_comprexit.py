@@ -249,7 +249,10 @@ def test_a_comi_merger_directory_brings_its_reader_adapter(fresh_tiny_backbone, 
 
     assert postprocessor.comi.reader_adapter is not None
     assert postprocessor.comi.reader_adapter.digest == adapter.digest
-    assert postprocessor.comi.fingerprint != COMICompressor(backbone, merger).fingerprint
+    # The fingerprint names the merger alone (slots do not depend on the adapter); the slots name the adapter.
+    assert postprocessor.comi.fingerprint == COMICompressor(backbone, merger).fingerprint
+    soft = postprocessor.comi.compress(["Gustave Eiffel's company built the tower."], query="Who built it?")
+    assert soft.reader_adapter == adapter.digest
 
 
 @pytest.mark.parametrize("streaming", [False, True])
