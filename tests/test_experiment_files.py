@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -30,3 +31,13 @@ def test_runs_directory_is_substituted_in_text_options(tmp_path):
     families = run.resolved(tmp_path)["qa_families"]
     assert families[-1] == f"teacher:{tmp_path}/teacher-qa/2wiki.jsonl" and families[0] == "squad"
     assert any("{runs}/teacher-qa/2wiki.jsonl" in argument for argument in experiment.prepare[0])
+
+
+def test_the_neighbours_a_gpu_session_needs_are_found_among_every_stage_file():
+    # prepare_neighbours.py reads every stage file; one that needs an init_from (a frozen-head stage) stopped it.
+    spec = importlib.util.spec_from_file_location("prepare_neighbours", ROOT / "benchmarks/gpu/prepare_neighbours.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    stages = ROOT / "experiments" / "reader_adapter"
+    assert (stages / "sft-4x-mixed-frozen-head.json").is_file()
+    assert prepare.retrieved_distractor_sets(stages) == {(("squad", "nq", "hotpotqa", "musique"), 9)}

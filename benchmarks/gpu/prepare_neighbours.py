@@ -39,17 +39,25 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     tokenizer = Backbone.from_pretrained(device="cpu").tokenizer
-    wanted = set()
-    for path in sorted(EXPERIMENTS.glob("*.json")):
-        config = TrainConfig(output_dir="unused", **json.loads(path.read_text()))
-        if config.retrieved_distractor_share:
-            wanted.add((tuple(config.qa_families or DEFAULT_QA_FAMILIES), config.max_distractors))
-            logging.info("%s draws retrieved distractors", path.name)
-    for families, k in sorted(wanted):
+    for families, k in sorted(retrieved_distractor_sets(EXPERIMENTS)):
         QATrainingSet.build(tokenizer, families=families, retrieved_distractors=k, embedder_device=args.device)
 
     # What slot_quality.py --nq-retrieved reads (the embedder on its default device).
     load_examples(str(data_file(NQ_OPEN_FILE)), "nq-open", "dev", "distractor", None, args.retrieved)
+
+
+def retrieved_distractor_sets(experiments: Path) -> set[tuple[tuple[str, ...], int]]:
+    """(QA families, neighbours per question) of every experiment file in ``experiments`` that draws retrieved
+    distractors. Only those are built as configs: the others may need what is not here (an ``init_from``)."""
+    wanted = set()
+    for path in sorted(experiments.glob("*.json")):
+        settings = json.loads(path.read_text())
+        if not settings.get("retrieved_distractor_share"):
+            continue
+        config = TrainConfig(output_dir="unused", **settings)
+        wanted.add((tuple(config.qa_families or DEFAULT_QA_FAMILIES), config.max_distractors))
+        logging.info("%s draws retrieved distractors", path.name)
+    return wanted
 
 
 if __name__ == "__main__":
