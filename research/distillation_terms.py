@@ -61,7 +61,9 @@ def nq_examples(backbone: Backbone, count: int) -> list[TrainExample]:
 
 
 @torch.no_grad()
-def mean_terms(reader: Reader, encoder: StoredSlotEncoder, examples: list[TrainExample], ratio: int, batch_size: int):
+def mean_terms(
+    reader: Reader, encoder: StoredSlotEncoder, examples: list[TrainExample], ratio: int, batch_size: int
+) -> dict[str, float]:
     """Each term's mean over the examples' answer tokens."""
     sums: dict[str, float] = {}
     tokens = 0
