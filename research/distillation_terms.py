@@ -32,19 +32,9 @@ from comprexit_rag.methods.comprexit import ComprExITCompressor
 from comprexit_rag.prompts import QAPrompt, answer_end_token_id
 from comprexit_rag.reading.reader import Reader
 from comprexit_rag.training.data import MAX_PASSAGE_TOKENS, tokenize_passages
+from comprexit_rag.training.encoders import SlotHeadEncoder
 from comprexit_rag.training.examples import TrainExample
 from comprexit_rag.training.losses import distillation_terms
-
-
-class StoredSlotEncoder:
-    """A compressor's slots for each example's passages, concatenated in order (what the reader reads at
-    indexing time, without gradients)."""
-
-    def __init__(self, compressor: ComprExITCompressor) -> None:
-        self.compressor = compressor
-
-    def encode(self, batch: list[TrainExample], ratio: int) -> list[torch.Tensor]:
-        return [self.compressor.compress_token_ids(e.passage_ids, ratio=ratio).embeddings() for e in batch]
 
 
 def nq_examples(backbone: Backbone, count: int) -> list[TrainExample]:
@@ -62,7 +52,7 @@ def nq_examples(backbone: Backbone, count: int) -> list[TrainExample]:
 
 @torch.no_grad()
 def mean_terms(
-    reader: Reader, encoder: StoredSlotEncoder, examples: list[TrainExample], ratio: int, batch_size: int
+    reader: Reader, encoder: SlotHeadEncoder, examples: list[TrainExample], ratio: int, batch_size: int
 ) -> dict[str, float]:
     """Each term's mean over the examples' answer tokens."""
     sums: dict[str, float] = {}
@@ -93,7 +83,9 @@ def main() -> None:
     for name, directory in (item.split("=", 1) for item in args.checkpoint):
         compressor = ComprExITCompressor.from_pretrained(directory, backbone)
         reader = Reader(backbone, adapter=compressor.reader_adapter)
-        terms = mean_terms(reader, StoredSlotEncoder(compressor), examples, args.ratio, args.batch_size)
+        # The QA stage's own encoder: the slots its loss reads, without gradients here.
+        encoder = SlotHeadEncoder(backbone, compressor.module, "comprexit")
+        terms = mean_terms(reader, encoder, examples, args.ratio, args.batch_size)
         rows.append({"checkpoint": name, "directory": directory, **terms})
         logging.info("%s", rows[-1])
     report = {"command": " ".join(["python", *sys.argv]), "nq": len(examples), "ratio": args.ratio, "rows": rows}
