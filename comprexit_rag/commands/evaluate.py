@@ -48,14 +48,19 @@ def load_examples(
     loader, family = FORMATS[data_format]
     examples: list[QAExample] = read_qa_file(loader, path, data_format)
     pool = [passage for example in examples for passage in example.passages]
-    if split == "dev":
+    if split != "all":
         try:
-            dev_ids = {e.id for e in load_split(family, "dev")}
+            split_ids = {e.id for e in load_split(family, split)}
         except DataNotFoundError:
-            dev_ids = set()
-        kept = [e for e in examples if e.id in dev_ids]
+            split_ids = set()
+        kept = [e for e in examples if e.id in split_ids]
         if kept:
             examples = kept
+        elif split == "train":  # scores on the training questions are asked for on purpose: never substitute
+            raise InvalidInputError(
+                f"--data {path} holds no example of the project's {family} train split. Pass one of the shared "
+                "data files that the split is drawn from, or --split all."
+            )
         else:
             logger.warning("%s has no example of the project's dev split; evaluating all of it.", path)
     if context == "gold":
@@ -153,10 +158,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split",
-        choices=("dev", "all"),
+        choices=("dev", "train", "all"),
         default="dev",
         help="dev: keep only this project's held-out dev split when the file is one of the shared data files "
-        "(a file with no example in the split is used whole); all: every example",
+        "(a file with no example in the split is used whole); train: only the examples the QA stage trains on "
+        "(against dev, how much of a score is memorised); all: every example",
     )
     parser.add_argument(
         "--contexts-from",

@@ -168,9 +168,7 @@ def accumulate_gradients(
     losses = []
     parts: dict[str, torch.Tensor] = {}
     for micro in range(config.grad_accum):
-        rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
-        ratio = rng.choice(config.ratios)
-        batch, prompt = sample(rng)
+        ratio, batch, prompt = draw_batch(config, step, micro, sample)
         targets = sum(len(example.target_ids) for example in batch)
         for part in reading_passes(batch, config.max_pass_tokens):
             # Both losses are means over target tokens: weighting each pass by its share of them gives the
@@ -189,6 +187,16 @@ def accumulate_gradients(
         state["examples"] += len(batch)
         state["target_tokens"] += targets
     return losses, parts, ratio, prompt
+
+
+def draw_batch(config: TrainConfig, step: int, micro: int, sample: Sampler) -> tuple[int, list[TrainExample], Prompt]:
+    """The ratio, examples and prompt of micro-batch ``micro`` of step ``step``: a function of (seed, step,
+    micro) alone, so a resumed run draws the batches it would have drawn, and a replay of a run's draws
+    (``research/seen_questions.py``) finds the examples it trained on."""
+    rng = random.Random(config.seed * 1_000_003 + step * 101 + micro)
+    ratio = rng.choice(config.ratios)
+    batch, prompt = sample(rng)
+    return ratio, batch, prompt
 
 
 def reading_passes(batch: list[TrainExample], max_tokens: int | None) -> list[list[TrainExample]]:

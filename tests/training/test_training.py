@@ -49,6 +49,7 @@ from comprexit_rag.training.trainer import (
     TrainConfig,
     answer_loss,
     build_encoder,
+    draw_batch,
     make_sampler,
     save_module_and_adapter,
     train,
@@ -253,6 +254,18 @@ def test_qa_families_choose_what_the_qa_stage_draws_from(tiny_backbone, data, tm
     assert not any(e.question in policy_questions for seed in range(5) for e in default(random.Random(seed))[0])
     with pytest.raises(InvalidInputError, match="qa_families must name some of"):
         tiny_config(tmp_path / "run", root, qa_families=["trivia"])
+
+
+def test_a_runs_batches_replay_from_its_config_alone(tiny_backbone, data, tmp_path):
+    # research/seen_questions.py counts the questions a finished run trained on by replaying draw_batch.
+    config = tiny_config(tmp_path / "run", data, max_steps=4, grad_accum=2, text_share=0.5)
+    summary = train(config, tiny_backbone)
+    sample, _ = make_sampler(config, tiny_backbone)
+    batches = [draw_batch(config, step, micro, sample) for step in range(4) for micro in range(2)]
+    assert sum(len(e.target_ids) for _, batch, _ in batches for e in batch) == summary["target_tokens_seen"]
+    assert sum(len(batch) for _, batch, _ in batches) == summary["examples_seen"]
+    assert draw_batch(config, 3, 1, sample)[1] == batches[-1][1]
+    assert draw_batch(replace(config, seed=1), 3, 1, sample)[1] != batches[-1][1]
 
 
 def tiny_config(output: Path, data: Path, method: str = "comprexit", stage: str = "sft", **overrides) -> TrainConfig:
