@@ -164,6 +164,12 @@ class TrainConfig:
         help="distillation: a full-lora checkpoint (a `train --method full-lora` run's final/) whose adapter, reading "
         "the raw passages, is the teacher instead of the reader being trained"
     )
+    passage_reconstruction_weight: float = option(
+        0.0,
+        "SFT of stored slots: in every QA step, also write each passage of the batch back from its own slots "
+        "(reconstruction prompt), this weight x its mean cross-entropy, so the QA stage keeps what the slots hold "
+        "(0: off)",
+    )
     log_every: int = option(10, "steps between log.jsonl lines", positive=True)
     save_every: int = option(200, "steps between checkpoints", positive=True)
     data_root: str | None = option(help="data directory (default: $COMPREXIT_DATA or ../shared/data)", flag="--data")
@@ -217,7 +223,7 @@ class TrainConfig:
             self.context_lengths = [128, 256, 384, self.context_length]
         if not self.context_lengths or any(length <= 0 for length in self.context_lengths):
             raise InvalidInputError(f"context_lengths must be positive token counts, got {self.context_lengths}.")
-        for name in ("distill_weight", "distill_hidden_weight"):
+        for name in ("distill_weight", "distill_hidden_weight", "passage_reconstruction_weight"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}.")
         distilled = self.distill_weight or self.distill_hidden_weight
@@ -226,6 +232,11 @@ class TrainConfig:
         if self.distill_teacher and not distilled:
             raise InvalidInputError(
                 "distill_teacher is the teacher of distillation: set distill_weight or distill_hidden_weight > 0 too."
+            )
+        if self.passage_reconstruction_weight and (self.stage != "sft" or not spec.storable):
+            raise InvalidInputError(
+                "passage_reconstruction_weight rewrites passages from their stored slots in a QA stage: it applies to "
+                f"the sft stage of {', '.join(name for name in method_names() if get_method(name).storable)}."
             )
         if self.max_pass_tokens is not None:
             check_positive_int(self.max_pass_tokens, "max_pass_tokens")

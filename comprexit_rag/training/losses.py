@@ -25,6 +25,12 @@ def answer_loss(
     return linear_cross_entropy(hidden, head.weight, labels, head.bias)
 
 
+def passage_reconstructions(batch: list[TrainExample], stop_id: int) -> list[TrainExample]:
+    """Each passage of ``batch`` as a reconstruction example: compressed alone, as in the batch, and written out
+    whole from its slots (read with the reconstruction prompt)."""
+    return [TrainExample([ids], "", [*ids, stop_id]) for example in batch for ids in example.passage_ids]
+
+
 @dataclass(frozen=True)
 class DistillationTerms:
     """The parts of the distilled loss, each a mean over its positions: the targets' cross-entropy, KL(teacher ||

@@ -36,7 +36,7 @@ from .config import TrainConfig, check_method_and_stage
 from .contexts import ContextEncoder
 from .data import DEFAULT_QA_FAMILIES, PretrainCorpus, QATrainingSet
 from .examples import TrainExample
-from .losses import answer_loss, distillation_terms
+from .losses import answer_loss, distillation_terms, passage_reconstructions
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +159,15 @@ def accumulate_gradients(
     encoder: ContextEncoder,
     state: dict,
     teacher_reader: Reader | None = None,
+    stop_id: int | None = None,
 ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], int, Prompt]:
     """The forward and backward passes of one optimiser step: its ``grad_accum`` micro-batches, each read in
     :func:`reading_passes`, their gradients summed in the parameters. Returns the passes' losses, each
     weighted by its share of the step (on the device: reading one waits for the step), the distilled loss's
     terms weighted the same way (none without distillation), and the last micro-batch's ratio and prompt;
-    counts the examples and target tokens in ``state``."""
+    counts the examples and target tokens in ``state``. With ``passage_reconstruction_weight``, the passages of a
+    batch read with the QA prompt (QA examples and reading tasks) are also written back from their slots (ended
+    by ``stop_id``), and that term is added the same way."""
     losses = []
     parts: dict[str, torch.Tensor] = {}
     for micro in range(config.grad_accum):
@@ -184,6 +187,15 @@ def accumulate_gradients(
                 loss = answer_loss(reader, encoder, part, ratio, prompt)
             (loss * share).backward()
             losses.append(loss.detach() * share)
+        if config.passage_reconstruction_weight and isinstance(prompt, QAPrompt):
+            rebuilt = passage_reconstructions(batch, stop_id)
+            rebuilt_tokens = sum(len(example.target_ids) for example in rebuilt)
+            for part in reading_passes(rebuilt, config.max_pass_tokens):
+                share = sum(len(example.target_ids) for example in part) / rebuilt_tokens / config.grad_accum
+                loss = answer_loss(reader, encoder, part, ratio, ReconstructionPrompt())
+                (config.passage_reconstruction_weight * share * loss).backward()
+                losses.append(config.passage_reconstruction_weight * share * loss.detach())
+                parts["passage_reconstruction"] = parts.get("passage_reconstruction", 0) + loss.detach() * share
         state["examples"] += len(batch)
         state["target_tokens"] += targets
     return losses, parts, ratio, prompt
@@ -303,6 +315,7 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
 
     sample, data_identity = make_sampler(config, backbone)
     teacher_reader = distillation_teacher(config, backbone)
+    stop_id = answer_end_token_id(backbone.tokenizer) if config.passage_reconstruction_weight else None
     if teacher_reader is not None:  # its answers are the distilled targets: a resumed run needs the same teacher
         data_identity["distill_teacher"] = teacher_reader.adapter.digest
     state = {
@@ -335,7 +348,7 @@ def _train(config: TrainConfig, backbone: Backbone) -> dict:
         out_of_memory = False
         try:
             losses, parts, ratio, prompt = accumulate_gradients(
-                config, step, sample, reader, encoder, state, teacher_reader
+                config, step, sample, reader, encoder, state, teacher_reader, stop_id
             )
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         except torch.OutOfMemoryError:

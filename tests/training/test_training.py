@@ -268,6 +268,39 @@ def test_a_runs_batches_replay_from_its_config_alone(tiny_backbone, data, tmp_pa
     assert draw_batch(replace(config, seed=1), 3, 1, sample)[1] != batches[-1][1]
 
 
+def test_passage_reconstruction_adds_the_batchs_passages_written_back_from_their_slots(tiny_backbone, data, tmp_path):
+    runs = {}
+    for weight in (0.0, 2.0):  # the same start and QA batch: the logged loss differs by the weighted term alone
+        config = tiny_config(
+            tmp_path / f"w{weight}", data, max_steps=1, text_share=0.0, passage_reconstruction_weight=weight
+        )
+        train(config, tiny_backbone)
+        runs[weight] = json.loads((Path(config.output_dir) / "log.jsonl").read_text().splitlines()[0])
+    term = runs[2.0]["terms"]["passage_reconstruction"]
+    assert term > 0 and "terms" not in runs[0.0]
+    assert runs[2.0]["loss"] == pytest.approx(runs[0.0]["loss"] + 2.0 * term, rel=1e-3)
+
+    batch = [TrainExample([[5, 6], [7]], "q?", [1, 9]), TrainExample([[8, 8, 8]], "q?", [2, 9])]
+    assert [(e.passage_ids, e.question, e.target_ids) for e in losses.passage_reconstructions(batch, 9)] == [
+        ([[5, 6]], "", [5, 6, 9]),
+        ([[7]], "", [7, 9]),
+        ([[8, 8, 8]], "", [8, 8, 8, 9]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "stage", "weight", "message"),
+    [
+        ("comprexit", "sft", -0.5, "must be >= 0"),
+        ("comprexit", "pretrain", 0.5, "applies to the sft stage"),
+        ("comi", "sft", 0.5, "applies to the sft stage of comprexit, mean-pool"),
+    ],
+)
+def test_passage_reconstruction_is_refused_where_no_stored_slots_are_trained(tmp_path, method, stage, weight, message):
+    with pytest.raises(InvalidInputError, match=message):
+        tiny_config(tmp_path / "run", tmp_path, method, stage, passage_reconstruction_weight=weight)
+
+
 def tiny_config(output: Path, data: Path, method: str = "comprexit", stage: str = "sft", **overrides) -> TrainConfig:
     """A 3-step run of batch 2 on short contexts; no weight decay, so only gradients move weights."""
     settings = {
