@@ -807,14 +807,27 @@ def test_cli_refuses_to_pretrain_comi_before_loading_anything(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_one_sft_step_on_the_real_backbone_moves_the_head(real_backbone, data, tmp_path):
-    config = tiny_config(tmp_path / "real", data, "comprexit", "sft", max_steps=1, lr=1e-3)
+@pytest.mark.parametrize("passage_reconstruction", [0.0, 0.5])
+def test_one_sft_step_on_the_real_backbone_moves_the_head(real_backbone, data, tmp_path, passage_reconstruction):
+    config = tiny_config(
+        tmp_path / "real",
+        data,
+        "comprexit",
+        "sft",
+        max_steps=1,
+        lr=1e-3,
+        text_share=0.0,
+        passage_reconstruction_weight=passage_reconstruction,
+    )
     before = initial_weights(config, real_backbone)
     summary = train(config, real_backbone)
     assert summary["steps"] == 1 and summary["skipped_steps"] == 0
     after = final_weights(config)
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed == list(before), f"unchanged: {sorted(set(before) - set(changed))}"
+    record = json.loads((Path(config.output_dir) / "log.jsonl").read_text())
+    if passage_reconstruction:  # an untrained head's slots: the passages read back at about no-context loss
+        assert 0 < record["terms"]["passage_reconstruction"] < 20
 
 
 def test_window_override_trains_and_saves_a_head_with_that_window(tiny_backbone, data, tmp_path):
