@@ -20,16 +20,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+GIVEN = "given_options"  # the namespace attribute naming the dataclass options given on the command line
+
+
+class _Given(argparse.Action):
+    """Stores the flag's value (``const`` for a switch) and notes that it was given: an option given on the
+    command line overrides a config file's value even when it equals the flag's default."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        setattr(namespace, GIVEN, getattr(namespace, GIVEN, frozenset()) | {self.dest})
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, config_class: type) -> None:
     """One flag per field of ``config_class``, read off the field: its metadata holds the help text and the
-    flag's settings (``flag``, ``choices``, ``positive``, ``cli_default``), its type and default the rest."""
+    flag's settings (``flag``, ``choices``, ``positive``, ``cli_default``), its type and default the rest. The
+    names of the ones given end up in the namespace's ``given_options``."""
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
         meta = field.metadata
         kind = _without_none(hints[field.name])
         options: dict[str, Any] = {"dest": field.name, "help": meta["help"], "default": _default(field)}
+        options["action"] = _Given
         if kind is bool:
-            options["action"] = "store_true"
+            options.update(nargs=0, const=True)
         elif typing.get_origin(kind) is list:
             options.update(nargs="+", type=typing.get_args(kind)[0])
         elif "choices" in meta:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..training.config import TrainConfig
-from ._args import add_dataclass_options
+from ._args import GIVEN, add_dataclass_options
 
 NAME = "train"
 HELP = "train a ComprExIT head (or a baseline's trainable part)"
@@ -33,8 +33,9 @@ def options(args: argparse.Namespace) -> dict:
         unknown = sorted(set(from_file) - names)
         if unknown:
             raise InvalidInputError(f"{args.config}: unknown training options {unknown}; see `comprexit-rag train -h`.")
-        defaults = {key: args.parser.get_default(key) for key in values}
-        values = from_file | {key: value for key, value in values.items() if value != defaults[key]}
+        given = getattr(args, GIVEN, frozenset())
+        defaults = {key: value for key, value in values.items() if key not in given}
+        values = from_file | {key: value for key, value in values.items() if key in given}
         for field in fields(TrainConfig):  # a required field the file leaves out takes its flag's default
             if field.default is MISSING and field.default_factory is MISSING and field.name not in values:
                 values[field.name] = defaults.get(field.name)

@@ -194,6 +194,21 @@ def test_commands_are_registered():
     assert parser.parse_args(["demo", "--questions", "2"]).questions == 2
 
 
+def test_train_flags_given_override_the_config_file_even_at_their_defaults(tmp_path):
+    from comprexit_rag.commands.train import options
+
+    experiment = tmp_path / "run.json"
+    experiment.write_text(json.dumps({"stage": "sft", "distill_weight": 0.5, "reader_adapter": True, "lr": 0.002}))
+    base = ["train", "--config", str(experiment), "--output-dir", str(tmp_path / "out")]
+    parser = build_parser()
+    from_file = options(parser.parse_args(base))
+    assert from_file["distill_weight"] == 0.5 and from_file["reader_adapter"] and from_file["lr"] == 0.002
+    given = options(parser.parse_args([*base, "--distill-weight", "0", "--lr", "1e-3", "--compile-layers"]))
+    assert given["distill_weight"] == 0.0  # the flag's default, given: it wins over the file
+    assert given["lr"] == 1e-3 and given["compile_layers"] is True and given["reader_adapter"] is True
+    assert "compile_layers" not in from_file  # neither in the file nor given: the dataclass default applies
+
+
 def test_index_folder_then_ask_json(tmp_path, folder_corpus, model_dirs, capsys, caplog):
     out = tmp_path / "rag"
     with caplog.at_level(logging.WARNING):
