@@ -29,6 +29,7 @@ file, is in ``benchmarks/results/reader_adapter/session39/cpu/README.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -49,11 +50,13 @@ from comprexit_rag.training.trainer import draw_batch, make_sampler
 logger = logging.getLogger("seen_questions")
 
 
-def drawable_questions(config: TrainConfig, backbone: Backbone) -> set[str]:
-    """The questions a stage can draw: its QA set leaves out answers over 64 tokens, which are not a random
-    subset (long answers), so questions it never draws because they are not in it are no control."""
-    qa = QATrainingSet.build(backbone.tokenizer, families=config.qa_families or DEFAULT_QA_FAMILIES)
-    return {item.question for items in qa.families.values() for item in items}
+@functools.cache
+def drawable_questions(families: tuple[str, ...], backbone: Backbone) -> frozenset[str]:
+    """The questions a stage with these QA families can draw: its QA set leaves out answers over 64 tokens,
+    which are not a random subset (long answers), so questions never drawn because they are not in it are no
+    control. Built once for the stages that share their families."""
+    qa = QATrainingSet.build(backbone.tokenizer, families=families)
+    return frozenset(item.question for items in qa.families.values() for item in items)
 
 
 def replay_stage(config: TrainConfig, steps: int, backbone: Backbone) -> tuple[Counter, int]:
@@ -139,7 +142,7 @@ def main() -> None:
     for text in args.stage:
         path, steps, expected = parse_stage(text)
         config = TrainConfig(**json.loads(path.read_text()) | {"output_dir": "unused"})
-        drawable |= drawable_questions(config, backbone)
+        drawable |= drawable_questions(tuple(config.qa_families or DEFAULT_QA_FAMILIES), backbone)
         drawn, target_tokens = replay_stage(config, steps, backbone)
         if expected is not None and target_tokens != expected:
             # Other batches than the run's would differ by hundreds of tokens or more (a QA answer is a few

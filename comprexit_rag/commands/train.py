@@ -33,12 +33,11 @@ def options(args: argparse.Namespace) -> dict:
         unknown = sorted(set(from_file) - names)
         if unknown:
             raise InvalidInputError(f"{args.config}: unknown training options {unknown}; see `comprexit-rag train -h`.")
-        given = getattr(args, GIVEN, frozenset())
-        defaults = {key: value for key, value in values.items() if key not in given}
-        values = from_file | {key: value for key, value in values.items() if key in given}
+        flags = values
+        values = from_file | {key: value for key, value in flags.items() if key in getattr(args, GIVEN, ())}
         for field in fields(TrainConfig):  # a required field the file leaves out takes its flag's default
             if field.default is MISSING and field.default_factory is MISSING and field.name not in values:
-                values[field.name] = defaults.get(field.name)
+                values[field.name] = flags.get(field.name)
     for required in ("stage", "output_dir"):
         if values.get(required) is None:
             raise InvalidInputError(f"--{required.replace('_', '-')} is required (on the command line or in --config).")

@@ -188,6 +188,8 @@ def accumulate_gradients(
             (loss * share).backward()
             losses.append(loss.detach() * share)
         if config.passage_reconstruction_weight and isinstance(prompt, QAPrompt):
+            # Passes of their own (a passage written out is a longer row than its question), so the frozen pass
+            # that feeds the head runs again on these passages: the cost of keeping each pass within its budget.
             rebuilt = passage_reconstructions(batch, stop_id)
             rebuilt_tokens = sum(len(example.target_ids) for example in rebuilt)
             for part in reading_passes(rebuilt, config.max_pass_tokens):
