@@ -2,7 +2,7 @@
 
 A reading pass pads every row to its longest (passage tokens + target). The mixed QA stage mixes
 single passages with 10- and 20-paragraph questions, so a batch read at once is mostly padding;
-:func:`comprexit_rag.training.trainer.reading_passes` cuts it into passes of at most N padded tokens,
+:func:`comprexit_rag.training.passes.reading_passes` cuts it into passes of at most N padded tokens,
 grouping examples by length. This draws the first ``--steps`` batches of an experiment config exactly
 as the trainer does (same seeds) and reports, for each budget, padded tokens / real tokens and the mean
 number of passes per step, next to cutting the batch in its sampled order. No model runs: only the
@@ -23,7 +23,8 @@ from pathlib import Path
 from comprexit_rag.backbone import Backbone
 from comprexit_rag.training.config import TrainConfig
 from comprexit_rag.training.examples import TrainExample
-from comprexit_rag.training.trainer import cut_in_order, make_sampler, reading_passes, row_tokens
+from comprexit_rag.training.passes import cut_in_order, reading_passes, row_tokens
+from comprexit_rag.training.trainer import make_sampler
 
 
 def padded(passes: list[list[TrainExample]]) -> int:

@@ -44,6 +44,7 @@ from comprexit_rag.training import checkpoints, losses, trainer
 from comprexit_rag.training.checkpoints import checkpoint_files, read_state
 from comprexit_rag.training.data import MAX_ANSWER_TOKENS, PretrainCorpus, QATrainingSet, corpus_key
 from comprexit_rag.training.examples import TrainExample
+from comprexit_rag.training.passes import reading_passes
 from comprexit_rag.training.teacher_forcing import target_logits
 from comprexit_rag.training.trainer import (
     TrainConfig,
@@ -1084,13 +1085,13 @@ def test_reading_passes_group_examples_by_length_within_the_token_budget():
         return sum(len(part) * max(len(e.passage_ids[0]) + len(e.target_ids) for e in part) for part in passes)
 
     batch = [example(4), example(28), example(3), example(28), example(3), example(4)]  # sizes 6 30 5 30 5 6
-    assert trainer.reading_passes(batch, None) == [batch]
-    passes = trainer.reading_passes(batch, 60)
+    assert reading_passes(batch, None) == [batch]
+    passes = reading_passes(batch, 60)
     assert [len(part) for part in passes] == [4, 2]  # the four short ones together, the two long ones together
     assert sorted(map(id, (e for part in passes for e in part))) == sorted(map(id, batch))  # each example once
     assert all(padded([part]) <= 60 for part in passes)
     assert padded(passes) == 4 * 6 + 2 * 30  # cut in batch order: [6, 30] [5, 30] [5, 6], 132 padded tokens
-    assert [len(part) for part in trainer.reading_passes(batch, 1)] == [1] * 6  # one example at least
+    assert [len(part) for part in reading_passes(batch, 1)] == [1] * 6  # one example at least
 
 
 @pytest.mark.parametrize(("method", "options"), [("full-lora", {}), ("comprexit", {"distill_weight": 0.5})])
