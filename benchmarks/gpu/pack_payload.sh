@@ -32,11 +32,13 @@ cd "$(dirname "$0")/../.."
 DATA=${COMPREXIT_DATA:-../shared/data}
 SHARDS=${SHARDS:-AB} STATE=${STATE:-} STATE_RUN=${STATE_RUN:-pretrain} INIT=${INIT:-} TEACHER=${TEACHER:-} TRAINED=${TRAINED:-}
 # PART_MB: what a call's 64 MiB leave beside the working tree that travels with every call (tracked and
-# untracked-not-ignored files; 54 MiB in session 30), less 1 MiB of slack. Counted in bytes: rounding the
-# tree down to whole MiB made session 30's parts overflow the limit. Files git tracks but the tree lacks
+# untracked-not-ignored files; 54 MiB in session 30), less 4 MiB of slack: parts packed in one session travel
+# in a later one, after that session's results have joined the tree (session 40's parts, packed with 1 MiB
+# of slack in session 38, no longer fit beside a tree grown by 3 MB). Counted in bytes: rounding the tree down
+# to whole MiB made session 30's parts overflow the limit. Files git tracks but the tree lacks
 # (shipped_heads.sh away) do not travel and are not counted.
 tree_bytes=$( (git ls-files -z --cached --others --exclude-standard | xargs -0 du -b 2> /dev/null || true) | awk '{ total += $1 } END { print total + 0 }')
-PART_MB=${PART_MB:-$(((64 * 1048576 - tree_bytes) / 1048576 - 1))}
+PART_MB=${PART_MB:-$(((64 * 1048576 - tree_bytes) / 1048576 - 4))}
 [ "$PART_MB" -ge 1 ] || { echo "the working tree leaves no room for a part (PART_MB=$PART_MB)" >&2; exit 2; }
 NEIGHBOURS=${NEIGHBOURS:-1}
 WORK=$(mktemp -d) PARTS=$(mktemp -d)
