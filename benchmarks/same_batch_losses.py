@@ -17,7 +17,8 @@ draw the same objective at every shared step, or they are not on the same batche
         --out benchmarks/results/reader_adapter/session40/same-batch-losses.json
 
 The report gives, per objective, the mean of (run - control) over the shared steps, its standard error over
-steps, and each step's pair; ``--from-step`` leaves out the warm-up.
+steps, and each step's pair; ``--from-step`` leaves out the warm-up and ``--until-step`` compares a finished run
+with one still running over the steps both have reached.
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ def comparable_loss(record: dict, left_out: dict[str, float]) -> float:
     return record["loss"] - sum(weight * terms.get(term, 0.0) for term, weight in left_out.items())
 
 
-def compare(run: dict[int, dict], control: dict[int, dict], left_out: dict[str, float], from_step: int) -> dict:
-    steps = sorted(step for step in run.keys() & control.keys() if step >= from_step)
+def compare(
+    run: dict[int, dict],
+    control: dict[int, dict],
+    left_out: dict[str, float],
+    from_step: int = 0,
+    until_step: int | None = None,
+) -> dict:
+    last = max(run.keys() | control.keys()) if until_step is None else until_step
+    steps = sorted(step for step in run.keys() & control.keys() if from_step <= step <= last)
     mismatched = [step for step in steps if run[step]["objective"] != control[step]["objective"]]
     if mismatched:
         raise SystemExit(
@@ -90,6 +98,7 @@ def main() -> None:
         help="terms of the run's loss that the control's loss lacks, with their weights",
     )
     parser.add_argument("--from-step", type=int, default=0, help="compare logged steps from this one on")
+    parser.add_argument("--until-step", type=int, help="and up to this one (default: the last both logged)")
     parser.add_argument("--out", type=Path, help="write the report here (JSON)")
     args = parser.parse_args()
     report = {
@@ -97,7 +106,10 @@ def main() -> None:
         "control": str(args.control),
         "left_out": dict(args.leave_out),
         "from_step": args.from_step,
-        "objectives": compare(read_steps(args.run), read_steps(args.control), dict(args.leave_out), args.from_step),
+        "until_step": args.until_step,
+        "objectives": compare(
+            read_steps(args.run), read_steps(args.control), dict(args.leave_out), args.from_step, args.until_step
+        ),
     }
     for objective, result in report["objectives"].items():
         means = f"run {result['run_mean']:.3f}, control {result['control_mean']:.3f}"

@@ -59,6 +59,12 @@ def test_from_step_leaves_the_warm_up_out(same_batch):
     assert [pair["step"] for pair in report["QAPrompt"]["pairs"]] == [30]
 
 
+def test_until_step_compares_only_the_steps_both_runs_reached(same_batch):
+    report = same_batch.compare({row["step"]: row for row in RUN}, {row["step"]: row for row in CONTROL}, {}, 0, 20)
+    assert [pair["step"] for pair in report["QAPrompt"]["pairs"]] == [10]
+    assert [pair["step"] for pair in report["ReconstructionPrompt"]["pairs"]] == [20]
+
+
 def test_logs_that_drew_other_objectives_are_refused(tmp_path):
     other = [dict(row, objective="ContinuationPrompt") if row["step"] == 20 else row for row in CONTROL]
     result = subprocess.run(
