@@ -50,8 +50,14 @@ def compare(
     from_step: int = 0,
     until_step: int | None = None,
 ) -> dict:
+    """Per objective, the run's loss (less ``left_out``) against the control's over the logged steps both have
+    in ``[from_step, until_step]``."""
     last = max(run.keys() | control.keys()) if until_step is None else until_step
     steps = sorted(step for step in run.keys() & control.keys() if from_step <= step <= last)
+    logged = {term for step in steps for term in run[step].get("terms", {})}
+    if missing := sorted(set(left_out) - logged):
+        # Left out of no step, a term would leave the run's loss as it is and the comparison would look valid.
+        raise SystemExit(f"the run's log has no term {missing} at the compared steps (logged: {sorted(logged)})")
     mismatched = [step for step in steps if run[step]["objective"] != control[step]["objective"]]
     if mismatched:
         raise SystemExit(

@@ -105,6 +105,11 @@ def test_the_command_writes_its_report(tmp_path):
     assert report["objectives"]["QAPrompt"]["difference"] == pytest.approx(-0.25)
 
 
+def test_a_term_the_run_never_logged_is_refused(same_batch):
+    with pytest.raises(SystemExit, match="no term"):
+        same_batch.compare({row["step"]: row for row in RUN}, {row["step"]: row for row in CONTROL}, {"kl": 0.5})
+
+
 def test_a_malformed_term_is_a_usage_error(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--run", "a", "--control", "b", "--leave-out", "passage_reconstruction"],
