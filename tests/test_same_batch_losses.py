@@ -29,6 +29,13 @@ def write_log(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def run_script(tmp_path: Path, control: list[dict], *options: str) -> subprocess.CompletedProcess:
+    """The script, as a command, on RUN against ``control`` with ``options``."""
+    run, control_log = write_log(tmp_path / "run.jsonl", RUN), write_log(tmp_path / "control.jsonl", control)
+    command = [sys.executable, str(SCRIPT), "--run", str(run), "--control", str(control_log), *options]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 RUN = [
     {"step": 10, "loss": 3.0, "objective": "QAPrompt", "terms": {"passage_reconstruction": 2.0}},
     {"step": 20, "loss": 1.0, "objective": "ReconstructionPrompt", "terms": {}},
@@ -67,39 +74,13 @@ def test_until_step_compares_only_the_steps_both_runs_reached(same_batch):
 
 def test_logs_that_drew_other_objectives_are_refused(tmp_path):
     other = [dict(row, objective="ContinuationPrompt") if row["step"] == 20 else row for row in CONTROL]
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--run",
-            str(write_log(tmp_path / "run.jsonl", RUN)),
-            "--control",
-            str(write_log(tmp_path / "control.jsonl", other)),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = run_script(tmp_path, other)
     assert result.returncode != 0 and "not on the same batches" in result.stderr
 
 
 def test_the_command_writes_its_report(tmp_path):
     out = tmp_path / "report.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--run",
-            str(write_log(tmp_path / "run.jsonl", RUN)),
-            "--control",
-            str(write_log(tmp_path / "control.jsonl", CONTROL)),
-            "--leave-out",
-            "passage_reconstruction=0.5",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    run_script(tmp_path, CONTROL, "--leave-out", "passage_reconstruction=0.5", "--out", str(out)).check_returncode()
     report = json.loads(out.read_text())
     assert report["left_out"] == {"passage_reconstruction": 0.5}
     assert report["objectives"]["QAPrompt"]["difference"] == pytest.approx(-0.25)

@@ -165,7 +165,7 @@ class PretrainCorpus:
     ) -> list[TrainExample]:
         """Random windows of ``context_length`` tokens to compress; the target is the window itself, then stop."""
         windows = self.sample(rng, batch_size, context_length, continuation=0)
-        return [TrainExample(example.passage_ids, "", [*example.passage_ids[0], stop_id]) for example in windows]
+        return [TrainExample.reconstruction(example.passage_ids[0], stop_id) for example in windows]
 
     def sample_reading_tasks(
         self, rng: random.Random, batch_size: int, context_length: int, tokenizer: PreTrainedTokenizerBase, stop_id: int

@@ -16,3 +16,8 @@ class TrainExample:
     passage_ids: list[list[int]]  # token ids of each passage ("title\\ntext"), no special tokens
     question: str
     target_ids: list[int]  # answer (or continuation) tokens, ending with the stop token for QA
+
+    @classmethod
+    def reconstruction(cls, passage: list[int], stop_id: int) -> TrainExample:
+        """``passage`` compressed alone and written back whole from its slots, then ``stop_id``."""
+        return cls([passage], "", [*passage, stop_id])

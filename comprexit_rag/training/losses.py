@@ -28,7 +28,7 @@ def answer_loss(
 def passage_reconstructions(batch: list[TrainExample], stop_id: int) -> list[TrainExample]:
     """Each passage of ``batch`` as a reconstruction example: compressed alone, as in the batch, and written out
     whole from its slots (read with the reconstruction prompt)."""
-    return [TrainExample([ids], "", [*ids, stop_id]) for example in batch for ids in example.passage_ids]
+    return [TrainExample.reconstruction(ids, stop_id) for example in batch for ids in example.passage_ids]
 
 
 @dataclass(frozen=True)
