@@ -63,7 +63,12 @@ from comprexit_rag.evaluation.harness import evaluate
 from comprexit_rag.evaluation.methods import ClosedBook, EvalMethod, FullText, StoredSlots, build_method
 from comprexit_rag.evaluation.metrics import compute_scores
 from comprexit_rag.evaluation.reading_tasks import held_out_reading_tasks, task_kind
-from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores, stream_windows
+from comprexit_rag.evaluation.reconstruction import (
+    mean_window_scores,
+    nats_standard_error,
+    reconstruction_scores,
+    stream_windows,
+)
 from comprexit_rag.methods import MethodSpec, get_method, method_names
 from comprexit_rag.reading.reader import Context, Reader
 from comprexit_rag.training.data import tokenize_passages
@@ -113,7 +118,7 @@ def reconstruction(method: EvalMethod, reader: Reader, count: int, ratio: int) -
     }
     result = {"windows": len(windows), "window_tokens": WINDOW}
     for name, contexts in conditions.items():
-        result[f"{name}_nats"], result[f"{name}_token_accuracy"] = regenerated(reader, windows, contexts)
+        result |= regenerated(reader, windows, contexts, name)
     return result
 
 
@@ -132,7 +137,7 @@ def reconstruction_by_length(
         row: dict = {"windows": len(windows)}
         conditions = {"own": window_contexts(method, windows, texts, ratio), "none": [None] * len(windows)}
         for name, contexts in conditions.items():
-            row[f"{name}_nats"], row[f"{name}_token_accuracy"] = regenerated(reader, windows, contexts)
+            row |= regenerated(reader, windows, contexts, name)
         result[str(length)] = row
         logging.info(
             "reconstruction, %d tokens: %.3f nats (no context %.3f)", length, row["own_nats"], row["none_nats"]
@@ -140,10 +145,16 @@ def reconstruction_by_length(
     return result
 
 
-def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context]) -> tuple[float, float]:
-    """Teacher-forced nats per token and token accuracy of regenerating each window from its context."""
-    nats, accuracy = mean_window_scores(reconstruction_scores(reader, windows, contexts))
-    return round(nats, 4), round(accuracy, 4)
+def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context], name: str) -> dict[str, float]:
+    """Teacher-forced nats per token, their standard error over the windows, and the token accuracy of
+    regenerating each window from its context, keyed ``<name>_nats``, ``<name>_nats_se``, ``<name>_token_accuracy``."""
+    scores = reconstruction_scores(reader, windows, contexts)
+    nats, accuracy = mean_window_scores(scores)
+    return {
+        f"{name}_nats": round(nats, 4),
+        f"{name}_nats_se": round(nats_standard_error(scores), 4),
+        f"{name}_token_accuracy": round(accuracy, 4),
+    }
 
 
 def qa(

@@ -38,6 +38,7 @@ def test_reconstruction_by_length_reads_the_same_passages_cut_short(slot_quality
         # The shipped head's own slots carry the passage at both lengths (one and two transport windows).
         assert row["own_nats"] < row["none_nats"] / 2
         assert 0.0 <= row["own_token_accuracy"] <= 1.0
+        assert 0.0 < row["own_nats_se"] < row["own_nats"]
 
 
 def test_scores_by_kind_score_each_kind_on_its_own_examples(slot_quality):

@@ -17,7 +17,13 @@ from ..reading.reader import Context, Reader
 from ..training.data import PretrainCorpus
 from ..training.teacher_forcing import target_logits
 
-__all__ = ["HELD_OUT_SHARD", "mean_window_scores", "reconstruction_scores", "stream_windows"]
+__all__ = [
+    "HELD_OUT_SHARD",
+    "mean_window_scores",
+    "nats_standard_error",
+    "reconstruction_scores",
+    "stream_windows",
+]
 
 # The reader-adapter runs pretrain on the AB-AD shards; the AA shards fed only the frozen-reader heads of rounds 1-6.
 HELD_OUT_SHARD = "wiki/enwiki_2015_AA_shard0.txt.gz"
@@ -74,3 +80,22 @@ def mean_window_scores(
     losses = torch.cat([window_losses[keep] for window_losses, _ in scores])
     hits = torch.cat([window_hits[keep] for _, window_hits in scores])
     return losses.mean().item(), hits.float().mean().item()
+
+
+def nats_standard_error(scores: list[tuple[torch.Tensor, torch.Tensor]], with_end_token: bool = True) -> float:
+    """Standard error of :func:`mean_window_scores`' nats per token, with the windows as the sample.
+
+    A window's tokens are not independent draws (a passage the slots lose loses most of its tokens), so the
+    error is that of a ratio of window totals: the spread of each window's total loss around what the mean
+    predicts for its length, over the windows. Needs two windows or more.
+    """
+    if len(scores) < 2:
+        raise ValueError("A standard error over windows needs at least two windows.")
+    keep = slice(None) if with_end_token else slice(None, -1)
+    kept = [window_losses[keep].double() for window_losses, _ in scores]
+    totals = torch.stack([losses.sum() for losses in kept])
+    sizes = torch.tensor([losses.numel() for losses in kept], dtype=torch.float64)
+    mean = totals.sum() / sizes.sum()
+    residuals = totals - mean * sizes
+    count = len(scores)
+    return float((residuals.square().sum() * count / (count - 1)).sqrt() / sizes.sum())

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comprexit_rag.evaluation.reconstruction import mean_window_scores, reconstruction_scores
+from comprexit_rag.evaluation.reconstruction import mean_window_scores, nats_standard_error, reconstruction_scores
 from comprexit_rag.prompts import ReconstructionPrompt, answer_end_token_id
 from comprexit_rag.reading.batch_layout import IGNORE_INDEX
 from comprexit_rag.reading.reader import Reader
@@ -43,3 +43,26 @@ def test_means_weigh_every_token_alike_with_or_without_the_end_token():
     ]
     assert mean_window_scores(scores) == pytest.approx((16.0 / 5, 4 / 5))
     assert mean_window_scores(scores, with_end_token=False) == pytest.approx((7.0 / 3, 2 / 3))
+
+
+def window(losses: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(losses), torch.ones(len(losses), dtype=torch.bool)
+
+
+def test_the_standard_error_of_windows_of_one_length_is_that_of_their_means():
+    scores = [window([1.0, 3.0]), window([0.0, 0.0]), window([5.0, 7.0]), window([2.0, 2.0])]
+    means = torch.tensor([2.0, 0.0, 6.0, 2.0], dtype=torch.float64)
+    assert nats_standard_error(scores) == pytest.approx(float(means.std() / 2))
+
+
+def test_the_standard_error_counts_windows_not_tokens():
+    # Tokens that vary inside windows whose totals fit their lengths exactly: no spread between windows.
+    scores = [window([0.0, 4.0]), window([2.0, 2.0, 0.0, 4.0]), window([1.0, 3.0, 2.0])]
+    assert nats_standard_error(scores) == pytest.approx(0.0, abs=1e-12)
+    # Without the end token, the last loss of each window drops out of both totals and sizes.
+    assert nats_standard_error(scores, with_end_token=False) > 0
+
+
+def test_the_standard_error_needs_two_windows():
+    with pytest.raises(ValueError, match="two windows"):
+        nats_standard_error([window([1.0, 2.0])])
