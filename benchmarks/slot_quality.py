@@ -118,7 +118,7 @@ def reconstruction(method: EvalMethod, reader: Reader, count: int, ratio: int) -
     }
     result = {"windows": len(windows), "window_tokens": WINDOW}
     for name, contexts in conditions.items():
-        result |= regenerated(reader, windows, contexts, name)
+        result |= {f"{name}_{key}": value for key, value in regenerated(reader, windows, contexts).items()}
     return result
 
 
@@ -137,7 +137,7 @@ def reconstruction_by_length(
         row: dict = {"windows": len(windows)}
         conditions = {"own": window_contexts(method, windows, texts, ratio), "none": [None] * len(windows)}
         for name, contexts in conditions.items():
-            row |= regenerated(reader, windows, contexts, name)
+            row |= {f"{name}_{key}": value for key, value in regenerated(reader, windows, contexts).items()}
         result[str(length)] = row
         logging.info(
             "reconstruction, %d tokens: %.3f nats (no context %.3f)", length, row["own_nats"], row["none_nats"]
@@ -145,15 +145,15 @@ def reconstruction_by_length(
     return result
 
 
-def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context], name: str) -> dict[str, float]:
-    """Teacher-forced nats per token, their standard error over the windows, and the token accuracy of
-    regenerating each window from its context, keyed ``<name>_nats``, ``<name>_nats_se``, ``<name>_token_accuracy``."""
+def regenerated(reader: Reader, windows: list[list[int]], contexts: list[Context]) -> dict[str, float]:
+    """Teacher-forced nats per token (``nats``), their standard error over the windows (``nats_se``) and the
+    token accuracy (``token_accuracy``) of regenerating each window from its context."""
     scores = reconstruction_scores(reader, windows, contexts)
     nats, accuracy = mean_window_scores(scores)
     return {
-        f"{name}_nats": round(nats, 4),
-        f"{name}_nats_se": round(nats_standard_error(scores), 4),
-        f"{name}_token_accuracy": round(accuracy, 4),
+        "nats": round(nats, 4),
+        "nats_se": round(nats_standard_error(scores), 4),
+        "token_accuracy": round(accuracy, 4),
     }
 
 

@@ -72,7 +72,7 @@ def main() -> None:
         conditions = {**{f"{name} head's slots": slots[name] for name in checkpoints}, "raw text": texts}
         conditions["no context"] = [None] * len(windows)
         for condition, contexts in conditions.items():
-            nats = regenerated(reader, windows, contexts, "context")["context_nats"]
+            nats = regenerated(reader, windows, contexts)["nats"]
             rows.append({"context": condition, "adapter": adapter_of, "nats": nats})
             logging.info("%s", rows[-1])
     if args.nq:

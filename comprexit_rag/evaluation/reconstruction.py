@@ -76,7 +76,7 @@ def mean_window_scores(
 ) -> tuple[float, float]:
     """Mean nats per token and top-1 accuracy over all windows' target tokens (each window weighs by its
     length). ``with_end_token=False`` leaves each window's end-of-answer token out: the text's tokens only."""
-    keep = slice(None) if with_end_token else slice(None, -1)
+    keep = _kept_targets(with_end_token)
     losses = torch.cat([window_losses[keep] for window_losses, _ in scores])
     hits = torch.cat([window_hits[keep] for _, window_hits in scores])
     return losses.mean().item(), hits.float().mean().item()
@@ -91,11 +91,15 @@ def nats_standard_error(scores: list[tuple[torch.Tensor, torch.Tensor]], with_en
     """
     if len(scores) < 2:
         raise ValueError("A standard error over windows needs at least two windows.")
-    keep = slice(None) if with_end_token else slice(None, -1)
-    kept = [window_losses[keep].double() for window_losses, _ in scores]
+    kept = [window_losses[_kept_targets(with_end_token)].double() for window_losses, _ in scores]
     totals = torch.stack([losses.sum() for losses in kept])
     sizes = torch.tensor([losses.numel() for losses in kept], dtype=torch.float64)
     mean = totals.sum() / sizes.sum()
     residuals = totals - mean * sizes
     count = len(scores)
     return float((residuals.square().sum() * count / (count - 1)).sqrt() / sizes.sum())
+
+
+def _kept_targets(with_end_token: bool) -> slice:
+    """A window's target positions to score: all of them, or all but its end-of-answer token (the last)."""
+    return slice(None) if with_end_token else slice(None, -1)
